@@ -1,0 +1,44 @@
+"""Activation functions with their derivatives, by the names the configs use.
+
+A layer's prediction is ``mu_l = f(x_{l-1}) @ W_l + b_l``; the local inference rule needs
+``f'`` at the pre-synaptic value nodes. Each derivative is written as a function of ``x``
+and of the already computed ``f(x)`` so a caller can reuse ``f(x)`` (``tanh' = 1 - f^2``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A pointwise non-linearity ``f`` with derivative ``df(x, fx)``; shapes are preserved."""
+
+    name: str
+    f: Callable[[Tensor], Tensor]
+    df: Callable[[Tensor, Tensor], Tensor]
+
+
+def _relu_df(x: Tensor, fx: Tensor) -> Tensor:
+    return (x > 0).to(x.dtype)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "tanh": Activation("tanh", torch.tanh, lambda x, fx: 1.0 - fx * fx),
+    "relu": Activation("relu", torch.relu, _relu_df),
+    "sigmoid": Activation("sigmoid", torch.sigmoid, lambda x, fx: fx * (1.0 - fx)),
+    "linear": Activation("linear", lambda x: x, lambda x, fx: torch.ones_like(x)),
+}
+
+
+def get_activation(name: str) -> Activation:
+    """Return the :class:`Activation` called ``name`` (one of ``ACTIVATIONS``); unknown names raise ValueError listing the known ones."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}") from None

@@ -1,0 +1,212 @@
+"""The parameters of a hierarchical predictive-coding network.
+
+A network is a chain of value-node layers ``x_0 .. x_L`` (widths ``sizes``) and, for
+``l = 1..L``, a prediction of layer ``l`` from layer ``l-1``::
+
+    mu_l = f_{l-1}(x_{l-1}) @ W_l + b_l
+
+with a precision ``Pi_l`` (scalar or per unit) on the prediction error
+``eps_l = x_l - mu_l``. In generative mode ``x_0`` is a free top-level cause with a Gaussian
+prior ``N(prior_mean, 1/prior_precision)``; in discriminative mode ``x_0`` is the clamped
+input. The same parameters serve both: only which end is clamped differs (DESIGN.md).
+
+Every tensor carries a leading *ensemble* axis ``E``: ``E`` independent networks (seeds or
+hyper-parameters) relax and learn in one batched run. ``E = 1`` is the ordinary case.
+The parameters hold no inference state; value nodes live in :class:`pcsim.inference.PCState`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal, Sequence
+
+import torch
+
+from .activations import Activation, get_activation
+
+Tensor = torch.Tensor
+Mode = Literal["discriminative", "generative"]
+
+
+@dataclass
+class PCNetwork:
+    """Parameters of ``E`` predictive-coding networks of identical architecture.
+
+    Shapes (``E`` ensemble members, ``n_l = sizes[l]``), index ``k = l - 1`` for layer ``l``:
+
+    - ``weights[k]``: ``(E, n_{l-1}, n_l)`` — row-major so ``f(x) @ W`` predicts layer ``l``.
+    - ``biases[k]``: ``(E, 1, n_l)``.
+    - ``log_precision[k]``: ``(E, 1, n_l)`` (per unit) or ``(E, 1, 1)`` (scalar); the
+      precision ``Pi_l = exp(log_precision)`` is dimensionless (inverse variance of the
+      prediction error in the units of the value nodes).
+    - ``prior_mean``: ``(E, 1, n_0)``, ``prior_log_precision``: ``(E, 1, 1)`` — generative mode.
+    - ``activations[l]`` is applied to ``x_l`` when it predicts layer ``l + 1`` (``l < L``).
+    """
+
+    sizes: tuple[int, ...]
+    activations: tuple[str, ...]
+    mode: Mode
+    weights: list[Tensor]
+    biases: list[Tensor]
+    log_precision: list[Tensor]
+    prior_mean: Tensor
+    prior_log_precision: Tensor
+    learn_precision: bool = False
+    seeds: tuple[int, ...] = field(default=(0,))
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def init(
+        cls,
+        sizes: Sequence[int],
+        activation: str | Sequence[str] = "tanh",
+        *,
+        mode: Mode = "discriminative",
+        ensemble: int = 1,
+        seed: int | Sequence[int] = 0,
+        precision: float | Sequence[float] = 1.0,
+        per_unit_precision: bool = False,
+        learn_precision: bool = False,
+        prior_precision: float = 1.0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> "PCNetwork":
+        """Create ``ensemble`` networks with widths ``sizes = (n_0, ..., n_L)``.
+
+        ``activation`` is one name for every hidden layer (the input layer ``x_0`` of a
+        discriminative network stays linear) or a list of ``L`` names, one per pre-synaptic
+        layer ``0..L-1``. Weights are Glorot-uniform, biases zero. Member ``e`` is drawn from
+        its own generator seeded with ``seeds[e]`` (``seed + e`` when ``seed`` is an int), so
+        an ensemble equals the same networks made one at a time. ``precision`` is the
+        initial precision of layers ``1..L`` (one value, or one per layer).
+        """
+        sizes = tuple(int(s) for s in sizes)
+        if len(sizes) < 2 or any(s < 1 for s in sizes):
+            raise ValueError(f"sizes must list at least two positive widths, got {sizes}")
+        L = len(sizes) - 1
+        if isinstance(activation, str):
+            first = "linear" if mode == "discriminative" else activation
+            acts = (first,) + (activation,) * (L - 1)
+        else:
+            acts = tuple(activation)
+            if len(acts) != L:
+                raise ValueError(f"need {L} activations (one per pre-synaptic layer 0..{L-1}), got {len(acts)}")
+        for a in acts:
+            get_activation(a)
+        acts = acts + ("linear",)  # x_L predicts nothing; kept so activations[l] exists for all l
+        if mode not in ("discriminative", "generative"):
+            raise ValueError(f"mode must be 'discriminative' or 'generative', got {mode!r}")
+        seeds = tuple(range(seed, seed + ensemble)) if isinstance(seed, int) else tuple(int(s) for s in seed)
+        if len(seeds) != ensemble:
+            raise ValueError(f"got {len(seeds)} seeds for an ensemble of {ensemble}")
+        precs = [float(precision)] * L if isinstance(precision, (int, float)) else [float(p) for p in precision]
+        if len(precs) != L or any(p <= 0 for p in precs):
+            raise ValueError(f"precision must be one positive value or {L} positive values, got {precision}")
+
+        weights = [[] for _ in range(L)]
+        for s in seeds:
+            gen = torch.Generator().manual_seed(s)
+            for k in range(L):
+                bound = math.sqrt(6.0 / (sizes[k] + sizes[k + 1]))
+                w = (torch.rand(sizes[k], sizes[k + 1], generator=gen, dtype=torch.float64) * 2 - 1) * bound
+                weights[k].append(w)
+        W = [torch.stack(ws).to(device=device, dtype=dtype) for ws in weights]
+        b = [torch.zeros(ensemble, 1, sizes[k + 1], device=device, dtype=dtype) for k in range(L)]
+        lp = [
+            torch.full((ensemble, 1, sizes[k + 1] if per_unit_precision else 1), math.log(precs[k]), device=device, dtype=dtype)
+            for k in range(L)
+        ]
+        prior_mean = torch.zeros(ensemble, 1, sizes[0], device=device, dtype=dtype)
+        prior_lp = torch.full((ensemble, 1, 1), math.log(prior_precision), device=device, dtype=dtype)
+        return cls(sizes, acts, mode, W, b, lp, prior_mean, prior_lp, learn_precision, seeds)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def depth(self) -> int:
+        """Number of prediction layers ``L`` (value-node layers are ``0..L``)."""
+        return len(self.sizes) - 1
+
+    @property
+    def ensemble(self) -> int:
+        """Number of ensemble members ``E``."""
+        return self.weights[0].shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weights[0].dtype
+
+    def activation(self, l: int) -> Activation:
+        """The :class:`Activation` applied to value layer ``l`` when it predicts ``l + 1``."""
+        return get_activation(self.activations[l])
+
+    def precision(self) -> list[Tensor]:
+        """Precisions ``Pi_l`` for ``l = 1..L``, each ``(E, 1, n_l)`` or ``(E, 1, 1)``, dimensionless."""
+        return [lp.exp() for lp in self.log_precision]
+
+    def unit_precision(self) -> bool:
+        """True when every precision is fixed at exactly 1 (lets the dynamics skip the products)."""
+        return (not self.learn_precision) and all(bool((lp == 0).all()) for lp in self.log_precision)
+
+    def parameters(self) -> list[Tensor]:
+        """The learnable tensors in a fixed order: ``W_1..W_L, b_1..b_L`` (+ log-precisions when learned, + prior mean in generative mode)."""
+        ps = list(self.weights) + list(self.biases)
+        if self.learn_precision:
+            ps += list(self.log_precision)
+        if self.mode == "generative":
+            ps.append(self.prior_mean)
+        return ps
+
+    # ----------------------------------------------------------------- derived networks
+    def clone(self) -> "PCNetwork":
+        """A deep copy (new tensors), e.g. to train the same initial weights with several rules."""
+        return replace(
+            self,
+            weights=[w.clone() for w in self.weights],
+            biases=[b.clone() for b in self.biases],
+            log_precision=[p.clone() for p in self.log_precision],
+            prior_mean=self.prior_mean.clone(),
+            prior_log_precision=self.prior_log_precision.clone(),
+        )
+
+    def member(self, e: int) -> "PCNetwork":
+        """Ensemble member ``e`` as a network with ``E = 1`` (copies)."""
+        sl = slice(e, e + 1)
+        return replace(
+            self,
+            weights=[w[sl].clone() for w in self.weights],
+            biases=[b[sl].clone() for b in self.biases],
+            log_precision=[p[sl].clone() for p in self.log_precision],
+            prior_mean=self.prior_mean[sl].clone(),
+            prior_log_precision=self.prior_log_precision[sl].clone(),
+            seeds=(self.seeds[e],),
+        )
+
+    def to(self, device: str | torch.device) -> "PCNetwork":
+        """The same network with every tensor moved to ``device``."""
+        mv = lambda t: t.to(device)  # noqa: E731
+        return replace(
+            self,
+            weights=[mv(w) for w in self.weights],
+            biases=[mv(b) for b in self.biases],
+            log_precision=[mv(p) for p in self.log_precision],
+            prior_mean=mv(self.prior_mean),
+            prior_log_precision=mv(self.prior_log_precision),
+        )
+
+    # ----------------------------------------------------------------- forward sweep
+    def forward(self, x0: Tensor) -> list[Tensor]:
+        """Feed-forward sweep ``x_l = mu_l(x_{l-1})`` from ``x0: (E, B, n_0)``; returns ``[x_0, ..., x_L]``.
+
+        This is the initial state of discriminative inference and, from the prior mean, of
+        generative inference; at that state every prediction error above layer 0 is zero.
+        """
+        xs = [x0]
+        for k in range(self.depth):
+            fx = self.activation(k).f(xs[-1])
+            xs.append(torch.baddbmm(self.biases[k], fx, self.weights[k]))
+        return xs

@@ -1,0 +1,90 @@
+"""Optimisers over explicit gradient lists, shared by PC rules and their backprop twins.
+
+PC weight updates are computed by local rules, not by autograd, so the optimiser takes
+``(params, grads)`` lists rather than reading ``.grad``. The backprop twin feeds the same
+optimiser class its autograd gradients: same optimiser, same hyper-parameters, same code.
+Every parameter has a leading ensemble axis ``E``; ``lr`` may be one number or one per
+member (shape ``(E,)``), which is how an ensemble sweeps learning rates in one run.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def _per_member(value: float | Sequence[float] | Tensor, like: Tensor) -> float | Tensor:
+    """A scalar stays a scalar; a per-member value becomes a tensor broadcastable against ``like`` ``(E, ...)``."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+class SGD:
+    """Stochastic gradient descent with optional (heavy-ball) momentum: ``v = m v + g; p -= lr v``."""
+
+    def __init__(self, lr: float | Sequence[float] = 0.01, momentum: float = 0.0):
+        self.lr, self.momentum = lr, momentum
+        self._velocity: list[Tensor] | None = None
+
+    def step(self, params: list[Tensor], grads: list[Tensor]) -> None:
+        """Update ``params`` in place from ``grads`` (same order and shapes, ``(E, ...)`` each)."""
+        if self.momentum > 0:
+            if self._velocity is None:
+                self._velocity = [torch.zeros_like(p) for p in params]
+            for v, g in zip(self._velocity, grads):
+                v.mul_(self.momentum).add_(g)
+            grads = self._velocity
+        for p, g in zip(params, grads):
+            lr = _per_member(self.lr, p)
+            if isinstance(lr, float):
+                p.sub_(g, alpha=lr)
+            else:
+                p.sub_(lr * g)
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) with bias correction, matching ``torch.optim.Adam`` defaults.
+
+    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``, ``p -= lr * m_hat / (sqrt(v_hat) + eps)``.
+    """
+
+    def __init__(self, lr: float | Sequence[float] = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self._m: list[Tensor] | None = None
+        self._v: list[Tensor] | None = None
+        self.t = 0
+
+    def step(self, params: list[Tensor], grads: list[Tensor]) -> None:
+        """Update ``params`` in place from ``grads`` (same order and shapes, ``(E, ...)`` each)."""
+        b1, b2 = self.betas
+        if self._m is None:
+            self._m = [torch.zeros_like(p) for p in params]
+            self._v = [torch.zeros_like(p) for p in params]
+        self.t += 1
+        torch._foreach_lerp_(self._m, list(grads), 1 - b1)
+        torch._foreach_mul_(self._v, b2)
+        torch._foreach_addcmul_(self._v, list(grads), list(grads), value=1 - b2)
+        bc1 = 1 - b1 ** self.t
+        bc2 = (1 - b2 ** self.t) ** 0.5
+        denom = torch._foreach_sqrt(self._v)
+        torch._foreach_div_(denom, bc2)
+        torch._foreach_add_(denom, self.eps)
+        if isinstance(self.lr, (int, float)):
+            torch._foreach_addcdiv_(params, self._m, denom, value=-self.lr / bc1)
+        else:
+            for p, m, d in zip(params, self._m, denom):
+                p.sub_(_per_member(self.lr, p) / bc1 * m / d)
+
+
+def make_optimizer(name: str, lr: float | Sequence[float], momentum: float = 0.0) -> SGD | Adam:
+    """Build the optimiser called ``name`` (``"sgd"`` or ``"adam"``) with learning rate ``lr`` (per update, dimensionless)."""
+    if name == "sgd":
+        return SGD(lr, momentum)
+    if name == "adam":
+        return Adam(lr)
+    raise ValueError(f"unknown optimizer {name!r}; known: sgd, adam")

@@ -1,0 +1,175 @@
+"""Local learning rules for predictive-coding networks, written as the products they are.
+
+For ``mu_l = f(x_{l-1}) @ W_l + b_l`` the batch-mean energy gradient is the Hebbian product
+of pre-synaptic activity and post-synaptic precision-weighted error::
+
+    dE/dW_l = -f(x_{l-1})^T (Pi_l eps_l) / B        dE/db_l = -mean_B(Pi_l eps_l)
+
+and, for learned precisions (log-parametrised), ``dE/dlog Pi_l = 1/2 (Pi_l eps_l^2 - 1)``.
+The rules differ in *when* these products are taken:
+
+- ``StandardPC`` (inference learning; Whittington & Bogacz 2017, Rao & Ballard 1999):
+  relax for T steps, then take one update at the relaxed state.
+- ``IncrementalPC`` (iPC; Salvatori et al. 2024): update the weights at every inference step.
+- ``FixedPredictionPC`` (fixed-prediction assumption, Millidge et al. 2022; with unit step
+  and T = L-1 it is zero-divergence inference learning, Z-IL, Song et al. 2020): predictions
+  and slopes stay at their feed-forward values, so the relaxed errors are exactly
+  backprop's deltas and the update equals the backprop gradient.
+
+Precision learning (Bogacz 2017; Friston 2005) is switched on by ``PCNetwork.learn_precision``
+and works with any rule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+
+from .errors import DataError
+from .inference import FixedPredictions, InferenceConfig, PCState, Relaxation, freeze_predictions, init_state, relax
+from .network import PCNetwork
+
+Tensor = torch.Tensor
+
+
+def local_gradients(net: PCNetwork, peps: list[Tensor | None], fx: list[Tensor], eps: list[Tensor | None] | None = None) -> list[Tensor]:
+    """Batch-mean ``dE/dtheta`` from local quantities, ordered as ``net.parameters()``.
+
+    ``peps[l]`` ``(E, B, n_l)`` are precision-weighted errors, ``fx[l]`` ``(E, B, n_l)`` the
+    pre-synaptic activities; ``eps`` (unweighted errors) is needed only for precision
+    learning. Each weight gradient is one Hebbian outer product summed over the batch.
+    """
+    L = net.depth
+    B = peps[L].shape[1]
+    gW = [torch.bmm(fx[k].transpose(1, 2), peps[k + 1]).mul_(-1.0 / B) for k in range(L)]
+    gb = [peps[k + 1].mean(1, keepdim=True).neg_() for k in range(L)]
+    grads = gW + gb
+    if net.learn_precision:
+        if eps is None:
+            raise ValueError("precision learning needs the unweighted errors `eps`")
+        for k in range(L):
+            sq = (peps[k + 1] * eps[k + 1]).mean(1, keepdim=True)  # Pi eps^2, batch mean, (E,1,n)
+            if net.log_precision[k].shape[-1] == 1:
+                grads.append(0.5 * (sq.sum(-1, keepdim=True) - net.sizes[k + 1]))
+            else:
+                grads.append(0.5 * (sq - 1.0))
+    if net.mode == "generative":
+        grads.append(peps[0].mean(1, keepdim=True).neg_())
+    return grads
+
+
+def nudged(net: PCNetwork, nudge: float) -> PCNetwork:
+    """A view of ``net`` whose output precision is scaled by ``nudge`` (``Pi_L -> nudge * Pi_L``).
+
+    The output energy weighted by ``beta = nudge`` is the nudging of equilibrium propagation
+    (Scellier & Bengio 2017): as ``beta -> 0`` the hidden errors shrink as ``O(beta)`` and the
+    standard-PC update divided by ``beta`` tends to the backprop gradient (Whittington &
+    Bogacz 2017). The view shares the weight tensors, so updates reach ``net``.
+    """
+    if nudge == 1.0:
+        return net
+    if nudge <= 0:
+        raise ValueError(f"nudge must be > 0, got {nudge}")
+    if net.learn_precision:
+        raise ValueError("nudging rescales the output precision; it cannot be combined with precision learning")
+    return replace(net, log_precision=net.log_precision[:-1] + [net.log_precision[-1] + math.log(nudge)])
+
+
+def _training_state(net: PCNetwork, inputs, target, data) -> PCState:
+    if net.mode == "discriminative":
+        if inputs is None or target is None:
+            raise DataError("discriminative training needs `inputs` and `target`")
+        return init_state(net, inputs, target)
+    if data is None:
+        raise DataError("generative training needs `data` clamped at x_L")
+    return init_state(net, data=data)
+
+
+@dataclass(frozen=True)
+class StandardPC:
+    """Inference learning: relax T steps with the weights fixed, then one local update."""
+
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    nudge: float = 1.0
+    name: Literal["pc"] = "pc"
+
+    def gradients(self, net: PCNetwork, inputs=None, target=None, *, data=None) -> tuple[list[Tensor], Relaxation]:
+        """Relax on one batch (inputs ``(B, n_0)``, target ``(B, n_L)`` or generative ``data``) and return ``(dE/dtheta, relaxation)``."""
+        view = nudged(net, self.nudge)
+        r = relax(view, _training_state(view, inputs, target, data), self.inference)
+        return local_gradients(view, r.peps, r.fx, r.eps), r
+
+    def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
+        """One training step on one batch: relax, then let ``optimizer`` apply the local gradients."""
+        grads, r = self.gradients(net, inputs, target, data=data)
+        optimizer.step(net.parameters(), grads)
+        return r
+
+
+@dataclass(frozen=True)
+class IncrementalPC:
+    """Incremental PC: the local update is applied at every inference step, values and weights move together."""
+
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    nudge: float = 1.0
+    name: Literal["ipc"] = "ipc"
+
+    def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
+        """One training step: T inference steps, each followed by a weight update from the same errors."""
+        params = net.parameters()
+        view = nudged(net, self.nudge)
+
+        def update(t, x, peps, fx):
+            eps = None
+            if net.learn_precision:
+                pis = net.precision()
+                eps = [None if p is None else (p if l == 0 else p / pis[l - 1]) for l, p in enumerate(peps)]
+            optimizer.step(params, local_gradients(net, peps, fx, eps))
+
+        return relax(view, _training_state(view, inputs, target, data), self.inference, on_step=update)
+
+
+@dataclass(frozen=True)
+class FixedPredictionPC:
+    """Fixed-prediction PC: exact backprop gradients from local relaxation.
+
+    With ``inference=None`` it runs ``L-1`` steps of size ``dt/tau = 1`` (Z-IL), after which
+    the errors equal backprop's deltas exactly (for unit hidden precisions); another step
+    size converges to the same fixed point geometrically.
+    """
+
+    inference: InferenceConfig | None = None
+    nudge: float = 1.0
+    name: Literal["fpa"] = "fpa"
+
+    def _config(self, net: PCNetwork) -> InferenceConfig:
+        return self.inference or InferenceConfig(steps=max(net.depth - 1, 0), dt=1.0, tau=1.0)
+
+    def gradients(self, net: PCNetwork, inputs=None, target=None, *, data=None) -> tuple[list[Tensor], Relaxation]:
+        """Relax with frozen feed-forward predictions and return ``(dE/dtheta, relaxation)``; equals ``nudge`` x the backprop gradient."""
+        view = nudged(net, self.nudge)
+        state = _training_state(view, inputs, target, data)
+        fixed: FixedPredictions = freeze_predictions(view, state)
+        r = relax(view, state, self._config(view), fixed=fixed)
+        return local_gradients(view, r.peps, fixed.fx, r.eps), r
+
+    def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
+        """One training step with the fixed-prediction update."""
+        grads, r = self.gradients(net, inputs, target, data=data)
+        optimizer.step(net.parameters(), grads)
+        return r
+
+
+RULES = {"pc": StandardPC, "ipc": IncrementalPC, "fpa": FixedPredictionPC}
+
+
+def make_rule(name: str, inference: InferenceConfig, nudge: float = 1.0):
+    """The learning rule called ``name`` (``"pc"``, ``"ipc"`` or ``"fpa"``) with the given inference settings."""
+    if name not in RULES:
+        raise ValueError(f"unknown learning rule {name!r}; known: {', '.join(RULES)}")
+    if name == "fpa":
+        return FixedPredictionPC(None, nudge)
+    return RULES[name](inference, nudge)
