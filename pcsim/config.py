@@ -1,0 +1,529 @@
+"""Experiment configs: TOML files validated into typed, frozen dataclasses.
+
+An experiment declares its settings as a frozen dataclass deriving from
+:class:`ExperimentConfig`, with one nested dataclass per TOML table. Validation is driven by
+the type hints, so the dataclass is the single statement of what a config may hold:
+
+- scalars: ``int`` (a boolean is not an integer), ``float`` (integers are accepted and
+  converted; NaN is refused), ``str``, ``bool``;
+- arrays: ``tuple[int, ...]``, ``tuple[float, ...]``, ``tuple[str, ...]`` (``list[...]`` is
+  accepted as a spelling too); values are stored as tuples so the config stays hashable;
+- ``typing.Literal[...]`` choices, ``X | None`` (absent from the file means ``None``, so
+  such a field must default to ``None``), and nested dataclasses (TOML tables).
+
+Ranges come from field metadata, ``field(default=0.1, metadata={"gt": 0})``, with the keys
+``ge``, ``gt``, ``le``, ``lt`` (applied to a scalar, or to each element of an array) and
+``nonempty`` (arrays and strings). Every error is a :class:`~pcsim.errors.ConfigError`
+whose message names the file and the dotted key, e.g.
+``configs/x.toml: key 'training.lr' must be > 0, got -0.1``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import importlib
+import math
+import operator
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pcsim.errors import ConfigError
+
+__all__ = [
+    "ExperimentConfig",
+    "check_device",
+    "config_to_dict",
+    "config_to_toml",
+    "from_dict",
+    "import_experiment_module",
+    "load_config",
+]
+
+C = TypeVar("C")
+
+_RANGES: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
+    "ge": (operator.ge, ">="),
+    "gt": (operator.gt, ">"),
+    "le": (operator.le, "<="),
+    "lt": (operator.lt, "<"),
+}
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_TOML_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    """Settings every experiment shares; experiments subclass it and add their sections.
+
+    ``experiment`` is the dotted path of the module that runs the config (it defines
+    ``Config``, ``run`` and ``plot``), ``seed`` seeds every random generator the run
+    creates, ``device`` is where tensors live, and ``description`` is the one line that
+    ``pcsim list`` shows. Subclasses must be ``@dataclass(frozen=True, kw_only=True)``.
+    """
+
+    experiment: str = field(metadata={"nonempty": True})
+    seed: int = field(default=0, metadata={"ge": 0})
+    device: Literal["cpu", "cuda"] = "cpu"
+    description: str = ""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def from_dict(cls: type[C], data: Mapping[str, Any], *, source: str) -> C:
+    """Validate a plain mapping (a parsed TOML document) into the config dataclass ``cls``.
+
+    Every key of ``data`` must be a field of ``cls`` (nested mappings fill nested dataclass
+    fields), every value must match its field's type hint and range metadata, and every
+    field without a default must be present. Absent keys take the field's default. Arrays
+    become tuples and integers given for float fields become floats. Any violation raises
+    :class:`ConfigError` whose message starts with ``source`` (normally the file name) and
+    names the dotted key, with a close match suggested for a misspelt key.
+    """
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"from_dict needs a dataclass type, got {cls!r}")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{_where(source)}a config must be a table, got {_describe(data)}")
+    return _from_mapping(cls, data, source, prefix="")
+
+
+def _from_mapping(cls: type[C], data: Mapping[str, Any], source: str, prefix: str) -> C:
+    fields = _init_fields(cls)
+    hints = _field_hints(cls)
+    for key in data:
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(_where(source), prefix, str(key), fields))
+    values: dict[str, Any] = {}
+    for name, fld in fields.items():
+        dotted = prefix + name
+        if name in data:
+            values[name] = _check(data[name], hints[name], fld.metadata, dotted, source)
+        elif _is_required(fld):
+            if not _is_optional(hints[name]):
+                raise ConfigError(f"{_where(source)}missing required key '{dotted}'")
+            values[name] = None
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a __post_init__ cross-field check (ConfigError included)
+        table = f"table '{prefix[:-1]}': " if prefix else ""
+        raise ConfigError(f"{_where(source)}{table}{exc}") from exc
+
+
+def _check(value: Any, hint: Any, meta: Mapping[str, Any], key: str, source: str) -> Any:
+    """Return ``value`` converted to ``hint`` (tuples, floats), or raise ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        return _check(value, _optional_inner(hint), meta, key, source)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if any(type(value) is type(choice) and value == choice for choice in choices):
+            return value
+        shown = ", ".join(repr(choice) for choice in choices)
+        message = f"{_where(source)}key '{key}' must be one of {shown}, got {_describe(value)}"
+        if isinstance(value, str):
+            strings = [c for c in choices if isinstance(c, str)]
+            close = difflib.get_close_matches(value, strings, n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        raise ConfigError(message)
+    if origin in (list, tuple):
+        element = _element_type(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(
+                f"{_where(source)}key '{key}' must be {_type_name(hint)}, got {_describe(value)}"
+            )
+        if meta.get("nonempty") and not value:
+            raise ConfigError(f"{_where(source)}key '{key}' must not be empty")
+        return tuple(
+            _check(item, element, meta, f"{key}[{i}]", source) for i, item in enumerate(value)
+        )
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):  # a section built in Python: validate it all the same
+            value = config_to_dict(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"{_where(source)}key '{key}' must be a table, got {_describe(value)}"
+            )
+        return _from_mapping(hint, value, source, prefix=key + ".")
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            if math.isnan(value):
+                raise ConfigError(f"{_where(source)}key '{key}' must be a number, got nan")
+    elif hint is str:
+        ok = isinstance(value, str)
+        if ok and meta.get("nonempty") and not value:
+            raise ConfigError(f"{_where(source)}key '{key}' must not be empty")
+    else:
+        raise TypeError(f"config key '{key}' has unsupported type {hint!r}")
+    if not ok:
+        raise ConfigError(
+            f"{_where(source)}key '{key}' must be {_type_name(hint)}, got {_describe(value)}"
+        )
+    for name, (holds, symbol) in _RANGES.items():
+        if name in meta and not isinstance(value, (bool, str)) and not holds(value, meta[name]):
+            raise ConfigError(
+                f"{_where(source)}key '{key}' must be {symbol} {meta[name]!r}, got {value!r}"
+            )
+    return value
+
+
+@cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    """Resolved type hints of the init fields of ``cls``, checked once per class."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError as exc:
+        raise TypeError(
+            f"cannot resolve the type hints of {cls.__qualname__} ({exc}); "
+            "define config dataclasses at module level"
+        ) from exc
+    resolved = {name: hints[name] for name in _init_fields(cls)}
+    for name, hint in resolved.items():
+        fld = _init_fields(cls)[name]
+        if _is_optional(hint):
+            _optional_inner(hint)
+            if not (_is_required(fld) or fld.default is None):
+                raise TypeError(
+                    f"{cls.__qualname__}.{name} is optional but does not default to None; "
+                    "TOML has no null, so an absent key must mean None"
+                )
+    return resolved
+
+
+def _init_fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _is_required(fld: dataclasses.Field[Any]) -> bool:
+    return fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING
+
+
+def _is_optional(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in (
+        typing.get_args(hint)
+    )
+
+
+def _optional_inner(hint: Any) -> Any:
+    args = typing.get_args(hint)
+    inner = [a for a in args if a is not type(None)]
+    if len(inner) != 1 or len(args) != 2:
+        raise TypeError(f"unsupported union {hint!r}: only 'X | None' is allowed in configs")
+    return inner[0]
+
+
+def _element_type(hint: Any) -> Any:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise TypeError(f"unsupported array type {hint!r}: use tuple[X, ...]")
+    elif len(args) != 1:
+        raise TypeError(f"unsupported array type {hint!r}: use list[X]")
+    return args[0]
+
+
+def _type_name(hint: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    if hint in names:
+        return names[hint]
+    if typing.get_origin(hint) in (list, tuple):
+        inner = _type_name(_element_type(hint)).split(" ", 1)[-1]
+        return f"an array of {inner}s"
+    return repr(hint)
+
+
+def _describe(value: Any) -> str:
+    """A value as a TOML user sees it: its TOML type, then its (shortened) repr."""
+    kinds = {bool: "boolean", int: "integer", float: "float", str: "string"}
+    if isinstance(value, Mapping):
+        return "a table"
+    kind = "array" if isinstance(value, (list, tuple)) else kinds.get(type(value))
+    kind = kind or type(value).__name__
+    shown = repr(list(value) if isinstance(value, tuple) else value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{kind} {shown}"
+
+
+def _unknown_key_message(where: str, prefix: str, key: str, fields: Mapping[str, Any]) -> str:
+    known = sorted(fields)
+    message = f"{where}unknown key '{prefix}{key}'"
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        message += f"; did you mean '{prefix}{close[0]}'?"
+    if known:
+        return message + f" (known keys: {', '.join(known)})"
+    return message + " (this table takes no keys)"
+
+
+def _where(source: str) -> str:
+    return f"{source}: " if source else ""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), device: str | None = None
+) -> ExperimentConfig:
+    """Read a TOML config, apply ``--set`` overrides, and validate it into its experiment's Config.
+
+    ``overrides`` are ``"dotted.key=value"`` strings whose value is a TOML literal
+    (``1e-3``, ``[1, 2]``, ``true``, ``"adam"``; a bare word such as ``adam`` is taken as a
+    string). ``device``, when given, overrides the config's ``device``. The (overridden)
+    ``experiment`` key names a module that is imported and whose ``Config`` class validates
+    the whole document. A missing file, a TOML syntax error (with its line), an unknown or
+    mistyped key (in the file or in an override) and an unimportable experiment module are
+    all raised as :class:`ConfigError` naming the file and the key.
+    """
+    path = Path(path)
+    source = str(path)
+    data = _read_toml(path)
+    parsed = [_parse_override(text, source) for text in overrides]
+    if device is not None:
+        parsed.append((("device",), device, f"--device {device}"))
+
+    experiment = data.get("experiment")
+    for keys, value, _ in parsed:
+        if keys == ("experiment",):
+            experiment = value
+    if experiment is None:
+        raise ConfigError(f"{source}: missing required key 'experiment'")
+    if not isinstance(experiment, str):
+        raise ConfigError(
+            f"{source}: key 'experiment' must be a string, got {_describe(experiment)}"
+        )
+    config_cls: type[ExperimentConfig] = import_experiment_module(
+        experiment, source=source
+    ).Config
+
+    for keys, value, text in parsed:
+        _check_override(config_cls, keys, value, f"{source}: override '{text}'")
+        node = data
+        for depth, key in enumerate(keys[:-1]):
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                dotted = ".".join(keys[: depth + 1])
+                raise ConfigError(
+                    f"{source}: key '{dotted}' must be a table, got {_describe(node)}"
+                )
+        node[keys[-1]] = value
+    return from_dict(config_cls, data, source=source)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: config file is not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # the message carries "(at line L, column C)"
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _parse_override(text: str, source: str) -> tuple[tuple[str, ...], Any, str]:
+    """Split ``"a.b=value"`` into its key path and its value parsed as a TOML literal."""
+    key, sep, raw = text.partition("=")
+    keys = tuple(part.strip() for part in key.split("."))
+    if not sep or not all(keys):
+        raise ConfigError(
+            f"{source}: override {text!r} must look like KEY=VALUE, e.g. training.lr=0.01"
+        )
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError as exc:
+        if raw[:1] in ('"', "'", "[", "{"):
+            raise ConfigError(
+                f"{source}: override '{text}': cannot parse the value as TOML ({exc})"
+            ) from None
+        value = raw  # a bare word such as adam or pcsim.experiments.x
+    return keys, value, text
+
+
+def _check_override(
+    cls: type, keys: tuple[str, ...], value: Any, label: str
+) -> None:
+    """Check that an override's key exists in ``cls`` and that its value fits the field."""
+    current = cls
+    for depth, key in enumerate(keys):
+        prefix = "".join(k + "." for k in keys[:depth])
+        fields = _init_fields(current)
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(f"{label}: ", prefix, key, fields))
+        hint = _field_hints(current)[key]
+        if depth == len(keys) - 1:
+            _check(value, hint, fields[key].metadata, prefix + key, label)
+            return
+        inner = _optional_inner(hint) if _is_optional(hint) else hint
+        if not (isinstance(inner, type) and dataclasses.is_dataclass(inner)):
+            raise ConfigError(
+                f"{label}: key '{prefix + key}' is not a table, "
+                f"so '{'.'.join(keys)}' does not exist"
+            )
+        current = inner
+
+
+def import_experiment_module(name: str, *, source: str = "") -> types.ModuleType:
+    """Import the experiment module ``name`` and check that it defines a ``Config`` class.
+
+    ``Config`` must be a subclass of :class:`ExperimentConfig`. A module that cannot be
+    found or fails to import (a syntax error, a missing optional dependency such as brian2)
+    is reported as a :class:`ConfigError` naming ``source`` and the key ``experiment``, so a
+    typo in a config reads as a config problem rather than as a traceback.
+    """
+    where = f"{_where(source)}key 'experiment': "
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+        raise ConfigError(f"{where}{name!r} is not a dotted module path such as 'pkg.module'")
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            raise ConfigError(f"{where}no module named '{name}'") from exc
+        raise ConfigError(f"{where}module '{name}' failed to import: {exc}") from exc
+    except (ImportError, SyntaxError) as exc:
+        raise ConfigError(f"{where}module '{name}' failed to import: {exc}") from exc
+    config_cls = getattr(module, "Config", None)
+    if not (isinstance(config_cls, type) and issubclass(config_cls, ExperimentConfig)):
+        raise ConfigError(
+            f"{where}module '{name}' does not define a class Config derived from "
+            "pcsim.config.ExperimentConfig"
+        )
+    return module
+
+
+def check_device(device: str, *, source: str = "") -> None:
+    """Raise :class:`ConfigError` if ``device`` is ``"cuda"`` and torch sees no CUDA device.
+
+    Called at run time (not during validation) so that a config written on a GPU machine
+    still validates elsewhere. Torch is imported only when CUDA is requested.
+    """
+    if device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"{_where(source)}key 'device' is 'cuda' but torch finds no CUDA device; "
+            "run with --device cpu"
+        )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Return a config dataclass as plain nested dicts, lists and scalars.
+
+    The inverse of :func:`from_dict`: ``from_dict(type(cfg), config_to_dict(cfg)) == cfg``.
+    Tuples become lists and fields holding ``None`` are left out (TOML has no null; an
+    absent optional key reads back as ``None``), so the result is also what
+    :func:`config_to_toml` writes and ``tomllib`` reads back.
+    """
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"config_to_dict needs a config dataclass instance, got {cfg!r}")
+    out: dict[str, Any] = {}
+    for name in _init_fields(type(cfg)):
+        value = getattr(cfg, name)
+        if value is not None:
+            out[name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return config_to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return copy.copy(value)
+
+
+def config_to_toml(cfg: Any) -> str:
+    """Return a config dataclass as a TOML document that loads back to the same config.
+
+    Top-level keys come first, then one ``[table]`` per nested section (in field order),
+    so ``tomllib.loads(config_to_toml(cfg)) == config_to_dict(cfg)``. Used to store the
+    config in a result's attrs and as ``config.toml`` beside the results.
+    """
+    lines: list[str] = []
+    _write_table(config_to_dict(cfg), (), lines)
+    return "\n".join(lines) + "\n"
+
+
+def _write_table(table: Mapping[str, Any], path: tuple[str, ...], lines: list[str]) -> None:
+    if path:
+        if lines:
+            lines.append("")
+        lines.append("[" + ".".join(_toml_key(k) for k in path) + "]")
+    subtables = []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            subtables.append((key, value))
+        else:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in subtables:
+        _write_table(value, (*path, key), lines)
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)  # shortest round-tripping form, always valid TOML
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")
+
+
+def _toml_string(text: str) -> str:
+    chars = []
+    for ch in text:
+        if ch in _TOML_ESCAPES:
+            chars.append(_TOML_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            chars.append(f"\\u{ord(ch):04x}")
+        else:
+            chars.append(ch)
+    return '"' + "".join(chars) + '"'

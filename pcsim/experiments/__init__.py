@@ -1,0 +1,1 @@
+"""Experiments shipped with pcsim's engine; each module defines ``Config``, ``run`` and ``plot``."""

@@ -1,0 +1,188 @@
+"""How the CLI finds experiments, without pcsim importing ``circuits`` or ``analysis``.
+
+An experiment is any importable module that defines three names::
+
+    Config                      # a frozen dataclass deriving from pcsim.config.ExperimentConfig
+    run(config, ctx)            # -> ExperimentResult; ctx is a RunContext
+    plot(results)               # xarray.Dataset -> dict[str, matplotlib.figure.Figure]
+
+A config file names its module (``experiment = "circuits.oddball"``), so the registry is
+the set of TOML files under ``configs/``, not a list kept in code. ``plot`` receives the
+dataset exactly as it is saved, so ``pcsim replot`` can redraw every figure from
+``results.nc`` alone.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+import os
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from pcsim.config import import_experiment_module
+from pcsim.errors import ConfigError
+
+__all__ = [
+    "ExperimentResult",
+    "RunContext",
+    "default_config_dir",
+    "get_experiment",
+    "list_experiments",
+    "to_jsonable",
+]
+
+
+@dataclass
+class RunContext:
+    """What a run needs besides its config: where to write, on which device, how verbosely.
+
+    ``out_dir`` exists when ``run`` is called (checkpoints may go there); ``progress``
+    says whether to show progress bars (``tqdm(..., disable=not ctx.progress)``);
+    ``config_source`` is the config file's path, for messages.
+    """
+
+    out_dir: Path
+    device: str
+    progress: bool = True
+    config_source: str = ""
+
+
+@dataclass
+class ExperimentResult:
+    """What ``run`` returns: the labelled results and a small JSON-serialisable summary.
+
+    ``summary`` holds the headline numbers (final accuracy, alignment ...) that the CLI
+    prints and writes to ``summary.json``. It is converted on construction: numpy and torch
+    scalars and arrays become Python numbers and lists, non-finite floats become ``None``.
+    """
+
+    dataset: xr.Dataset
+    summary: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dataset, xr.Dataset):
+            raise TypeError(
+                f"ExperimentResult.dataset must be an xarray.Dataset, "
+                f"got {type(self.dataset).__name__}"
+            )
+        if not isinstance(self.summary, Mapping):
+            raise TypeError(
+                f"ExperimentResult.summary must be a dict, got {type(self.summary).__name__}"
+            )
+        self.summary = to_jsonable(self.summary, name="summary")
+
+
+def to_jsonable(obj: Any, *, name: str = "value") -> Any:
+    """Return ``obj`` as JSON-ready builtins: dicts, lists, str, int, float, bool, None.
+
+    Numpy/torch scalars and arrays are converted through their ``tolist()``; tuples become
+    lists, paths become strings, mapping keys become strings, and NaN/±Inf become ``None``
+    (strict JSON has no spelling for them). Anything else raises TypeError naming the
+    offending entry as ``name['key'][index]``.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v, name=f"{name}[{str(k)!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v, name=f"{name}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    tolist = getattr(obj, "tolist", None)  # numpy and torch, without importing torch
+    if callable(tolist):
+        return to_jsonable(tolist(), name=name)
+    raise TypeError(
+        f"{name} has type {type(obj).__name__}, which is not JSON-serialisable; "
+        "store a number, string, list or dict instead"
+    )
+
+
+def get_experiment(name: str, *, source: str = "") -> types.ModuleType:
+    """Import the experiment module ``name`` and check it defines ``Config``, ``run``, ``plot``.
+
+    ``source`` (a config file or results path) prefixes error messages. A module that is
+    missing, fails to import, or lacks one of the three names raises :class:`ConfigError`
+    naming the key ``experiment``.
+    """
+    module = import_experiment_module(name, source=source)
+    missing = [attr for attr in ("run", "plot") if not callable(getattr(module, attr, None))]
+    if missing:
+        where = f"{source}: " if source else ""
+        raise ConfigError(
+            f"{where}key 'experiment': module '{name}' is not a pcsim experiment: "
+            f"it defines no {' and no '.join(f'{attr}()' for attr in missing)}"
+        )
+    return module
+
+
+def default_config_dir() -> Path:
+    """``configs/`` in the working directory if it exists, else the one beside the package.
+
+    The second case covers an editable install run from elsewhere: the shipped configs sit
+    at the repository root, next to the ``pcsim`` package directory.
+    """
+    local = Path.cwd() / "configs"
+    if local.is_dir():
+        return local
+    import pcsim
+
+    return Path(pcsim.__file__).resolve().parents[1] / "configs"
+
+
+def list_experiments(config_dir: str | Path | None = None) -> list[tuple[str, str, str]]:
+    """List the experiment configs under ``config_dir`` as (file, module, description) rows.
+
+    Every ``*.toml`` below the directory (default: :func:`default_config_dir`) is one row;
+    the file is named relative to the directory. The description is the config's
+    ``description`` key, or else the first line of the module's docstring, read from its
+    source without importing it (so listing never loads torch or brian2). Broken files are
+    listed with the problem as their description rather than stopping the listing.
+    """
+    root = Path(config_dir) if config_dir is not None else default_config_dir()
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such configs directory")
+    rows = []
+    for path in sorted(root.rglob("*.toml")):
+        name = path.relative_to(root).as_posix()
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            rows.append((name, "?", f"(invalid TOML: {exc})"))
+            continue
+        experiment = data.get("experiment")
+        if not isinstance(experiment, str):
+            rows.append((name, "?", "(no 'experiment' key)"))
+            continue
+        description = data.get("description")
+        if not isinstance(description, str) or not description.strip():
+            description = _module_summary(experiment)
+        rows.append((name, experiment, (description.strip().splitlines() or [""])[0]))
+    return rows
+
+
+def _module_summary(name: str) -> str:
+    """First docstring line of module ``name``, parsed from its source file."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError) as exc:
+        return f"(module not found: {exc})"
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return "(module not found)" if spec is None else ""
+    try:
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError) as exc:
+        return f"(cannot read module: {exc})"
+    doc = ast.get_docstring(tree)
+    return doc.strip().splitlines()[0] if doc and doc.strip() else ""

@@ -1,0 +1,181 @@
+"""Writing and reopening a run's output: ``results.nc``, ``summary.json``, ``config.toml``, PNGs.
+
+Every file is first written under a temporary name in the output directory and renamed
+into place only once *all* of them were written, so a failed run (a plot that raises, a
+full disk) leaves neither half-written files nor a mix of old and new results. The netCDF
+file carries the config that produced it in its attrs, so it is self-describing:
+``xarray.open_dataset("runs/x/results.nc").attrs["config"]`` is the TOML text.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
+
+from pcsim import __version__
+from pcsim.config import ExperimentConfig, config_to_toml
+from pcsim.registry import ExperimentResult, to_jsonable
+
+__all__ = ["load_summary", "netcdf_ready", "open_results", "write_figures", "write_results"]
+
+RESULTS_FILE = "results.nc"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.toml"
+FIGURE_DPI = 120
+
+_FIGURE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def write_results(
+    result: ExperimentResult,
+    figures: Mapping[str, Figure],
+    out_dir: str | Path,
+    config: ExperimentConfig,
+) -> dict[str, Path]:
+    """Write a run's dataset, summary, config and figures into ``out_dir``, atomically.
+
+    Creates ``out_dir`` and writes ``results.nc`` (the dataset, with the config's TOML,
+    the pcsim version and the experiment module in its attrs; attrs made
+    netCDF-serialisable), ``summary.json`` (indent 2, sorted keys), ``config.toml`` and
+    ``NAME.png`` for each figure (dpi 120). Nothing is renamed into place until every file
+    was written; on any error the temporary files are removed and the error re-raised.
+    Returns ``{file name: path}`` for the files written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    toml_text = config_to_toml(config)
+    dataset = netcdf_ready(result.dataset)
+    dataset.attrs.update(
+        config=toml_text, pcsim_version=__version__, experiment=config.experiment
+    )
+    summary = json.dumps(to_jsonable(result.summary, name="summary"), indent=2,
+                         sort_keys=True, allow_nan=False) + "\n"
+    engine = _netcdf_engine()
+    writers = _figure_writers(figures)
+    writers[CONFIG_FILE] = lambda path: path.write_text(toml_text, encoding="utf-8")
+    writers[SUMMARY_FILE] = lambda path: path.write_text(summary, encoding="utf-8")
+    # results.nc is renamed last, so its presence marks a complete run.
+    writers[RESULTS_FILE] = lambda path: dataset.to_netcdf(path, engine=engine)
+    return _write_atomically(out, writers)
+
+
+def write_figures(figures: Mapping[str, Figure], out_dir: str | Path) -> dict[str, Path]:
+    """Save each figure as ``out_dir/NAME.png`` (dpi 120), all or none.
+
+    Used by ``pcsim replot`` to redraw a finished run's figures from its ``results.nc``.
+    Names must be plain file stems (letters, digits, ``_``, ``-``, ``.``). Returns
+    ``{file name: path}``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return _write_atomically(out, _figure_writers(figures))
+
+
+def open_results(out_dir: str | Path) -> xr.Dataset:
+    """Load a run's ``results.nc`` fully into memory and close the file.
+
+    ``out_dir`` is a run directory (or the ``.nc`` file itself). Loading eagerly means the
+    file is not held open, so the run can be rewritten or deleted afterwards.
+    """
+    path = Path(out_dir)
+    if path.is_dir() or path.suffix != ".nc":
+        path = path / RESULTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such results file (is {out_dir} a pcsim run?)")
+    with xr.open_dataset(path) as dataset:
+        return dataset.load()
+
+
+def load_summary(out_dir: str | Path) -> dict[str, Any]:
+    """Return the ``summary.json`` of the run in ``out_dir`` as a dict."""
+    path = Path(out_dir) / SUMMARY_FILE
+    with path.open(encoding="utf-8") as fh:
+        summary: dict[str, Any] = json.load(fh)
+    return summary
+
+
+def netcdf_ready(dataset: xr.Dataset) -> xr.Dataset:
+    """Return a shallow copy of ``dataset`` whose attrs netCDF can store.
+
+    In the dataset's attrs and in every variable's and coordinate's: booleans become 0/1,
+    ``None`` entries are dropped, dicts (and lists that are not all numbers) become JSON
+    strings, paths become strings. The input is not modified.
+    """
+    out = dataset.copy(deep=False)
+    out.attrs = _clean_attrs(dataset.attrs)
+    for variable in out.variables.values():
+        variable.attrs = _clean_attrs(variable.attrs)
+    return out
+
+
+def _clean_attrs(attrs: Mapping[Any, Any]) -> dict[str, Any]:
+    return {str(k): _attr_value(v) for k, v in attrs.items() if v is not None}
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (str, int, float, np.number)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.ndarray):
+        if value.dtype == bool:
+            return value.astype(np.int8)
+        if value.dtype.kind in "iuf" and value.ndim == 1 and value.size:
+            return value
+        return json.dumps(to_jsonable(value, name="attribute"))
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+        for v in value
+    ):
+        return np.asarray(value)
+    return json.dumps(to_jsonable(value, name="attribute"), sort_keys=True)
+
+
+def _netcdf_engine() -> str:
+    for module, engine in (("netCDF4", "netcdf4"), ("h5netcdf", "h5netcdf"), ("scipy", "scipy")):
+        if importlib.util.find_spec(module) is not None:
+            return engine
+    raise RuntimeError("no netCDF backend: install netCDF4 (or h5netcdf, or scipy)")
+
+
+def _figure_writers(figures: Mapping[str, Figure]) -> dict[str, Callable[[Path], None]]:
+    writers: dict[str, Callable[[Path], None]] = {}
+    for name, figure in figures.items():
+        if not isinstance(name, str) or not _FIGURE_NAME.fullmatch(name):
+            raise ValueError(f"figure name {name!r} is not a plain file stem")
+        if not callable(getattr(figure, "savefig", None)):
+            raise TypeError(f"figure {name!r} is a {type(figure).__name__}, not a Figure")
+        # Bind figure now: a lambda closing over the loop variable would save the last one.
+        writers[f"{name}.png"] = lambda path, fig=figure: fig.savefig(
+            path, format="png", dpi=FIGURE_DPI
+        )
+    return writers
+
+
+def _write_atomically(out: Path, writers: Mapping[str, Callable[[Path], None]]) -> dict[str, Path]:
+    """Run each writer on a temporary path in ``out``, then rename all into place."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, write in writers.items():
+            temporary = out / f".{name}.{uuid.uuid4().hex[:12]}.tmp"
+            staged.append((temporary, out / name))
+            write(temporary)
+        for temporary, final in staged:
+            os.replace(temporary, final)
+    except BaseException:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        raise
+    return {final.name: final for _, final in staged}

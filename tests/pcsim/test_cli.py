@@ -1,0 +1,119 @@
+"""The pcsim command line, end to end, on a throwaway experiment module."""
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pcsim.cli import main
+
+CONFIG = """\
+experiment = "{module}"
+description = "tiny decaying loss"
+seed = 1
+
+[training]
+lr = 0.5
+epochs = 4
+"""
+
+
+@pytest.fixture
+def config_path(tiny_experiment, write_config):
+    return write_config(CONFIG.format(module=tiny_experiment))
+
+
+def test_run_writes_results_and_prints_summary(config_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["run", str(config_path), "--out", str(out), "--set", "training.epochs=6",
+                 "--no-progress"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.toml", "loss.png", "results.nc", "summary.json"]
+
+    with xr.open_dataset(out / "results.nc") as results:
+        assert results.sizes["epoch"] == 6  # the override reached the run
+        assert 'epochs = 6' in results.attrs["config"]
+        np.testing.assert_allclose(results["loss"].values, 0.5 * np.exp(-np.arange(6)))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"] == "cpu"
+    assert summary["network"] == {"sizes": [4, 3]}
+
+    lines = printed.out.splitlines()
+    final = f"{0.5 * np.exp(-5):.4g}"
+    assert any(line.split() == ["final_loss", final] for line in lines)
+    assert any(line.split() == ["network.sizes", "[4,", "3]"] for line in lines)
+    assert any("losses" in line and "... (6 items)" in line for line in lines)
+    assert str(out / "results.nc") in printed.out
+
+
+def test_run_default_out_dir_is_runs_config_stem(config_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(config_path), "--no-progress"]) == 0
+    assert (tmp_path / "runs" / "tiny" / "results.nc").is_file()
+
+
+def test_bad_config_exits_2_naming_file_and_key(tiny_experiment, write_config, tmp_path, capsys):
+    path = write_config(CONFIG.format(module=tiny_experiment) + "lr_decay = 0.1\n", "bad.toml")
+    code = main(["run", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"pcsim: error: {path}: unknown key 'training.lr_decay'")
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_override_exits_2(config_path, tmp_path, capsys):
+    code = main(["run", str(config_path), "--out", str(tmp_path / "o"), "--set",
+                 "training.lr=0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "override 'training.lr=0'" in err and "key 'training.lr' must be > 0" in err
+
+
+def test_usage_error_exits_2(capsys):
+    assert main(["run"]) == 2
+    assert "CONFIG.toml" in capsys.readouterr().err
+    assert main(["list", "--bogus"]) == 2
+
+
+def test_replot_redraws_from_results(config_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(config_path), "--out", str(out), "--no-progress"]) == 0
+    (out / "loss.png").unlink()
+    assert main(["replot", str(out)]) == 0
+    assert (out / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert main(["replot", str(tmp_path / "nowhere")]) == 2
+    assert "no such results file" in capsys.readouterr().err
+
+
+def test_list_shows_configs(tiny_experiment, tmp_path, capsys):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "a.toml").write_text(f'experiment = "{tiny_experiment}"\n'
+                                    'description = "first line\\nsecond"\n')
+    (configs / "b.toml").write_text(f'experiment = "{tiny_experiment}"\n')
+    assert main(["list", "--configs", str(configs)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["CONFIG", "EXPERIMENT", "DESCRIPTION"]
+    assert lines[1].split() == ["a.toml", tiny_experiment, "first", "line"]
+    # no description key: the module docstring's first line
+    assert lines[2].split()[:3] == ["b.toml", tiny_experiment, "Tiny"]
+    assert lines[2].endswith("an exponentially decaying loss curve.")
+
+
+def test_bench_dispatches_lazily(monkeypatch, capsys):
+    calls = []
+    fake = types.ModuleType("pcsim.bench")
+    fake.main = lambda name, as_json, args: calls.append((name, as_json, args)) or 0
+    monkeypatch.setitem(sys.modules, "pcsim.bench", fake)
+    assert main(["bench", "relax", "--json", "--steps", "10"]) == 0
+    assert calls == [("relax", True, ["--steps", "10"])]
+
+    monkeypatch.setitem(sys.modules, "pcsim.bench", None)  # import now fails: not installed
+    assert main(["bench", "relax"]) == 2
+    assert "no pcsim.bench module" in capsys.readouterr().err
