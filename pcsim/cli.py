@@ -31,7 +31,7 @@ _LIST_SHOWN = 4  # list items printed before "..."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``pcsim`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+    """Run the ``pcsim`` command line on ``argv`` (default ``sys.argv[1:]``); return the exit code.
 
     Exit status is 0 on success, 2 for a usage error or an invalid config/data/diverging
     run (reported on stderr as ``pcsim: error: ...``), 130 when interrupted.
