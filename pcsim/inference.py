@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, InferenceDivergenceError
+from .activations import get_activation
 from .network import PCNetwork
 
 Tensor = torch.Tensor
@@ -32,6 +33,8 @@ class InferenceConfig:
     times its initial value (divergence). ``record``: keep every node, error and layer
     energy at every step. ``check_every``: check for divergence every k steps (0: only at
     the end, unless ``record`` or ``tol`` make the energy available at every step anyway).
+    ``compile``: run the T steps as one ``torch.compile``d graph when nothing is recorded
+    (fused kernels, no Python in the loop; costs seconds of compilation per shape).
     """
 
     steps: int = 20
@@ -42,6 +45,7 @@ class InferenceConfig:
     max_growth: float = 10.0
     record: bool = False
     check_every: int = 0
+    compile: bool = False
 
     @property
     def step_size(self) -> float:
@@ -191,6 +195,95 @@ def freeze_predictions(net: PCNetwork, state: PCState) -> FixedPredictions:
     return FixedPredictions(mu, fx, dfx)
 
 
+# --------------------------------------------------------------------------- one Euler step
+@dataclass(frozen=True)
+class _Plan:
+    """What stays fixed during one relaxation (hashable, so a compiled step specialises on it)."""
+
+    depth: int
+    activations: tuple[str, ...]
+    free: tuple[int, ...]
+    generative: bool
+    unit_precision: bool
+    fixed: bool
+    mu1_cached: bool
+    eta: float
+    momentum: float
+
+
+@dataclass
+class _Params:
+    """The tensors one relaxation reads: weights, biases, precisions, prior and frozen predictions."""
+
+    W: list[Tensor]
+    b: list[Tensor]
+    pis: list[Tensor]
+    pi0: Tensor
+    prior_mean: Tensor
+    mu: list  # fixed predictions, or [mu_1] when cached
+    fx: list  # fixed activities (fixed-prediction rule)
+    dfx: list  # fixed slopes (fixed-prediction rule)
+
+
+def _errors(plan: _Plan, p: _Params, x: list[Tensor]):
+    """Errors ``eps``, precision-weighted errors ``peps`` and activities ``fx`` at state ``x``."""
+    L = plan.depth
+    eps: list = [x[0] - p.prior_mean if plan.generative else None]
+    if plan.fixed:
+        fx = list(p.fx)
+        eps += [x[l] - p.mu[l] for l in range(1, L + 1)]
+    else:
+        start = 1 if plan.mu1_cached else 0
+        fx = [None] * start + [get_activation(plan.activations[l]).f(x[l]) for l in range(start, L)]
+        for l in range(1, L + 1):
+            if l == 1 and plan.mu1_cached:
+                eps.append(x[1] - p.mu[0])
+            else:
+                eps.append(x[l] - torch.baddbmm(p.b[l - 1], fx[l - 1], p.W[l - 1]))
+    peps = [None if eps[0] is None else p.pi0 * eps[0]]
+    peps += eps[1:] if plan.unit_precision else [p.pis[l - 1] * eps[l] for l in range(1, L + 1)]
+    return eps, peps, fx
+
+
+def _update(plan: _Plan, p: _Params, x: list[Tensor], v: list, peps: list, fx: list):
+    """One Euler (or heavy-ball) step of every free layer: ``x_l -= eta * dE/dx_l``; returns new ``(x, v)``."""
+    L = plan.depth
+    x = list(x)
+    v = list(v)
+    for i, l in enumerate(plan.free):
+        back = slope = None
+        if l < L:
+            back = torch.bmm(peps[l + 1], p.W[l].transpose(1, 2))
+            slope = p.dfx[l] if plan.fixed else get_activation(plan.activations[l]).df(x[l], fx[l])
+        if plan.momentum > 0:
+            g = peps[l] if back is None else (-(slope * back) if peps[l] is None else peps[l] - slope * back)
+            v[i] = v[i] * plan.momentum - plan.eta * g
+            x[l] = x[l] + v[i]
+        else:
+            new = x[l] if peps[l] is None else x[l].sub(peps[l], alpha=plan.eta)
+            x[l] = new if back is None else new.addcmul(slope, back, value=plan.eta)
+    return x, v
+
+
+def _relax_steps(plan: _Plan, p: _Params, x: list[Tensor], v: list, steps: int):
+    """``steps`` Euler steps with no bookkeeping, then the errors at the final state (the compiled fast path)."""
+    for _ in range(steps):
+        eps, peps, fx = _errors(plan, p, x)
+        x, v = _update(plan, p, x, v, peps, fx)
+    eps, peps, fx = _errors(plan, p, x)
+    return x, eps, peps, fx
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_relax_steps():
+    """``_relax_steps`` compiled once per process by ``torch.compile`` (specialised per plan and shape)."""
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(_relax_steps, fullgraph=True, dynamic=False)
+    return _COMPILED["fn"]
+
+
 # --------------------------------------------------------------------------- the loop
 OnStep = Callable[[int, list[Tensor], list, list[Tensor]], None]
 
@@ -203,49 +296,36 @@ def relax(
     fixed: FixedPredictions | None = None,
     on_step: OnStep | None = None,
 ) -> Relaxation:
-    """Relax the free value nodes of ``state`` for ``config.steps`` Euler steps (in place).
+    """Relax the free value nodes of ``state`` for ``config.steps`` Euler steps.
 
     Each step computes the errors ``eps_l`` (``(E, B, n_l)``) at the current state, then moves
-    every free node by ``-dt/tau * dE/dx_l``. With ``fixed`` (fixed-prediction assumption,
-    Millidge et al. 2022) the predictions and the slopes ``f'`` stay at their feed-forward
-    values. ``on_step(t, x, peps, fx)``, if given, is called at every step with the current
-    state, precision-weighted errors and activities before the nodes move (incremental PC
-    updates the weights there). Raises :class:`InferenceDivergenceError` naming the step
-    and layer when the energy becomes NaN/Inf or exceeds ``max_growth`` times its start.
+    every free node by ``-dt/tau * dE/dx_l``; ``state.x`` holds the relaxed nodes afterwards.
+    With ``fixed`` (fixed-prediction assumption, Millidge et al. 2022) the predictions and
+    the slopes ``f'`` stay at their feed-forward values. ``on_step(t, x, peps, fx)``, if
+    given, is called at every step with the current state, precision-weighted errors and
+    activities before the nodes move (incremental PC updates the weights there). With
+    ``config.compile`` and no recording, tolerance or hook, the T steps run as one compiled
+    graph and divergence is checked at the end. Raises :class:`InferenceDivergenceError`
+    naming the step and layer when the energy becomes NaN/Inf or exceeds ``max_growth``
+    times its start.
     """
     L = net.depth
-    x = state.x
-    free = [l for l in range(L + 1) if not state.clamped[l]]
+    x = list(state.x)
     eta = config.step_size
-    unit = net.unit_precision()
-    pis = net.precision()
-    pi0 = net.prior_log_precision.exp()
-    generative = net.mode == "generative"
-    acts = [net.activation(l) for l in range(L)]
     track = config.record or config.tol > 0
     check_every = 1 if track else config.check_every
-    # mu_1 is constant while x_0 is clamped and the weights do not move
-    mu1 = None
-    if fixed is None and state.clamped[0] and on_step is None:
-        mu1 = torch.baddbmm(net.biases[0], acts[0].f(x[0]), net.weights[0])
-    velocity = [torch.zeros_like(x[l]) for l in free] if config.momentum > 0 else None
+    plan = _Plan(
+        depth=L, activations=tuple(net.activations), free=tuple(l for l in range(L + 1) if not state.clamped[l]),
+        generative=net.mode == "generative", unit_precision=net.unit_precision(), fixed=fixed is not None,
+        mu1_cached=fixed is None and state.clamped[0] and on_step is None, eta=eta, momentum=config.momentum,
+    )
+    mu = list(fixed.mu) if fixed is not None else []
+    if plan.mu1_cached:  # mu_1 is constant while x_0 is clamped and the weights do not move
+        mu = [torch.baddbmm(net.biases[0], net.activation(0).f(x[0]), net.weights[0])]
+    p = _Params(net.weights, net.biases, net.precision(), net.prior_log_precision.exp(), net.prior_mean, mu,
+                fixed.fx if fixed is not None else [], fixed.dfx if fixed is not None else [])
+    v = [torch.zeros_like(x[l]) for l in plan.free] if config.momentum > 0 else [None] * len(plan.free)
     trace: dict[str, list] | None = {k: [] for k in ["energy"] + [f"x{l}" for l in range(L + 1)] + [f"eps{l}" for l in range(L + 1)]} if config.record else None
-
-    def errors():
-        if fixed is not None:
-            fx = fixed.fx
-            eps = [x[0] - net.prior_mean if generative else None] + [x[l] - fixed.mu[l] for l in range(1, L + 1)]
-        else:
-            fx = [acts[l].f(x[l]) for l in range(L)] if mu1 is None else [None] + [acts[l].f(x[l]) for l in range(1, L)]
-            eps = [x[0] - net.prior_mean if generative else None]
-            for l in range(1, L + 1):
-                mu = mu1 if (l == 1 and mu1 is not None) else torch.baddbmm(net.biases[l - 1], fx[l - 1], net.weights[l - 1])
-                eps.append(x[l] - mu)
-        if unit:
-            peps = [None if eps[0] is None else pi0 * eps[0]] + eps[1:]
-        else:
-            peps = [None if eps[0] is None else pi0 * eps[0]] + [pis[l - 1] * eps[l] for l in range(1, L + 1)]
-        return eps, peps, fx
 
     def energies(eps, peps):
         cols = [(eps[l] * peps[l]).sum(-1) * 0.5 if eps[l] is not None else x[-1].new_zeros(x[-1].shape[:2]) for l in range(L + 1)]
@@ -264,23 +344,30 @@ def relax(
         grew = tot > bound
         if bool(grew.any()):
             member = int(torch.nonzero(grew)[0, 0])
-            layer = int(torch.argmax((en - e_start)[member].sum(0)))
+            layer = int(torch.argmax((en - e0)[member].sum(0)))
             raise InferenceDivergenceError(
                 f"inference diverged: energy grew from {float(e0[member].sum()):.4g} to {float(tot[member]):.4g} "
                 f"(more than max_growth={config.max_growth:g} times) by step {t}, mostly in layer {layer} "
                 f"(ensemble member {member}); reduce dt/tau (now {eta:g}) or the momentum", step=t, layer=layer)
 
-    e_start = None
-    steps_run = 0
-    prev_total = None
-    for t in range(config.steps + 1):
-        eps, peps, fx = errors()
-        need_energy = track or e_start is None or t == config.steps or (check_every and t % check_every == 0)
-        if need_energy:
-            en = energies(eps, peps)
-            if e_start is None:
-                e_start = en
-            check(t, en, e_start)
+    eps, peps, fx = _errors(plan, p, x)
+    e_start = energies(eps, peps)
+    check(0, e_start, e_start)
+    if config.compile and not track and on_step is None and config.steps > 0:
+        x, eps, peps, fx = _compiled_relax_steps()(plan, p, x, v, config.steps)
+        steps_run = config.steps
+        en = energies(eps, peps)
+        check(steps_run, en, e_start)
+    else:
+        en = e_start
+        steps_run = 0
+        prev_total = None
+        for t in range(config.steps + 1):
+            if t > 0:
+                eps, peps, fx = _errors(plan, p, x)
+                if track or t == config.steps or (check_every and t % check_every == 0):
+                    en = energies(eps, peps)
+                    check(t, en, e_start)
             if trace is not None:
                 trace["energy"].append(en.detach().cpu().numpy())
                 for l in range(L + 1):
@@ -292,29 +379,16 @@ def relax(
                 if prev_total is not None and bool(((prev_total - total).abs() <= config.tol * prev_total.abs()).all()):
                     break
                 prev_total = total
-        if t == config.steps:
-            break
-        # explicit local gradients dE/dx_l for the free layers
-        grads = []
-        for l in free:
-            g = peps[l]
-            if l < L:
-                slope = fixed.dfx[l] if fixed is not None else acts[l].df(x[l], fx[l])
-                back = torch.bmm(peps[l + 1], net.weights[l].transpose(1, 2))
-                g = back.mul_(slope).neg_() if g is None else g - slope * back
-            grads.append(g)
-        if on_step is not None:
-            on_step(t, x, peps, fx)
-        for i, l in enumerate(free):
-            if velocity is not None:
-                velocity[i].mul_(config.momentum).sub_(grads[i], alpha=eta)
-                x[l].add_(velocity[i])
-            else:
-                x[l].sub_(grads[i], alpha=eta)
-        steps_run += 1
-    if fixed is None and mu1 is not None:
-        fx[0] = acts[0].f(x[0])
-    out_trace = None
-    if trace is not None:
-        out_trace = {k: np.stack(v) for k, v in trace.items()}
+            if t == config.steps:
+                break
+            if on_step is not None:
+                on_step(t, x, peps, fx)
+            x, v = _update(plan, p, x, v, peps, fx)
+            steps_run += 1
+        if steps_run < config.steps and not track:
+            en = energies(eps, peps)
+    if plan.mu1_cached:
+        fx[0] = net.activation(0).f(x[0])
+    state.x[:] = x
+    out_trace = {k: np.stack(v) for k, v in trace.items()} if trace is not None else None
     return Relaxation(state, eps, peps, list(fx), en, steps_run, out_trace, config.dt)

@@ -25,8 +25,9 @@ _MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "linear": n
 class BackpropTwin(nn.Module):
     """Feed-forward twin of ``net``: parameters ``W_l`` ``(E, n_{l-1}, n_l)`` and ``b_l`` ``(E, 1, n_l)``, copied."""
 
-    def __init__(self, net: PCNetwork):
+    def __init__(self, net: PCNetwork, compile: bool = False):
         super().__init__()
+        self._loss = torch.compile(self._loss_impl, dynamic=False) if compile else self._loss_impl
         if net.mode != "discriminative":
             raise ValueError("a backprop twin needs a discriminative network (input at x_0, output at x_L)")
         self.net = net.clone()  # activations, precisions and validation come from here
@@ -39,18 +40,23 @@ class BackpropTwin(nn.Module):
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Output ``h_L`` ``(E, B, n_L)`` for inputs ``(B, n_0)`` or ``(E, B, n_0)``."""
-        h = _as_batch(self.net, inputs, "inputs", self.net.sizes[0])
+        return self._forward(_as_batch(self.net, inputs, "inputs", self.net.sizes[0]))
+
+    def _forward(self, h: Tensor) -> Tensor:
         for k in range(self.net.depth):
             h = torch.baddbmm(self.biases[k], self.net.activation(k).f(h), self.weights[k])
         return h
 
     def loss(self, inputs: Tensor, target: Tensor) -> Tensor:
         """Per-member loss ``(E,)``: ``1/2 (y - h_L)^T Pi_L (y - h_L)`` averaged over the batch."""
-        out = self.forward(inputs)
+        x = _as_batch(self.net, inputs, "inputs", self.net.sizes[0])
         y = _as_batch(self.net, target, "target", self.net.sizes[-1])
-        if y.shape[1] != out.shape[1]:
-            raise DataError(f"target has {y.shape[1]} samples but inputs have {out.shape[1]}")
-        return output_loss(self.net, out, y)
+        if y.shape[1] != x.shape[1]:
+            raise DataError(f"target has {y.shape[1]} samples but inputs have {x.shape[1]}")
+        return self._loss(x, y)
+
+    def _loss_impl(self, x: Tensor, y: Tensor) -> Tensor:
+        return output_loss(self.net, self._forward(x), y)
 
     def gradients(self, inputs: Tensor, target: Tensor) -> list[Tensor]:
         """Autograd gradients of the loss, ordered as :meth:`params`; members are independent, so their losses are summed."""

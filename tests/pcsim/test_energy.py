@@ -130,7 +130,7 @@ def test_unknown_activation_names_the_known_ones():
     with pytest.raises(ValueError, match="known: " + ", ".join(ACTIVATIONS)):
         get_activation("softplus")
     with pytest.raises(ValueError, match="softplus"):
-        PCNetwork.init([2, 3], "softplus")
+        PCNetwork.init([2, 3, 4], "softplus")
 
 
 @SETTINGS
