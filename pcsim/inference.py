@@ -83,7 +83,9 @@ class Relaxation:
     ``state``: the relaxed value nodes. ``eps``: errors ``[eps_0 .. eps_L]`` at that state
     (``eps_0`` is None in discriminative mode); ``peps``: the same times their precision;
     ``fx``: pre-synaptic activities ``f(x_l)`` for ``l < L``. ``energy``: per-layer energy
-    at the relaxed state ``(E, B, L+1)``. ``steps``: Euler steps taken. ``trace``: when
+    at the relaxed state ``(E, B, L+1)``: the quadratic (prediction-error) part that inference
+    descends; the ``-1/2 log det Pi`` of learned precisions does not depend on the nodes and
+    is left out (``energy.layer_energies`` includes it). ``steps``: Euler steps taken. ``trace``: when
     recorded, per-step arrays ``x{l}``/``eps{l}`` ``(T+1, E, B, n_l)`` and ``energy``
     ``(T+1, E, B, L+1)`` (step 0 is the initial state).
     """
@@ -381,9 +383,12 @@ def relax(
                 prev_total = total
             if t == config.steps:
                 break
+            x_next, v = _update(plan, p, x, v, peps, fx)  # values move with the weights of this step
             if on_step is not None:
                 on_step(t, x, peps, fx)
-            x, v = _update(plan, p, x, v, peps, fx)
+                if net.learn_precision:  # the hook may have changed the precisions
+                    p.pis = net.precision()
+            x = x_next
             steps_run += 1
         if steps_run < config.steps and not track:
             en = energies(eps, peps)

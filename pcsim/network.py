@@ -117,7 +117,10 @@ class PCNetwork:
             torch.full((ensemble, 1, sizes[k + 1] if per_unit_precision else 1), math.log(precs[k]), device=device, dtype=dtype)
             for k in range(L)
         ]
-        prior_mean = torch.zeros(ensemble, 1, sizes[0], device=device, dtype=dtype)
+        # relu is flat at 0 (f = f' = 0): a top cause starting there could never move or drive
+        # the layers below, so a relu top layer's prior mean starts at 1 instead
+        m0 = 1.0 if (mode == "generative" and acts[0] == "relu") else 0.0
+        prior_mean = torch.full((ensemble, 1, sizes[0]), m0, device=device, dtype=dtype)
         prior_lp = torch.full((ensemble, 1, 1), math.log(prior_precision), device=device, dtype=dtype)
         return cls(sizes, acts, mode, W, b, lp, prior_mean, prior_lp, learn_precision, seeds)
 

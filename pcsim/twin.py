@@ -85,7 +85,7 @@ class BackpropTwin(nn.Module):
         for k in range(self.net.depth):
             if self.net.activations[k] != "linear":
                 layers.append(_MODULES[self.net.activations[k]]())
-            lin = nn.Linear(self.net.sizes[k], self.net.sizes[k + 1])
+            lin = nn.Linear(self.net.sizes[k], self.net.sizes[k + 1], device=self.net.device, dtype=self.net.dtype)
             with torch.no_grad():
                 lin.weight.copy_(self.weights[k][member].T)
                 lin.bias.copy_(self.biases[k][member, 0])

@@ -349,22 +349,42 @@ def test_same_seed_same_weights_bitwise_and_other_seed_differs():
 
 
 # --------------------------------------------------------------------------- 11. generative learning
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "relu"])
+def test_every_parameter_of_a_fresh_generative_network_gets_a_learning_signal(act):
+    """Data clamped at x_L must drive learning in every layer, whatever the activation.
+
+    (At init the prior mean and biases are 0, so the generative sweep puts every node at 0;
+    for relu, f(0) = f'(0) = 0 then blocks both inference and learning below the output bias.)
+    """
+    net = PCNetwork.init([2, 4, 5], act, mode="generative", seed=0, dtype=F64)
+    data = torch.rand(16, 5, generator=torch.Generator().manual_seed(0), dtype=F64) + 0.5
+    grads, r = StandardPC(InferenceConfig(steps=30, dt=1.0, tau=5.0)).gradients(net, data=data)
+    names = ["W1", "W2", "b1", "b2", "prior_mean"]
+    for name, g in zip(names, grads):
+        assert float(g.abs().max()) > 1e-6, f"{name} gets no gradient with {act}"
+
+
 def test_linear_generative_network_learns_low_rank_gaussian_data():
-    """Factor-analysis-like model x = A z + noise: standard PC lowers the relaxed energy epoch by epoch."""
+    """Factor-analysis-like model x = A z + noise: standard PC lowers the relaxed energy epoch by epoch.
+
+    (MAP learning with fixed precisions keeps lowering the energy by growing W, which stiffens
+    inference: dt/tau is chosen below 2 / (1 + |W|^2) for the weights reached here.)
+    """
     g = torch.Generator().manual_seed(0)
-    A = torch.randn(6, 2, generator=g, dtype=F64)
+    A = 0.7 * torch.randn(6, 2, generator=g, dtype=F64)
     data = torch.randn(256, 2, generator=g, dtype=F64) @ A.T + 0.1 * torch.randn(256, 6, generator=g, dtype=F64)
     net = PCNetwork.init([2, 6], "linear", mode="generative", seed=1, dtype=F64)
-    rule, opt = StandardPC(InferenceConfig(steps=40, dt=1.0, tau=4.0)), Adam(0.02)
+    W0 = net.weights[0][0].T.clone()  # (6, 2): x ~ W z
+    rule, opt = StandardPC(InferenceConfig(steps=50, dt=1.0, tau=8.0)), SGD(0.05)
     means = []
     for epoch in range(12):
         perm = torch.randperm(256, generator=g)
         means.append(np.mean([float(rule.step(net, opt, data=data[perm[i:i + 32]]).energy.sum(-1).mean()) for i in range(0, 256, 32)]))
-    assert means[-1] < 0.5 * means[0]
-    assert all(later <= earlier * 1.05 for earlier, later in zip(means, means[1:]))
-    # the learned loadings span the true factor subspace: the residual of A on span(W) shrinks
-    W = net.weights[0][0].T  # (6, 2): x ~ W z
-    proj = W @ torch.linalg.pinv(W)
-    W0 = PCNetwork.init([2, 6], "linear", mode="generative", seed=1, dtype=F64).weights[0][0].T
-    proj0 = W0 @ torch.linalg.pinv(W0)
-    assert float(((torch.eye(6, dtype=F64) - proj) @ A).norm()) < 0.5 * float(((torch.eye(6, dtype=F64) - proj0) @ A).norm())
+    assert means[-1] < 0.6 * means[0]
+    assert all(later <= earlier * 1.02 for earlier, later in zip(means, means[1:])), means
+    # the learned loadings span the true factor subspace better: the residual of A off span(W) shrinks
+
+    def residual(W):
+        return float(((torch.eye(6, dtype=F64) - W @ torch.linalg.pinv(W)) @ A).norm())
+
+    assert residual(net.weights[0][0].T) < 0.7 * residual(W0)
