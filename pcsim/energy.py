@@ -90,3 +90,28 @@ def output_loss(net: PCNetwork, output: Tensor, target: Tensor) -> Tensor:
     """The backprop loss matching the output energy: ``1/2 (y - out)^T Pi_L (y - out)`` averaged over the batch, ``(E,)``."""
     return 0.5 * (net.log_precision[-1].exp() * (target - output) ** 2).sum(-1).mean(-1)
 
+
+def parameter_gradients(net: PCNetwork, peps: list[Tensor | None], fx: list[Tensor], eps: list[Tensor | None] | None = None) -> list[Tensor]:
+    """Batch-mean ``dE/dtheta`` from local quantities, ordered as ``net.parameters()``.
+
+    ``peps[l]`` ``(E, B, n_l)`` are precision-weighted errors, ``fx[l]`` ``(E, B, n_l)`` the
+    pre-synaptic activities; ``eps`` (unweighted errors) is needed only for precision
+    learning. Each weight gradient is one Hebbian outer product summed over the batch.
+    """
+    L = net.depth
+    B = peps[L].shape[1]
+    gW = [torch.bmm(fx[k].transpose(1, 2), peps[k + 1]).mul_(-1.0 / B) for k in range(L)]
+    gb = [peps[k + 1].mean(1, keepdim=True).neg_() for k in range(L)]
+    grads = gW + gb
+    if net.learn_precision:
+        if eps is None:
+            raise ValueError("precision learning needs the unweighted errors `eps`")
+        for k in range(L):
+            sq = (peps[k + 1] * eps[k + 1]).mean(1, keepdim=True)  # Pi eps^2, batch mean, (E,1,n)
+            if net.log_precision[k].shape[-1] == 1:
+                grads.append(0.5 * (sq.sum(-1, keepdim=True) - net.sizes[k + 1]))
+            else:
+                grads.append(0.5 * (sq - 1.0))
+    if net.mode == "generative":
+        grads.append(peps[0].mean(1, keepdim=True).neg_())
+    return grads

@@ -153,7 +153,9 @@ class PCNetwork:
 
     def unit_precision(self) -> bool:
         """True when every precision is fixed at exactly 1 (lets the dynamics skip the products)."""
-        return (not self.learn_precision) and all(bool((lp == 0).all()) for lp in self.log_precision)
+        if self.learn_precision:
+            return False
+        return not bool(torch.cat([lp.reshape(-1) for lp in self.log_precision]).any())
 
     def parameters(self) -> list[Tensor]:
         """The learnable tensors in a fixed order: ``W_1..W_L, b_1..b_L`` (+ log-precisions when learned, + prior mean in generative mode)."""

@@ -29,36 +29,11 @@ from typing import Literal
 import torch
 
 from .errors import DataError
+from .energy import parameter_gradients as local_gradients  # noqa: F401  (the rules' public name)
 from .inference import FixedPredictions, InferenceConfig, PCState, Relaxation, freeze_predictions, init_state, relax
 from .network import PCNetwork
 
 Tensor = torch.Tensor
-
-
-def local_gradients(net: PCNetwork, peps: list[Tensor | None], fx: list[Tensor], eps: list[Tensor | None] | None = None) -> list[Tensor]:
-    """Batch-mean ``dE/dtheta`` from local quantities, ordered as ``net.parameters()``.
-
-    ``peps[l]`` ``(E, B, n_l)`` are precision-weighted errors, ``fx[l]`` ``(E, B, n_l)`` the
-    pre-synaptic activities; ``eps`` (unweighted errors) is needed only for precision
-    learning. Each weight gradient is one Hebbian outer product summed over the batch.
-    """
-    L = net.depth
-    B = peps[L].shape[1]
-    gW = [torch.bmm(fx[k].transpose(1, 2), peps[k + 1]).mul_(-1.0 / B) for k in range(L)]
-    gb = [peps[k + 1].mean(1, keepdim=True).neg_() for k in range(L)]
-    grads = gW + gb
-    if net.learn_precision:
-        if eps is None:
-            raise ValueError("precision learning needs the unweighted errors `eps`")
-        for k in range(L):
-            sq = (peps[k + 1] * eps[k + 1]).mean(1, keepdim=True)  # Pi eps^2, batch mean, (E,1,n)
-            if net.log_precision[k].shape[-1] == 1:
-                grads.append(0.5 * (sq.sum(-1, keepdim=True) - net.sizes[k + 1]))
-            else:
-                grads.append(0.5 * (sq - 1.0))
-    if net.mode == "generative":
-        grads.append(peps[0].mean(1, keepdim=True).neg_())
-    return grads
 
 
 def nudged(net: PCNetwork, nudge: float) -> PCNetwork:
@@ -99,8 +74,8 @@ class StandardPC:
     def gradients(self, net: PCNetwork, inputs=None, target=None, *, data=None) -> tuple[list[Tensor], Relaxation]:
         """Relax on one batch (inputs ``(B, n_0)``, target ``(B, n_L)`` or generative ``data``) and return ``(dE/dtheta, relaxation)``."""
         view = nudged(net, self.nudge)
-        r = relax(view, _training_state(view, inputs, target, data), self.inference)
-        return local_gradients(view, r.peps, r.fx, r.eps), r
+        r = relax(view, _training_state(view, inputs, target, data), self.inference, gradients=True)
+        return r.gradients, r
 
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
         """One training step on one batch: relax, then let ``optimizer`` apply the local gradients."""
@@ -153,8 +128,8 @@ class FixedPredictionPC:
         view = nudged(net, self.nudge)
         state = _training_state(view, inputs, target, data)
         fixed: FixedPredictions = freeze_predictions(view, state)
-        r = relax(view, state, self._config(view), fixed=fixed)
-        return local_gradients(view, r.peps, fixed.fx, r.eps), r
+        r = relax(view, state, self._config(view), fixed=fixed, gradients=True)
+        return r.gradients, r
 
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
         """One training step with the fixed-prediction update."""
