@@ -36,7 +36,8 @@ class NetworkSection:
 @dataclass(frozen=True, kw_only=True)
 class InferenceSection:
     """``steps`` T; ``dt`` and ``tau`` in ms (step size dt/tau); ``momentum``; ``tol``: relative
-    energy change for early stopping (0: off); ``max_growth``: divergence bound on the energy."""
+    energy change for early stopping (0: off); ``max_growth``: divergence bound on the energy;
+    ``compile``: run the inference loop as one ``torch.compile``d graph (faster, compiles first)."""
 
     steps: int = field(default=20, metadata={"ge": 0})
     dt: float = field(default=1.0, metadata={"gt": 0})
@@ -44,7 +45,9 @@ class InferenceSection:
     momentum: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
     tol: float = field(default=0.0, metadata={"ge": 0})
     max_growth: float = field(default=10.0, metadata={"gt": 1})
+    compile: bool = False
 
     def build(self, record: bool = False) -> InferenceConfig:
         """The :class:`~pcsim.inference.InferenceConfig` these settings describe."""
-        return InferenceConfig(self.steps, self.dt, self.tau, self.momentum, self.tol, self.max_growth, record)
+        return InferenceConfig(self.steps, self.dt, self.tau, self.momentum, self.tol, self.max_growth, record,
+                               compile=self.compile)
