@@ -12,6 +12,7 @@ As ``beta -> 0`` at equilibrium, standard PC's update tends to the backprop grad
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -94,6 +95,7 @@ def alignment_sweep(
     """
     steps = sorted(int(s) for s in steps)
     bp = BackpropTwin(net).gradients(inputs, target)
+    weights_only = replace(net, learn_precision=False)  # compare W and b; precisions are not in the twin
     cos = np.zeros((len(nudges), len(steps), net.ensemble, net.depth))
     rel = np.zeros_like(cos)
     for i, beta in enumerate(nudges):
@@ -102,13 +104,12 @@ def alignment_sweep(
 
         def grab(t, x, peps, fx):
             if t in wanted:
-                f = list(fx)
-                got[t] = local_gradients(net, [p.clone() if p is not None else None for p in peps], [a.clone() for a in f])
+                got[t] = local_gradients(weights_only, peps, fx)
 
         cfg = InferenceConfig(**{**inference.__dict__, "steps": steps[-1], "record": False, "tol": 0.0})
         view = nudged(net, float(beta))
         r = relax(view, _training_state(view, inputs, target, None), cfg, on_step=grab)
-        got[steps[-1]] = local_gradients(net, r.peps, r.fx)
+        got[steps[-1]] = local_gradients(weights_only, r.peps, r.fx)
         for s, j in wanted.items():
             cos[i, j], rel[i, j] = compare_gradients(net, got[s], bp, float(beta))
     coords = {"nudge": np.asarray(nudges, float), "steps": np.asarray(steps), "layer": np.arange(1, net.depth + 1)}
