@@ -1,0 +1,111 @@
+"""Synthetic recordings with known latents: the ground truth latent models are validated on.
+
+:func:`lorenz_recording` follows the benchmark the field uses for latent-variable models of
+spiking (Sussillo et al. 2016, LFADS; Zhao & Park 2017; Pei et al. 2021, NLB): a 3-D Lorenz
+system is integrated, cut into trials, normalised, mapped through a random readout and an
+exponential link to the log firing rates of N neurons, and Poisson spike counts are drawn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+
+def lorenz_trajectory(n_steps: int, dt: float = 0.01, start: np.ndarray | None = None,
+                      sigma: float = 10.0, rho: float = 28.0, beta: float = 8.0 / 3.0) -> np.ndarray:
+    """Integrate the Lorenz system with 4th-order Runge-Kutta; returns ``(n_steps, 3)`` states (dimensionless time step ``dt``)."""
+    def f(s):
+        x, y, z = s[..., 0], s[..., 1], s[..., 2]
+        return np.stack([sigma * (y - x), x * (rho - z) - y, x * y - beta * z], -1)
+
+    s = np.array([1.0, 1.0, 25.0]) if start is None else np.asarray(start, float)
+    out = np.empty(s.shape[:-1] + (n_steps, 3))
+    for i in range(n_steps):
+        out[..., i, :] = s
+        k1 = f(s)
+        k2 = f(s + 0.5 * dt * k1)
+        k3 = f(s + 0.5 * dt * k2)
+        k4 = f(s + dt * k3)
+        s = s + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return out
+
+
+def lorenz_recording(
+    n_trials: int = 100,
+    n_neurons: int = 30,
+    n_bins: int = 50,
+    *,
+    bin_width: float = 0.01,
+    mean_rate_hz: float = 8.0,
+    readout_scale: float = 0.6,
+    steps_per_bin: int = 1,
+    dt: float = 0.01,
+    n_conditions: int = 0,
+    condition_jitter: float = 0.5,
+    n_behaviour: int = 2,
+    behaviour_noise: float = 0.05,
+    heldout_fraction: float = 0.25,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> xr.Dataset:
+    """A Lorenz-driven Poisson population as a recording Dataset (see :mod:`analysis`).
+
+    Each trial starts at a random point of the attractor (or, with ``n_conditions > 0``, near
+    one of ``n_conditions`` shared starting points, jittered by ``condition_jitter``, so that
+    condition-averaged PSTHs exist) and runs ``n_bins`` bins of ``steps_per_bin`` Lorenz steps
+    of ``dt``. Latents are z-scored over the whole data set; log rates are
+    ``C z + b`` with ``C ~ N(0, readout_scale^2)`` per neuron and ``b`` set so the population
+    mean rate is ``mean_rate_hz``. Returns ``counts`` (trial, time, neuron; counts per bin),
+    ``rates`` (counts per bin), ``latents`` (trial, time, latent; z-scored), ``behaviour``
+    (trial, time, behaviour_dim: a random linear readout of the latents, e.g. a 2-D velocity,
+    plus Gaussian noise), coordinates ``heldout`` (neuron) and ``split``/``condition``
+    (trial). Same seed, same data.
+    """
+    if min(n_trials, n_neurons, n_bins) < 1:
+        raise ValueError(f"n_trials, n_neurons and n_bins must be >= 1, got {n_trials}, {n_neurons}, {n_bins}")
+    rng = np.random.default_rng(seed)
+    burn = lorenz_trajectory(2000 + 50 * n_trials, dt)[1000:]  # on the attractor
+    if n_conditions > 0:
+        centres = burn[rng.choice(len(burn), n_conditions, replace=False)]
+        condition = np.arange(n_trials) % n_conditions
+        starts = centres[condition] + condition_jitter * rng.standard_normal((n_trials, 3))
+    else:
+        condition = np.zeros(n_trials, int)
+        starts = burn[rng.choice(len(burn), n_trials, replace=False)]
+    traj = lorenz_trajectory(n_bins * steps_per_bin, dt, start=starts)[:, ::steps_per_bin]  # (trial, bin, 3)
+    z = (traj - traj.reshape(-1, 3).mean(0)) / traj.reshape(-1, 3).std(0)
+    C = readout_scale * rng.standard_normal((3, n_neurons))
+    log_rate = z @ C
+    target = mean_rate_hz * bin_width  # counts per bin
+    b = np.log(target) - np.log(np.exp(log_rate).mean())
+    rates = np.exp(log_rate + b)
+    counts = rng.poisson(rates)
+    B = rng.standard_normal((3, n_behaviour)) / np.sqrt(3)
+    behaviour = z @ B + behaviour_noise * rng.standard_normal((n_trials, n_bins, n_behaviour))
+    n_out = int(round(heldout_fraction * n_neurons))
+    heldout = np.zeros(n_neurons, bool)
+    heldout[rng.choice(n_neurons, n_out, replace=False)] = True
+    split = np.full(n_trials, "train", dtype=object)
+    split[rng.choice(n_trials, int(round(test_fraction * n_trials)), replace=False)] = "test"
+    time = (np.arange(n_bins) + 0.5) * bin_width
+    ds = xr.Dataset(
+        {
+            "counts": (("trial", "time", "neuron"), counts.astype(np.int64), {"long_name": "spike count", "units": "counts/bin"}),
+            "rates": (("trial", "time", "neuron"), rates, {"long_name": "true firing rate", "units": "counts/bin"}),
+            "latents": (("trial", "time", "latent"), z, {"long_name": "true Lorenz latents (z-scored)", "units": "1"}),
+            "behaviour": (("trial", "time", "behaviour_dim"), behaviour, {"long_name": "behavioural readout of the latents", "units": "1"}),
+        },
+        coords={
+            "trial": np.arange(n_trials),
+            "time": ("time", time, {"units": "s", "long_name": "bin centre"}),
+            "neuron": np.arange(n_neurons),
+            "latent": ["x", "y", "z"],
+            "heldout": ("neuron", heldout),
+            "split": ("trial", split.astype(str)),
+            "condition": ("trial", condition),
+        },
+        attrs={"bin_width": bin_width, "align": "trial_start", "source": "lorenz_recording", "seed": seed,
+               "mean_rate_hz": mean_rate_hz},
+    )
+    return ds
