@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -71,6 +72,17 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.set_defaults(handler=_cmd_run)
 
+    fit = commands.add_parser("fit", help="fit latent models to a recording (NWB) with a fit config")
+    fit.add_argument("recording", type=Path, metavar="RECORDING.nwb")
+    fit.add_argument("--config", type=Path, required=True, metavar="CONFIG.toml",
+                     help="a config whose experiment reads `recording.path`, e.g. configs/fit_recording.toml")
+    fit.add_argument("--out", type=Path, help="output directory (default: runs/<recording stem>)")
+    fit.add_argument("--device", choices=("cpu", "cuda"), help="override the config's device")
+    fit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value (repeatable)")
+    fit.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    fit.set_defaults(handler=_cmd_fit)
+
     lister = commands.add_parser("list", help="list the shipped experiment configs")
     lister.add_argument("--configs", type=Path, metavar="DIR",
                         help="configs directory (default: ./configs or the shipped one)")
@@ -114,6 +126,17 @@ def _cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace, extra: list[str]) -> int:
+    """``pcsim fit REC --config CFG`` is ``pcsim run CFG --set recording.path=REC``."""
+    if not args.recording.is_file():
+        raise DataError(f"{args.recording}: no such recording file")
+    path = json.dumps(str(args.recording.resolve()))  # a TOML basic string
+    run_args = argparse.Namespace(
+        config=args.config, out=args.out if args.out is not None else Path("runs") / args.recording.stem,
+        device=args.device, overrides=[*args.overrides, f"recording.path={path}"], no_progress=args.no_progress)
+    return _cmd_run(run_args, extra)
+
+
 def _cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
     from pcsim.registry import default_config_dir, list_experiments
 
@@ -152,14 +175,21 @@ def _cmd_replot(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+# benchmark name -> the module whose ``main(name, as_json, args)`` runs it; named by string,
+# like experiments, so that pcsim never imports circuits or analysis
+BENCHMARKS = {"pc-vs-bp": "pcsim.bench", "latents": "analysis.bench", "circuits": "circuits.bench"}
+
+
 def _cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.name not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {args.name!r}; known: {', '.join(BENCHMARKS)}")
+    module = BENCHMARKS[args.name]
     try:
-        bench = importlib.import_module("pcsim.bench")
+        bench = importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name != "pcsim.bench":
+        if exc.name != module:
             raise
-        raise ConfigError("benchmarks are not available: this pcsim has no pcsim.bench "
-                          "module") from None
+        raise ConfigError(f"benchmark {args.name!r} is not available: module {module} is missing") from None
     status = bench.main(args.name, args.json, list(extra))
     return status if isinstance(status, int) else 0
 

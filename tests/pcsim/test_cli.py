@@ -106,14 +106,17 @@ def test_list_shows_configs(tiny_experiment, tmp_path, capsys):
     assert lines[2].endswith("an exponentially decaying loss curve.")
 
 
-def test_bench_dispatches_lazily(monkeypatch, capsys):
+def test_bench_dispatches_lazily_by_name(monkeypatch, capsys):
     calls = []
     fake = types.ModuleType("pcsim.bench")
     fake.main = lambda name, as_json, args: calls.append((name, as_json, args)) or 0
     monkeypatch.setitem(sys.modules, "pcsim.bench", fake)
-    assert main(["bench", "relax", "--json", "--steps", "10"]) == 0
-    assert calls == [("relax", True, ["--steps", "10"])]
+    assert main(["bench", "pc-vs-bp", "--json", "--steps", "10"]) == 0
+    assert calls == [("pc-vs-bp", True, ["--steps", "10"])]
+
+    assert main(["bench", "nonsense"]) == 2
+    assert "unknown benchmark 'nonsense'" in capsys.readouterr().err
 
     monkeypatch.setitem(sys.modules, "pcsim.bench", None)  # import now fails: not installed
-    assert main(["bench", "relax"]) == 2
-    assert "no pcsim.bench module" in capsys.readouterr().err
+    assert main(["bench", "pc-vs-bp"]) == 2
+    assert "module pcsim.bench is missing" in capsys.readouterr().err
