@@ -71,6 +71,8 @@ def gradient_alignment(
     with ``inference``) or ``"fpa"`` (fixed prediction). Returns a Dataset with ``cosine`` and
     ``rel_error`` over dims ``(ensemble, layer)``; layer ``l = 1..L`` is the prediction layer.
     """
+    if rule not in ("pc", "fpa"):
+        raise ValueError(f"gradient_alignment compares rule 'pc' or 'fpa' with backprop, got {rule!r}")
     r = StandardPC(inference, nudge) if rule == "pc" else FixedPredictionPC(None, nudge)
     pc, _ = r.gradients(net, inputs, target)
     bp = BackpropTwin(net).gradients(inputs, target)
@@ -102,12 +104,12 @@ def alignment_sweep(
         wanted = {s: j for j, s in enumerate(steps)}
         got: dict[int, list[Tensor]] = {}
 
-        def grab(t, x, peps, fx):
+        def grab(t, x, eps, peps, fx):
             if t in wanted:
                 got[t] = local_gradients(weights_only, peps, fx)
 
-        cfg = InferenceConfig(**{**inference.__dict__, "steps": steps[-1], "record": False, "tol": 0.0})
-        view = nudged(net, float(beta))
+        cfg = replace(inference, steps=steps[-1], record=False, tol=0.0)
+        view = nudged(weights_only, float(beta))
         r = relax(view, _training_state(view, inputs, target, None), cfg, on_step=grab)
         got[steps[-1]] = local_gradients(weights_only, r.peps, r.fx)
         for s, j in wanted.items():

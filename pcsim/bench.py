@@ -27,13 +27,10 @@ from .twin import BackpropTwin
 CASES = {"small": (128, 64), "wide": (512, 256)}
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def pc_matmuls(sizes: tuple[int, ...], batch: int, steps: int) -> list[tuple[int, int, int, bool]]:
@@ -99,9 +96,9 @@ def bench_case(hidden: int, batch: int, *, steps: int = 20, repeats: int = 5, co
     # interleave the three so slow phases of a noisy machine hit them alike
     pc_t, bp_t, mm_t = [], [], []
     for _ in range(repeats):
-        pc_t.append(_median_time(pc_epoch, 1))
-        bp_t.append(_median_time(bp_epoch, 1))
-        mm_t.append(_median_time(mm_run, 1))
+        pc_t.append(_seconds(pc_epoch))
+        bp_t.append(_seconds(bp_epoch))
+        mm_t.append(_seconds(mm_run))
     pc, bp, mm = statistics.median(pc_t), statistics.median(bp_t), statistics.median(mm_t)
     return {
         "sizes": list(sizes), "batch": batch, "batches_per_epoch": len(xs), "steps": steps, "compiled": compile,

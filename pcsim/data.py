@@ -31,10 +31,12 @@ class Classification:
 
     @property
     def n_features(self) -> int:
+        """Input width ``n_in``."""
         return self.x_train.shape[1]
 
     @property
     def n_classes(self) -> int:
+        """Number of classes (width of the one-hot targets)."""
         return self.y_train.shape[1]
 
 
@@ -76,7 +78,12 @@ def classification_split(
     xte = check_array(x_test, "x_test", 2)
     if xtr.shape[1] != xte.shape[1]:
         raise DataError(f"x_train has {xtr.shape[1]} features but x_test has {xte.shape[1]}")
-    k = int(n_classes if n_classes is not None else max(np.max(labels_train), np.max(labels_test)) + 1)
+    if n_classes is None:
+        lt, le = check_array(labels_train, "labels_train", 1), check_array(labels_test, "labels_test", 1)
+        if lt.size == 0 or le.size == 0:
+            raise DataError("labels_train and labels_test must not be empty")
+        n_classes = int(max(lt.max(), le.max())) + 1
+    k = int(n_classes)
     ltr = check_labels(labels_train, xtr.shape[0], k, "labels_train")
     lte = check_labels(labels_test, xte.shape[0], k, "labels_test")
     if standardise:

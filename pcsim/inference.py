@@ -9,7 +9,7 @@ drives relaxation lives in :func:`relax`; learning rules plug into it through ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -36,6 +36,7 @@ class InferenceConfig:
     the end, unless ``record`` or ``tol`` make the energy available at every step anyway).
     ``compile``: run the T steps as one ``torch.compile``d graph when nothing is recorded
     (fused kernels, no Python in the loop; costs seconds of compilation per shape).
+    ``precondition``: divide each layer's step by its precision (see ``_update``).
     """
 
     steps: int = 20
@@ -47,6 +48,15 @@ class InferenceConfig:
     record: bool = False
     check_every: int = 0
     compile: bool = False
+    precondition: bool = False
+
+    def __post_init__(self):
+        if self.steps < 0 or self.dt <= 0 or self.tau <= 0 or not 0 <= self.momentum < 1 or self.tol < 0 \
+                or self.max_growth <= 1 or self.check_every < 0:
+            raise ValueError(
+                "InferenceConfig needs steps >= 0, dt > 0, tau > 0, 0 <= momentum < 1, tol >= 0, max_growth > 1, "
+                f"check_every >= 0; got steps={self.steps}, dt={self.dt}, tau={self.tau}, momentum={self.momentum}, "
+                f"tol={self.tol}, max_growth={self.max_growth}, check_every={self.check_every}")
 
     @property
     def step_size(self) -> float:
@@ -62,6 +72,7 @@ class PCState:
     clamped: tuple[bool, ...]
 
     def clone(self) -> "PCState":
+        """A copy with new tensors (same shapes ``(E, B, n_l)``) and the same clamping."""
         return PCState([t.clone() for t in self.x], self.clamped)
 
 
@@ -135,10 +146,13 @@ def _as_batch(net: PCNetwork, a: Tensor, name: str, width: int) -> Tensor:
         a = a.unsqueeze(0).expand(net.ensemble, -1, -1)
     if a.dim() != 3 or a.shape[0] != net.ensemble or a.shape[-1] != width:
         raise DataError(f"{name} must have shape (batch, {width}) or ({net.ensemble}, batch, {width}), got {tuple(a.shape)}")
+    if a.shape[1] == 0:
+        raise DataError(f"{name} is an empty batch (0 samples)")
+    a = a.to(device=net.device, dtype=net.dtype)  # cast first: 1e300 is finite in float64, not in float32
     if not torch.isfinite(a).all():
         bad = torch.nonzero(~torch.isfinite(a))[0].tolist()
-        raise DataError(f"{name} contains NaN or Inf (first at index {tuple(bad)})")
-    return a.to(device=net.device, dtype=net.dtype)
+        raise DataError(f"{name} contains NaN or Inf (first at index {tuple(bad)}, after conversion to {net.dtype})")
+    return a
 
 
 def init_state(
@@ -148,6 +162,7 @@ def init_state(
     *,
     data: Tensor | None = None,
     batch: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> PCState:
     """Initial value nodes for inference.
 
@@ -156,7 +171,9 @@ def init_state(
     clamped at ``x_L`` (training); without it ``x_L`` is free (test). Generative mode:
     ``data`` ``(.., n_L)`` is clamped at ``x_L`` (or, with ``data=None``, ``batch`` samples are
     left free: ancestral sampling/dreaming), ``x_0`` starts at the prior mean and the hidden
-    layers at the sweep down from it. Inputs are checked for shape and NaN/Inf.
+    layers at the sweep down from it; with a ``generator``, ``x_0`` is instead drawn from the
+    prior ``N(m_0, 1/Pi_0)``, so ``init_state(net, batch=B, generator=g)`` followed by the
+    sweep is ancestral sampling. Inputs are checked for shape, emptiness and NaN/Inf.
     """
     L = net.depth
     if net.mode == "discriminative":
@@ -176,10 +193,15 @@ def init_state(
             d = _as_batch(net, data, "data", net.sizes[-1])
             B = d.shape[1]
         elif batch is not None:
+            if batch < 1:
+                raise DataError(f"batch must be >= 1, got {batch}")
             d, B = None, batch
         else:
             raise DataError("generative inference needs `data` clamped at x_L (or `batch` for free sampling)")
         x0 = net.prior_mean.expand(-1, B, -1).clone()
+        if generator is not None:
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+            x0 = x0 + noise * net.prior_log_precision.exp().rsqrt()
         xs = net.forward(x0)
         clamped = [False] * (L + 1)
         if d is not None:
@@ -189,7 +211,9 @@ def init_state(
 
 
 def freeze_predictions(net: PCNetwork, state: PCState) -> FixedPredictions:
-    """Freeze predictions, ``f(x)`` and ``f'(x)`` at ``state`` (use the feed-forward state) for the fixed-prediction rule."""
+    """Freeze predictions ``mu[l]`` ``(E, B, n_l)`` (``l >= 1``), activities ``fx[l]`` and slopes
+    ``dfx[l]`` ``(E, B, n_l)`` (``l < L``) at ``state`` (the feed-forward state) for the
+    fixed-prediction rule."""
     fx, dfx = [], []
     for l in range(net.depth):
         act = net.activation(l)
@@ -214,6 +238,7 @@ class _Plan:
     mu1_cached: bool
     eta: float
     momentum: float
+    precondition: bool = False
 
 
 @dataclass
@@ -250,16 +275,28 @@ def _errors(plan: _Plan, p: _Params, x: list[Tensor]):
     return eps, peps, fx
 
 
-def _update(plan: _Plan, p: _Params, x: list[Tensor], v: list, peps: list, fx: list):
-    """One Euler (or heavy-ball) step of every free layer: ``x_l -= eta * dE/dx_l``; returns new ``(x, v)``."""
+def _update(plan: _Plan, p: _Params, x: list[Tensor], v: list, eps: list, peps: list, fx: list):
+    """One Euler (or heavy-ball) step of every free layer: ``x_l -= eta * dE/dx_l``; returns new ``(x, v)``.
+
+    With ``plan.precondition`` the step of layer ``l`` is divided by its precision ``Pi_l``
+    (Newton's step on the layer's own quadratic term), so that at ``eta = 1`` the error equals
+    its fixed point after one step: what makes the fixed-prediction rule exact in ``L-1``
+    steps for any precisions.
+    """
     L = plan.depth
     x = list(x)
     v = list(v)
+    scaled = plan.precondition and not plan.unit_precision
     for i, l in enumerate(plan.free):
         back = slope = None
         if l < L:
             back = torch.bmm(peps[l + 1], p.W[l].transpose(1, 2))
             slope = p.dfx[l] if plan.fixed else get_activation(plan.activations[l]).df(x[l], fx[l])
+            if scaled:
+                back = back / (p.pis[l - 1] if l > 0 else p.pi0)
+        if scaled:
+            peps = list(peps)
+            peps[l] = eps[l]
         if plan.momentum > 0:
             g = peps[l] if back is None else (-(slope * back) if peps[l] is None else peps[l] - slope * back)
             v[i] = v[i] * plan.momentum - plan.eta * g
@@ -283,7 +320,7 @@ def _relax_steps(plan: _Plan, p: _Params, x: list[Tensor], v: list, steps: int, 
     eps, peps, fx = _errors(plan, p, x)
     e0 = _energies(plan, x, eps, peps)
     for _ in range(steps):
-        x, v = _update(plan, p, x, v, peps, fx)
+        x, v = _update(plan, p, x, v, eps, peps, fx)
         eps, peps, fx = _errors(plan, p, x)
     en = _energies(plan, x, eps, peps)
     ok = torch.isfinite(en).all() & (en.sum((1, 2)) <= max_growth * e0.sum((1, 2)) + 1e-6).all()
@@ -308,7 +345,17 @@ def _compiled_relax_steps():
 
 
 # --------------------------------------------------------------------------- the loop
-OnStep = Callable[[int, list[Tensor], list, list[Tensor]], None]
+OnStep = Callable[[int, list[Tensor], list, list, list[Tensor]], None]
+
+
+def _check_state(net: PCNetwork, state: PCState) -> None:
+    """Raise DataError naming ``state.x[l]`` when the state does not fit the network."""
+    if len(state.x) != net.depth + 1 or len(state.clamped) != net.depth + 1:
+        raise DataError(f"state has {len(state.x)} layers but the network has {net.depth + 1} (sizes {net.sizes})")
+    B = state.x[-1].shape[1] if state.x[-1].dim() == 3 else None
+    for l, (xl, n) in enumerate(zip(state.x, net.sizes)):
+        if xl.dim() != 3 or xl.shape[0] != net.ensemble or xl.shape[1] != B or xl.shape[2] != n:
+            raise DataError(f"state.x[{l}] has shape {tuple(xl.shape)}, expected ({net.ensemble}, {B}, {n})")
 
 
 def relax(
@@ -325,9 +372,9 @@ def relax(
     Each step computes the errors ``eps_l`` (``(E, B, n_l)``) at the current state, then moves
     every free node by ``-dt/tau * dE/dx_l``; ``state.x`` holds the relaxed nodes afterwards.
     With ``fixed`` (fixed-prediction assumption, Millidge et al. 2022) the predictions and
-    the slopes ``f'`` stay at their feed-forward values. ``on_step(t, x, peps, fx)``, if
-    given, is called at every step with the current state, precision-weighted errors and
-    activities before the nodes move (incremental PC updates the weights there). With
+    the slopes ``f'`` stay at their feed-forward values. ``on_step(t, x, eps, peps, fx)``, if
+    given, is called at every step with the current state, errors, precision-weighted errors
+    and activities before the nodes move (incremental PC updates the weights there). With
     ``config.compile`` and no recording, tolerance or hook, the T steps run as one compiled
     graph and divergence is checked at the end. With ``gradients`` the local parameter
     gradients at the relaxed state (:func:`pcsim.energy.parameter_gradients`) come back in
@@ -335,6 +382,20 @@ def relax(
     naming the step and layer when the energy becomes NaN/Inf or exceeds ``max_growth``
     times its start.
     """
+    _check_state(net, state)
+    sparse_checks = on_step is None and not (config.record or config.tol > 0) and (config.compile or config.check_every != 1)
+    try:
+        return _relax(net, state, config, fixed, on_step, gradients)
+    except InferenceDivergenceError:
+        if not sparse_checks:
+            raise
+        # divergence was seen only at a sparse check: rerun from the untouched state, checking
+        # every step, so the error names the step and layer where it started
+        return _relax(net, state, replace(config, compile=False, check_every=1), fixed, on_step, gradients)
+
+
+def _relax(net: PCNetwork, state: PCState, config: InferenceConfig, fixed: FixedPredictions | None,
+           on_step: OnStep | None, gradients: bool) -> Relaxation:
     L = net.depth
     x = list(state.x)
     eta = config.step_size
@@ -345,13 +406,12 @@ def relax(
         depth=L, activations=tuple(net.activations), free=tuple(l for l in range(L + 1) if not state.clamped[l]),
         generative=net.mode == "generative", unit_precision=unit, fixed=fixed is not None,
         mu1_cached=fixed is None and state.clamped[0] and on_step is None, eta=eta, momentum=config.momentum,
+        precondition=config.precondition,
     )
     mu = list(fixed.mu) if fixed is not None else []
     if plan.mu1_cached:  # mu_1 is constant while x_0 is clamped and the weights do not move
         mu = [torch.baddbmm(net.biases[0], net.activation(0).f(x[0]), net.weights[0])]
-    generative = net.mode == "generative"
-    p = _Params(net.weights, net.biases, [] if unit else net.precision(),
-                net.prior_log_precision.exp() if generative else net.prior_log_precision, net.prior_mean, mu,
+    p = _Params(net.weights, net.biases, [] if unit else net.precision(), net.prior_log_precision.exp(), net.prior_mean, mu,
                 fixed.fx if fixed is not None else [], fixed.dfx if fixed is not None else [])
     v = [torch.zeros_like(x[l]) for l in plan.free] if config.momentum > 0 else [None] * len(plan.free)
     trace: dict[str, list] | None = {k: [] for k in ["energy"] + [f"x{l}" for l in range(L + 1)] + [f"eps{l}" for l in range(L + 1)]} if config.record else None
@@ -411,15 +471,13 @@ def relax(
                 prev_total = total
             if t == config.steps:
                 break
-            x_next, v = _update(plan, p, x, v, peps, fx)  # values move with the weights of this step
+            x_next, v = _update(plan, p, x, v, eps, peps, fx)  # values move with the weights of this step
             if on_step is not None:
-                on_step(t, x, peps, fx)
+                on_step(t, x, eps, peps, fx)
                 if net.learn_precision:  # the hook may have changed the precisions
                     p.pis = net.precision()
             x = x_next
             steps_run += 1
-        if steps_run < config.steps and not track:
-            en = energies(eps, peps)
     if plan.mu1_cached:
         fx[0] = net.activation(0).f(x[0])
     if gradients and grads is None:

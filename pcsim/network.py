@@ -97,6 +97,10 @@ class PCNetwork:
         acts = acts + ("linear",)  # x_L predicts nothing; kept so activations[l] exists for all l
         if mode not in ("discriminative", "generative"):
             raise ValueError(f"mode must be 'discriminative' or 'generative', got {mode!r}")
+        if ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+        if prior_precision <= 0:
+            raise ValueError(f"prior_precision must be > 0, got {prior_precision}")
         seeds = tuple(range(seed, seed + ensemble)) if isinstance(seed, int) else tuple(int(s) for s in seed)
         if len(seeds) != ensemble:
             raise ValueError(f"got {len(seeds)} seeds for an ensemble of {ensemble}")
@@ -137,10 +141,12 @@ class PCNetwork:
 
     @property
     def device(self) -> torch.device:
+        """The device every parameter lives on."""
         return self.weights[0].device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The floating-point type of every parameter (float32 by default)."""
         return self.weights[0].dtype
 
     def activation(self, l: int) -> Activation:
@@ -180,6 +186,8 @@ class PCNetwork:
 
     def member(self, e: int) -> "PCNetwork":
         """Ensemble member ``e`` as a network with ``E = 1`` (copies)."""
+        if not 0 <= e < self.ensemble:
+            raise IndexError(f"ensemble member {e} does not exist (E = {self.ensemble})")
         sl = slice(e, e + 1)
         return replace(
             self,

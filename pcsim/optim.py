@@ -86,5 +86,7 @@ def make_optimizer(name: str, lr: float | Sequence[float], momentum: float = 0.0
     if name == "sgd":
         return SGD(lr, momentum)
     if name == "adam":
+        if momentum:
+            raise ValueError("momentum applies to the 'sgd' optimizer; Adam has its own (betas)")
         return Adam(lr)
     raise ValueError(f"unknown optimizer {name!r}; known: sgd, adam")

@@ -78,7 +78,11 @@ class StandardPC:
         return r.gradients, r
 
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
-        """One training step on one batch: relax, then let ``optimizer`` apply the local gradients."""
+        """One training step on one batch: relax, then let ``optimizer`` apply the local gradients.
+
+        ``inputs`` ``(B, n_0)`` or ``(E, B, n_0)`` and ``target`` ``(.., n_L)`` in discriminative
+        mode, ``data`` ``(.., n_L)`` in generative mode; returns the relaxation.
+        """
         grads, r = self.gradients(net, inputs, target, data=data)
         optimizer.step(net.parameters(), grads)
         return r
@@ -93,15 +97,15 @@ class IncrementalPC:
     name: Literal["ipc"] = "ipc"
 
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
-        """One training step: T inference steps, each followed by a weight update from the same errors."""
+        """One training step: T inference steps, each followed by a weight update from the same errors.
+
+        ``inputs`` ``(B, n_0)`` or ``(E, B, n_0)`` and ``target`` ``(.., n_L)`` in discriminative
+        mode, ``data`` ``(.., n_L)`` in generative mode; returns the relaxation.
+        """
         params = net.parameters()
         view = nudged(net, self.nudge)
 
-        def update(t, x, peps, fx):
-            eps = None
-            if net.learn_precision:
-                pis = net.precision()
-                eps = [None if p is None else (p if l == 0 else p / pis[l - 1]) for l, p in enumerate(peps)]
+        def update(t, x, eps, peps, fx):
             optimizer.step(params, local_gradients(net, peps, fx, eps))
 
         return relax(view, _training_state(view, inputs, target, data), self.inference, on_step=update)
@@ -111,9 +115,10 @@ class IncrementalPC:
 class FixedPredictionPC:
     """Fixed-prediction PC: exact backprop gradients from local relaxation.
 
-    With ``inference=None`` it runs ``L-1`` steps of size ``dt/tau = 1`` (Z-IL), after which
-    the errors equal backprop's deltas exactly (for unit hidden precisions); another step
-    size converges to the same fixed point geometrically.
+    With ``inference=None`` it runs ``L-1`` steps of size ``dt/tau = 1`` (Z-IL), each layer's
+    step divided by its precision, after which the precision-weighted errors equal
+    backprop's deltas exactly, whatever the precisions; another step size converges to the
+    same fixed point geometrically.
     """
 
     inference: InferenceConfig | None = None
@@ -121,7 +126,7 @@ class FixedPredictionPC:
     name: Literal["fpa"] = "fpa"
 
     def _config(self, net: PCNetwork) -> InferenceConfig:
-        return self.inference or InferenceConfig(steps=max(net.depth - 1, 0), dt=1.0, tau=1.0)
+        return self.inference or InferenceConfig(steps=max(net.depth - 1, 0), dt=1.0, tau=1.0, precondition=True)
 
     def gradients(self, net: PCNetwork, inputs=None, target=None, *, data=None) -> tuple[list[Tensor], Relaxation]:
         """Relax with frozen feed-forward predictions and return ``(dE/dtheta, relaxation)``; equals ``nudge`` x the backprop gradient."""
@@ -132,7 +137,7 @@ class FixedPredictionPC:
         return r.gradients, r
 
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
-        """One training step with the fixed-prediction update."""
+        """One training step with the fixed-prediction update (shapes as :meth:`StandardPC.step`)."""
         grads, r = self.gradients(net, inputs, target, data=data)
         optimizer.step(net.parameters(), grads)
         return r

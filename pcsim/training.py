@@ -16,13 +16,13 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .alignment import compare_gradients
+from .alignment import gradient_alignment
 from .data import Classification, epoch_batches
 from .energy import output_loss
 from .inference import InferenceConfig
 from .network import PCNetwork
 from .optim import make_optimizer
-from .rules import StandardPC, make_rule
+from .rules import make_rule
 from .twin import BackpropTwin
 
 
@@ -51,12 +51,6 @@ def evaluate(net: PCNetwork, x: torch.Tensor, y: torch.Tensor, labels: torch.Ten
         loss = output_loss(net, out, y.unsqueeze(0))
         acc = (out.argmax(-1) == labels.unsqueeze(0)).double().mean(-1)
     return loss.cpu().numpy(), acc.cpu().numpy()
-
-
-def _alignment(net: PCNetwork, x, y, inference: InferenceConfig, nudge: float):
-    pc, _ = StandardPC(inference, nudge).gradients(net, x, y)
-    bp = BackpropTwin(net).gradients(x, y)
-    return compare_gradients(net, pc, bp, nudge)
 
 
 def compare_rules(
@@ -110,7 +104,8 @@ def compare_rules(
             cur = twin.to_network() if twin is not None else net
             loss[i, ep], _ = evaluate(cur, data.x_train, data.y_train, data.labels_train)
             _, acc[i, ep] = evaluate(cur, data.x_test, data.y_test, data.labels_test)
-            cos[i, ep], rel[i, ep] = _alignment(cur, px, py, inference, train.alignment_nudge)
+            al = gradient_alignment(cur, px, py, inference=inference, nudge=train.alignment_nudge)
+            cos[i, ep], rel[i, ep] = al.cosine.values, al.rel_error.values
             bar.set_postfix(test_acc=f"{acc[i, ep].mean():.3f}")
         bar.close()
     coords = {

@@ -83,8 +83,11 @@ class BackpropTwin(nn.Module):
         """Ensemble member ``member`` as a plain ``nn.Sequential`` of ``nn.Linear`` and activation modules (copies)."""
         layers: list[nn.Module] = []
         for k in range(self.net.depth):
-            if self.net.activations[k] != "linear":
-                layers.append(_MODULES[self.net.activations[k]]())
+            act = self.net.activations[k]
+            if act not in _MODULES:
+                raise ValueError(f"activation {act!r} has no torch.nn module to export")
+            if act != "linear":
+                layers.append(_MODULES[act]())
             lin = nn.Linear(self.net.sizes[k], self.net.sizes[k + 1], device=self.net.device, dtype=self.net.dtype)
             with torch.no_grad():
                 lin.weight.copy_(self.weights[k][member].T)

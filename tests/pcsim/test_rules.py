@@ -26,6 +26,7 @@ from pcsim.inference import InferenceConfig, PCState, init_state, relax
 from pcsim.network import PCNetwork
 from pcsim.optim import SGD, Adam
 from pcsim.rules import FixedPredictionPC, IncrementalPC, StandardPC, local_gradients, make_rule, nudged
+from pcsim.twin import BackpropTwin
 
 ACTS = ["tanh", "relu", "sigmoid", "linear"]
 F64 = torch.float64
@@ -388,3 +389,24 @@ def test_linear_generative_network_learns_low_rank_gaussian_data():
         return float(((torch.eye(6, dtype=F64) - W @ torch.linalg.pinv(W)) @ A).norm())
 
     assert residual(net.weights[0][0].T) < 0.7 * residual(W0)
+
+
+@pytest.mark.parametrize("precision", [[2.0, 0.5, 1.0], [0.3, 3.0, 0.7]])
+def test_fixed_prediction_rule_is_exact_for_any_precisions(precision):
+    """Preconditioned Z-IL steps (each layer's step divided by its precision) make the
+    precision-weighted errors equal backprop's deltas after L-1 steps, whatever Pi_l."""
+    net = PCNetwork.init([5, 7, 6, 3], "tanh", seed=2, precision=precision, dtype=F64)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(9, 5, generator=g, dtype=F64), torch.randn(9, 3, generator=g, dtype=F64)
+    pc, _ = FixedPredictionPC().gradients(net, x, y)
+    bp = BackpropTwin(net).gradients(x, y)
+    for a, b in zip(pc, bp):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_gradient_alignment_rejects_rules_it_cannot_compare():
+    from pcsim.alignment import gradient_alignment
+
+    net = PCNetwork.init([3, 4, 2], "tanh", seed=0)
+    with pytest.raises(ValueError, match="'ipc'"):
+        gradient_alignment(net, torch.zeros(2, 3), torch.zeros(2, 2), rule="ipc")
