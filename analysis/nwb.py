@@ -1,0 +1,612 @@
+"""NWB files in and out: spike times and trials to the binned recording of :mod:`analysis`, and back.
+
+:func:`read_nwb` bins the ``Units`` table's spike times into the trials of the ``trials`` table
+(the layout the Neural Latents Benchmark distributes: a boolean ``heldout`` column and
+``obs_intervals`` in ``Units``, a ``split`` column and event columns such as
+``move_onset_time`` in ``trials``), so a user with such a file can fit and score directly.
+
+:func:`write_nwb` saves a recording Dataset *as binned data*: every variable with dims
+``(trial, time, ...)`` (``counts``, ``rates``, ``latents``, ``behaviour``, ``observed``) becomes
+a ``TimeSeries`` of shape ``(trials * bins, ...)`` (row ``trial * bins + bin``, trial-major) in
+the processing module ``binned_recording``; the trial coordinates become the ``trials`` table's
+columns; every other dimension's coordinates (``neuron`` with ``heldout``, ``time``,
+``latent``, ...) a ``DynamicTable`` named ``<dim>_coordinates`` in the same module. The
+module's description ends with a JSON record of dims, dtypes and attrs, so
+:func:`read_binned_nwb` rebuilds the Dataset identically. When spike times are given too (or
+instead: a list of arrays, one per unit), they go to the ``Units`` table in the NWB/NLB layout,
+which :func:`read_nwb` bins and :func:`read_spike_times` returns unchanged. Files are written
+under a temporary name and renamed into place, so a failed write never leaves half a file.
+
+Times in NWB files are seconds from the session start; every file has a timezone-aware
+``session_start_time``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from hdmf.backends.hdf5 import H5DataIO
+from hdmf.common import DynamicTable, DynamicTableRegion, VectorData, VectorIndex
+from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+from pynwb.epoch import TimeIntervals
+from pynwb.file import Subject
+from pynwb.misc import Units
+
+from analysis.spikes import (
+    _check_bin_width,
+    _check_counts,
+    _check_obs_intervals,
+    _check_spike_trains,
+    _coord_values,
+    _covered,
+    _show,
+    _unit_label,
+    bin_spike_times,
+    to_recording,
+)
+from pcsim.errors import DataError
+
+__all__ = ["BINNED_MODULE", "read_binned_nwb", "read_nwb", "read_spike_times", "write_nwb"]
+
+BINNED_MODULE = "binned_recording"
+"""Name of the processing module :func:`write_nwb` stores binned recordings in."""
+
+_FORMAT = "pcsim.binned_recording"
+_VERSION = 1
+_LAYOUT_MARK = "\npcsim layout: "
+_UNIT_SKIP = ("spike_times", "obs_intervals", "electrodes", "heldout")
+_TRIAL_TIMES = ("start_time", "stop_time")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_nwb(
+    path: str | os.PathLike,
+    *,
+    bin_width: float,
+    window: tuple[float, float],
+    align: str = "start_time",
+    heldout: Any | None = None,
+    split_column: str | None = "split",
+) -> xr.Dataset:
+    """Bin an NWB file's spike times into a recording Dataset ``counts (trial, time, neuron)``.
+
+    Reads the ``Units`` table (``spike_times``; ``obs_intervals``, a bool ``heldout`` column and
+    ``electrodes`` where present) and the ``trials`` table, and counts each unit's spikes in bins
+    of ``bin_width`` seconds over ``window=(t0, t1)`` seconds relative to the trials column
+    ``align`` (``"start_time"``, or an event column such as NLB's ``"move_onset_time"``; bins as in
+    :func:`analysis.spikes.bin_spike_times`). The trials table's ids become the ``trial``
+    coordinate and its one-value-per-trial columns (``start_time``, ``stop_time``, conditions,
+    event times; ``(trials, k)`` columns with a ``<name>_dim`` dimension) coordinates along
+    ``trial``; ``split_column`` becomes the ``split`` coordinate (a file without a ``split``
+    column is all ``"train"``). Units ids become ``neuron``; ``heldout`` (neuron ids, or a bool
+    mask; default the file's ``heldout`` column, else none) the ``heldout`` coordinate; other
+    one-value-per-unit columns, and ``electrode``/``location`` of each unit's (first) electrode,
+    neuron coordinates. With ``obs_intervals`` the Dataset gains the bool variable ``observed``
+    ``(trial, time, neuron)``. Ragged columns are skipped with a warning. Errors
+    (:class:`~pcsim.errors.DataError`) name the file and the column, unit or trial at fault; a
+    missing ``align`` column is reported with the trials table's columns.
+    """
+    path = Path(path)
+    bin_width = _check_bin_width(bin_width)
+    try:
+        with _open(path) as nwbfile:
+            if nwbfile.units is None or "spike_times" not in nwbfile.units.colnames:
+                hint = ("; it holds a binned recording, read it with read_binned_nwb"
+                        if BINNED_MODULE in nwbfile.processing else "")
+                raise DataError(f"no Units table with spike_times{hint}")
+            units, trials = nwbfile.units, nwbfile.trials
+            if trials is None or len(trials.id) == 0:
+                raise DataError("no trials table (or an empty one): read_nwb bins spikes per trial")
+            spike_times = _ragged(units, "spike_times")
+            obs_intervals = _ragged(units, "obs_intervals") if "obs_intervals" in units.colnames else None
+            neuron_ids = np.asarray(units.id[:])
+            column_heldout = (np.asarray(units["heldout"].data[:], bool) if "heldout" in units.colnames else None)
+            neuron_coords, skipped_units = _table_columns(units, skip=_UNIT_SKIP, two_d=False)
+            neuron_coords.update({k: v for k, v in _electrode_coords(units).items() if k not in neuron_coords})
+            columns, skipped_trials = _table_columns(trials, skip=())
+            trial_ids = np.asarray(trials.id[:])
+            identifier, session_start = nwbfile.identifier, nwbfile.session_start_time.isoformat()
+        _warn_skipped(path, skipped_units, "Units")
+        _warn_skipped(path, skipped_trials, "trials")
+
+        if align not in columns:
+            raise DataError(f"alignment column {align!r} not found in the trials table; available trial columns: "
+                            f"{list(columns) + skipped_trials}")
+        split = None
+        if split_column is not None and split_column in columns:
+            split = columns.pop(split_column)
+        elif split_column not in (None, "split"):
+            raise DataError(f"split column {split_column!r} not found in the trials table; available trial columns: "
+                            f"{list(columns) + skipped_trials}")
+        starts, stops = columns.pop("start_time"), columns.pop("stop_time")
+        wide = {name: columns.pop(name) for name in [n for n, v in columns.items() if v.ndim == 2]}
+        if column_heldout is not None and heldout is None:
+            heldout = column_heldout
+        counts = bin_spike_times(
+            spike_times, starts, stops, bin_width=bin_width, window=window, align_times=align,
+            neuron_ids=neuron_ids, trial_ids=trial_ids, trial_coords=columns, obs_intervals=obs_intervals,
+        )
+        recording = to_recording(counts, heldout=heldout, split=split)
+        reserved = set(recording.coords) | set(recording.data_vars)
+        recording = recording.assign_coords(
+            {name: ("neuron", values) for name, values in neuron_coords.items() if name not in reserved})
+        recording = recording.assign_coords({name: (("trial", f"{name}_dim"), values) for name, values in wide.items()})
+    except DataError as error:
+        raise DataError(f"{path}: {error}") from error
+    recording.attrs.update(source=str(path), nwb_identifier=identifier, nwb_session_start_time=session_start)
+    return recording
+
+
+def read_binned_nwb(path: str | os.PathLike) -> xr.Dataset:
+    """Read back a recording Dataset that :func:`write_nwb` stored as binned data, identical to the one written.
+
+    Returns the same variables (``counts`` ``(trial, time, neuron)`` int64 counts per bin, and
+    ``rates``, ``latents``, ``behaviour``, ``observed`` where written), coordinates (``time`` in s,
+    ``heldout``, ``split``, trial conditions, ...) with their dtypes and attrs, and the Dataset's
+    attrs (``bin_width`` in s, ``align``, ...). A file without the ``binned_recording`` module
+    raises :class:`~pcsim.errors.DataError` (bin its spike times with :func:`read_nwb` instead).
+    """
+    path = Path(path)
+    try:
+        with _open(path) as nwbfile:
+            if BINNED_MODULE not in nwbfile.processing:
+                raise DataError(f"no processing module {BINNED_MODULE!r}: the file holds no binned recording written by "
+                                "write_nwb; bin its spike times with read_nwb(path, bin_width=..., window=...)")
+            module = nwbfile.processing[BINNED_MODULE]
+            layout = _parse_layout(module.description)
+            sizes = layout["sizes"]
+            n_rows = sizes["trial"] * sizes["time"]
+            data_vars = {}
+            for name, spec in layout["variables"].items():
+                values = np.asarray(module[name].data[:])
+                values = values.reshape((sizes["trial"], sizes["time"]) + values.shape[1:])
+                if len(values.shape) != len(spec["dims"]) or values.shape[0] * values.shape[1] != n_rows:
+                    raise DataError(f"TimeSeries {name!r} has shape {values.shape}, not the layout's dims {spec['dims']}")
+                data_vars[name] = (tuple(spec["dims"]), values.astype(spec["dtype"]), _decode(spec["attrs"]))
+            coords = {}
+            for name, spec in layout["coords"].items():
+                table = spec["table"]
+                if table is None:
+                    values = np.asarray(_decode(spec["value"]))
+                elif table == "trials" and name == "trial" and layout["trial_index"] == "id":
+                    values = np.asarray(nwbfile.trials.id[:])
+                elif table == "trials":
+                    values = np.asarray(nwbfile.trials[name].data[:])
+                else:
+                    values = np.asarray(module[table][name].data[:])
+                coords[name] = (tuple(spec["dims"]), values.astype(spec["dtype"]), _decode(spec["attrs"]))
+    except DataError as error:
+        raise DataError(f"{path}: {error}") from error
+    return xr.Dataset(data_vars, coords=coords, attrs=_decode(layout["attrs"]))
+
+
+def read_spike_times(path: str | os.PathLike) -> list[np.ndarray]:
+    """Return an NWB file's spike times: one float64 array of session times (s) per unit, in ``Units`` table order.
+
+    The unit ids are :func:`read_nwb`'s ``neuron`` coordinate. Raises
+    :class:`~pcsim.errors.DataError` naming the file when it has no ``Units`` table with spike times.
+    """
+    path = Path(path)
+    with _open(path) as nwbfile:
+        if nwbfile.units is None or "spike_times" not in nwbfile.units.colnames:
+            raise DataError(f"{path}: no Units table with spike_times")
+        return [s.astype(np.float64) for s in _ragged(nwbfile.units, "spike_times")]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_nwb(
+    data: xr.Dataset | Sequence[Any],
+    path: str | os.PathLike,
+    *,
+    spike_times: Sequence[Any] | None = None,
+    trials: Mapping[str, Any] | None = None,
+    neuron_ids: Any | None = None,
+    heldout: Any | None = None,
+    obs_intervals: Sequence[Any] | None = None,
+    resolution: float | None = None,
+    session_description: str | None = None,
+    identifier: str | None = None,
+    session_start_time: datetime | str | None = None,
+    subject: Subject | Mapping[str, Any] | None = None,
+) -> Path:
+    """Save a binned recording Dataset, or spike times, as an NWB file (atomically); return its path.
+
+    ``data`` is either a recording Dataset (``counts`` ``(trial, time, neuron)`` and any further
+    ``(trial, time, ...)`` variables; stored as binned data, read back by :func:`read_binned_nwb`)
+    or spike times: a sequence of 1-D arrays of session times (s), one per unit. Spike times
+    (``data`` itself, or ``spike_times=`` beside a Dataset) go to the ``Units`` table with a bool
+    ``heldout`` column and, when given, ``obs_intervals`` (per unit an ``(n, 2)`` array of
+    ``[start, stop]`` s), in the NLB layout :func:`read_nwb` bins. With a Dataset they must give
+    its counts when binned at the Dataset's absolute trial times (its ``align`` trial
+    coordinate), and ``neuron_ids``/``heldout``/``trials`` come from its coordinates; alone,
+    ``trials`` maps ``start_time``, ``stop_time`` (s, ``(trials,)``) and any condition columns to
+    arrays. Units need ``resolution``: the smallest possible spike-time difference (s), e.g.
+    ``1/30000``. ``session_start_time`` must be timezone-aware (default: the Dataset's
+    ``nwb_session_start_time`` attr, else now, UTC); ``identifier`` defaults to a fresh UUID;
+    ``subject`` (a pynwb ``Subject`` or its fields) is optional, but NWB Inspector counts a
+    missing subject as critical.
+    """
+    path = Path(path)
+    attrs = dict(data.attrs) if isinstance(data, xr.Dataset) else {}
+    nwbfile = NWBFile(
+        session_description=session_description
+        or ("Binned spike counts written by pcsim (analysis.nwb.write_nwb)" if isinstance(data, xr.Dataset)
+            else "Spike times written by pcsim (analysis.nwb.write_nwb)"),
+        identifier=identifier or str(uuid.uuid4()),
+        session_start_time=_session_start(session_start_time, attrs),
+        subject=_subject(subject),
+    )
+    if isinstance(data, xr.Dataset):
+        if trials is not None or neuron_ids is not None or heldout is not None:
+            raise DataError("write_nwb takes trials, neuron ids and heldout from the Dataset's coordinates; "
+                            "do not pass trials=, neuron_ids= or heldout= with a Dataset")
+        align_abs = _add_binned(nwbfile, data)
+        if spike_times is not None:
+            if align_abs is None:
+                raise DataError(
+                    f"spike_times need the recording's absolute trial times: the Dataset has no trial coordinate "
+                    f"named by its align attr ({data.attrs.get('align')!r}) holding session times in s "
+                    "(bin_spike_times and read_nwb add it)")
+            trains = _check_spike_trains(spike_times, neuron_ids=data["neuron"].values)
+            _check_spikes_match_counts(trains, data, align_abs, obs_intervals)
+            extra = {name: c.values for name, c in data.coords.items()
+                     if c.dims == ("neuron",) and name not in ("neuron", "heldout")}
+            _add_units(nwbfile, trains, data["neuron"].values, data["heldout"].values if "heldout" in data.coords
+                       else None, obs_intervals, resolution, extra)
+    elif isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+        if spike_times is not None:
+            raise DataError("pass spike times either as data or as spike_times=, not both")
+        trains = _check_spike_trains(data, neuron_ids=neuron_ids)
+        ids = np.arange(len(trains)) if neuron_ids is None else np.asarray(neuron_ids)
+        _add_units(nwbfile, trains, ids, heldout, obs_intervals, resolution, {})
+        if trials is not None:
+            nwbfile.trials = _trials_table(trials)
+    else:
+        raise DataError(f"write_nwb needs a recording Dataset or a sequence of spike-time arrays, got {type(data).__name__}")
+    _write_atomically(nwbfile, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- binned layout
+
+
+def _add_binned(nwbfile: NWBFile, ds: xr.Dataset) -> np.ndarray | None:
+    """Store ``ds`` in ``nwbfile`` (trials table + processing module); return the absolute alignment times if known."""
+    if "counts" not in ds.data_vars:
+        raise DataError(f"the Dataset has no 'counts' variable (variables: {list(ds.data_vars)})")
+    if ds["counts"].dims != ("trial", "time", "neuron"):
+        raise DataError(f"counts must have dims ('trial', 'time', 'neuron'), got {ds['counts'].dims}")
+    _check_counts(ds["counts"].values, "counts", labels=ds["counts"])
+    bin_width = _check_bin_width(ds.attrs.get("bin_width"), "attrs['bin_width']")
+    if "time" not in ds.coords or ds["time"].dims != ("time",):
+        raise DataError("the Dataset has no 'time' coordinate (bin centres in s relative to the alignment event)")
+    time = ds["time"].values.astype(np.float64)
+    if time.size > 1 and not np.allclose(np.diff(time), bin_width, rtol=0, atol=1e-9):
+        raise DataError(f"the time coordinate is not spaced by bin_width ({bin_width} s)")
+    for name in list(ds.variables) + list(ds.attrs):
+        if "/" in str(name):
+            raise DataError(f"name {name!r} contains '/', which NWB does not allow in names")
+    n_trials, n_bins = ds.sizes["trial"], ds.sizes["time"]
+    first_edge, last_edge = time[0] - bin_width / 2, time[-1] + bin_width / 2
+
+    align = ds.attrs.get("align")
+    align_abs = None
+    if isinstance(align, str) and align in ds.coords and ds[align].dims == ("trial",) \
+            and np.issubdtype(ds[align].dtype, np.number) and np.isfinite(ds[align].values).all():
+        align_abs = ds[align].values.astype(np.float64)
+        grid = align_abs
+    else:  # no absolute times: lay the trials end to end from t = 0
+        grid = np.arange(n_trials) * (n_bins * bin_width) - first_edge
+    starts = ds["start_time"].values.astype(float) if "start_time" in ds.coords else grid + first_edge
+    stops = ds["stop_time"].values.astype(float) if "stop_time" in ds.coords else np.maximum(starts, grid + last_edge)
+
+    trial_index = "id" if np.issubdtype(ds["trial"].dtype, np.integer) else "column"
+    coords_spec: dict[str, dict] = {}
+    trial_columns = [VectorData(name="start_time", description="trial start (s)", data=starts),
+                     VectorData(name="stop_time", description="trial stop (s)", data=stops)]
+    dim_tables: dict[str, list[VectorData]] = {}
+    for name, coord in ds.coords.items():
+        spec = {"dims": list(coord.dims), "dtype": coord.dtype.str, "attrs": _encode(coord.attrs, f"{name}.attrs")}
+        if coord.dims == ():
+            spec.update(table=None, value=_encode(coord.values.item(), f"coordinate {name!r}"))
+        elif len(coord.dims) > 2 or (len(coord.dims) == 2 and coord.dims[1] in ("trial", "time", "neuron")):
+            raise DataError(f"coordinate {name!r} has dims {coord.dims}; write_nwb stores coordinates along one "
+                            "dimension (plus at most one extra); make it a data variable")
+        elif coord.dims[0] == "trial":
+            spec["table"] = "trials"
+            if name in _TRIAL_TIMES:
+                pass  # the table's own start_time / stop_time columns
+            elif name == "trial" and trial_index == "id":
+                pass  # the table's ids
+            elif name in ("id", "tags", "timeseries"):
+                raise DataError(f"trial coordinate {name!r} clashes with a reserved column of the NWB trials table")
+            else:
+                trial_columns.append(VectorData(name=name, description=_describe(coord, name), data=_column_data(coord, name)))
+        else:
+            spec["table"] = f"{coord.dims[0]}_coordinates"
+            dim_tables.setdefault(coord.dims[0], []).append(
+                VectorData(name=name, description=_describe(coord, name), data=_column_data(coord, name)))
+        coords_spec[name] = spec
+    trial_ids = ds["trial"].values if trial_index == "id" else np.arange(n_trials)
+    nwbfile.trials = TimeIntervals(name="trials", description="trials of the binned recording",
+                                   id=trial_ids.astype(np.int64), columns=trial_columns)
+
+    contents: list[Any] = []  # the module's description holds the layout, so it is created last
+    for dim, columns in dim_tables.items():
+        contents.append(DynamicTable(name=f"{dim}_coordinates", description=f"coordinates along the recording's {dim!r} dimension",
+                                id=np.arange(ds.sizes[dim]), columns=columns))
+
+    stamps = (grid[:, None] + time[None, :]).ravel()
+    regular = stamps.size < 2 or np.allclose(np.diff(stamps), bin_width, rtol=0, atol=1e-9)
+    variables_spec: dict[str, dict] = {}
+    first_series = None
+    for name in ["counts"] + [v for v in ds.data_vars if v != "counts"]:
+        var = ds[name]
+        if var.dims[:2] != ("trial", "time"):
+            raise DataError(f"variable {name!r} has dims {var.dims}; write_nwb stores variables with dims "
+                            "('trial', 'time', ...)")
+        values = var.values.reshape((n_trials * n_bins,) + var.shape[2:])
+        if values.dtype == bool:
+            values = values.astype(np.uint8)
+        elif values.dtype.kind not in "iuf":
+            raise DataError(f"variable {name!r} has dtype {values.dtype}; write_nwb stores numbers and booleans")
+        timing: dict[str, Any]
+        if regular:
+            timing = {"starting_time": float(stamps[0]), "rate": 1.0 / bin_width}
+        else:
+            timing = {"timestamps": stamps if first_series is None else first_series}
+        series = TimeSeries(
+            name=name, data=H5DataIO(values, compression="gzip"), unit=str(var.attrs.get("units") or "n.a."),
+            description=(f"{var.attrs.get('long_name') or name}: dims {var.dims}, trials concatenated "
+                         f"(row = trial * {n_bins} + bin)"),
+            continuity="step", **timing)
+        contents.append(series)
+        if first_series is None:
+            first_series = series
+        variables_spec[name] = {"dims": list(var.dims), "dtype": var.dtype.str, "attrs": _encode(var.attrs, f"{name}.attrs")}
+
+    layout = {"format": _FORMAT, "version": _VERSION, "sizes": dict(ds.sizes), "trial_index": trial_index,
+              "coords": coords_spec, "variables": variables_spec, "attrs": _encode(ds.attrs, "attrs")}
+    module = nwbfile.create_processing_module(name=BINNED_MODULE, description=(
+        f"Binned recording written by pcsim (analysis.nwb.write_nwb): {n_trials} trials of {n_bins} bins of "
+        f"{bin_width} s; each variable is a TimeSeries of trials concatenated, coordinates are the trials "
+        f"table's columns and the '<dim>_coordinates' tables.{_LAYOUT_MARK}{json.dumps(layout)}"))
+    for item in contents:
+        module.add(item)
+    return align_abs
+
+
+def _parse_layout(description: str) -> dict:
+    if _LAYOUT_MARK not in description:
+        raise DataError(f"processing module {BINNED_MODULE!r} has no pcsim layout record in its description")
+    layout = json.loads(description.split(_LAYOUT_MARK, 1)[1])
+    if layout.get("format") != _FORMAT or layout.get("version", 0) > _VERSION:
+        raise DataError(f"unknown binned layout {layout.get('format')!r} version {layout.get('version')!r}")
+    return layout
+
+
+def _check_spikes_match_counts(trains: list[np.ndarray], ds: xr.Dataset, align_abs: np.ndarray,
+                               obs_intervals: Sequence[Any] | None) -> None:
+    """The Units table and the binned counts of one file must tell the same story."""
+    bw, time = float(ds.attrs["bin_width"]), ds["time"].values
+    window = (time[0] - bw / 2, time[-1] + bw / 2)
+    binned = bin_spike_times(trains, align_abs, bin_width=bw, window=window, neuron_ids=ds["neuron"].values,
+                             obs_intervals=obs_intervals).values
+    differ = np.argwhere(binned != ds["counts"].values)
+    if differ.size:
+        t, b, n = differ[0]
+        raise DataError(f"spike_times do not give the recording's counts: neuron {_show(ds['neuron'].values[n])}, trial "
+                        f"{_show(ds['trial'].values[t])}, time {_show(time[b])} s has {binned[t, b, n]} spikes but counts "
+                        f"{ds['counts'].values[t, b, n]} ({len(differ)} bins differ)")
+
+
+def _describe(coord: xr.DataArray, name: str) -> str:
+    label = coord.attrs.get("long_name") or f"coordinate {name!r}"
+    units = coord.attrs.get("units")
+    return f"{label} ({units})" if units else str(label)
+
+
+def _column_data(coord: xr.DataArray, name: str) -> Any:
+    values = coord.values
+    if values.dtype.kind in "biuf":
+        return values
+    if values.dtype.kind == "U" or (values.dtype == object and all(isinstance(v, str) for v in values.ravel())):
+        return values.tolist()
+    raise DataError(f"coordinate {name!r} has dtype {values.dtype}; NWB tables store numbers, booleans and strings")
+
+
+# ----------------------------------------------------------------------------- Units and trials
+
+
+def _add_units(nwbfile: NWBFile, trains: list[np.ndarray], neuron_ids: np.ndarray, heldout: Any | None,
+               obs_intervals: Sequence[Any] | None, resolution: float | None, extra: Mapping[str, np.ndarray]) -> None:
+    if resolution is None:
+        raise DataError("writing spike times needs resolution= (s): the smallest possible difference between two "
+                        "spike times, e.g. 1/30000 for a 30 kHz recording or the simulation time step")
+    resolution = float(resolution)
+    if not (np.isfinite(resolution) and resolution > 0):
+        raise DataError(f"resolution must be a positive number of seconds, got {resolution!r}")
+    n = len(trains)
+    if neuron_ids.shape != (n,) or not np.issubdtype(neuron_ids.dtype, np.integer):
+        raise DataError(f"Units ids must be {n} integers (one per unit), got {neuron_ids.dtype} {neuron_ids.shape}")
+    if np.unique(neuron_ids).size != n:
+        raise DataError("neuron ids must be unique")
+    mask = np.zeros(n, bool) if heldout is None else np.asarray(heldout)
+    if mask.shape != (n,) or mask.dtype != bool:
+        raise DataError(f"heldout must be a bool mask with one entry per unit ({n}), got {mask.dtype} {mask.shape}")
+    if obs_intervals is not None:
+        obs_intervals = _check_obs_intervals(obs_intervals, n, neuron_ids)
+        for u, (train, intervals) in enumerate(zip(trains, obs_intervals)):
+            outside = np.flatnonzero(~_covered(intervals, train, train))
+            if outside.size:
+                j = outside[0]
+                raise DataError(f"{_unit_label(u, neuron_ids)}: spike {j} at {_show(train[j])} s lies outside the "
+                                f"unit's obs_intervals ({outside.size} spike(s) in all); a unit has no spikes while it "
+                                "is not observed: widen its intervals or drop those spikes")
+    units = Units(name="units", description="spike times of the recorded units", resolution=resolution)
+    units.add_column(name="heldout", description="unit is held out: models predict it without seeing it on test trials")
+    for name, values in extra.items():
+        units.add_column(name=name, description=f"coordinate {name!r} of the recording's neurons")
+    for u in range(n):
+        row = {"spike_times": trains[u], "heldout": bool(mask[u]), "id": int(neuron_ids[u])}
+        if obs_intervals is not None:
+            row["obs_intervals"] = obs_intervals[u]
+        row.update({name: values[u].item() if hasattr(values[u], "item") else values[u] for name, values in extra.items()})
+        units.add_unit(**row)
+    nwbfile.units = units
+
+
+def _trials_table(trials: Mapping[str, Any]) -> TimeIntervals:
+    missing = [c for c in _TRIAL_TIMES if c not in trials]
+    if missing:
+        raise DataError(f"trials is missing the column(s) {missing}; it has {list(trials)}")
+    n = np.asarray(trials["start_time"]).shape[0] if np.ndim(trials["start_time"]) else -1
+    columns = []
+    for name, values in trials.items():
+        if name == "id":
+            continue
+        a = _coord_values(np.asarray(values))
+        if a.ndim not in (1, 2) or a.shape[0] != n:
+            raise DataError(f"trials[{name!r}] must have one entry per trial ({n}), got shape {a.shape}")
+        if name in _TRIAL_TIMES and not (np.issubdtype(a.dtype, np.number) and np.isfinite(a).all()):
+            raise DataError(f"trials[{name!r}] must be finite times in s")
+        if a.dtype.kind not in "biufU":
+            raise DataError(f"trials[{name!r}] has dtype {a.dtype}; NWB tables store numbers, booleans and strings")
+        description = f"trial {'start' if name == 'start_time' else 'stop'} (s)" if name in _TRIAL_TIMES \
+            else f"trial column {name!r}"
+        columns.append(VectorData(name=name, description=description, data=a.tolist() if a.dtype.kind == "U" else a))
+    empty = np.flatnonzero(np.asarray(trials["stop_time"], float) <= np.asarray(trials["start_time"], float))
+    if empty.size:
+        raise DataError(f"trial {empty[0]} is empty: its stop_time is not after its start_time")
+    ids = np.asarray(trials.get("id", np.arange(n)), np.int64)
+    return TimeIntervals(name="trials", description="trials of the recording", id=ids, columns=columns)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[NWBFile]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no NWB file at {path}")
+    with NWBHDF5IO(str(path), mode="r") as io:
+        yield io.read()
+
+
+def _write_atomically(nwbfile: NWBFile, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.nwb")  # hidden; .nwb keeps pynwb quiet
+    try:
+        with NWBHDF5IO(str(tmp), mode="w") as io:
+            io.write(nwbfile)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _ragged(table: DynamicTable, name: str) -> list[np.ndarray]:
+    """A ragged column as one array per row, split vectorised from the flat data and its end indices."""
+    index = table[name]
+    ends = np.asarray(index.data[:], dtype=np.int64)
+    flat = np.asarray(index.target.data[:])
+    return np.split(flat, ends[:-1]) if ends.size else []
+
+
+def _table_columns(table: DynamicTable, skip: Sequence[str], two_d: bool = True) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A table's one-value-per-row columns (``(rows,)``, or ``(rows, k)`` with ``two_d``) as arrays, and the skipped names."""
+    columns, skipped = {}, []
+    for name in table.colnames:
+        if name in skip:
+            continue
+        column = table[name]
+        if isinstance(column, (VectorIndex, DynamicTableRegion)):
+            skipped.append(name)
+            continue
+        values = _coord_values(np.asarray(column.data[:]))
+        if values.dtype == object or values.ndim > (2 if two_d else 1):
+            skipped.append(name)
+            continue
+        columns[name] = values
+    return columns, skipped
+
+
+def _electrode_coords(units: Units) -> dict[str, np.ndarray]:
+    """``electrode`` (id) and ``location`` of each unit's first electrode, when the Units table links electrodes."""
+    if "electrodes" not in units.colnames:
+        return {}
+    index = units["electrodes"]
+    ends = np.asarray(index.data[:], dtype=np.int64)
+    rows = np.asarray(index.target.data[:], dtype=np.int64)
+    per_unit = np.diff(np.r_[0, ends])
+    if (per_unit == 0).any():
+        return {}
+    if (per_unit > 1).any():
+        warnings.warn(f"{int((per_unit > 1).sum())} unit(s) have several electrodes; the first is used for "
+                      "their electrode/location coordinates", stacklevel=3)
+    first = rows[np.r_[0, ends[:-1]]]
+    table = index.target.table
+    coords = {"electrode": np.asarray(table.id[:])[first]}
+    if "location" in table.colnames:
+        coords["location"] = _coord_values(np.asarray(table["location"].data[:]))[first]
+    return coords
+
+
+def _warn_skipped(path: Path, names: list[str], table: str) -> None:
+    if names:
+        warnings.warn(f"{path}: {table} columns {names} hold more than one value per row (ragged, references or "
+                      "objects) and are not read as coordinates", stacklevel=3)
+
+
+def _session_start(value: datetime | str | None, attrs: Mapping[str, Any]) -> datetime:
+    if value is None:
+        value = attrs.get("nwb_session_start_time") or datetime.now(timezone.utc)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise DataError(f"session_start_time must be a timezone-aware datetime, got {value!r}")
+    return value
+
+
+def _subject(subject: Subject | Mapping[str, Any] | None) -> Subject | None:
+    if subject is None or isinstance(subject, Subject):
+        return subject
+    return Subject(**dict(subject))
+
+
+def _encode(value: Any, where: str) -> Any:
+    """Attrs to JSON: scalars, strings, lists and arrays (tagged, so they come back as arrays)."""
+    if isinstance(value, Mapping):
+        return {str(k): _encode(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": _encode(value.tolist(), where), "dtype": value.dtype.str}
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, where) for v in value]
+    raise DataError(f"{where} is a {type(value).__name__}, which write_nwb cannot store (use numbers, strings, "
+                    "lists or arrays)")
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and "__ndarray__" in value:
+        return np.asarray(value["__ndarray__"], dtype=value["dtype"])
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    return value
