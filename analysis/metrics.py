@@ -425,6 +425,23 @@ def latent_r2(inferred_train, true_train, inferred_test, true_test, *, per_dim: 
                        "latent", yte_da, "latent")
 
 
+def align_latents(inferred_train, true_train, inferred) -> np.ndarray:
+    """Inferred latents mapped into the true latent space by the affine map of :func:`latent_r2`.
+
+    The map ``true ≈ inferred @ A + b`` is fitted (least squares with intercept) on
+    ``inferred_train`` ``(trial, time, latent)`` against ``true_train`` ``(trial, time, true_latent)``
+    and applied to ``inferred`` ``(trial', time, latent)``; returns ``(trial', time, true_latent)``
+    (dimensionless), e.g. to plot inferred trajectories in the coordinates of the truth.
+    """
+    xtr, xtr_da = _as_trial_array(inferred_train, "inferred_train", ("latent",))
+    ytr, ytr_da = _as_trial_array(true_train, "true_train", ("latent",))
+    x, x_da = _as_trial_array(inferred, "inferred", ("latent",))
+    _check_match(xtr, xtr_da, "inferred_train", ytr, ytr_da, "true_train", (0, 1))
+    _check_match(xtr, xtr_da, "inferred_train", x, x_da, "inferred", (2,))
+    coef = _affine_fit(_flat(xtr), _flat(ytr))
+    return _affine_apply(_flat(x), coef).reshape(x.shape[:2] + (ytr.shape[2],))
+
+
 def seed_consistency(latents_a, latents_b, *, symmetric: bool = True) -> float:
     """Consistency of two fits of one model that differ only in their random seed: the variance-weighted
     R² of the affine map (least squares with intercept) from fit A's latents to fit B's,

@@ -1,0 +1,1 @@
+"""Experiments of the analysis package; each module defines ``Config``, ``run`` and ``plot``."""
