@@ -32,12 +32,14 @@ class FASection:
 
 @dataclass(frozen=True, kw_only=True)
 class GPFASection:
-    """GPFA (Yu et al. 2009) fitted by EM: ``n_latents``, ``max_iter``, relative LL ``tol``."""
+    """GPFA (Yu et al. 2009) fitted by EM: ``n_latents``, ``max_iter``, relative LL ``tol``;
+    ``segment_bins``: train on segments of this many bins as elephant does (0: whole trials)."""
 
     n_latents: int = field(default=8, metadata={"ge": 1})
     max_iter: int = field(default=500, metadata={"ge": 1})
     tol: float = field(default=1e-6, metadata={"gt": 0})
     tau_init_ms: float = field(default=100.0, metadata={"gt": 0})
+    segment_bins: int = field(default=20, metadata={"ge": 0})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,7 +79,8 @@ def build_model(name: str, models: ModelsSection, seed: int, device: str):
         return FactorAnalysisModel(n_latents=models.fa.n_latents, sigma_ms=models.fa.sigma_ms)
     if name == "gpfa":
         g = models.gpfa
-        return GPFA(g.n_latents, tau_init_ms=g.tau_init_ms, max_iter=g.max_iter, tol=g.tol, device=device)
+        return GPFA(g.n_latents, tau_init_ms=g.tau_init_ms, max_iter=g.max_iter, tol=g.tol,
+                    segment_bins=g.segment_bins or None, device=device)
     p = models.pc
     return PCLatentModel(p.n_latents, epochs=p.epochs, lr=p.lr, inference_steps=p.inference_steps,
                          transform_steps=p.transform_steps, dynamics_precision=p.dynamics_precision,

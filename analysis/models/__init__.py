@@ -1,0 +1,18 @@
+"""Latent-variable models of population spiking, all with the :class:`LatentModel` surface.
+
+``fit(recording)`` on training trials, ``transform`` -> latents ``(trial, time, latent)`` from
+held-in neurons, ``predict`` -> rates ``(trial, time, neuron)`` in counts per bin, ``score`` ->
+co-smoothing bits per spike on held-out neurons (see :mod:`analysis` for the data format).
+
+- :class:`SmoothingModel`: Gaussian-smoothed held-in spikes + Poisson GLM (NLB baseline).
+- :class:`FactorAnalysisModel`: factor analysis of smoothed sqrt counts.
+- :class:`GPFA`: Gaussian-process factor analysis (Yu et al. 2009), batched EM in torch.
+"""
+
+from analysis.models.base import LatentModel, PoissonGLM, validate_recording
+from analysis.models.fa import FactorAnalysisModel, factor_analysis
+from analysis.models.gpfa import GPFA, gpfa_em, gpfa_posterior
+from analysis.models.smoothing import SmoothingModel, smooth_counts
+
+__all__ = ["LatentModel", "PoissonGLM", "validate_recording", "SmoothingModel", "smooth_counts",
+           "FactorAnalysisModel", "factor_analysis", "GPFA", "gpfa_em", "gpfa_posterior"]

@@ -1,0 +1,402 @@
+"""Latent models (analysis.models): closed forms, invariants, ground-truth recovery, and a
+cross-check of GPFA against elephant's independent implementation (Yu et al.'s code, ported)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.linalg import subspace_angles
+from scipy.stats import multivariate_normal
+
+from analysis.metrics import latent_r2
+from analysis.models import GPFA, FactorAnalysisModel, PoissonGLM, SmoothingModel, factor_analysis
+from analysis.models.gpfa import (GPFAParams, _fold_grids, _fold_matrix, _fold_matrix_halves, _gp_objective,
+                                  gp_covariances, gpfa_em, gpfa_posterior, segment_trials)
+from analysis.synthetic import lorenz_recording
+from pcsim.errors import DataError
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The test machine is shared: keep torch and numpy's BLAS on one core each (small
+    problems only lose to thread oversubscription)."""
+    from threadpoolctl import threadpool_limits
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def lorenz():
+    return lorenz_recording(n_trials=60, n_neurons=30, n_bins=50, seed=0)
+
+
+@pytest.fixture(scope="module")
+def gpfa_lorenz(lorenz):
+    return GPFA(n_latents=8, max_iter=100).fit(lorenz)
+
+
+def _r2(model, rec):
+    train = rec["split"].values == "train"
+    z = model.transform(rec)
+    return latent_r2(z[train], rec["latents"][train], z[~train], rec["latents"][~train])
+
+
+def _random_params(rng, p, q, tau_bins):
+    return GPFAParams(torch.as_tensor(rng.standard_normal((p, q))), torch.as_tensor(rng.standard_normal(p)),
+                      torch.as_tensor(rng.uniform(0.3, 1.5, p)), torch.as_tensor(1.0 / np.asarray(tau_bins) ** 2),
+                      torch.full((q,), 1e-3, dtype=F64))
+
+
+def _sample_gpfa(rng, params, n_trials, n_bins):
+    """Observations ``(N, T, p)`` drawn exactly from the GPFA generative model."""
+    K = gp_covariances(params.gamma, params.eps, n_bins).numpy()
+    q = K.shape[0]
+    x = np.einsum("qts,nqs->ntq", np.linalg.cholesky(K), rng.standard_normal((n_trials, q, n_bins)))
+    noise = rng.standard_normal((n_trials, n_bins, len(params.d))) * np.sqrt(params.R.numpy())
+    return x @ params.C.numpy().T + params.d.numpy() + noise
+
+
+# ---------------------------------------------------------------------------------------------
+# GPFA numerics: closed forms and invariants
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_bins", [1, 2, 7, 8])
+def test_gpfa_posterior_equals_dense_gaussian_conditioning(n_bins):
+    """The folded, batched E-step equals textbook conditioning of the joint Gaussian of (x, y)."""
+    rng = np.random.default_rng(n_bins)
+    q, p, n = 3, 5, 4
+    params = _random_params(rng, p, q, rng.uniform(1, 4, q))
+    y = torch.as_tensor(rng.standard_normal((n, n_bins, p)))
+    post = gpfa_posterior(y, params)
+    k_big = torch.block_diag(*gp_covariances(params.gamma, params.eps, n_bins))   # latent-major
+    H = torch.zeros(n_bins * p, q * n_bins, dtype=F64)                             # y time-major
+    for t in range(n_bins):
+        for i in range(q):
+            H[t * p:(t + 1) * p, i * n_bins + t] = params.C[:, i]
+    cov_y = H @ k_big @ H.T + torch.diag(params.R.repeat(n_bins))
+    gain = k_big @ H.T @ torch.linalg.inv(cov_y)
+    resid = y.reshape(n, -1) - params.d.repeat(n_bins)
+    mean = (gain @ resid.T).T.reshape(n, q, n_bins).transpose(1, 2)                  # (N, T, q)
+    cov = (k_big - gain @ H @ k_big).reshape(q, n_bins, q, n_bins).permute(1, 0, 3, 2)  # (T, q, T, q)
+    ll = sum(multivariate_normal(params.d.repeat(n_bins).numpy(), cov_y.numpy()).logpdf(y[i].reshape(-1).numpy())
+             for i in range(n))
+    assert torch.allclose(post.mean, mean, atol=1e-10)
+    assert torch.allclose(post.cov(), cov, atol=1e-10)
+    assert post.log_likelihood == pytest.approx(ll, rel=1e-10)
+
+
+@pytest.mark.parametrize("n_bins", [1, 2, 7, 8])
+def test_folded_kernels_equal_folding_the_dense_kernel(n_bins):
+    """The closed-form half-size kernels equal Q' K Q of the dense (T, T) covariance."""
+    gamma, eps = torch.tensor([0.05, 0.5, 3.0], dtype=F64), torch.full((3,), 1e-3, dtype=F64)
+    for ours, ref in zip(_fold_matrix_halves(gamma, eps, n_bins), _fold_matrix(gp_covariances(gamma, eps, n_bins))):
+        assert torch.allclose(ours, ref, atol=1e-14)
+
+
+def test_segment_trials_covers_every_bin():
+    y = torch.arange(2 * 50, dtype=F64).reshape(2, 50, 1)
+    seg = segment_trials(y, 20)                                  # 3 segments per trial, evenly overlapping
+    assert seg.shape == (6, 20, 1)
+    assert set(seg[:3].flatten().tolist()) == set(range(50))
+    assert torch.equal(segment_trials(y, 50), y)
+
+
+def test_timescale_objective_derivatives_match_finite_differences():
+    """The analytic first/second derivatives driving the Newton timescale step are right."""
+    rng = np.random.default_rng(0)
+    q, T, n = 2, 9, 5
+    a = torch.as_tensor(rng.standard_normal((q, T, T)))
+    p_even, p_odd = _fold_matrix(a @ a.transpose(1, 2))
+    grids = _fold_grids(T, F64, "cpu")
+    lg, eps, h = torch.tensor([-3.0, -1.0], dtype=F64), torch.full((q,), 1e-3, dtype=F64), 1e-5
+    f, f1, f2 = _gp_objective(lg, eps, p_even, p_odd, n, grids)
+    fp, f1p, _ = _gp_objective(lg + h, eps, p_even, p_odd, n, grids)
+    fm, f1m, _ = _gp_objective(lg - h, eps, p_even, p_odd, n, grids)
+    K = gp_covariances(torch.exp(lg), eps, T)
+    direct = -0.5 * n * torch.logdet(K) - 0.5 * (torch.linalg.inv(K) * (a @ a.transpose(1, 2))).sum((1, 2))
+    assert torch.allclose(f, direct, rtol=1e-10)
+    assert torch.allclose(f1, (fp - fm) / (2 * h), rtol=1e-6)
+    assert torch.allclose(f2, (f1p - f1m) / (2 * h), rtol=1e-5)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), n_bins=st.integers(5, 16), q=st.integers(1, 3))
+def test_gpfa_em_log_likelihood_never_decreases(seed, n_bins, q):
+    """EM (exact M-step for C, d, R; uphill-only timescale steps) is monotone in the marginal LL."""
+    rng = np.random.default_rng(seed)
+    params = _random_params(rng, 8, q, rng.uniform(1.5, 4, q))
+    y = _sample_gpfa(rng, params, 12, n_bins)
+    fit = gpfa_em(y, q, tau_init_bins=2.0, max_iter=40, tol=0.0)
+    ll = fit.log_likelihood
+    assert len(ll) == fit.n_iter + 1
+    assert np.all(np.diff(ll) >= -1e-8 * np.abs(ll[:-1]))
+
+
+def test_gpfa_em_log_likelihood_never_decreases_on_spikes(gpfa_lorenz):
+    ll = gpfa_lorenz.log_likelihood_
+    assert len(ll) == gpfa_lorenz.n_iter_ + 1 == 101
+    assert np.all(np.diff(ll) >= -1e-8 * np.abs(ll[:-1]))
+    assert ll[-1] > ll[0]
+
+
+def test_gpfa_recovers_generative_model():
+    """On data drawn from GPFA itself: loading subspace and timescales come back."""
+    rng = np.random.default_rng(1)
+    tau_bins = np.array([2.5, 5.0, 10.0])          # 50, 100, 200 ms at 20 ms bins
+    params = _random_params(rng, 30, 3, tau_bins)
+    y = _sample_gpfa(rng, params, 100, 40)
+    fit = gpfa_em(y, 3, tau_init_bins=4.0, max_iter=200)
+    angles = np.degrees(subspace_angles(params.C.numpy(), fit.params.C.numpy()))
+    assert angles.max() < 5.0                      # measured 1.4 deg
+    tau_hat = np.sort(1.0 / np.sqrt(fit.params.gamma.numpy()))
+    np.testing.assert_allclose(tau_hat, tau_bins, rtol=0.25)   # measured within 4 %
+    np.testing.assert_allclose(fit.params.R.numpy(), params.R.numpy(), rtol=0.2)    # measured within 6 %
+
+
+def test_gpfa_stops_on_tolerance_and_reports_it():
+    rng = np.random.default_rng(2)
+    params = _random_params(rng, 10, 2, [2.0, 4.0])
+    y = _sample_gpfa(rng, params, 20, 20)
+    loose = gpfa_em(y, 2, tau_init_bins=3.0, max_iter=500, tol=1e-2)
+    assert loose.converged and loose.n_iter < 500
+    ll = loose.log_likelihood
+    assert ll[-1] - ll[-2] < 1e-2 * (ll[-2] - ll[1])   # Yu et al.'s relative criterion met
+    capped = gpfa_em(y, 2, tau_init_bins=3.0, max_iter=3, tol=0.0)
+    assert not capped.converged and capped.n_iter == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces against independent references
+# ---------------------------------------------------------------------------------------------
+
+def test_poisson_glm_matches_sklearn():
+    from sklearn.linear_model import PoissonRegressor
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 4))
+    x = (x - x.mean(0)) / x.std(0, ddof=1)        # already standardised: same penalty as sklearn
+    w = np.array([[0.5, -0.3], [0.0, 0.4], [-0.2, 0.1], [0.3, 0.0]])
+    y = rng.poisson(np.exp(x @ w + np.array([-1.0, 0.5])))
+    glm = PoissonGLM(alpha=0.05).fit(x, y)
+    for j in range(2):
+        ref = PoissonRegressor(alpha=0.05, tol=1e-10, max_iter=1000).fit(x, y[:, j])
+        np.testing.assert_allclose(glm.coef_[:, j], ref.coef_, atol=1e-5)
+        assert glm.intercept_[j] == pytest.approx(ref.intercept_, abs=1e-5)
+    np.testing.assert_allclose(glm.predict(x)[:, 0], np.exp(x @ glm.coef_[:, 0] + glm.intercept_[0]))
+
+
+def test_factor_analysis_matches_sklearn_likelihood():
+    from sklearn.decomposition import FactorAnalysis
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((3000, 3)) @ rng.standard_normal((3, 12)) + rng.standard_normal((3000, 12)) * 0.7
+    ours = factor_analysis(y, 3, min_var_frac=0.0)
+    ref = FactorAnalysis(3, tol=1e-8, max_iter=2000, svd_method="lapack").fit(y)
+    assert ours.log_likelihood[-1] == pytest.approx(ref.score(y) * len(y), rel=1e-6)
+    assert np.all(np.diff(ours.log_likelihood) >= -1e-9 * np.abs(ours.log_likelihood[:-1]))
+    assert np.degrees(subspace_angles(ours.C, ref.components_.T)).max() < 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth: Lorenz latents
+# ---------------------------------------------------------------------------------------------
+
+def test_gpfa_recovers_lorenz_latents(lorenz, gpfa_lorenz):
+    assert _r2(gpfa_lorenz, lorenz) >= 0.8                     # measured 0.834
+
+
+@pytest.mark.parametrize("model, bound", [(SmoothingModel(sigma_ms=40), 0.7),   # measured 0.781
+                                          (FactorAnalysisModel(n_latents=8), 0.75)])  # measured 0.831
+def test_baselines_recover_lorenz_latents(lorenz, model, bound):
+    assert _r2(model.fit(lorenz), lorenz) >= bound
+
+
+def test_gpfa_co_smoothing_beats_null_and_own_readout(lorenz, gpfa_lorenz):
+    """co-bps on held-out neurons is positive; the GLM readout (default) beats GPFA's own
+    sqrt-linear-Gaussian readout, which is why it is the default."""
+    bps = gpfa_lorenz.score(lorenz)
+    assert bps > 0.5                                           # measured 1.02
+    own = GPFA(n_latents=8, max_iter=100, readout="gaussian").fit(lorenz)
+    assert own.score(lorenz) > 0
+    assert bps > own.score(lorenz)                              # measured 1.02 vs 0.80
+
+
+def test_gpfa_segment_training_matches_whole_trials(lorenz, gpfa_lorenz):
+    """Training on 20-bin segments (Yu et al.'s / elephant's scheme) finds the same subspace;
+    whole-trial training reaches the higher whole-trial likelihood, as it maximises it."""
+    seg = GPFA(n_latents=8, max_iter=100, segment_bins=20).fit(lorenz)
+    angles = np.degrees(subspace_angles(seg.C_, gpfa_lorenz.C_))
+    assert np.sort(angles)[:5].max() < 5.0
+    train = lorenz.sel(trial=lorenz["split"] == "train")
+    y = torch.as_tensor(np.sqrt(train["counts"].values), dtype=F64)
+    assert gpfa_posterior(y, gpfa_lorenz.params_).log_likelihood > gpfa_posterior(y, seg.params_).log_likelihood
+
+
+def test_silent_neurons_do_not_break_models(lorenz):
+    counts = lorenz["counts"].values.copy()
+    counts[:, :, [0, 7]] = 0
+    rec = _with_counts(lorenz, counts)
+    for model in (GPFA(n_latents=3, max_iter=20), FactorAnalysisModel(n_latents=3), SmoothingModel()):
+        rates = model.fit(rec).predict(rec)
+        assert np.all(np.isfinite(rates)) and np.all(np.isfinite(model.transform(rec)))
+        assert float(rates[..., 0].max()) < 1e-6
+
+
+def test_gpfa_timescales_are_learned_and_fixed_when_asked(lorenz):
+    fixed = GPFA(n_latents=2, max_iter=5, learn_tau=False, tau_init_ms=70).fit(lorenz)
+    np.testing.assert_allclose(fixed.tau_ms_, 70.0)
+    learned = GPFA(n_latents=2, max_iter=5, tau_init_ms=70).fit(lorenz)
+    assert not np.allclose(learned.tau_ms_, 70.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-check against elephant
+# ---------------------------------------------------------------------------------------------
+
+def _to_spiketrains(counts, bin_width, rng):
+    """Counts ``(trial, time, neuron)`` -> elephant's list (trial) of lists (neuron) of SpikeTrains,
+    each spike at a uniform random time inside its bin (away from the edges)."""
+    import neo
+    n_trials, n_bins, n_neurons = counts.shape
+    out = []
+    for n in range(n_trials):
+        row = []
+        for j in range(n_neurons):
+            k = counts[n, :, j]
+            t = (np.repeat(np.arange(n_bins), k) + rng.uniform(0.05, 0.95, k.sum())) * bin_width
+            row.append(neo.SpikeTrain(np.sort(t), t_start=0.0, t_stop=n_bins * bin_width, units="s"))
+        out.append(row)
+    return out
+
+
+def test_gpfa_agrees_with_elephant(lorenz):
+    pytest.importorskip("elephant")
+    import quantities as pq
+    from elephant.gpfa import GPFA as ElephantGPFA
+
+    train = lorenz.sel(trial=lorenz["split"] == "train")
+    counts = train["counts"].values
+    rng = np.random.default_rng(0)
+    np.random.seed(0)   # elephant draws its training segments from numpy's global generator
+    theirs = ElephantGPFA(bin_size=10 * pq.ms, x_dim=3, em_max_iters=100, em_tol=1e-6)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        theirs.fit(_to_spiketrains(counts, 0.01, rng))
+    ours = GPFA(n_latents=3, max_iter=100, tol=1e-6).fit(train)
+    pe = theirs.params_estimated
+    assert np.degrees(subspace_angles(pe["C"], ours.C_)).max() < 5.0          # measured < 2 deg
+    tau_theirs = np.sort(10.0 / np.sqrt(pe["gamma"]))
+    np.testing.assert_allclose(np.sort(ours.tau_ms_), tau_theirs, rtol=0.25)  # measured within 12 %
+    # elephant maximises the likelihood of 20-bin segments, we that of whole trials: evaluated
+    # with the whole-trial likelihood, ours must be at least as high, and close.
+    y = torch.as_tensor(np.sqrt(counts), dtype=F64)
+    theirs_params = GPFAParams(*(torch.as_tensor(np.array(v, float)) for v in
+                                 (pe["C"], pe["d"], np.diag(pe["R"]), pe["gamma"], pe["eps"])))
+    ll_theirs = gpfa_posterior(y, theirs_params).log_likelihood
+    ll_ours = ours.log_likelihood_[-1]
+    assert ll_ours >= ll_theirs
+    assert (ll_ours - ll_theirs) / y.numel() < 1e-3                            # nats per observation
+    # and their own (segment) likelihood per bin is of the same order as ours
+    ll_seg = [v for v in theirs.fit_info["log_likelihoods"] if np.isfinite(v)][-1]
+    per_bin_theirs = ll_seg / (counts.shape[0] * 3 * 20)   # 3 segments of 20 bins per 50-bin trial
+    per_bin_ours = ll_ours / (counts.shape[0] * counts.shape[1])
+    assert 0.5 < per_bin_theirs / per_bin_ours < 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared surface: shapes, labels, validation
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [lambda: SmoothingModel(), lambda: SmoothingModel(n_components=4),
+                                  lambda: FactorAnalysisModel(n_latents=4), lambda: GPFA(n_latents=4, max_iter=5)])
+def test_surface_shapes_and_labels(lorenz, make):
+    model = make().fit(lorenz)
+    assert model.fit_seconds_ > 0
+    z = model.transform(lorenz)
+    assert z.dims == ("trial", "time", "latent")
+    n_latent = {SmoothingModel: int((~lorenz["heldout"]).sum())}.get(type(model), 4)
+    if getattr(model, "n_components", None):
+        n_latent = model.n_components
+    assert z.shape == (60, 50, n_latent)
+    np.testing.assert_array_equal(z["trial"], lorenz["trial"])
+    np.testing.assert_array_equal(z["split"], lorenz["split"])
+    rates = model.predict(lorenz)
+    assert rates.dims == ("trial", "time", "neuron") and rates.shape == lorenz["counts"].shape
+    assert rates.attrs["units"] == "counts/bin"
+    assert np.all(np.isfinite(rates)) and np.all(rates >= 0)
+    np.testing.assert_array_equal(rates["heldout"], lorenz["heldout"])
+    assert np.isfinite(model.score(lorenz))
+    # transform on a subset of trials and a shorter window works and agrees with held-in-only input
+    sub = lorenz.isel(trial=slice(0, 5))
+    assert model.transform(sub).shape[:2] == (5, 50)
+    assert model.transform(lorenz.isel(time=slice(0, 20))).shape[:2] == (60, 20)
+
+
+def test_latents_use_held_in_neurons_only(lorenz, gpfa_lorenz):
+    """Scrambling held-out neurons' counts changes neither latents nor predictions."""
+    scrambled = lorenz.copy(deep=True)
+    ho = np.flatnonzero(lorenz["heldout"].values)
+    scrambled["counts"][:, :, ho] = np.random.default_rng(0).poisson(3.0, (60, 50, len(ho)))
+    for model in (gpfa_lorenz, SmoothingModel().fit(lorenz)):
+        xr.testing.assert_allclose(model.transform(lorenz), model.transform(scrambled))
+        xr.testing.assert_allclose(model.predict(lorenz), model.predict(scrambled))
+
+
+def test_gpfa_latents_are_orthonormalised(gpfa_lorenz):
+    u = gpfa_lorenz.loadings_orth_
+    np.testing.assert_allclose(u.T @ u, np.eye(u.shape[1]), atol=1e-10)
+    np.testing.assert_allclose(u @ gpfa_lorenz.orth_, gpfa_lorenz.C_, atol=1e-10)
+
+
+def _with_counts(rec, values, dims=("trial", "time", "neuron")):
+    out = rec.drop_vars("counts")
+    out["counts"] = (dims, values)
+    return out
+
+
+BAD = {
+    "not a dataset": (lambda r: r["counts"], "xarray.Dataset"),
+    "missing counts": (lambda r: r.drop_vars("counts"), "'counts'"),
+    "wrong dims": (lambda r: _with_counts(r, r["counts"].values[..., 0], ("trial", "time")), "dims"),
+    "negative": (lambda r: _with_counts(r, np.where(np.arange(30) == 3, -1, r["counts"].values)), "negative"),
+    "nan": (lambda r: _with_counts(r, np.where(np.arange(30) == 3, np.nan, r["counts"].values)), "NaN"),
+    "non-integer": (lambda r: _with_counts(r, r["counts"].values + 0.5), "integer"),
+    "empty time": (lambda r: r.isel(time=slice(0, 0)), "'time'"),
+    "no training trials": (lambda r: r.assign_coords(split=("trial", np.full(60, "test"))), "split"),
+    "all held out": (lambda r: r.assign_coords(heldout=("neuron", np.ones(30, bool))), "heldout"),
+    "no bin width": (lambda r: r.assign_attrs(bin_width=None), "bin_width"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+@pytest.mark.parametrize("cls", [SmoothingModel, GPFA])
+def test_bad_input_raises_data_error_naming_the_problem(lorenz, case, cls):
+    corrupt, words = BAD[case]
+    with pytest.raises(DataError, match=words):
+        cls().fit(corrupt(lorenz))
+
+
+def test_mismatched_recording_at_transform_raises(lorenz):
+    model = SmoothingModel().fit(lorenz)
+    with pytest.raises(DataError, match="neuron"):
+        model.transform(lorenz.isel(neuron=slice(0, 20)))
+    with pytest.raises(DataError, match="NaN"):
+        model.predict(_with_counts(lorenz, np.where(np.arange(30) == 3, np.nan, lorenz["counts"].values)))
+    flipped = lorenz.assign_coords(heldout=("neuron", ~lorenz["heldout"].values))
+    with pytest.raises(DataError, match="heldout"):
+        model.predict(flipped)
+    # without the coordinate, the neurons held in at fit are used
+    xr.testing.assert_allclose(model.transform(lorenz.drop_vars("heldout")), model.transform(lorenz))
+    with pytest.raises(DataError, match="held out"):
+        SmoothingModel().fit(lorenz.drop_vars("heldout")).score(lorenz.drop_vars("heldout"))
