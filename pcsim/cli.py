@@ -177,7 +177,8 @@ def _cmd_replot(args: argparse.Namespace, extra: list[str]) -> int:
 
 # benchmark name -> the module whose ``main(name, as_json, args)`` runs it; named by string,
 # like experiments, so that pcsim never imports circuits or analysis
-BENCHMARKS = {"pc-vs-bp": "pcsim.bench", "latents": "analysis.bench", "circuits": "circuits.bench"}
+BENCHMARKS = {"pc-vs-bp": "pcsim.bench", "latents": "analysis.bench", "gpfa": "analysis.bench",
+              "circuits": "circuits.bench"}
 
 
 def _cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
