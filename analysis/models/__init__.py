@@ -7,12 +7,16 @@ co-smoothing bits per spike on held-out neurons (see :mod:`analysis` for the dat
 - :class:`SmoothingModel`: Gaussian-smoothed held-in spikes + Poisson GLM (NLB baseline).
 - :class:`FactorAnalysisModel`: factor analysis of smoothed sqrt counts.
 - :class:`GPFA`: Gaussian-process factor analysis (Yu et al. 2009), batched EM in torch.
+- :class:`PCLatentModel`: dynamical predictive coding with a Poisson observation energy
+  (:mod:`pcsim.temporal`), latents relaxed per trial, weights learned by local rules.
 """
 
 from analysis.models.base import LatentModel, PoissonGLM, validate_recording
 from analysis.models.fa import FactorAnalysisModel, factor_analysis
 from analysis.models.gpfa import GPFA, gpfa_em, gpfa_posterior
+from analysis.models.pc_latent import PCLatentModel
 from analysis.models.smoothing import SmoothingModel, smooth_counts
 
 __all__ = ["LatentModel", "PoissonGLM", "validate_recording", "SmoothingModel", "smooth_counts",
-           "FactorAnalysisModel", "factor_analysis", "GPFA", "gpfa_em", "gpfa_posterior"]
+           "FactorAnalysisModel", "factor_analysis", "GPFA", "gpfa_em", "gpfa_posterior",
+           "PCLatentModel"]

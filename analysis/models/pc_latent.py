@@ -1,0 +1,200 @@
+"""A predictive-coding latent model of spiking: dynamical PC with a Poisson observation energy.
+
+The model is :class:`pcsim.temporal.TemporalPCNetwork` in generative mode: per trial and time
+bin a latent state ``x_t`` (``n_latents``) predicts the next one through learned residual
+dynamics ``x_t ~ x_{t-1} + f(x_{t-1}) @ A + b`` (precision ``dynamics_precision``) and the
+spike counts of its bin through ``y_t ~ Poisson(exp(x_t @ C + d))``. Latents are inferred by
+relaxing the PC energy (Rao & Ballard 1999; Friston 2008 generalised filtering; Millidge et
+al. 2023 temporal PC); weights learn by the local Hebbian rules of :mod:`pcsim.temporal`.
+
+``fit`` alternates, over epochs and minibatches of training trials, a relaxation of those
+trials' latents (warm-started from the previous epoch) with one Adam step on the local weight
+gradients: EM with the E-step done by relaxation. With ``learning="laplace"`` (default) the
+weight gradients are those of the expected energy under the Laplace posterior (mean = relaxed
+latents, covariance = inverse curvature of the energy; Friston et al. 2007 variational Laplace,
+Macke et al. 2011 Laplace-EM for Poisson dynamical systems): the same Hebbian products with the
+expected rate ``E[lambda]`` plus covariance corrections. With ``learning="map"`` they are the
+plain products at the relaxed latents (faster, but it overfits: MAP latents are over-confident).
+Point estimates have a scale degeneracy (shrinking the latents and growing ``C`` lowers the prior
+energy at no cost to the fit), so after every epoch all latents are rescaled by one factor to unit
+mean variance and the weights rescaled to match (the renormalisation of dictionary learning,
+Olshausen & Field 1996); ``dynamics_precision`` and the non-linearity of ``f`` thus act at a fixed
+scale. The Adam step size follows a cosine schedule from ``lr`` to 0 over the epochs, which keeps
+the alternation from oscillating late in training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from analysis.models.base import LatentModel
+from pcsim.optim import Adam
+from pcsim.temporal import (TemporalInferenceConfig, TemporalPCNetwork, free_energy, laplace_posterior,
+                            parameter_gradients, relax)
+
+__all__ = ["PCLatentModel"]
+
+
+class PCLatentModel(LatentModel):
+    """Dynamical predictive-coding latent model of binned spike counts (the :class:`LatentModel` surface).
+
+    Hyper-parameters: ``n_latents`` D; ``dt``, ``tau`` (ms) the relaxation step (``dt/tau = 1``
+    with the default Gauss-Newton preconditioner is a Newton step; ``preconditioner="none"``
+    with a small ``dt/tau`` is the plain local gradient flow, much slower); ``inference_steps``
+    relaxation steps per training minibatch (warm-started from the last epoch) and
+    ``transform_steps`` for latents inferred from scratch (stopping early once converged);
+    ``epochs``; ``lr`` (initial Adam step, cosine-decayed to 0); ``batch_size`` (trials per weight
+    update; ``None``: all training trials); ``dynamics_precision`` (inverse variance of the one-bin
+    prediction error of unit-variance latents); ``activation`` ``f`` of the residual dynamics;
+    ``learning``: ``"laplace"`` or ``"map"`` weight gradients (module docstring); ``readout``:
+    ``"generative"`` predicts rates with the model's own observation layer ``exp(x C + d)``
+    (counts per bin), ``"glm"`` with the shared :class:`PoissonGLM` fitted on latents inferred
+    from held-in neurons; ``seed``; ``device``. Learned state: ``network_``
+    (:class:`pcsim.temporal.TemporalPCNetwork`), ``energy_`` (mean PC energy per training trial at
+    the relaxed latents after each epoch's relaxation, ``(epoch,)``, nats), ``free_energy_`` (the
+    same for the Laplace free energy; ``learning="laplace"`` only), ``fit_seconds_``. Model: Rao &
+    Ballard 1999; Friston 2008; Millidge et al. 2023.
+    """
+
+    def __init__(
+        self,
+        n_latents: int = 8,
+        *,
+        dt: float = 1.0,
+        tau: float = 1.0,
+        inference_steps: int = 3,
+        transform_steps: int = 30,
+        epochs: int = 100,
+        lr: float = 0.02,
+        batch_size: int | None = None,
+        dynamics_precision: float = 300.0,
+        activation: str = "tanh",
+        preconditioner: str = "gauss-newton",
+        learning: str = "laplace",
+        readout: str = "generative",
+        readout_alpha: float = 1e-2,
+        seed: int = 0,
+        device: str = "cpu",
+    ):
+        if readout not in ("generative", "glm"):
+            raise ValueError(f"readout must be 'generative' or 'glm', got {readout!r}")
+        if learning not in ("laplace", "map"):
+            raise ValueError(f"learning must be 'laplace' or 'map', got {learning!r}")
+        if preconditioner not in ("gauss-newton", "none"):
+            raise ValueError(f"preconditioner must be 'gauss-newton' or 'none', got {preconditioner!r}")
+        for name, v in (("n_latents", n_latents), ("epochs", epochs), ("transform_steps", transform_steps)):
+            if int(v) < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if int(inference_steps) < 0:
+            raise ValueError(f"inference_steps must be >= 0, got {inference_steps}")
+        if not (dt > 0 and tau > 0 and lr > 0 and dynamics_precision > 0):
+            raise ValueError(f"dt, tau, lr and dynamics_precision must be > 0, got {dt}, {tau}, {lr}, {dynamics_precision}")
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        self.n_latents = int(n_latents)
+        self.dt = float(dt)
+        self.tau = float(tau)
+        self.inference_steps = int(inference_steps)
+        self.transform_steps = int(transform_steps)
+        self.epochs = int(epochs)
+        self.lr = float(lr)
+        self.batch_size = batch_size
+        self.dynamics_precision = float(dynamics_precision)
+        self.activation = activation
+        self.preconditioner = preconditioner
+        self.learning = learning
+        self.readout = readout
+        self.readout_alpha = float(readout_alpha)
+        self.seed = int(seed)
+        self.device = device
+
+    # ------------------------------------------------------------------ helpers
+    def _config(self, steps: int, tol: float = 0.0) -> TemporalInferenceConfig:
+        return TemporalInferenceConfig(steps=steps, dt=self.dt, tau=self.tau, preconditioner=self.preconditioner,
+                                       damping=1e-6, tol=tol, max_growth=1e6)
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a, dtype=np.float32), device=self.device)
+
+    # ------------------------------------------------------------------ LatentModel numerics
+    def _fit_latents(self, counts: np.ndarray, heldin: np.ndarray, bin_width: float) -> None:
+        """Learn dynamics and readout from training counts ``(trial, time, neuron)`` (counts per bin), all neurons visible."""
+        y = self._tensor(counts)                                            # (B, T, N)
+        B, T, N = y.shape
+        D = self.n_latents
+        gen = torch.Generator().manual_seed(self.seed)
+        net = TemporalPCNetwork.init(D, N, activation=self.activation, observation="poisson", seed=self.seed,
+                                     dynamics_precision=self.dynamics_precision, device=self.device)
+        with torch.no_grad():
+            net.readout_bias.copy_(torch.log(y.mean((0, 1)).clamp_min(1e-3)).reshape(1, 1, N))
+        x = (0.1 * torch.randn(1, B, T, D, generator=gen)).to(self.device)
+        opt = Adam(self.lr)
+        bs = B if self.batch_size is None else min(int(self.batch_size), B)
+        cfg = self._config(self.inference_steps)
+        energies, free_energies = [], []
+        for epoch in range(self.epochs):
+            opt.lr = self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+            order = torch.randperm(B, generator=gen).to(self.device)
+            total = free = 0.0
+            for start in range(0, B, bs):
+                idx = order[start:start + bs]
+                r = relax(net, x[:, idx], y[idx], None, cfg)                 # E-step: relaxation
+                x[:, idx] = r.x
+                total += float(r.energy.sum())
+                if self.learning == "laplace":
+                    q = laplace_posterior(net, r.x, y[idx], damping=1e-6)
+                    free += float(free_energy(net, q, y[idx]).sum())
+                    grads = parameter_gradients(net, q, y[idx])
+                else:
+                    grads = parameter_gradients(net, r.x, y[idx])
+                opt.step(net.parameters(), grads)                           # M-step: local rules
+            energies.append(total / B)
+            free_energies.append(free / B)
+            _renormalise(net, x)
+        self.network_ = net
+        self.latent_mean_ = x.mean((1, 2), keepdim=True)                    # (1, 1, 1, D)
+        self.energy_ = np.asarray(energies)
+        if self.learning == "laplace":
+            self.free_energy_ = np.asarray(free_energies)
+        self._heldin = self._tensor(heldin.astype(np.float32))
+
+    def _infer_latents(self, counts_heldin: np.ndarray) -> np.ndarray:
+        """Latents ``(trial, time, latent)`` relaxed with only the held-in neurons observed (the others masked)."""
+        B, T, _ = counts_heldin.shape
+        y = torch.zeros(B, T, self.n_neurons_, device=self.device)
+        y[..., self._heldin > 0] = self._tensor(counts_heldin)
+        # every trial starts at the training latents' average state, a point the readout knows
+        x0 = self.latent_mean_.expand(1, B, T, -1)
+        r = relax(self.network_, x0, y, self._heldin, self._config(self.transform_steps, tol=1e-7))
+        return r.x[0].cpu().numpy().astype(np.float64)
+
+    def _fit_readout(self, latents: np.ndarray, counts: np.ndarray) -> None:
+        if self.readout == "glm":
+            super()._fit_readout(latents, counts)
+
+    def _rates(self, counts_heldin: np.ndarray) -> np.ndarray:
+        if self.readout == "glm":
+            return super()._rates(counts_heldin)
+        x = self._infer_latents(counts_heldin)
+        C = self.network_.readout_weights[0].cpu().numpy().astype(np.float64)   # (D, N)
+        d = self.network_.readout_bias[0, 0].cpu().numpy().astype(np.float64)   # (N,)
+        return np.exp(np.minimum(x @ C + d, 50.0))
+
+
+@torch.no_grad()
+def _renormalise(net: TemporalPCNetwork, x: torch.Tensor) -> None:
+    """Rescale latents ``x: (E, B, T, D)`` by one factor to unit mean variance and the weights to match.
+
+    ``x' = x / s``: ``C' = s C``, ``m_0' = m_0 / s``, ``b' = b / s`` (``A`` unchanged) leave every
+    prediction unchanged for linear dynamics (for a non-linear ``f`` approximately; ``s`` tends
+    to 1 as learning converges). One factor for all dimensions, not one each: dimensions the data
+    do not support may shrink instead of being held at unit variance.
+    """
+    s = x.reshape(-1, x.shape[-1]).var(0).mean().sqrt().clamp_min(1e-6)
+    x.div_(s)
+    net.readout_weights.mul_(s)
+    net.prior_mean.div_(s)
+    net.dynamics_bias.div_(s)
