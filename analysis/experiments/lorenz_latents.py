@@ -20,7 +20,8 @@ from .models import ModelsSection, fit_and_score, plot_results
 
 @dataclass(frozen=True, kw_only=True)
 class DataSection:
-    """Size of the synthetic recording and how it is split (see :func:`analysis.synthetic.lorenz_recording`)."""
+    """Size of the synthetic recording and how it is split (see :func:`analysis.synthetic.lorenz_recording`);
+    ``forward_bins`` more bins follow each trial's ``n_bins``, unseen by the models, for fp-bps."""
 
     n_trials: int = field(default=400, metadata={"ge": 4})
     n_neurons: int = field(default=60, metadata={"ge": 2})
@@ -30,6 +31,7 @@ class DataSection:
     n_conditions: int = field(default=8, metadata={"ge": 0})
     heldout_fraction: float = field(default=0.25, metadata={"gt": 0, "lt": 1})
     test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1})
+    forward_bins: int = field(default=10, metadata={"ge": 0})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,10 +47,12 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     from analysis.synthetic import lorenz_recording
 
     d = config.data
-    rec = lorenz_recording(d.n_trials, d.n_neurons, d.n_bins, bin_width=d.bin_ms / 1000.0, mean_rate_hz=d.mean_rate_hz,
-                           n_conditions=d.n_conditions, heldout_fraction=d.heldout_fraction,
-                           test_fraction=d.test_fraction, seed=config.seed)
-    ds, summary = fit_and_score(rec, config.models, config.seed, ctx.device, ctx.progress)
+    full = lorenz_recording(d.n_trials, d.n_neurons, d.n_bins + d.forward_bins, bin_width=d.bin_ms / 1000.0,
+                            mean_rate_hz=d.mean_rate_hz, n_conditions=d.n_conditions,
+                            heldout_fraction=d.heldout_fraction, test_fraction=d.test_fraction, seed=config.seed)
+    rec = full.isel(time=slice(0, d.n_bins))
+    forward = full.isel(time=slice(d.n_bins, None)) if d.forward_bins else None
+    ds, summary = fit_and_score(rec, config.models, config.seed, ctx.device, ctx.progress, forward=forward)
     return ExperimentResult(ds, summary)
 
 

@@ -87,7 +87,8 @@ def build_model(name: str, models: ModelsSection, seed: int, device: str):
                          seed=seed, device=device)
 
 
-def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, device: str, progress: bool = True):
+def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, device: str, progress: bool = True,
+                  forward: xr.Dataset | None = None):
     """Fit every model in ``models.fit`` on the training trials and score it on the test trials.
 
     Returns ``(dataset, summary)``: the dataset holds, for the test trials, the held-out
@@ -95,8 +96,9 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
     rates (``pred_rates``, model x trial x time x neuron, counts per bin) and, when the
     recording has them, the true rates and latents and each model's latents aligned to the
     truth (affine map fitted on training trials). ``summary[model]`` has ``co_bps``,
-    ``psth_r2`` (when conditions exist), ``latent_r2`` (when true latents exist) and
-    ``fit_seconds``.
+    ``psth_r2`` (when conditions exist), ``latent_r2`` (when true latents exist),
+    ``fp_bps`` (given ``forward``, the same trials' next bins, and a model that can
+    ``forecast``; every neuron is scored there, as in NLB) and ``fit_seconds``.
     """
     from tqdm.auto import tqdm
 
@@ -124,6 +126,9 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
                                                    lat.isel(trial=test), recording.latents.isel(trial=test))
             aligned.append(metrics.align_latents(lat.isel(trial=train), recording.latents.isel(trial=train),
                                                  lat.isel(trial=test)))
+        if forward is not None and hasattr(model, "forecast"):
+            fwd = model.forecast(rec_test, forward.sizes["time"])
+            entry["fp_bps"] = metrics.fp_bps(fwd.values, forward.counts.isel(trial=test).values)
         summary[name] = {k: float(v) for k, v in entry.items()}
         pred.append(rates.values)
     ds = xr.Dataset(coords={"model": ("model", list(models.fit)), "trial": rec_test.trial.values,
@@ -132,9 +137,13 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
     ds["pred_rates"] = (("model", "trial", "time", "neuron"), np.stack(pred), {"units": "counts/bin", "long_name": "predicted held-out rate"})
     ds["counts"] = (("trial", "time", "all_neuron"), rec_test.counts.values, {"units": "counts/bin", "long_name": "spike counts of every neuron (test trials)"})
     ds = ds.assign_coords(all_neuron=("all_neuron", rec_test.neuron.values), heldout=("all_neuron", heldout))
+    if forward is not None and has_rates:
+        summary_fp = metrics.fp_bps(forward.rates.isel(trial=test).values, forward.counts.isel(trial=test).values)
     if has_rates:
         ds["true_rates"] = (("trial", "time", "neuron"), rec_test.rates.isel(neuron=heldout).values, {"units": "counts/bin", "long_name": "true held-out rate"})
         summary["true_rates"] = {"co_bps": float(metrics.co_bps(ds.true_rates, ds.heldout_counts))}
+        if forward is not None:
+            summary["true_rates"]["fp_bps"] = float(summary_fp)
     if has_truth:
         ds["true_latents"] = (("trial", "time", "latent"), rec_test.latents.values, {"long_name": "true latents", "units": "1"})
         ds["aligned_latents"] = (("model", "trial", "time", "latent"), np.stack(aligned),

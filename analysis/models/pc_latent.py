@@ -29,8 +29,9 @@ import math
 
 import numpy as np
 import torch
+import xarray as xr
 
-from analysis.models.base import LatentModel
+from analysis.models.base import LatentModel, validate_recording
 from pcsim.optim import Adam
 from pcsim.temporal import (TemporalInferenceConfig, TemporalPCNetwork, free_energy, laplace_posterior,
                             parameter_gradients, relax)
@@ -170,6 +171,32 @@ class PCLatentModel(LatentModel):
         x0 = self.latent_mean_.expand(1, B, T, -1)
         r = relax(self.network_, x0, y, self._heldin, self._config(self.transform_steps, tol=1e-7))
         return r.x[0].cpu().numpy().astype(np.float64)
+
+    def forecast(self, recording: xr.Dataset, n_forward: int) -> xr.DataArray:
+        """Rates ``(trial, time, neuron)`` in counts per bin for the ``n_forward`` bins after the
+        recording's window: latents are relaxed on the held-in neurons of the observed bins, then
+        the learned dynamics run on from the last one, ``x_{T+k} = g(x_{T+k-1})``, and every
+        neuron's rate is ``exp(C x + d)`` (the forward prediction that fp-bps scores). The
+        ``time`` coordinate continues the recording's bin centres (seconds)."""
+        if int(n_forward) < 1:
+            raise ValueError(f"n_forward must be >= 1, got {n_forward}")
+        rec = validate_recording(recording)
+        self._check_compatible(rec)
+        x = self._tensor(self._infer_latents(rec.counts[..., ~rec.heldout]))[None, :, -1]  # (1, B, D)
+        steps = []
+        for _ in range(int(n_forward)):
+            x = self.network_.predict_next(x)
+            steps.append(x)
+        z = torch.stack(steps, 2)[0].cpu().numpy().astype(np.float64)                   # (B, n_forward, D)
+        C = self.network_.readout_weights[0].cpu().numpy().astype(np.float64)
+        d = self.network_.readout_bias[0, 0].cpu().numpy().astype(np.float64)
+        rates = np.exp(np.minimum(z @ C + d, 50.0))
+        t = rec.dataset.time.values
+        bw = rec.bin_width
+        coords = {"trial": rec.dataset.trial.values, "time": ("time", t[-1] + bw * np.arange(1, int(n_forward) + 1), {"units": "s"}),
+                  "neuron": rec.dataset.neuron.values}
+        return xr.DataArray(rates, dims=("trial", "time", "neuron"), coords=coords, name="rates",
+                            attrs={"units": "counts/bin", "long_name": "forward-predicted firing rate", "model": type(self).__name__})
 
     def _fit_readout(self, latents: np.ndarray, counts: np.ndarray) -> None:
         if self.readout == "glm":

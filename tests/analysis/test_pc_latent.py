@@ -114,3 +114,17 @@ def test_bad_input_fails_at_the_boundary(recording):
         PCLatentModel(readout="linear")
     with pytest.raises(ValueError, match="n_latents"):
         PCLatentModel(n_latents=0)
+
+
+def test_forecast_beats_the_mean_rate_on_unseen_forward_bins(recording, fitted):
+    """fp-bps > 0: rolling the learned dynamics on from the last relaxed latent predicts the
+    next bins of test trials better than each neuron's mean rate there (NLB's null)."""
+    from analysis.metrics import fp_bps
+
+    _, test = split(recording)
+    seen = recording.isel(trial=test, time=slice(0, 50))
+    ahead = recording.isel(trial=test, time=slice(50, 55))
+    fwd = fitted.forecast(seen, 5)
+    assert fwd.dims == ("trial", "time", "neuron") and fwd.attrs["units"] == "counts/bin"
+    np.testing.assert_allclose(fwd.time.values, ahead.time.values)
+    assert fp_bps(fwd.values, ahead.counts.values) > 0
