@@ -264,23 +264,9 @@ def test_gpfa_timescales_are_learned_and_fixed_when_asked(lorenz):
 # Cross-check against elephant
 # ---------------------------------------------------------------------------------------------
 
-def _to_spiketrains(counts, bin_width, rng):
-    """Counts ``(trial, time, neuron)`` -> elephant's list (trial) of lists (neuron) of SpikeTrains,
-    each spike at a uniform random time inside its bin (away from the edges)."""
-    import neo
-    n_trials, n_bins, n_neurons = counts.shape
-    out = []
-    for n in range(n_trials):
-        row = []
-        for j in range(n_neurons):
-            k = counts[n, :, j]
-            t = (np.repeat(np.arange(n_bins), k) + rng.uniform(0.05, 0.95, k.sum())) * bin_width
-            row.append(neo.SpikeTrain(np.sort(t), t_start=0.0, t_stop=n_bins * bin_width, units="s"))
-        out.append(row)
-    return out
-
-
 def test_gpfa_agrees_with_elephant(lorenz):
+    from analysis.gpfa_benchmark import counts_to_spiketrains
+
     pytest.importorskip("elephant")
     import quantities as pq
     from elephant.gpfa import GPFA as ElephantGPFA
@@ -292,7 +278,7 @@ def test_gpfa_agrees_with_elephant(lorenz):
     theirs = ElephantGPFA(bin_size=10 * pq.ms, x_dim=3, em_max_iters=100, em_tol=1e-6)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        theirs.fit(_to_spiketrains(counts, 0.01, rng))
+        theirs.fit(counts_to_spiketrains(counts, 0.01, rng))
     ours = GPFA(n_latents=3, max_iter=100, tol=1e-6).fit(train)
     pe = theirs.params_estimated
     assert np.degrees(subspace_angles(pe["C"], ours.C_)).max() < 5.0          # measured < 2 deg
