@@ -40,8 +40,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import xarray as xr
 
-from analysis.models.base import LatentModel
+from analysis.models.base import LatentModel, validate_recording
 from analysis.models.fa import factor_analysis
 
 _LOG2PI = math.log(2.0 * math.pi)
@@ -580,6 +581,51 @@ class GPFA(LatentModel):
     def _infer_latents(self, counts_heldin):
         x = self._posterior_heldin(counts_heldin).mean.cpu().numpy()     # (N, T, q)
         return x @ self.orth_.T
+
+    def forecast(self, recording: xr.Dataset, n_forward: int) -> xr.DataArray:
+        """Rates ``(trial, time, neuron)`` in counts per bin for the ``n_forward`` bins after the
+        recording's window (NLB forward prediction, scored by fp-bps). The posterior mean of the
+        GP latents ``E[x_obs | y]`` ``(trial, T, latent)`` is inferred from the held-in neurons of
+        the ``T`` observed bins (the E-step of ``transform``); each latent's GP is then extended
+        with the exact predictive mean ``E[x_future | y] = K_fo K_oo^-1 E[x_obs | y]`` (``x_future``
+        is independent of ``y`` given ``x_obs``), with the model's own squared-exponential kernel
+        (timescales ``tau_ms_``, GP noise ``eps``), so forecasts relax to the prior mean ``x = 0``
+        beyond a few timescales. Rates come from the configured readout exactly as in ``predict``:
+        the Poisson GLM on the orthonormalised latents (``"glm"``), or ``(C x + d)^2 + diag(C
+        Sigma C') + R`` with the predictive covariance ``Sigma`` of the future latents
+        (``"gaussian"``). The ``time`` coordinate continues the recording's bin centres (seconds).
+        Raises ``ValueError`` unless ``n_forward >= 1``."""
+        if isinstance(n_forward, bool) or int(n_forward) != n_forward or int(n_forward) < 1:
+            raise ValueError(f"n_forward must be an integer >= 1, got {n_forward!r}")
+        n_forward = int(n_forward)
+        rec = validate_recording(recording)
+        self._check_compatible(rec)
+        gaussian = self.readout == "gaussian"
+        post = self._posterior_heldin(rec.counts[..., ~self.heldout_], with_cov=gaussian)
+        mean_o = post.mean                                                  # (N, T, q)
+        T = mean_o.shape[1]
+        P = self.params_
+        K = gp_covariances(P.gamma, P.eps, T + n_forward)                   # (q, T+F, T+F), bins
+        k_oo, k_fo, k_ff = K[:, :T, :T], K[:, T:, :T], K[:, T:, T:]
+        A = torch.cholesky_solve(k_fo.transpose(1, 2), torch.linalg.cholesky(k_oo)).transpose(1, 2)  # (q, F, T)
+        mean_f = torch.einsum("ift,nti->nfi", A, mean_o)                    # (N, F, q)
+        if gaussian:
+            # Cov[x_f | y] = K_ff - A K_of + A Cov[x_o | y] A' (per bin, across latents)
+            prior = torch.diagonal(k_ff, dim1=1, dim2=2) - (A * k_fo).sum(-1)          # (q, F)
+            var_f = torch.diag_embed(prior.T) + torch.einsum("ift,tisj,jfs->fij", A, post.cov(), A)  # (F, q, q)
+            m = mean_f @ P.C.T + P.d                                        # (N, F, p)
+            rates = (m * m + torch.einsum("pi,fij,pj->fp", P.C, var_f, P.C) + P.R).cpu().numpy()
+        else:
+            feats = self._readout_features(mean_f.cpu().numpy() @ self.orth_.T)
+            rates = self.readout_.predict(feats.reshape(-1, feats.shape[-1])).reshape(
+                feats.shape[:2] + (self.n_neurons_,))
+        t = rec.dataset["time"].values
+        coords = {"trial": rec.dataset["trial"].values,
+                  "time": ("time", t[-1] + rec.bin_width * np.arange(1, n_forward + 1), {"units": "s"}),
+                  "neuron": rec.dataset["neuron"].values}
+        return xr.DataArray(rates, dims=("trial", "time", "neuron"), coords=coords, name="rates",
+                            attrs={"units": "counts/bin", "long_name": "forward-predicted firing rate",
+                                   "model": type(self).__name__})
 
     def _fit_readout(self, latents, counts):
         if self.readout == "glm":

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy.linalg import subspace_angles
 from scipy.stats import multivariate_normal
 
-from analysis.metrics import latent_r2
+from analysis.metrics import fp_bps, latent_r2
 from analysis.models import GPFA, FactorAnalysisModel, PoissonGLM, SmoothingModel, factor_analysis
 from analysis.models.gpfa import (GPFAParams, _fold_grids, _fold_matrix, _fold_matrix_halves, _gp_objective,
                                   gp_covariances, gpfa_em, gpfa_posterior, segment_trials)
@@ -230,6 +230,50 @@ def test_gpfa_co_smoothing_beats_null_and_own_readout(lorenz, gpfa_lorenz):
     own = GPFA(n_latents=8, max_iter=100, readout="gaussian").fit(lorenz)
     assert own.score(lorenz) > 0
     assert bps > own.score(lorenz)                              # measured 1.02 vs 0.80
+
+
+def test_gpfa_forecast_beats_null_and_relaxes_to_prior(lorenz, gpfa_lorenz):
+    """Forecasting the last 5 bins of test trials from the first T-5 scores fp-bps > 0, with
+    the time axis continuing the bin centres; 0 bins ahead is rejected; far beyond the longest
+    timescale the GP mean has decayed to the prior mean x = 0, so rates are the GLM's at x = 0."""
+    test = lorenz.isel(trial=np.flatnonzero(lorenz["split"].values == "test"))
+    rates = gpfa_lorenz.forecast(test.isel(time=slice(0, -5)), 5)
+    assert rates.dims == ("trial", "time", "neuron") and rates.shape == (test.sizes["trial"], 5, 30)
+    np.testing.assert_allclose(rates["time"], test["time"][-5:], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(rates["trial"], test["trial"])
+    assert rates.attrs["units"] == "counts/bin" and np.all(rates > 0)
+    assert fp_bps(rates.values, test["counts"].isel(time=slice(-5, None)).values) > 0  # measured 0.46
+    with pytest.raises(ValueError, match="n_forward"):
+        gpfa_lorenz.forecast(test, 0)
+    tau_bins = gpfa_lorenz.tau_ms_.max() / (1000 * lorenz.attrs["bin_width"])
+    far = gpfa_lorenz.forecast(test, int(np.ceil(10 * tau_bins)))
+    at_zero = gpfa_lorenz.readout_.predict(np.zeros((1, gpfa_lorenz.n_latents)))[0]
+    np.testing.assert_allclose(far.isel(time=-1), np.broadcast_to(at_zero, far.isel(time=-1).shape), rtol=1e-6)
+    assert not np.allclose(rates.isel(time=0), at_zero, rtol=1e-2)  # near the window it has not decayed
+
+
+def test_gpfa_gaussian_forecast_equals_dense_conditioning(lorenz):
+    """With GPFA's own readout, forecast rates are E[y_f^2] = E[y_f | y_o]^2 + Var[y_f | y_o] of the
+    sqrt counts, y_o the held-in neurons of the observed bins: textbook conditioning of the joint
+    Gaussian of y over observed and future bins (independent of the GP-extrapolation code path)."""
+    model = GPFA(n_latents=3, max_iter=10, readout="gaussian").fit(lorenz)
+    rec = lorenz.isel(trial=slice(0, 4), time=slice(0, 9))
+    F = 3
+    got = model.forecast(rec, F).values
+    P = model.params_
+    C, d, R = (t.numpy() for t in (P.C, P.d, P.R))
+    T, p = rec.sizes["time"], C.shape[0]
+    K = gp_covariances(P.gamma, P.eps, T + F).numpy()                    # (q, T+F, T+F)
+    # joint covariance of y[t, j] over all bins and neurons, index t * p + j
+    cov = np.einsum("jk,kts,lk->tjsl", C, K, C).reshape((T + F) * p, (T + F) * p) + np.diag(np.tile(R, T + F))
+    hi = np.flatnonzero(~model.heldout_)
+    obs = (np.arange(T)[:, None] * p + hi[None, :]).ravel()
+    fut = np.arange(T * p, (T + F) * p)
+    gain = np.linalg.solve(cov[np.ix_(obs, obs)], cov[np.ix_(obs, fut)]).T
+    y = np.sqrt(rec["counts"].values[:, :, hi]).reshape(len(rec["trial"]), -1)
+    mean = np.tile(d, F) + (y - np.tile(d[hi], T)) @ gain.T                # (N, F*p)
+    var = np.diag(cov[np.ix_(fut, fut)] - gain @ cov[np.ix_(obs, fut)])
+    np.testing.assert_allclose(got, (mean ** 2 + var).reshape(-1, F, p), rtol=1e-6)
 
 
 def test_gpfa_segment_training_matches_whole_trials(lorenz, gpfa_lorenz):
