@@ -19,9 +19,11 @@ def main(name: str, as_json: bool = False, args: list[str] | None = None) -> int
         from analysis.gpfa_benchmark import main as gpfa_main
 
         return gpfa_main([*(args or []), *(["--json"] if as_json else [])])
-    from analysis.experiments.lorenz_latents import Config
-    from analysis.experiments.models import ModelsSection, fit_and_score
-    from analysis.synthetic import lorenz_recording
+    from pathlib import Path
+
+    from analysis.experiments import lorenz_latents
+    from analysis.experiments.models import ModelsSection
+    from pcsim.registry import RunContext
 
     p = argparse.ArgumentParser(prog=f"pcsim bench {name}")
     p.add_argument("--n-trials", type=int, default=400)
@@ -30,18 +32,18 @@ def main(name: str, as_json: bool = False, args: list[str] | None = None) -> int
     p.add_argument("--models", nargs="+", default=list(ModelsSection().fit))
     p.add_argument("--seed", type=int, default=0)
     opts = p.parse_args(args or [])
-    cfg = Config(experiment="analysis.experiments.lorenz_latents", seed=opts.seed)
-    d = replace(cfg.data, n_trials=opts.n_trials, n_neurons=opts.n_neurons, n_bins=opts.n_bins)
-    rec = lorenz_recording(d.n_trials, d.n_neurons, d.n_bins, bin_width=d.bin_ms / 1000, mean_rate_hz=d.mean_rate_hz,
-                           n_conditions=d.n_conditions, heldout_fraction=d.heldout_fraction,
-                           test_fraction=d.test_fraction, seed=opts.seed)
-    _, summary = fit_and_score(rec, replace(cfg.models, fit=tuple(opts.models)), opts.seed, "cpu", progress=True)
+    cfg = lorenz_latents.Config(experiment="analysis.experiments.lorenz_latents", seed=opts.seed)
+    cfg = replace(cfg, data=replace(cfg.data, n_trials=opts.n_trials, n_neurons=opts.n_neurons, n_bins=opts.n_bins),
+                  models=replace(cfg.models, fit=tuple(opts.models)))
+    d = cfg.data
+    summary = lorenz_latents.run(cfg, RunContext(out_dir=Path("."), device="cpu", progress=True)).summary
     if as_json:
         print(json.dumps(summary))
         return 0
     print(f"Lorenz latents: {d.n_trials} trials x {d.n_neurons} neurons x {d.n_bins} bins of {d.bin_ms:g} ms")
-    print(f"{'model':11} {'co-bps':>7} {'PSTH R2':>8} {'latent R2':>9} {'fit s':>7}")
+    print(f"{'model':11} {'co-bps':>7} {'fp-bps':>7} {'PSTH R2':>8} {'latent R2':>9} {'fit s':>7}")
+    nan = float("nan")
     for model, r in summary.items():
-        print(f"{model:11} {r['co_bps']:7.3f} {r.get('psth_r2', float('nan')):8.3f} "
-              f"{r.get('latent_r2', float('nan')):9.3f} {r.get('fit_seconds', float('nan')):7.1f}")
+        print(f"{model:11} {r['co_bps']:7.3f} {r.get('fp_bps', nan):7.3f} {r.get('psth_r2', nan):8.3f} "
+              f"{r.get('latent_r2', nan):9.3f} {r.get('fit_seconds', nan):7.1f}")
     return 0
