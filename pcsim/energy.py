@@ -98,20 +98,32 @@ def parameter_gradients(net: PCNetwork, peps: list[Tensor | None], fx: list[Tens
     pre-synaptic activities; ``eps`` (unweighted errors) is needed only for precision
     learning. Each weight gradient is one Hebbian outer product summed over the batch.
     """
-    L = net.depth
+    return hebbian_gradients(gradient_spec(net), peps, fx, eps)
+
+
+def gradient_spec(net: PCNetwork) -> tuple:
+    """What the parameter gradients need to know of ``net`` besides the errors, as a hashable
+    ``(sizes, mode, learn_precision, scalar-precision flag per layer)`` (compiled code keys on it)."""
+    return (tuple(net.sizes), net.mode, bool(net.learn_precision), tuple(lp.shape[-1] == 1 for lp in net.log_precision))
+
+
+def hebbian_gradients(spec: tuple, peps: list, fx: list, eps: list | None = None) -> list[Tensor]:
+    """:func:`parameter_gradients` given ``spec = gradient_spec(net)`` instead of the network."""
+    sizes, mode, learn_precision, scalar = spec
+    L = len(sizes) - 1
     B = peps[L].shape[1]
     gW = [torch.bmm(fx[k].transpose(1, 2), peps[k + 1]).mul_(-1.0 / B) for k in range(L)]
     gb = [peps[k + 1].mean(1, keepdim=True).neg_() for k in range(L)]
     grads = gW + gb
-    if net.learn_precision:
+    if learn_precision:
         if eps is None:
             raise ValueError("precision learning needs the unweighted errors `eps`")
         for k in range(L):
             sq = (peps[k + 1] * eps[k + 1]).mean(1, keepdim=True)  # Pi eps^2, batch mean, (E,1,n)
-            if net.log_precision[k].shape[-1] == 1:
-                grads.append(0.5 * (sq.sum(-1, keepdim=True) - net.sizes[k + 1]))
+            if scalar[k]:
+                grads.append(0.5 * (sq.sum(-1, keepdim=True) - sizes[k + 1]))
             else:
                 grads.append(0.5 * (sq - 1.0))
-    if net.mode == "generative":
+    if mode == "generative":
         grads.append(peps[0].mean(1, keepdim=True).neg_())
     return grads

@@ -17,7 +17,7 @@ import torch
 
 from .errors import DataError, InferenceDivergenceError
 from .activations import get_activation
-from .energy import parameter_gradients
+from .energy import gradient_spec, hebbian_gradients, parameter_gradients
 from .network import PCNetwork
 
 Tensor = torch.Tensor
@@ -313,10 +313,11 @@ def _energies(plan: _Plan, x: list[Tensor], eps: list, peps: list) -> Tensor:
     return torch.stack([zero if e is None else 0.5 * (e * pe).sum(-1) for e, pe in zip(eps, peps)], -1)
 
 
-def _relax_steps(plan: _Plan, p: _Params, x: list[Tensor], v: list, steps: int, max_growth: float, net: PCNetwork | None):
+def _relax_steps(plan: _Plan, p: _Params, x: list[Tensor], v: list, steps: int, max_growth: float, spec: tuple | None):
     """The fast path, one graph: errors and energy at the start, ``steps`` Euler steps with no
     bookkeeping, errors and energy at the end, a flag that the energy stayed finite and
-    bounded, and (given ``net``) the local parameter gradients at the relaxed state."""
+    bounded, and (given ``spec = gradient_spec(net)``) the local parameter gradients at the
+    relaxed state."""
     eps, peps, fx = _errors(plan, p, x)
     e0 = _energies(plan, x, eps, peps)
     for _ in range(steps):
@@ -325,11 +326,11 @@ def _relax_steps(plan: _Plan, p: _Params, x: list[Tensor], v: list, steps: int, 
     en = _energies(plan, x, eps, peps)
     ok = torch.isfinite(en).all() & (en.sum((1, 2)) <= max_growth * e0.sum((1, 2)) + 1e-6).all()
     grads = None
-    if net is not None:
+    if spec is not None:
         pre = list(fx)
         if plan.mu1_cached:
             pre[0] = get_activation(plan.activations[0]).f(x[0])
-        grads = parameter_gradients(net, peps, pre, eps)
+        grads = hebbian_gradients(spec, peps, pre, eps)
     return x, eps, peps, fx, e0, en, ok, grads
 
 
@@ -342,6 +343,17 @@ def _compiled_relax_steps():
         # the C++ wrapper calls the kernels without Python in between (~10% on small nets)
         _COMPILED["fn"] = torch.compile(_relax_steps, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
     return _COMPILED["fn"]
+
+
+def _make_plan(net: PCNetwork, clamped: tuple[bool, ...], config: InferenceConfig, unit: bool, *,
+               fixed: bool = False, hooked: bool = False) -> _Plan:
+    """The static description of one relaxation of ``net`` with these clamps and settings."""
+    return _Plan(
+        depth=net.depth, activations=tuple(net.activations), free=tuple(l for l, c in enumerate(clamped) if not c),
+        generative=net.mode == "generative", unit_precision=unit, fixed=fixed,
+        mu1_cached=not fixed and clamped[0] and not hooked, eta=config.step_size, momentum=config.momentum,
+        precondition=config.precondition,
+    )
 
 
 # --------------------------------------------------------------------------- the loop
@@ -402,12 +414,7 @@ def _relax(net: PCNetwork, state: PCState, config: InferenceConfig, fixed: Fixed
     track = config.record or config.tol > 0
     check_every = 1 if track else config.check_every
     unit = net.unit_precision()
-    plan = _Plan(
-        depth=L, activations=tuple(net.activations), free=tuple(l for l in range(L + 1) if not state.clamped[l]),
-        generative=net.mode == "generative", unit_precision=unit, fixed=fixed is not None,
-        mu1_cached=fixed is None and state.clamped[0] and on_step is None, eta=eta, momentum=config.momentum,
-        precondition=config.precondition,
-    )
+    plan = _make_plan(net, state.clamped, config, unit, fixed=fixed is not None, hooked=on_step is not None)
     mu = list(fixed.mu) if fixed is not None else []
     if plan.mu1_cached:  # mu_1 is constant while x_0 is clamped and the weights do not move
         mu = [torch.baddbmm(net.biases[0], net.activation(0).f(x[0]), net.weights[0])]
@@ -441,7 +448,7 @@ def _relax(net: PCNetwork, state: PCState, config: InferenceConfig, fixed: Fixed
     grads = None
     if config.compile and not track and on_step is None and config.steps > 0:
         x, eps, peps, fx, e_start, en, ok, grads = _compiled_relax_steps()(
-            plan, p, x, v, config.steps, config.max_growth, net if gradients else None)
+            plan, p, x, v, config.steps, config.max_growth, gradient_spec(net) if gradients else None)
         steps_run = config.steps
         if not bool(ok):  # find out where, with the same checks as the stepped loop
             check(0, e_start, e_start)

@@ -59,6 +59,23 @@ class Adam:
         self._v: list[Tensor] | None = None
         self.t = 0
 
+    def begin_step(self, params: list[Tensor]) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """For a compiled step that applies :func:`adam_update_` itself: count the step and return
+        the moment buffers ``(m, v)`` and ``scal = [lr / (1 - b1^t), sqrt(1 - b2^t)]`` (scalar lr only)."""
+        if not isinstance(self.lr, (int, float)):
+            raise ValueError("a compiled Adam step needs one scalar learning rate")
+        if self._m is None:
+            self._m = [torch.zeros_like(p) for p in params]
+            self._v = [torch.zeros_like(p) for p in params]
+        self.t += 1
+        b1, b2 = self.betas
+        scal = torch.tensor([self.lr / (1 - b1 ** self.t), (1 - b2 ** self.t) ** 0.5], dtype=params[0].dtype)
+        return self._m, self._v, scal.to(params[0].device)
+
+    def cancel_step(self) -> None:
+        """Undo the step count of a :meth:`begin_step` whose update was not applied."""
+        self.t -= 1
+
     def step(self, params: list[Tensor], grads: list[Tensor]) -> None:
         """Update ``params`` in place from ``grads`` (same order and shapes, ``(E, ...)`` each)."""
         b1, b2 = self.betas
@@ -79,6 +96,20 @@ class Adam:
         else:
             for p, m, d in zip(params, self._m, denom):
                 p.sub_(_per_member(self.lr, p) / bc1 * m / d)
+
+
+def adam_update_(params: list[Tensor], grads: list[Tensor], m: list[Tensor], v: list[Tensor], scal: Tensor,
+                 betas: tuple[float, float], eps: float, apply: Tensor) -> None:
+    """:meth:`Adam.step`'s update written per tensor for compiled graphs, in place, where
+    ``apply`` (0-dim bool) is true; ``scal = [lr / (1 - b1^t), sqrt(1 - b2^t)]`` as a tensor so
+    that a compiled graph is not specialised on the step count."""
+    b1, b2 = betas
+    for p, g, mi, vi in zip(params, grads, m, v):
+        m_new = mi.lerp(g, 1 - b1)
+        v_new = vi.mul(b2).addcmul(g, g, value=1 - b2)
+        p.copy_(torch.where(apply, p - scal[0] * m_new / (v_new.sqrt() / scal[1] + eps), p))
+        mi.copy_(torch.where(apply, m_new, mi))
+        vi.copy_(torch.where(apply, v_new, vi))
 
 
 def make_optimizer(name: str, lr: float | Sequence[float], momentum: float = 0.0) -> SGD | Adam:
