@@ -42,7 +42,7 @@ def lorenz_recording(
     steps_per_bin: int = 1,
     dt: float = 0.01,
     n_conditions: int = 0,
-    condition_jitter: float = 0.5,
+    condition_jitter: float | None = 0.5,
     n_behaviour: int = 2,
     behaviour_noise: float = 0.05,
     heldout_fraction: float = 0.25,
@@ -53,7 +53,8 @@ def lorenz_recording(
 
     Each trial starts at a random point of the attractor (or, with ``n_conditions > 0``, near
     one of ``n_conditions`` shared starting points, jittered by ``condition_jitter``, so that
-    condition-averaged PSTHs exist) and runs ``n_bins`` bins of ``steps_per_bin`` Lorenz steps
+    condition-averaged PSTHs exist; with ``condition_jitter=None`` trials keep their random
+    starts and are labelled by the nearest of the ``n_conditions`` points) and runs ``n_bins`` bins of ``steps_per_bin`` Lorenz steps
     of ``dt``. Latents are z-scored over the whole data set; log rates are
     ``C z + b`` with ``C ~ N(0, readout_scale^2)`` per neuron and ``b`` set so the population
     mean rate is ``mean_rate_hz``. Returns ``counts`` (trial, time, neuron; counts per bin),
@@ -66,7 +67,11 @@ def lorenz_recording(
         raise ValueError(f"n_trials, n_neurons and n_bins must be >= 1, got {n_trials}, {n_neurons}, {n_bins}")
     rng = np.random.default_rng(seed)
     burn = lorenz_trajectory(2000 + 50 * n_trials, dt)[1000:]  # on the attractor
-    if n_conditions > 0:
+    if n_conditions > 0 and condition_jitter is None:  # random starts, labelled by the nearest centre
+        centres = burn[rng.choice(len(burn), n_conditions, replace=False)]
+        starts = burn[rng.choice(len(burn), n_trials, replace=False)]
+        condition = np.argmin(((starts[:, None] - centres[None]) ** 2).sum(-1), 1)
+    elif n_conditions > 0:
         centres = burn[rng.choice(len(burn), n_conditions, replace=False)]
         condition = np.arange(n_trials) % n_conditions
         starts = centres[condition] + condition_jitter * rng.standard_normal((n_trials, 3))

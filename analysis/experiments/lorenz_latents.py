@@ -21,7 +21,9 @@ from .models import ModelsSection, fit_and_score, plot_results
 @dataclass(frozen=True, kw_only=True)
 class DataSection:
     """Size of the synthetic recording and how it is split (see :func:`analysis.synthetic.lorenz_recording`);
-    ``forward_bins`` more bins follow each trial's ``n_bins``, unseen by the models, for fp-bps."""
+    ``forward_bins`` more bins follow each trial's ``n_bins``, unseen by the models, for fp-bps;
+    ``condition_jitter``: trials start this close to one of ``n_conditions`` points (absent:
+    random starts, labelled by the nearest point, the field's usual Lorenz benchmark)."""
 
     n_trials: int = field(default=400, metadata={"ge": 4})
     n_neurons: int = field(default=60, metadata={"ge": 2})
@@ -29,6 +31,7 @@ class DataSection:
     bin_ms: float = field(default=10.0, metadata={"gt": 0})
     mean_rate_hz: float = field(default=8.0, metadata={"gt": 0})
     n_conditions: int = field(default=8, metadata={"ge": 0})
+    condition_jitter: float | None = None
     heldout_fraction: float = field(default=0.25, metadata={"gt": 0, "lt": 1})
     test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1})
     forward_bins: int = field(default=10, metadata={"ge": 0})
@@ -48,7 +51,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
 
     d = config.data
     full = lorenz_recording(d.n_trials, d.n_neurons, d.n_bins + d.forward_bins, bin_width=d.bin_ms / 1000.0,
-                            mean_rate_hz=d.mean_rate_hz, n_conditions=d.n_conditions,
+                            mean_rate_hz=d.mean_rate_hz, n_conditions=d.n_conditions, condition_jitter=d.condition_jitter,
                             heldout_fraction=d.heldout_fraction, test_fraction=d.test_fraction, seed=config.seed)
     rec = full.isel(time=slice(0, d.n_bins))
     forward = full.isel(time=slice(d.n_bins, None)) if d.forward_bins else None

@@ -1,0 +1,52 @@
+"""The Lorenz ground truth: reproducible, at the requested rate, Poisson, with decodable behaviour."""
+
+import numpy as np
+import pytest
+
+from analysis.synthetic import lorenz_recording, lorenz_trajectory
+
+
+def test_same_seed_same_recording_other_seed_differs():
+    a, b, c = lorenz_recording(12, 8, 20, seed=1), lorenz_recording(12, 8, 20, seed=1), lorenz_recording(12, 8, 20, seed=2)
+    assert a.identical(b)
+    assert not np.array_equal(a.counts.values, c.counts.values)
+
+
+def test_rates_counts_and_behaviour_follow_their_definitions():
+    ds = lorenz_recording(80, 20, 50, bin_width=0.01, mean_rate_hz=7.0, seed=0)
+    # population mean rate as requested (counts per bin = Hz x bin width)
+    assert float(ds.rates.mean()) == pytest.approx(7.0 * 0.01, rel=1e-9)
+    # Poisson counts: mean and variance both match the rates (pooled over many bins)
+    r, n = ds.rates.values.ravel(), ds.counts.values.ravel()
+    assert abs(n.mean() - r.mean()) < 4 * np.sqrt(r.mean() / n.size)
+    assert np.var(n - r) == pytest.approx(r.mean(), rel=0.05)
+    # log rates are affine in the latents, and behaviour is linear in them up to its noise
+    z = ds.latents.values.reshape(-1, 3)
+    design = np.column_stack([z, np.ones(len(z))])
+    resid = np.linalg.lstsq(design, np.log(ds.rates.values.reshape(len(z), -1)), rcond=None)[1]
+    assert resid.max() < 1e-9
+    beh = ds.behaviour.values.reshape(len(z), -1)
+    fit = design @ np.linalg.lstsq(design, beh, rcond=None)[0]
+    assert 1 - ((beh - fit) ** 2).sum() / ((beh - beh.mean(0)) ** 2).sum() > 0.95
+    # latents are z-scored over the data set
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-9)
+    np.testing.assert_allclose(z.std(0), 1, rtol=1e-9)
+
+
+def test_lorenz_integrator_converges_at_fourth_order():
+    start = np.array([1.0, 1.0, 25.0])
+    ref = lorenz_trajectory(801, dt=0.00025, start=start)[-1]
+    err = [np.abs(lorenz_trajectory(n + 1, dt=0.2 / n, start=start)[-1] - ref).max() for n in (50, 100)]
+    assert err[0] / err[1] > 12  # halving dt cuts the error ~16x
+
+
+def test_conditions_label_random_starts_by_their_nearest_centre():
+    ds = lorenz_recording(200, 5, 10, n_conditions=4, condition_jitter=None, seed=3)
+    start = ds.latents.isel(time=0).values  # (trial, 3)
+    labels = ds.condition.values
+    assert set(np.unique(labels)) <= set(range(4)) and len(np.unique(labels)) > 1
+    # trials sharing a label start closer together than trials that do not
+    d = np.linalg.norm(start[:, None] - start[None], axis=-1)
+    same = labels[:, None] == labels[None]
+    off = ~np.eye(len(labels), dtype=bool)
+    assert d[same & off].mean() < 0.7 * d[~same].mean()
