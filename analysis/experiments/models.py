@@ -137,21 +137,19 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
     ds["pred_rates"] = (("model", "trial", "time", "neuron"), np.stack(pred), {"units": "counts/bin", "long_name": "predicted held-out rate"})
     ds["counts"] = (("trial", "time", "all_neuron"), rec_test.counts.values, {"units": "counts/bin", "long_name": "spike counts of every neuron (test trials)"})
     ds = ds.assign_coords(all_neuron=("all_neuron", rec_test.neuron.values), heldout=("all_neuron", heldout))
-    if forward is not None and has_rates:
-        summary_fp = metrics.fp_bps(forward.rates.isel(trial=test).values, forward.counts.isel(trial=test).values)
     if has_rates:
         ds["true_rates"] = (("trial", "time", "neuron"), rec_test.rates.isel(neuron=heldout).values, {"units": "counts/bin", "long_name": "true held-out rate"})
         summary["true_rates"] = {"co_bps": float(metrics.co_bps(ds.true_rates, ds.heldout_counts))}
         if forward is not None:
-            summary["true_rates"]["fp_bps"] = float(summary_fp)
+            summary["true_rates"]["fp_bps"] = float(metrics.fp_bps(forward.rates.isel(trial=test).values,
+                                                                   forward.counts.isel(trial=test).values))
     if has_truth:
         ds["true_latents"] = (("trial", "time", "latent"), rec_test.latents.values, {"long_name": "true latents", "units": "1"})
         ds["aligned_latents"] = (("model", "trial", "time", "latent"), np.stack(aligned),
                                  {"long_name": "inferred latents, affinely aligned to the truth on training trials", "units": "1"})
         ds = ds.assign_coords(latent=recording.latent.values)
-    for k in ("condition",):
-        if k in rec_test.coords:
-            ds = ds.assign_coords({k: ("trial", rec_test[k].values)})
+    if "condition" in rec_test.coords:
+        ds = ds.assign_coords(condition=("trial", rec_test.condition.values))
     ds.attrs["bin_width"] = float(recording.attrs["bin_width"])
     return ds, summary
 
