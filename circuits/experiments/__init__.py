@@ -1,0 +1,1 @@
+"""Experiments of the ``circuits`` package: one module per config under ``configs/``."""
