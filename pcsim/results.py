@@ -65,8 +65,17 @@ def write_results(
     writers[CONFIG_FILE] = lambda path: path.write_text(toml_text, encoding="utf-8")
     writers[SUMMARY_FILE] = lambda path: path.write_text(summary, encoding="utf-8")
     # results.nc is renamed last, so its presence marks a complete run.
-    writers[RESULTS_FILE] = lambda path: dataset.to_netcdf(path, engine=engine)
+    writers[RESULTS_FILE] = lambda path: dataset.to_netcdf(path, engine=engine, encoding=_compression(dataset, engine))
     return _write_atomically(out, writers)
+
+
+def _compression(dataset: xr.Dataset, engine: str) -> dict[str, dict[str, Any]]:
+    """zlib (level 4) for numeric variables above 1 MB where the backend supports it: circuit
+    recordings are mostly silence and NaN padding and shrink several-fold."""
+    if engine not in ("netcdf4", "h5netcdf"):
+        return {}
+    return {name: {"zlib": True, "complevel": 4} for name, var in dataset.data_vars.items()
+            if var.dtype.kind in "fiu" and var.nbytes > 2**20}
 
 
 def write_figures(figures: Mapping[str, Figure], out_dir: str | Path) -> dict[str, Path]:

@@ -1,0 +1,142 @@
+"""Circuit-level measures: evoked error responses, mismatch, repetition suppression, spectra.
+
+Every function takes the labelled output of :meth:`circuits.laminar.LaminarCircuit.run`
+(or a DataArray cut from it) and returns labelled results, so the measures work the same on
+rate circuits and on the spiking translation's population rates. Times are in ms,
+frequencies in Hz, activities in the circuit's rate units.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import xarray as xr
+
+__all__ = [
+    "ERROR_POPULATIONS",
+    "population_activity",
+    "window_mean",
+    "condition_contrast",
+    "suppression_index",
+    "log_slope",
+    "power_spectrum",
+    "band_power",
+    "spectral_ratio",
+]
+
+ERROR_POPULATIONS = ("l23_pos", "l23_neg")
+
+
+def population_activity(ds: xr.Dataset, populations: Sequence[str] = ERROR_POPULATIONS) -> xr.DataArray:
+    """Summed activity of ``populations`` over their units: ``rate`` (trial, time, area,
+    population, unit) -> (trial, time, area), NaN padding ignored. With the default it is
+    the total prediction-error activity of each area (the model's ERP proxy)."""
+    missing = [p for p in populations if p not in ds.population.values]
+    if missing:
+        raise ValueError(f"populations {missing} are not in the dataset (have {list(ds.population.values)})")
+    return ds.rate.sel(population=list(populations)).sum(("population", "unit"), skipna=True, min_count=1)
+
+
+def window_mean(x: xr.DataArray, window: tuple[float, float]) -> xr.DataArray:
+    """Mean of ``x`` over ``window = (start_ms, stop_ms)`` of its ``time`` coordinate (ms,
+    inclusive); raises if the window holds no sample."""
+    lo, hi = window
+    if not lo < hi:
+        raise ValueError(f"window must be (start, stop) with start < stop, got {window}")
+    sel = x.sel(time=slice(lo, hi))
+    if sel.sizes["time"] == 0:
+        raise ValueError(f"window {window} ms holds no sample (time runs {float(x.time[0])}..{float(x.time[-1])} ms)")
+    return sel.mean("time")
+
+
+def condition_contrast(response: xr.DataArray, label: str, a: str, b: str, by: Sequence[str] = (),
+                       where: xr.DataArray | None = None) -> xr.Dataset:
+    """Mean response to trials labelled ``a`` minus trials labelled ``b`` (coordinate
+    ``label`` on ``trial``), separately for every combination of the trial coordinates in
+    ``by`` (e.g. ``("p_deviant", "deviance")``). ``response`` has dims (trial, ...);
+    ``where`` (bool over trial) restricts the trials used. Returns a Dataset with the means of
+    ``a`` and ``b``, their difference, and the trial counts, indexed by ``by``."""
+    if label not in response.coords:
+        raise ValueError(f"response has no trial coordinate {label!r}")
+    r = response if where is None else response.where(where, drop=True)
+    labels = r[label].values
+    if not (labels == a).any() or not (labels == b).any():
+        raise ValueError(f"need trials labelled both {a!r} and {b!r} in {label!r}")
+    if not by:
+        ra, rb = r.where(r[label] == a, drop=True), r.where(r[label] == b, drop=True)
+        return xr.Dataset({a: ra.mean("trial"), b: rb.mean("trial"), "difference": ra.mean("trial") - rb.mean("trial"),
+                           f"n_{a}": ra.sizes["trial"], f"n_{b}": rb.sizes["trial"]})
+    keys = [np.asarray(r[c].values) for c in by]
+    combos = sorted(set(zip(*keys)))
+    parts = []
+    for combo in combos:
+        m = np.ones(r.sizes["trial"], bool)
+        for c, v in zip(by, combo):
+            m &= np.asarray(r[c].values) == v
+        sub = r.isel(trial=np.flatnonzero(m))
+        sa, sb = sub.isel(trial=np.flatnonzero(sub[label].values == a)), sub.isel(trial=np.flatnonzero(sub[label].values == b))
+        ma, mb = sa.mean("trial"), sb.mean("trial")
+        part = xr.Dataset({a: ma, b: mb, "difference": ma - mb, f"n_{a}": sa.sizes["trial"], f"n_{b}": sb.sizes["trial"]})
+        parts.append(part.expand_dims({c: [v] for c, v in zip(by, combo)}))
+    return xr.combine_by_coords(parts)
+
+
+def suppression_index(tuning: np.ndarray | xr.DataArray) -> float:
+    """Surround suppression of a length- or size-tuning curve: ``(peak - last) / peak`` for
+    responses ordered by increasing stimulus extent (``(n,)``, non-negative). 0 means no
+    suppression, 1 complete suppression at the largest stimulus."""
+    t = np.asarray(tuning, dtype=float)
+    if t.ndim != 1 or t.size < 2 or not np.isfinite(t).all():
+        raise ValueError(f"tuning must be a finite 1-D curve of at least two responses, got shape {t.shape}")
+    peak = t.max()
+    if peak <= 0:
+        raise ValueError("tuning curve has no positive response: the suppression index is undefined")
+    return float((peak - t[-1]) / peak)
+
+
+def log_slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of ``y`` against ``log(x)`` (``x > 0``): the change in response per
+    e-fold of ``x`` (e.g. per e-fold of repetitions)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.shape != y.shape or x.size < 2 or (x <= 0).any():
+        raise ValueError("log_slope needs two equal-length arrays of at least two points with x > 0")
+    return float(np.polyfit(np.log(x), y, 1)[0])
+
+
+def power_spectrum(x: xr.DataArray, *, segment_ms: float = 256.0, detrend: str = "constant") -> xr.DataArray:
+    """Welch power spectral density of ``x`` along its ``time`` coordinate (ms, uniform).
+
+    Segments of ``segment_ms`` with half overlap and a Hann window; the result replaces
+    ``time`` by ``frequency`` (Hz) and has units of ``x``'s units squared per Hz. Other
+    dimensions are kept (average them afterwards, e.g. over trials)."""
+    from scipy.signal import welch
+
+    t = np.asarray(x.time.values, float)
+    if t.size < 8:
+        raise ValueError(f"need at least 8 time samples for a spectrum, got {t.size}")
+    dt = np.diff(t)
+    if not np.allclose(dt, dt[0], rtol=1e-6):
+        raise ValueError("power_spectrum needs uniformly sampled time")
+    fs = 1000.0 / dt[0]
+    nper = int(min(t.size, max(8, round(segment_ms / dt[0]))))
+    xt = x.transpose(..., "time")
+    f, p = welch(np.nan_to_num(xt.values), fs=fs, nperseg=nper, noverlap=nper // 2, detrend=detrend, axis=-1)
+    coords = {k: v for k, v in xt.coords.items() if "time" not in v.dims}
+    out = xr.DataArray(p, dims=[*xt.dims[:-1], "frequency"], coords=coords)
+    return out.assign_coords(frequency=("frequency", f, {"units": "Hz"}))
+
+
+def band_power(psd: xr.DataArray, band: tuple[float, float]) -> xr.DataArray:
+    """Power in ``band = (low_hz, high_hz)`` of a spectral density (integral over frequency)."""
+    lo, hi = band
+    sel = psd.sel(frequency=slice(lo, hi))
+    if sel.sizes["frequency"] < 2:
+        raise ValueError(f"band {band} Hz holds fewer than two frequency bins")
+    return sel.integrate("frequency")
+
+
+def spectral_ratio(psd: xr.DataArray, high: tuple[float, float] = (30.0, 80.0),
+                   low: tuple[float, float] = (4.0, 20.0)) -> xr.DataArray:
+    """Relative high-frequency power: ``band_power(high) / band_power(low)`` (dimensionless)."""
+    return band_power(psd, high) / band_power(psd, low)
