@@ -1,0 +1,141 @@
+"""Repetition suppression: error responses fall over repeated presentations, predictions do not.
+
+A tonotopic laminar circuit hears roving-standard trains (:class:`~circuits.paradigms.Repetition`):
+a tone repeated ``n_repeats`` times, then another tone, and so on. The first tone of a
+train is unexpected (the top-level expectation still holds the previous tone); with every
+repetition the expectation, learned online by the local prior rule, moves to the current
+tone, so the prediction-error populations respond less and less. The representation
+(prediction) populations in L5/6 keep encoding the tone: their response does not fall the
+same way, which is the signature that separates predictive suppression from fatigue.
+
+Summary: error and prediction responses per repetition (area ``measure_area``), the
+repetition-suppression slope (change of the error response per e-fold of repetitions,
+:func:`~circuits.measures.log_slope`), and the relative fall ``1 - last/first`` of both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import xarray as xr
+
+from pcsim.config import ExperimentConfig
+from pcsim.registry import ExperimentResult, RunContext
+
+from ..measures import log_slope, population_activity, window_mean
+from ..paradigms import Repetition
+from .sections import CircuitSection
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepetitionSection:
+    """Roving-standard trains: ``n_trains`` trains of ``n_repeats`` tones, each train's tone
+    drawn from ``frequencies`` (channels; never twice in a row), tones of ``duration_ms``
+    every ``soa_ms``; one block per seed; ``skip_trains`` first trains are not analysed
+    (the expectation forms); ``window`` (ms after onset) of the response measure."""
+
+    frequencies: tuple[float, ...] = field(default=(4.0, 9.0, 14.0, 19.0), metadata={"ge": 0, "nonempty": True})
+    n_repeats: int = field(default=8, metadata={"ge": 2})
+    n_trains: int = field(default=12, metadata={"ge": 2})
+    duration_ms: float = field(default=100.0, metadata={"gt": 0})
+    soa_ms: float = field(default=500.0, metadata={"gt": 0})
+    width: float = field(default=1.5, metadata={"gt": 0})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2, 3), metadata={"ge": 0, "nonempty": True})
+    skip_trains: int = field(default=1, metadata={"ge": 0})
+    window: tuple[float, ...] = field(default=(50.0, 250.0))
+    record_every_ms: float = field(default=2.0, metadata={"gt": 0})
+    measure_area: str = "area1"
+
+    def __post_init__(self):
+        if len(self.window) != 2 or not self.window[0] < self.window[1]:
+            raise ValueError(f"window must be [start_ms, stop_ms] with start < stop, got {list(self.window)}")
+        if self.window[1] > self.soa_ms - 50:
+            raise ValueError(f"window must end at least 50 ms before the next tone (soa_ms - 50 = {self.soa_ms - 50})")
+        if self.skip_trains >= self.n_trains:
+            raise ValueError(f"skip_trains ({self.skip_trains}) must be < n_trains ({self.n_trains})")
+        if len(set(self.frequencies)) < 2:
+            raise ValueError("frequencies needs at least two different tones")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(ExperimentConfig):
+    """The ``repetition_suppression`` experiment."""
+
+    circuit: CircuitSection = field(default_factory=CircuitSection)
+    repetition: RepetitionSection = field(default_factory=RepetitionSection)
+
+
+def run(config: Config, ctx: RunContext) -> ExperimentResult:
+    """Simulate every block at once, cut epochs per tone and measure responses per repetition."""
+    c, r = config.circuit, config.repetition
+    circ = c.build(ctx.device)
+    if r.measure_area not in circ.area_names[1:]:
+        raise ValueError(f"repetition.measure_area {r.measure_area!r} is not a cortical area ({circ.area_names[1:]})")
+    if max(r.frequencies) >= c.n_channels:
+        raise ValueError(f"tone at channel {max(r.frequencies)} is off the {c.n_channels}-channel map")
+    stim = Repetition(n_channels=c.n_channels, frequencies=r.frequencies, n_repeats=r.n_repeats, n_trains=r.n_trains,
+                      duration_ms=r.duration_ms, soa_ms=r.soa_ms, width=r.width, seeds=r.seeds).build()
+    keep = np.broadcast_to(np.arange(stim.slots)[None, :] >= r.skip_trains * r.n_repeats, stim.schedule.shape)
+    ds = circ.run(stim, record_every_ms=r.record_every_ms, epochs=(50.0, min(r.soa_ms - 50.0, r.window[1] + 150.0)),
+                  keep=keep, seed=config.seed, progress=ctx.progress)
+    ds["kind"] = ds["kind"].astype(str)
+    ds["paradigm"] = ds["paradigm"].astype(str)
+    err = population_activity(ds)
+    pred = population_activity(ds, ("l56",))
+    ds["error_activity"] = err.assign_attrs(units="rate units", long_name="summed L2/3 error activity")
+    ds["prediction_activity"] = pred.assign_attrs(units="rate units", long_name="summed L5/6 representation activity")
+    w = tuple(r.window)
+    by_rep = xr.Dataset({"error": window_mean(err, w), "prediction": window_mean(pred, w)}).groupby("repetition").mean()
+    ds["error_by_repetition"] = by_rep["error"].rename(repetition="repetition_number")
+    ds["prediction_by_repetition"] = by_rep["prediction"].rename(repetition="repetition_number")
+    a = r.measure_area
+    reps = ds.repetition_number.values
+    e = ds.error_by_repetition.sel(area=a).values
+    p = ds.prediction_by_repetition.sel(area=a).values
+    summary = {
+        "measure_area": a,
+        "error_by_repetition": e.tolist(),
+        "prediction_by_repetition": p.tolist(),
+        "rs_slope_error": log_slope(reps, e),
+        "rs_slope_prediction": log_slope(reps, p),
+        "error_relative_fall": float(1 - e[-1] / e[0]),
+        "prediction_relative_fall": float(1 - p[-1] / p[0]) if p[0] != 0 else None,
+        "error_monotone_fall": bool((np.diff(e) <= 1e-6).all()),
+        "units": "slopes in rate units per e-fold of repetitions",
+    }
+    ds.attrs["measure_area"] = a
+    ds.attrs["window_ms"] = list(w)
+    return ExperimentResult(ds, summary)
+
+
+def plot(ds: xr.Dataset) -> dict:
+    """Error and prediction time courses for repetitions 1, 2, 4 and the last, and both
+    responses against repetition number (normalised to the first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = str(ds.attrs.get("measure_area", ds.area.values[1]))
+    reps = ds.repetition_number.values
+    show = sorted({1, 2, 4, int(reps[-1])} & set(int(x) for x in reps))
+    cmap = plt.get_cmap("viridis")
+    fig, ax = plt.subplots(1, 3, figsize=(11, 3.2))
+    for i, n in enumerate(show):
+        col = cmap(i / max(1, len(show) - 1))
+        sel = ds.repetition == n
+        ax[0].plot(ds.time, ds.error_activity.sel(area=a).where(sel, drop=True).mean("trial"), color=col, label=f"rep {n}")
+        ax[1].plot(ds.time, ds.prediction_activity.sel(area=a).where(sel, drop=True).mean("trial"), color=col, label=f"rep {n}")
+    ax[0].set(title=f"{a}: L2/3 error populations", xlabel="time from onset (ms)", ylabel="summed activity")
+    ax[1].set(title=f"{a}: L5/6 prediction populations", xlabel="time from onset (ms)")
+    ax[0].legend(fontsize=7)
+    e = ds.error_by_repetition.sel(area=a)
+    p = ds.prediction_by_repetition.sel(area=a)
+    ax[2].plot(reps, e / e[0], "o-", color="C3", label="error (L2/3)")
+    ax[2].plot(reps, p / p[0], "s-", color="C0", label="prediction (L5/6)")
+    ax[2].axhline(1, color="k", lw=0.5)
+    ax[2].set(xlabel="repetition", ylabel="response / first response", title="repetition suppression")
+    ax[2].legend(fontsize=7)
+    fig.tight_layout()
+    return {"repetition": fig}
