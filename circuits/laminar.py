@@ -156,6 +156,8 @@ def _vec(x, n: int, name: str, device, dtype) -> Tensor:
     if t.ndim == 0:
         t = t.expand(n).clone()
     t = t.reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(n).clone()
     if t.shape != (n,):
         raise ValueError(f"{name} must be a scalar or have {n} entries, got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
@@ -387,9 +389,10 @@ class LaminarCircuit:
             if stimulus.noise_std > 0:
                 drive = drive + stimulus.noise_std * torch.randn(drive.shape, generator=gen, device=dev, dtype=dt_)
             c = 1.0 if cue[i] else 0.0
+            before = state
             state, aux = self.step(state, drive, c, gen if p.noise > 0 else None, want_aux=rec.wants(i))
-            if aux is not None:
-                rec.record(i, state, aux, drive, c)
+            if aux is not None:  # the sample at t_i: the state the step started from, and its inputs
+                rec.record(i, before, aux, drive, c)
             if i % 1000 == 999 and not all(bool(torch.isfinite(r).all()) for r in state["l56"][1:]):
                 bad = next(a for a in range(1, self.n_areas) if not torch.isfinite(state["l56"][a]).all())
                 raise FloatingPointError(
