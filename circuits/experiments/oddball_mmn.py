@@ -84,11 +84,14 @@ def build_stimulus(c: CircuitSection, o: OddballSection):
                          f"{c.n_channels}-channel tonotopic map")
     stim = Oddball(standard=o.standard, deviances=o.deviances, p_deviants=o.p_deviants, **common).build()
     if o.control:
+        # equiprobable tones `spacing` apart, the deviant's tone among them, as many as the
+        # median deviant probability implies (1/p), fewer if the map is too small
         target = o.standard + sorted(o.deviances)[len(o.deviances) // 2]
         spacing = max(2.0, min(o.deviances))
-        lowest = target - spacing * np.floor(target / spacing)
-        n_types = int(min(np.floor((c.n_channels - 1 - lowest) / spacing) + 1, round(1 / np.median(o.p_deviants))))
-        stim = stim.concat(ManyStandards(target=target, lowest=lowest, spacing=spacing, n_tone_types=max(n_types, 2),
+        below, above = int(np.floor(target / spacing)), int(np.floor((c.n_channels - 1 - target) / spacing))
+        n_types = max(2, min(int(round(1 / np.median(o.p_deviants))), below + above + 1))
+        lowest = target - spacing * min(below, n_types - 1)
+        stim = stim.concat(ManyStandards(target=target, lowest=lowest, spacing=spacing, n_tone_types=n_types,
                                          **common).build())
     if o.omission:
         stim = stim.concat(Omission(frequency=o.standard, p_omission=o.p_omission, **common).build())
