@@ -345,6 +345,7 @@ class LaminarCircuit:
         seed: int = 0,
         progress: bool = False,
         record_stimulus: bool = True,
+        compile: bool = False,
     ) -> xr.Dataset:
         """Simulate every block of ``stimulus`` side by side and return labelled rates.
 
@@ -359,7 +360,9 @@ class LaminarCircuit:
         excitatory populations of each layer, ``prior`` (trial, time, top_unit), ``cue`` and
         ``stimulus`` (trial, time, input_unit). ``record_every_ms=None`` records nothing and
         returns only the final state (benchmarks). White noise (``params.noise`` and the
-        stimulus' ``noise_std``) is drawn from a generator seeded with ``seed``.
+        stimulus' ``noise_std``) is drawn from a generator seeded with ``seed``. ``compile``:
+        run the steps that record nothing through ``torch.compile`` (fused kernels; seconds
+        of compilation first; worth it for long or many-trial runs without population noise).
         """
         if not isinstance(stimulus, Stimulus):
             raise TypeError(f"run needs a circuits.paradigms.Stimulus, got {type(stimulus).__name__}")
@@ -382,6 +385,11 @@ class LaminarCircuit:
         gen = torch.Generator(device=dev).manual_seed(int(seed))
 
         state = self.initial_state(B)
+        fast = self.step
+        if compile:
+            if p.noise > 0:
+                raise ValueError("compile=True needs params.noise = 0 (seeded generators do not enter compiled graphs)")
+            fast = torch.compile(self.step, dynamic=False)
         from tqdm.auto import tqdm
 
         for i in tqdm(range(n_steps), desc="circuit", disable=not progress, leave=False, mininterval=0.5):
@@ -390,7 +398,10 @@ class LaminarCircuit:
                 drive = drive + stimulus.noise_std * torch.randn(drive.shape, generator=gen, device=dev, dtype=dt_)
             c = 1.0 if cue[i] else 0.0
             before = state
-            state, aux = self.step(state, drive, c, gen if p.noise > 0 else None, want_aux=rec.wants(i))
+            if rec.wants(i):
+                state, aux = self.step(state, drive, c, gen if p.noise > 0 else None, want_aux=True)
+            else:
+                state, aux = fast(state, drive, c, gen if p.noise > 0 else None)
             if aux is not None:  # the sample at t_i: the state the step started from, and its inputs
                 rec.record(i, before, aux, drive, c)
             if i % 1000 == 999 and not all(bool(torch.isfinite(r).all()) for r in state["l56"][1:]):
@@ -421,6 +432,15 @@ class LaminarCircuit:
             st["inh_pos"] = [x.clone() for x in preds]
             st["inh_neg"] = [x.clone() for x in reps]
         return st
+
+    @property
+    def _wt(self) -> list[Tensor]:
+        """Contiguous transposes ``W_a^T`` ``(n_{a-1}, n_a)`` (feed-forward weights), cached."""
+        key = tuple(id(w) for w in self.weights)
+        if getattr(self, "_wt_key", None) != key:
+            self._wt_cache = [w.T.contiguous() for w in self.weights]
+            self._wt_key = key
+        return self._wt_cache
 
     def _predict(self, a: int, r_a: Tensor) -> Tensor:
         """Prediction ``f_a(r_a) @ W_a + b_a`` ``(B, n_{a-1})`` that area ``a`` sends to area ``a-1``."""
@@ -458,7 +478,7 @@ class LaminarCircuit:
                 u_neg = -u_pos
             new["l23_pos"][a] = noise(ep[a] + ke * (torch.relu(u_pos) - ep[a]), ke)
             new["l23_neg"][a] = noise(en[a] + ke * (torch.relu(u_neg) - en[a]), ke)
-            ff = drive if a == 0 else err[a - 1] @ self.weights[a - 1].T
+            ff = drive if a == 0 else err[a - 1] @ self._wt[a - 1]
             new["l4"][a] = noise(l4[a] + k4 * (ff - l4[a]), k4)
             if a > 0:
                 u_deep = dfr[a] * l4[a] - err[a] - p.deep_leak * r[a]

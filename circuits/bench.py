@@ -1,0 +1,88 @@
+"""``pcsim bench circuits``: speed of the rate circuit and of its Brian2 spiking translation.
+
+- Rate circuit: the oddball circuit of ``configs/oddball_mmn.toml`` (3 areas x 24 units,
+  dt = 0.5 ms) runs ``--trials`` (default 1000) oddball blocks of ``--seconds`` simulated
+  seconds side by side, recording nothing; throughput = trials x simulated seconds per wall
+  second, eager and with ``torch.compile`` (its one-off compile time reported apart).
+- Spiking circuit: :func:`circuits.spiking.benchmark` builds a translated circuit of about
+  ``--neurons`` (default 10,000) LIF neurons and simulates ``--spiking-seconds`` (default 10)
+  seconds with each Brian2 code-generation target; real-time factor = simulated / wall
+  seconds of the run itself, and the one-off build/compile time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def rate_throughput(trials: int = 1000, seconds: float = 1.0, device: str = "cpu", compile: bool = False,
+                    seed: int = 0) -> dict:
+    """Run ``trials`` oddball blocks of ``seconds`` simulated seconds in one batched rate
+    simulation; returns wall seconds, trials x simulated seconds per wall second and, with
+    ``compile``, the first (compiling) run's extra time as ``compile_seconds``."""
+    from .experiments.sections import CircuitSection
+    from .paradigms import Oddball
+
+    circ = CircuitSection(n_channels=24, areas=3, dt=0.5).build(device)
+    soa = 500.0
+    n_tones = max(1, int(seconds * 1000 // soa))
+    stim = Oddball(n_channels=24, standard=8.0, deviances=(4.0,), p_deviants=(0.1,), n_tones=n_tones, soa_ms=soa,
+                   duration_ms=100.0, lead_ms=0.0, lead_standards=0, seeds=tuple(range(seed, seed + trials))).build()
+    sim_s = stim.total_ms / 1000.0
+    out = {"trials": trials, "simulated_seconds_per_trial": sim_s, "device": device, "compiled": compile,
+           "units": circ.n_areas * 4 * 24}
+
+    def once() -> float:
+        t = time.perf_counter()
+        circ.run(stim, record_every_ms=None, compile=compile)
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    first = once()
+    wall = once() if compile else first
+    out.update(wall_seconds=wall, throughput_trial_seconds_per_second=trials * sim_s / wall)
+    if compile:
+        out["compile_seconds"] = max(0.0, first - wall)
+    return out
+
+
+def main(name: str, as_json: bool = False, args: list[str] | None = None) -> int:
+    """Entry point of ``pcsim bench circuits``; prints a table, or JSON with ``--json``."""
+    p = argparse.ArgumentParser(prog=f"pcsim bench {name}")
+    p.add_argument("--trials", type=int, default=1000)
+    p.add_argument("--seconds", type=float, default=1.0, help="simulated seconds per rate trial")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile run")
+    p.add_argument("--neurons", type=int, default=10_000)
+    p.add_argument("--spiking-seconds", type=float, default=10.0)
+    p.add_argument("--targets", nargs="*", default=["numpy", "cython", "cpp_standalone"],
+                   help="Brian2 targets to time (none: skip the spiking benchmark)")
+    p.add_argument("--seed", type=int, default=0)
+    o = p.parse_args(args or [])
+    if o.trials < 1 or o.seconds <= 0 or o.neurons < 1 or o.spiking_seconds <= 0:
+        p.error("--trials, --seconds, --neurons and --spiking-seconds must be positive")
+    report: dict = {"rate": [rate_throughput(o.trials, o.seconds, o.device, False, o.seed)]}
+    if not o.no_compile:
+        report["rate"].append(rate_throughput(o.trials, o.seconds, o.device, True, o.seed))
+    if o.targets:
+        from .spiking import benchmark
+
+        report["spiking"] = [benchmark(t, n_neurons=o.neurons, sim_seconds=o.spiking_seconds, seed=o.seed)
+                             for t in o.targets]
+    if as_json:
+        print(json.dumps(report))
+        return 0
+    print("rate circuit (3 areas x 4 populations x 24 units, dt 0.5 ms)")
+    for r in report["rate"]:
+        extra = f", compile {r['compile_seconds']:.1f} s" if "compile_seconds" in r else ""
+        print(f"  {'compiled' if r['compiled'] else 'eager':8} {r['trials']} trials x {r['simulated_seconds_per_trial']:g} s: "
+              f"{r['wall_seconds']:.2f} s wall -> {r['throughput_trial_seconds_per_second']:.0f} trial-s/s{extra}")
+    for s in report.get("spiking", []):
+        print(f"spiking {s['target']:14} {s['n_neurons']} neurons, {s['sim_seconds']:g} s: wall {s['wall_seconds']:.1f} s, "
+              f"real-time factor {s['realtime_factor']:.3f}, compile {s['compile_seconds']:.1f} s")
+    return 0
