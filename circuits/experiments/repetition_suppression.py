@@ -5,8 +5,9 @@ a tone repeated ``n_repeats`` times, then another tone, and so on. The first ton
 train is unexpected (the top-level expectation still holds the previous tone); with every
 repetition the expectation, learned online by the local prior rule, moves to the current
 tone, so the prediction-error populations respond less and less. The representation
-(prediction) populations in L5/6 keep encoding the tone: their response does not fall the
-same way, which is the signature that separates predictive suppression from fatigue.
+(prediction) populations in L5/6 keep encoding the tone (measured as their activity
+projected on the tone's input pattern): their response does not fall, it grows as the
+expectation agrees with the input, which separates predictive suppression from fatigue.
 
 Summary: error and prediction responses per repetition (area ``measure_area``), the
 repetition-suppression slope (change of the error response per e-fold of repetitions,
@@ -82,9 +83,14 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     ds["kind"] = ds["kind"].astype(str)
     ds["paradigm"] = ds["paradigm"].astype(str)
     err = population_activity(ds)
-    pred = population_activity(ds, ("l56",))
+    # the representation of the tone being played: L5/6 activity projected on the tone's
+    # (unit-norm) input pattern; summing over units would hide a shift between tones
+    tones = stim.patterns[ds.pattern.values]
+    tones = tones / np.linalg.norm(tones, axis=1, keepdims=True)
+    tone_da = xr.DataArray(np.pad(tones, ((0, 0), (0, ds.sizes["unit"] - tones.shape[1]))), dims=("trial", "unit"))
+    pred = (ds.rate.sel(population="l56").fillna(0.0) * tone_da).sum("unit")
     ds["error_activity"] = err.assign_attrs(units="rate units", long_name="summed L2/3 error activity")
-    ds["prediction_activity"] = pred.assign_attrs(units="rate units", long_name="summed L5/6 representation activity")
+    ds["prediction_activity"] = pred.assign_attrs(units="rate units", long_name="L5/6 representation of the played tone")
     w = tuple(r.window)
     by_rep = xr.Dataset({"error": window_mean(err, w), "prediction": window_mean(pred, w)}).groupby("repetition").mean()
     ds["error_by_repetition"] = by_rep["error"].rename(repetition="repetition_number")
