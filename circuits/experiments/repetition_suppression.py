@@ -134,7 +134,7 @@ def plot(ds: xr.Dataset) -> dict:
         ax[0].plot(ds.time, ds.error_activity.sel(area=a).where(sel, drop=True).mean("trial"), color=col, label=f"rep {n}")
         ax[1].plot(ds.time, ds.prediction_activity.sel(area=a).where(sel, drop=True).mean("trial"), color=col, label=f"rep {n}")
     ax[0].set(title=f"{a}: L2/3 error populations", xlabel="time from onset (ms)", ylabel="summed activity")
-    ax[1].set(title=f"{a}: L5/6 prediction populations", xlabel="time from onset (ms)")
+    ax[1].set(title=f"{a}: L5/6 representation of the tone", xlabel="time from onset (ms)", ylabel="projection on the tone")
     ax[0].legend(fontsize=7)
     e = ds.error_by_repetition.sel(area=a)
     p = ds.prediction_by_repetition.sel(area=a)
