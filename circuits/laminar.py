@@ -378,33 +378,39 @@ class LaminarCircuit:
 
         active, _ = stimulus.slot_index(t_ms)
         cue = (active >= 0) if stimulus.cue else np.ones(n_steps, bool)
-        padded = torch.as_tensor(np.vstack([stimulus.patterns, np.zeros((1, stimulus.n_in))]), device=dev, dtype=dt_)
+        U = max(self.sizes)
+        pats = np.zeros((stimulus.patterns.shape[0] + 1, U))
+        pats[:-1, : stimulus.n_in] = stimulus.patterns
+        padded = torch.as_tensor(pats, device=dev, dtype=dt_)
         sched = torch.as_tensor(np.where(stimulus.schedule >= 0, stimulus.schedule, stimulus.patterns.shape[0]), device=dev)
         drives = [padded[sched[:, j]] for j in range(S)]
-        zero_drive = torch.zeros(B, stimulus.n_in, device=dev, dtype=dt_)
+        zero_drive = torch.zeros(B, U, device=dev, dtype=dt_)
+        in_mask = torch.zeros(U, device=dev, dtype=dt_)
+        in_mask[: stimulus.n_in] = 1.0
         gen = torch.Generator(device=dev).manual_seed(int(seed))
 
-        state = self.initial_state(B)
-        fast = self.step
+        state = self._pack(self.initial_state(B))
+        consts = self._packed_constants()
+        fast = self._step
         if compile:
-            if p.noise > 0:
-                raise ValueError("compile=True needs params.noise = 0 (seeded generators do not enter compiled graphs)")
-            fast = torch.compile(self.step, dynamic=False)
+            if p.noise > 0 or stimulus.noise_std > 0:
+                raise ValueError("compile=True needs params.noise = 0 and no stimulus noise "
+                                 "(seeded generators do not enter compiled graphs)")
+            fast = torch.compile(self._step, dynamic=False)
         from tqdm.auto import tqdm
 
         for i in tqdm(range(n_steps), desc="circuit", disable=not progress, leave=False, mininterval=0.5):
             drive = drives[active[i]] if active[i] >= 0 else zero_drive
             if stimulus.noise_std > 0:
-                drive = drive + stimulus.noise_std * torch.randn(drive.shape, generator=gen, device=dev, dtype=dt_)
+                drive = drive + stimulus.noise_std * in_mask * torch.randn(drive.shape, generator=gen, device=dev, dtype=dt_)
             c = 1.0 if cue[i] else 0.0
             before = state
             if rec.wants(i):
-                state, aux = self.step(state, drive, c, gen if p.noise > 0 else None, want_aux=True)
+                state, aux = self._step(state, drive, c, gen if p.noise > 0 else None, want_aux=True)
+                rec.record(i, before, aux, drive[:, : stimulus.n_in], c)  # the sample at t_i and its inputs
             else:
-                state, aux = fast(state, drive, c, gen if p.noise > 0 else None)
-            if aux is not None:  # the sample at t_i: the state the step started from, and its inputs
-                rec.record(i, before, aux, drive, c)
-            if i % 1000 == 999 and not all(bool(torch.isfinite(r).all()) for r in state["l56"][1:]):
+                state, _ = fast(state, drive, c, gen if p.noise > 0 else None, K=consts)
+            if i % 1000 == 999 and not bool(torch.isfinite(state["l56"]).all()):
                 bad = next(a for a in range(1, self.n_areas) if not torch.isfinite(state["l56"][a]).all())
                 raise FloatingPointError(
                     f"circuit diverged by t = {t_ms[i]:.1f} ms: area '{self.area_names[bad]}' L5/6 rates are not finite "
@@ -433,74 +439,113 @@ class LaminarCircuit:
             st["inh_neg"] = [x.clone() for x in reps]
         return st
 
-    @property
-    def _wt(self) -> list[Tensor]:
-        """Contiguous transposes ``W_a^T`` ``(n_{a-1}, n_a)`` (feed-forward weights), cached."""
-        key = tuple(id(w) for w in self.weights)
-        if getattr(self, "_wt_key", None) != key:
-            self._wt_cache = [w.T.contiguous() for w in self.weights]
-            self._wt_key = key
-        return self._wt_cache
-
     def _predict(self, a: int, r_a: Tensor) -> Tensor:
         """Prediction ``f_a(r_a) @ W_a + b_a`` ``(B, n_{a-1})`` that area ``a`` sends to area ``a-1``."""
         return get_activation(self.activations[a]).f(r_a) @ self.weights[a - 1] + self.biases[a - 1]
 
-    def step(self, st: dict, drive: Tensor, cue: float, gen: torch.Generator | None = None, *, want_aux: bool = False):
-        """One Euler step of every population (synchronous update) for input ``drive``
-        ``(B, n_0)`` and cue ``c`` in {0, 1}; returns the new state and, with ``want_aux``, the
-        synaptic inputs the LFP proxy needs."""
+    # ----------------------------------------------------------------- packed fast path
+    def _packed_constants(self) -> dict:
+        """Weights, biases, precisions and masks padded to the widest area ``U`` and stacked
+        over areas, so one step is a handful of batched tensor operations (cached)."""
+        key = (tuple(id(w) for w in self.weights), tuple(id(b) for b in self.biases),
+               tuple(id(q) for q in self.precisions), self.device, self.dtype)
+        if getattr(self, "_packed_key", None) == key:
+            return self._packed
+        A, U, dev, dt_ = self.n_areas, max(self.sizes), self.device, self.dtype
+        W = torch.zeros(max(A - 1, 1), U, U, device=dev, dtype=dt_)
+        b = torch.zeros(max(A - 1, 1), 1, U, device=dev, dtype=dt_)
+        for k, (w, bias) in enumerate(zip(self.weights, self.biases)):
+            W[k, : w.shape[0], : w.shape[1]] = w
+            b[k, 0, : bias.shape[0]] = bias
+        P = torch.zeros(A, 1, U, device=dev, dtype=dt_)
+        mask = torch.zeros(A, 1, U, device=dev, dtype=dt_)
+        for a in range(A):
+            P[a, 0, : self.sizes[a]] = self.precisions[a]
+            mask[a, 0, : self.sizes[a]] = 1.0
+        acts = self.activations[1:]
+        self._packed = {"W": W, "WT": W.transpose(1, 2).contiguous(), "b": b, "P": P, "mask": mask, "U": U,
+                        "uniform": len(set(acts)) <= 1, "acts": [get_activation(a) for a in acts]}
+        self._packed_key = key
+        return self._packed
+
+    def _pack(self, st: dict) -> dict:
+        """The per-area state lists of :meth:`initial_state` as zero-padded ``(A, B, U)`` tensors."""
+        U = max(self.sizes)
+        out = {}
+        for k, v in st.items():
+            if k == "m":
+                out[k] = torch.nn.functional.pad(v, (0, U - v.shape[-1]))
+            else:
+                out[k] = torch.stack([torch.nn.functional.pad(x, (0, U - x.shape[-1])) for x in v])
+        return out
+
+    def _step(self, st: dict, drive: Tensor, cue: float, gen: torch.Generator | None = None, *, want_aux: bool = False,
+              K: dict | None = None):
+        """One Euler step of every population (synchronous update) on the packed state (each
+        ``(A, B, U)``, prior ``(B, U)``) for input ``drive`` ``(B, U)`` and cue ``c`` in {0, 1};
+        returns the new state and, with ``want_aux``, the LFP proxy ``(A, B, 3)`` of that state.
+        ``K``: :meth:`_packed_constants`, passed in by compiled callers (no Python caching
+        logic inside the graph)."""
         p, A = self.params, self.n_areas
+        K = self._packed_constants() if K is None else K
         dt = p.dt
         k4, ke, kd, ki = dt / p.tau_l4, dt / p.tau_error, dt / p.tau_deep, dt / p.tau_inh
-        l4, r, ep, en, m = st["l4"], st["l56"], st["l23_pos"], st["l23_neg"], st["m"]
-        fr, dfr = [None] * A, [None] * A
-        for a in range(1, A):
-            act = get_activation(self.activations[a])
-            fr[a] = act.f(r[a])
-            dfr[a] = act.df(r[a], fr[a])
-        preds = [fr[a + 1] @ self.weights[a] + self.biases[a] if a < A - 1 else cue * m for a in range(A)]
-        reps = [r[a] if a > 0 else l4[0] for a in range(A)]
-        err = [ep[a] - en[a] for a in range(A)]
-        new = {k: list(v) for k, v in st.items() if k != "m"}
-        aux = {} if want_aux else None
-        noise = (lambda x, k: x + p.noise * math.sqrt(2 * k) * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)) \
-            if gen is not None else (lambda x, k: x)
-        for a in range(A):
-            Pi = self.precisions[a]
-            if p.interneurons:
-                ip, in_ = st["inh_pos"][a], st["inh_neg"][a]
-                u_pos, u_neg = Pi * (reps[a] - ip), Pi * (preds[a] - in_)
-                new["inh_pos"][a] = noise(ip + ki * (preds[a] - ip), ki)
-                new["inh_neg"][a] = noise(in_ + ki * (reps[a] - in_), ki)
+        l4, r, ep, en, m, P = st["l4"], st["l56"], st["l23_pos"], st["l23_neg"], st["m"], K["P"]
+        if A > 1:
+            rr = r[1:]
+            if K["uniform"]:
+                act = K["acts"][0]
+                fr = act.f(rr)
+                dfr = act.df(rr, fr)
             else:
-                u_pos = Pi * (reps[a] - preds[a])
-                u_neg = -u_pos
-            new["l23_pos"][a] = noise(ep[a] + ke * (torch.relu(u_pos) - ep[a]), ke)
-            new["l23_neg"][a] = noise(en[a] + ke * (torch.relu(u_neg) - en[a]), ke)
-            ff = drive if a == 0 else err[a - 1] @ self._wt[a - 1]
-            new["l4"][a] = noise(l4[a] + k4 * (ff - l4[a]), k4)
-            if a > 0:
-                u_deep = dfr[a] * l4[a] - err[a] - p.deep_leak * r[a]
-                new["l56"][a] = noise(r[a] + kd * u_deep, kd)
-            if want_aux:
-                if p.interneurons:
-                    l23 = (Pi * reps[a]).abs() + (Pi * st["inh_pos"][a]).abs() + (Pi * preds[a]).abs() + (Pi * st["inh_neg"][a]).abs()
-                else:
-                    l23 = 2 * ((Pi * reps[a]).abs() + (Pi * preds[a]).abs())
-                if a == 0:
-                    lin = drive.abs()
-                    deep = torch.full_like(drive[:, :1], float("nan"))
-                else:
-                    Wt = self.weights[a - 1].T
-                    lin = (ep[a - 1] @ Wt).abs() + (en[a - 1] @ Wt).abs()
-                    deep = ((dfr[a] * l4[a]).abs() + ep[a].abs() + en[a].abs()).sum(-1, keepdim=True)
-                aux[a] = torch.cat([l23.sum(-1, keepdim=True), lin.sum(-1, keepdim=True), deep], dim=-1)
-        if p.prior_rate > 0 and cue:
-            new["m"] = m + dt * p.prior_rate * cue * err[A - 1]
+                frs = [act.f(rr[k]) for k, act in enumerate(K["acts"])]
+                fr = torch.stack(frs)
+                dfr = torch.stack([act.df(rr[k], frs[k]) for k, act in enumerate(K["acts"])])
+            preds = torch.cat([torch.baddbmm(K["b"], fr, K["W"]), (cue * m)[None]])
         else:
-            new["m"] = m
-        return new, aux
+            preds = (cue * m)[None]
+        reps = torch.cat([l4[:1], r[1:]])
+        err = ep - en
+        new = {}
+        if gen is not None:
+            def noise(x, k):
+                return x + (p.noise * math.sqrt(2 * k)) * K["mask"][: x.shape[0]] * torch.randn(
+                    x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        else:
+            def noise(x, k):
+                return x
+        if p.interneurons:
+            ip, in_ = st["inh_pos"], st["inh_neg"]
+            u_pos, u_neg = P * (reps - ip), P * (preds - in_)
+            new["inh_pos"] = noise(ip + ki * (preds - ip), ki)
+            new["inh_neg"] = noise(in_ + ki * (reps - in_), ki)
+        else:
+            u_pos = P * (reps - preds)
+            u_neg = -u_pos
+        new["l23_pos"] = noise(ep + ke * (torch.relu(u_pos) - ep), ke)
+        new["l23_neg"] = noise(en + ke * (torch.relu(u_neg) - en), ke)
+        ff = torch.cat([drive[None], torch.bmm(err[:-1], K["WT"])]) if A > 1 else drive[None]
+        new["l4"] = noise(l4 + k4 * (ff - l4), k4)
+        if A > 1:
+            deep = noise(rr + kd * (dfr * l4[1:] - err[1:] - p.deep_leak * rr), kd)
+            new["l56"] = torch.cat([r[:1], deep])
+        else:
+            new["l56"] = r
+        new["m"] = m + (dt * p.prior_rate * cue) * err[A - 1] if (p.prior_rate > 0 and cue) else m
+        if not want_aux:
+            return new, None
+        if p.interneurons:
+            l23 = ((P * reps).abs() + (P * ip).abs() + (P * preds).abs() + (P * in_).abs()).sum(-1)
+        else:
+            l23 = 2 * ((P * reps).abs() + (P * preds).abs()).sum(-1)
+        lin0 = drive.abs().sum(-1)[None]
+        nan = torch.full_like(lin0, float("nan"))
+        if A > 1:
+            lin = torch.cat([lin0, (torch.bmm(ep[:-1], K["WT"]).abs() + torch.bmm(en[:-1], K["WT"]).abs()).sum(-1)])
+            deep_in = torch.cat([nan, ((dfr * l4[1:]).abs() + ep[1:].abs() + en[1:].abs()).sum(-1)])
+        else:
+            lin, deep_in = lin0, nan
+        return new, torch.stack([l23, lin, deep_in], dim=-1)
 
 
 class _Recorder:
@@ -565,6 +610,10 @@ class _Recorder:
         self.index = {int(s): i for i, s in enumerate(self.steps)}
         T, Ttr = self.trial_shape
         nan = float("nan")
+        self.nan_mask = torch.zeros(A, P, self.U)
+        for a in range(A):
+            self.nan_mask[a, :, circ.sizes[a]:] = nan  # padding of narrower areas
+        self.nan_mask[0, circ.populations.index("l56"), :] = nan  # area 0 has no free representation
         self.rate = torch.full((T, Ttr, A, P, self.U), nan)
         self.lfp = torch.full((T, Ttr, A, len(LFP_LAYERS)), nan)
         self.prior = torch.full((T, Ttr, circ.sizes[-1]), nan)
@@ -579,15 +628,10 @@ class _Recorder:
         circ = self.circ
         A, pops = circ.n_areas, circ.populations
         B = drive.shape[0]
-        frame = torch.full((B, A, len(pops), self.U), float("nan"), dtype=self.rate.dtype)
-        for a in range(A):
-            n = circ.sizes[a]
-            for q, pop in enumerate(pops):
-                if pop == "l56" and a == 0:
-                    continue
-                frame[:, a, q, :n] = st[pop][a].detach().to("cpu", self.rate.dtype)
-        lfp = torch.stack([aux[a].detach().cpu() for a in range(A)], dim=1)
-        prior = (c * st["m"]).detach().cpu()
+        frame = torch.stack([st[pop] for pop in pops], dim=2).detach().to("cpu", self.rate.dtype)  # (A, B, P, U)
+        frame = frame.permute(1, 0, 2, 3) + self.nan_mask
+        lfp = aux.detach().to("cpu", self.lfp.dtype).permute(1, 0, 2)
+        prior = (c * st["m"][:, : circ.sizes[-1]]).detach().cpu()
         stim = drive.detach().cpu() if self.stimulus is not None else None
         pos = self.index[i]
         if not self.epoched:
@@ -616,14 +660,13 @@ class _Recorder:
             "stimulus_noise_std": stim.noise_std,
         }
         if not self.enabled:
-            final = {k: [t.detach().cpu().numpy() if t is not None else None for t in v] if isinstance(v, list)
-                     else v.detach().cpu().numpy() for k, v in st.items()}
-            ds = xr.Dataset({"final_prior": (("trial", "top_unit"), final["m"])}, attrs=attrs)
+            final = {k: v.detach().cpu().numpy() for k, v in st.items()}
+            ds = xr.Dataset({"final_prior": (("trial", "top_unit"), final["m"][:, : circ.sizes[-1]])}, attrs=attrs)
             for a, area in enumerate(circ.area_names):
                 for pop in circ.populations:
                     if pop == "l56" and a == 0:
                         continue
-                    ds[f"final_{area}_{pop}"] = (("trial", f"unit_{area}"), final[pop][a])
+                    ds[f"final_{area}_{pop}"] = (("trial", f"unit_{area}"), final[pop][a][:, : circ.sizes[a]])
             return ds
         pops = list(circ.populations)
         coords = {
@@ -664,5 +707,5 @@ class _Recorder:
             data["stimulus"] = (("trial", "time", "input_unit"), self.stimulus.numpy(),
                                 {"units": "rate units", "long_name": "input drive (with noise)"})
         ds = xr.Dataset(data, coords=coords, attrs=attrs)
-        ds.attrs["final_prior"] = st["m"].detach().cpu().numpy().mean(0).tolist()
+        ds.attrs["final_prior"] = st["m"][:, : circ.sizes[-1]].detach().cpu().numpy().mean(0).tolist()
         return ds
