@@ -184,7 +184,27 @@ def _slots(n: int, soa_ms: float, duration_ms: float, lead_ms: float) -> tuple[n
 
 
 @dataclass(frozen=True)
-class Oddball:
+class _ToneSequence:
+    """Fields every tone sequence shares: ``n_channels`` of the tonotopic map, ``n_tones``
+    slots ``soa_ms`` apart from ``lead_ms`` on, each tone ``duration_ms`` long, Gaussian
+    bumps of ``width`` channels and peak ``amplitude``, one block per seed in ``seeds``."""
+
+    n_channels: int = 32
+    n_tones: int = 200
+    duration_ms: float = 50.0
+    soa_ms: float = 300.0
+    lead_ms: float = 50.0
+    seeds: Sequence[int] = (0,)
+    width: float = 1.5
+    amplitude: float = 1.0
+
+    def _tones(self, freqs) -> np.ndarray:
+        """The patterns ``(len(freqs), n_channels)`` of tones at ``freqs`` (channels)."""
+        return np.stack([tone(f, self.n_channels, width=self.width, amplitude=self.amplitude) for f in freqs])
+
+
+@dataclass(frozen=True)
+class Oddball(_ToneSequence):
     """Auditory-style oddball: standard tones with rare deviants.
 
     One block per (deviant probability, deviance, seed) combination. In each block, tone
@@ -196,18 +216,10 @@ class Oddball:
     the last deviant); block conditions: ``p_deviant``, ``deviance``, ``seed``, ``paradigm``.
     """
 
-    n_channels: int = 32
     standard: float = 10.0
     deviances: Sequence[float] = (4.0,)
     p_deviants: Sequence[float] = (0.1,)
-    n_tones: int = 200
-    duration_ms: float = 50.0
-    soa_ms: float = 300.0
-    lead_ms: float = 50.0
     lead_standards: int = 10
-    seeds: Sequence[int] = (0,)
-    width: float = 1.5
-    amplitude: float = 1.0
 
     def build(self) -> Stimulus:
         """The :class:`Stimulus` with ``len(p_deviants) * len(deviances) * len(seeds)`` blocks."""
@@ -219,7 +231,7 @@ class Oddball:
                 raise ValueError(f"Oddball deviant probability must be in (0, 0.5], got {p}")
         devs = sorted(set(float(d) for d in self.deviances))
         freqs = [self.standard] + [self.standard + d for d in devs]
-        patterns = np.stack([tone(f, self.n_channels, width=self.width, amplitude=self.amplitude) for f in freqs])
+        patterns = self._tones(freqs)
         sched, kinds, since, cond = [], [], [], {"p_deviant": [], "deviance": [], "seed": []}
         for p in self.p_deviants:
             for d in self.deviances:
@@ -261,7 +273,7 @@ def _since(dev: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ManyStandards:
+class ManyStandards(_ToneSequence):
     """The many-standards control for an oddball: ``n_tone_types`` equiprobable tones in
     random order, spaced ``spacing`` channels apart starting at ``lowest``. The tone at
     ``target`` (the oddball's deviant frequency) is labelled 'control' and occurs as often
@@ -269,18 +281,10 @@ class ManyStandards:
     plays: deviant minus control isolates genuine mismatch from stimulus-specific adaptation.
     """
 
-    n_channels: int = 32
     target: float = 14.0
     lowest: float = 2.0
     spacing: float = 4.0
     n_tone_types: int = 8
-    n_tones: int = 200
-    duration_ms: float = 50.0
-    soa_ms: float = 300.0
-    lead_ms: float = 50.0
-    seeds: Sequence[int] = (0,)
-    width: float = 1.5
-    amplitude: float = 1.0
 
     def build(self) -> Stimulus:
         """The :class:`Stimulus`, one block per seed; ``kind`` is 'control' or 'other'."""
@@ -291,7 +295,7 @@ class ManyStandards:
             raise ValueError(f"ManyStandards target {self.target} is not one of the tones {freqs.tolist()}")
         if freqs.max() >= self.n_channels:
             raise ValueError(f"ManyStandards tones reach channel {freqs.max()} but there are {self.n_channels} channels")
-        patterns = np.stack([tone(f, self.n_channels, width=self.width, amplitude=self.amplitude) for f in freqs])
+        patterns = self._tones(freqs)
         sched = np.stack([np.random.default_rng(int(s)).integers(0, self.n_tone_types, self.n_tones) for s in self.seeds])
         kind = np.where(sched == hit[0], "control", "other").astype(object)
         return Stimulus(patterns, sched, onsets, self.duration_ms, total,
@@ -345,24 +349,16 @@ class Repetition:
 
 
 @dataclass(frozen=True)
-class Omission:
+class Omission(_ToneSequence):
     """A regular tone sequence in which a tone is occasionally left out: tone ``frequency``
     in every slot except omissions (probability ``p_omission``, never in the first
     ``lead_standards`` slots nor twice in a row). The cue still marks the omitted slot as
     due, so a circuit that learned the rhythm predicts a tone that does not come. Slot
     label ``kind``: 'standard' or 'omission'."""
 
-    n_channels: int = 32
     frequency: float = 10.0
     p_omission: float = 0.1
-    n_tones: int = 200
-    duration_ms: float = 50.0
-    soa_ms: float = 300.0
-    lead_ms: float = 50.0
     lead_standards: int = 10
-    seeds: Sequence[int] = (0,)
-    width: float = 1.5
-    amplitude: float = 1.0
 
     def build(self) -> Stimulus:
         """The :class:`Stimulus`, one block per seed; omitted slots have schedule ``-1``."""
@@ -375,7 +371,7 @@ class Omission:
             om = odd._deviant_slots(self.p_omission, int(s))
             rows.append(np.where(om, -1, 0))
             kinds.append(np.where(om, "omission", "standard"))
-        patterns = tone(self.frequency, self.n_channels, width=self.width, amplitude=self.amplitude)[None, :]
+        patterns = self._tones([self.frequency])
         return Stimulus(patterns, np.asarray(rows), onsets, self.duration_ms, total,
                         labels={"kind": np.asarray(kinds, dtype=object)},
                         conditions={"seed": np.asarray(self.seeds),

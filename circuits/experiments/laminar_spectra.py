@@ -76,8 +76,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Drive every trial, record continuously, and compute spectra and band ratios."""
     c, d = config.circuit, config.drive
     circ = c.build(ctx.device)
-    if d.measure_area not in circ.area_names[1:]:
-        raise ValueError(f"drive.measure_area {d.measure_area!r} is not a cortical area ({circ.area_names[1:]})")
+    c.check_area(d.measure_area, "drive.measure_area")
     pattern = tone(d.frequency, c.n_channels, width=d.width, amplitude=d.amplitude)[None, :]
     stim = Stimulus(pattern, np.zeros((d.trials, 1), np.int64), np.array([0.0]), d.trial_ms, d.trial_ms,
                     conditions={"trial_index": np.arange(d.trials)}, cue=False, noise_std=d.input_noise)

@@ -102,8 +102,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Simulate every block in one batched run, cut epochs and measure MMN, control and omission."""
     c, o = config.circuit, config.oddball
     circ = c.build(ctx.device)
-    if o.measure_area not in circ.area_names[1:]:
-        raise ValueError(f"oddball.measure_area {o.measure_area!r} is not a cortical area ({circ.area_names[1:]})")
+    c.check_area(o.measure_area, "oddball.measure_area")
     stim = build_stimulus(c, o)
     kind = stim.labels["kind"]
     nxt = np.concatenate([kind[:, 1:], np.full((stim.blocks, 1), "", dtype=object)], axis=1)

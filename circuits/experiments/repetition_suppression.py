@@ -71,8 +71,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Simulate every block at once, cut epochs per tone and measure responses per repetition."""
     c, r = config.circuit, config.repetition
     circ = c.build(ctx.device)
-    if r.measure_area not in circ.area_names[1:]:
-        raise ValueError(f"repetition.measure_area {r.measure_area!r} is not a cortical area ({circ.area_names[1:]})")
+    c.check_area(r.measure_area, "repetition.measure_area")
     if max(r.frequencies) >= c.n_channels:
         raise ValueError(f"tone at channel {max(r.frequencies)} is off the {c.n_channels}-channel map")
     stim = Repetition(n_channels=c.n_channels, frequencies=r.frequencies, n_repeats=r.n_repeats, n_trains=r.n_trains,

@@ -45,10 +45,20 @@ class CircuitSection:
                              tau_inh=self.tau_inh, interneurons=self.interneurons, deep_leak=self.deep_leak,
                              prior_rate=self.prior_rate, noise=self.noise)
 
+    @property
+    def area_names(self) -> list[str]:
+        """Area labels, bottom-up: 'input' (the sensory stage), then 'area1', 'area2', ..."""
+        return ["input"] + [f"area{a}" for a in range(1, self.areas)]
+
+    def check_area(self, name: str, key: str) -> str:
+        """``name`` if it is a cortical area of this circuit, else a ValueError naming ``key``."""
+        if name not in self.area_names[1:]:
+            raise ValueError(f"{key} {name!r} is not a cortical area of the circuit ({', '.join(self.area_names[1:])})")
+        return name
+
     def build(self, device: str = "cpu") -> LaminarCircuit:
         """The :class:`LaminarCircuit` (identity feedback weights, linear transfer) on ``device``."""
         n = self.n_channels
         precs = list(self.precisions) * (self.areas if len(self.precisions) == 1 else 1)
-        names = ["input"] + [f"area{a}" for a in range(1, self.areas)]
         return LaminarCircuit((n,) * self.areas, [np.eye(n)] * (self.areas - 1), activations="linear",
-                              precisions=precs, area_names=names, params=self.params(), device=device)
+                              precisions=precs, area_names=self.area_names, params=self.params(), device=device)
