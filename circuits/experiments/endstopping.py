@@ -1,0 +1,573 @@
+"""End-stopping from top-down predictions (Rao & Ballard 1999) in a laminar circuit.
+
+A two-level generative predictive-coding network learns natural image patches; the laminar
+circuit built from its weights is shown horizontal bars of increasing length, centred on
+the classical receptive field (CRF) of the middle level-1 module. The level-1 (V1) error
+populations of that module respond more as the bar grows inside the CRF and less once it
+extends beyond it: level 2 (V2) has learned that natural contours continue across
+neighbouring patches, so a long bar is predicted and a short one is not. With the
+feedback lesioned the same cells keep (almost) their full response.
+
+The architecture is Rao & Ballard's. Three level-1 modules each see a ``16 x 16`` patch,
+horizontally offset by 5 px, so together they tile a ``16 x 26`` image; each module's
+units predict only their own patch and level 2 predicts all level-1 responses. It is one
+generative :class:`~pcsim.network.PCNetwork` with sizes ``(n2, 3 n1, 16 * 26)``: the
+locality of level 1 is a mask on the level-1 -> image weights (overlapping columns receive
+the sum of the modules' predictions), re-applied after every optimiser step.
+
+Choices that make the phenomenon emerge, and why:
+
+- *Whitened images.* Both photographs of :func:`sklearn.datasets.load_sample_images` are
+  turned grey, filtered by a difference of Gaussians (centre-surround, like the retina and
+  LGN; Rao & Ballard 1999 did the same) and scaled to unit pixel variance. Bars go through
+  the same filter and scale, so the network sees them in the units it learned.
+- *Linear predictions, Gaussian priors.* With ``f`` linear the relaxed level-1 error is
+  ``Pi_1 eps_1 = C^{-1} r_1`` with ``C = I / Pi_1 + W_2^T W_2 / Pi_0`` the prior covariance
+  of the level-1 responses that level 2 has learned: the error neurons whiten the responses
+  by the learned statistics (Srinivasan et al. 1982), and a pattern along a direction of
+  large natural variance, such as a contour running through all three patches, is
+  suppressed. ``tanh`` is available but not needed.
+- *A bottleneck at level 2* (fewer level-2 units than level-1 responses) so that level 2
+  keeps only the dominant correlations between modules and cannot predict every pattern.
+- *Precisions.* ``Pi_image = 1`` and a small ``Pi_1 = 0.1`` make the level-1 responses
+  driven mainly by the image (the prior from level 2 only nudges them); ``Pi_0 = 0.03`` (a
+  weak prior on the level-2 causes) lets level 2 explain the responses it has learned.
+- *Normalised projective fields* (Olshausen & Field 1996). Learning with relaxed
+  (maximum-a-posteriori) causes lets weights grow without bound, the causes shrinking to
+  match; the rows of both weight matrices are therefore rescaled to unit norm after every
+  step, which fixes the scale of the causes and keeps the relaxation well conditioned.
+
+The response of a cell is its rate averaged over the last ``window_ms`` of the bar. The
+headline tuning curve is the *population* response of the middle module: the summed
+activity of all its error cells (``l23_pos`` and ``l23_neg`` of every unit), which needs no
+cell selection. The single-cell view picks, as physiologists do, the ``n_cells`` error cells
+that respond most to some bar inside the CRF and averages their responses. The suppression
+index is ``SI = (peak - response to the longest bar) / peak``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import xarray as xr
+
+from pcsim.config import ExperimentConfig
+from pcsim.inference import InferenceConfig
+from pcsim.network import PCNetwork
+from pcsim.optim import Adam
+from pcsim.registry import ExperimentResult, RunContext
+from pcsim.rules import StandardPC
+
+from ..laminar import CircuitParams, LaminarCircuit
+from ..measures import suppression_index
+from ..paradigms import Bars, Stimulus
+
+__all__ = [
+    "Config",
+    "run",
+    "plot",
+    "dog_filter",
+    "whitened_images",
+    "sample_patches",
+    "module_mask",
+    "constrain_",
+    "train_network",
+    "lesion_feedback",
+    "bar_stimulus",
+    "middle_module_responses",
+]
+
+Activation = Literal["linear", "tanh"]
+AREAS = ("LGN", "V1", "V2")
+ERROR_POPULATIONS = ("l23_pos", "l23_neg")
+
+
+# --------------------------------------------------------------------------- config
+@dataclass(frozen=True, kw_only=True)
+class ImagesSection:
+    """Pre-filtering of the natural images: a difference of Gaussians with standard
+    deviations ``center_sigma`` and ``surround_sigma`` (px); ``border`` px are cropped
+    from every side of the filtered photographs (filter edge effects) before patches are
+    drawn."""
+
+    center_sigma: float = field(default=1.0, metadata={"gt": 0})
+    surround_sigma: float = field(default=3.0, metadata={"gt": 0})
+    border: int = field(default=12, metadata={"ge": 0})
+
+    def __post_init__(self):
+        if self.surround_sigma <= self.center_sigma:
+            raise ValueError(f"surround_sigma ({self.surround_sigma}) must exceed center_sigma ({self.center_sigma})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkSection:
+    """The Rao-Ballard hierarchy: ``modules`` level-1 modules (odd, so that one is in the
+    middle) of ``module_units`` units, each predicting a ``patch x patch`` patch, patches
+    ``offset`` px apart horizontally; ``level2_units`` units at level 2. ``level2_activation``
+    and ``level1_activation``: ``f`` applied to each level when it predicts the one below.
+    Precisions (dimensionless): ``image_precision`` of the image error, ``level1_precision``
+    of the level-1 error (level 1 vs level 2's prediction), ``prior_precision`` of the
+    level-2 causes' Gaussian prior."""
+
+    patch: int = field(default=16, metadata={"ge": 2})
+    offset: int = field(default=5, metadata={"ge": 1})
+    modules: int = field(default=3, metadata={"ge": 3})
+    module_units: int = field(default=32, metadata={"ge": 1})
+    level2_units: int = field(default=64, metadata={"ge": 1})
+    level2_activation: Activation = "linear"
+    level1_activation: Activation = "linear"
+    image_precision: float = field(default=1.0, metadata={"gt": 0})
+    level1_precision: float = field(default=0.1, metadata={"gt": 0})
+    prior_precision: float = field(default=0.03, metadata={"gt": 0})
+
+    def __post_init__(self):
+        if self.modules % 2 == 0:
+            raise ValueError(f"modules must be odd (one module in the middle), got {self.modules}")
+        if self.offset >= self.patch:
+            raise ValueError(f"offset ({self.offset}) must be smaller than patch ({self.patch}): the patches must overlap")
+
+    @property
+    def height(self) -> int:
+        """Height of the image level 2 sees (px)."""
+        return self.patch
+
+    @property
+    def width(self) -> int:
+        """Width of the image level 2 sees (px): ``patch + (modules - 1) * offset``."""
+        return self.patch + (self.modules - 1) * self.offset
+
+    @property
+    def crf(self) -> tuple[int, int]:
+        """Columns ``[start, stop)`` of the middle module's patch, its classical receptive field."""
+        start = (self.modules // 2) * self.offset
+        return start, start + self.patch
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingSection:
+    """Standard PC (relax ``steps`` Euler steps of ``dt/tau``, then one local update) with
+    Adam at ``lr`` on ``batches`` batches of ``batch_size`` fresh random patches.
+    ``threads``: torch intra-op threads for the run (0 keeps torch's setting); the matrices
+    are small, and one thread avoids a synchronisation cost that makes a loaded 2-core
+    machine an order of magnitude slower."""
+
+    batches: int = field(default=1000, metadata={"ge": 1})
+    batch_size: int = field(default=100, metadata={"ge": 1})
+    lr: float = field(default=2e-3, metadata={"gt": 0})
+    steps: int = field(default=30, metadata={"ge": 1})
+    dt: float = field(default=1.5, metadata={"gt": 0})
+    tau: float = field(default=5.0, metadata={"gt": 0})
+    threads: int = field(default=1, metadata={"ge": 0})
+
+
+@dataclass(frozen=True, kw_only=True)
+class BarsSection:
+    """Horizontal bars of ``lengths`` px and ``thickness`` px centred on the middle module,
+    at ``contrast`` (fraction of the grey range above the mean-luminance background), on at
+    ``onset_ms`` for ``duration_ms``; a cell's response is its mean rate over the last
+    ``window_ms`` of the bar."""
+
+    lengths: tuple[int, ...] = field(default=(2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 26),
+                                     metadata={"ge": 1, "nonempty": True})
+    thickness: int = field(default=2, metadata={"ge": 1})
+    contrast: float = field(default=0.5, metadata={"gt": 0})
+    onset_ms: float = field(default=50.0, metadata={"ge": 0})
+    duration_ms: float = field(default=800.0, metadata={"gt": 0})
+    window_ms: float = field(default=200.0, metadata={"gt": 0})
+
+    def __post_init__(self):
+        if list(self.lengths) != sorted(set(self.lengths)) or len(self.lengths) < 2:
+            raise ValueError(f"lengths must be at least two strictly increasing values, got {list(self.lengths)}")
+        if self.window_ms > self.duration_ms:
+            raise ValueError(f"window_ms ({self.window_ms}) must not exceed duration_ms ({self.duration_ms})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CircuitSection:
+    """Time constants (ms) of the laminar circuit and its Euler step ``dt``; rates are
+    recorded every ``record_every_ms``."""
+
+    dt: float = field(default=0.5, metadata={"gt": 0})
+    tau_l4: float = field(default=5.0, metadata={"gt": 0})
+    tau_error: float = field(default=5.0, metadata={"gt": 0})
+    tau_deep: float = field(default=20.0, metadata={"gt": 0})
+    record_every_ms: float = field(default=5.0, metadata={"gt": 0})
+
+    def params(self) -> CircuitParams:
+        """The :class:`~circuits.laminar.CircuitParams` (no noise, no leak, fixed prior)."""
+        return CircuitParams(dt=self.dt, tau_l4=self.tau_l4, tau_error=self.tau_error, tau_deep=self.tau_deep)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeasureSection:
+    """``n_cells``: error cells (unit and sign) of the middle module kept for the
+    single-cell tuning curve, those with the largest response to a bar inside the CRF."""
+
+    n_cells: int = field(default=16, metadata={"ge": 1})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(ExperimentConfig):
+    """The ``endstopping`` experiment."""
+
+    images: ImagesSection = field(default_factory=ImagesSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    bars: BarsSection = field(default_factory=BarsSection)
+    circuit: CircuitSection = field(default_factory=CircuitSection)
+    measure: MeasureSection = field(default_factory=MeasureSection)
+
+    def __post_init__(self):
+        w = self.network.width
+        if max(self.bars.lengths) > w:
+            raise ValueError(f"bars.lengths reach {max(self.bars.lengths)} px but the image is {w} px wide")
+        if self.bars.thickness > self.network.height:
+            raise ValueError(f"bars.thickness ({self.bars.thickness}) exceeds the image height ({self.network.height})")
+        if not any(l <= self.network.patch for l in self.bars.lengths):
+            raise ValueError(f"bars.lengths must include a bar inside the CRF (<= patch = {self.network.patch} px)")
+        if self.measure.n_cells > 2 * self.network.module_units:
+            raise ValueError(f"measure.n_cells ({self.measure.n_cells}) exceeds the middle module's "
+                             f"{2 * self.network.module_units} error cells")
+
+
+# --------------------------------------------------------------------------- images
+def dog_filter(image: np.ndarray, center_sigma: float, surround_sigma: float) -> np.ndarray:
+    """Difference-of-Gaussians (centre-surround) filtering of ``image`` ``(H, W)``: the
+    image blurred with standard deviation ``center_sigma`` minus the image blurred with
+    ``surround_sigma`` (px), outside the image taken as 0 (the mean luminance). Returns an
+    ``(H, W)`` float64 array in the image's units."""
+    from scipy.ndimage import gaussian_filter
+
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"dog_filter needs a 2-D image, got shape {img.shape}")
+    return gaussian_filter(img, center_sigma, mode="constant") - gaussian_filter(img, surround_sigma, mode="constant")
+
+
+def whitened_images(center_sigma: float = 1.0, surround_sigma: float = 3.0, border: int = 12) -> tuple[list[np.ndarray], float]:
+    """The two photographs shipped with scikit-learn (china, flower), pre-filtered as Rao &
+    Ballard (1999) did: grey levels in [0, 1] (ITU-R 601 luma), :func:`dog_filter`, ``border``
+    px cropped from every side, then divided by one common scale so that the pixels of
+    both images together have unit variance. Returns ``(images, scale)``: a list of two
+    ``(H, W)`` float64 arrays (dimensionless) and the scale (grey-level units per unit),
+    by which any stimulus filtered the same way must also be divided."""
+    from sklearn.datasets import load_sample_images
+
+    luma = np.array([0.299, 0.587, 0.114])
+    filtered = []
+    for rgb in load_sample_images().images:
+        grey = rgb.astype(np.float64) @ luma / 255.0
+        f = dog_filter(grey, center_sigma, surround_sigma)
+        if border:
+            f = f[border:-border, border:-border]
+        filtered.append(f)
+    scale = float(np.sqrt(np.mean(np.concatenate([f.ravel() for f in filtered]) ** 2)))
+    return [f / scale for f in filtered], scale
+
+
+def sample_patches(images: list[np.ndarray], n: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` patches ``height x width`` cut at uniformly random positions from ``images``
+    (each image equally likely), flattened row-major: ``(n, height * width)`` float32."""
+    if n < 1:
+        raise ValueError(f"need n >= 1 patches, got {n}")
+    for k, img in enumerate(images):
+        if img.shape[0] < height or img.shape[1] < width:
+            raise ValueError(f"image {k} ({img.shape}) is smaller than a {height}x{width} patch")
+    which = rng.integers(0, len(images), n)
+    out = np.empty((n, height, width), dtype=np.float32)
+    for i, k in enumerate(which):
+        img = images[k]
+        r = rng.integers(0, img.shape[0] - height + 1)
+        c = rng.integers(0, img.shape[1] - width + 1)
+        out[i] = img[r:r + height, c:c + width]
+    return out.reshape(n, -1)
+
+
+# --------------------------------------------------------------------------- network
+def module_mask(module_units: int, modules: int = 3, patch: int = 16, offset: int = 5) -> torch.Tensor:
+    """Which level-1 -> image weights exist: ``(modules * module_units, patch * width)`` bool
+    with ``width = patch + (modules - 1) * offset``; row ``m * module_units + u`` (unit ``u``
+    of module ``m``) is True exactly on the pixels of module ``m``'s patch, columns
+    ``[m * offset, m * offset + patch)`` of the row-major flattened image."""
+    width = patch + (modules - 1) * offset
+    mask = torch.zeros(modules, module_units, patch, width, dtype=torch.bool)
+    for m in range(modules):
+        mask[m, :, :, m * offset:m * offset + patch] = True
+    return mask.reshape(modules * module_units, patch * width)
+
+
+def constrain_(net: PCNetwork, mask: torch.Tensor) -> None:
+    """Project ``net`` (sizes ``(n2, n1, n_pixels)``) back onto its constraints, in place:
+    level-1 -> image weights outside each module's patch are set to exactly 0 (``mask``
+    ``(n1, n_pixels)`` bool), and every row of both weight matrices (a unit's projective
+    field, ``(E, n_{l-1}, n_l)`` rows) is rescaled to unit Euclidean norm."""
+    W2, W1 = net.weights
+    W1.mul_(mask.to(W1.device, W1.dtype))
+    for W in (W2, W1):
+        W.div_(W.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
+def train_network(net_cfg: NetworkSection, train_cfg: TrainingSection, images: list[np.ndarray], seed: int,
+                  *, device: str = "cpu", progress: bool = False) -> tuple[PCNetwork, np.ndarray]:
+    """Build and train the Rao-Ballard hierarchy on natural ``images`` (whitened ``(H, W)``).
+
+    The network is a generative :class:`PCNetwork` with sizes ``(n2, modules * n1,
+    patch * width)`` and the activations and precisions of ``net_cfg``, initialised with
+    ``seed``, level-1 weights masked by :func:`module_mask`. Each of ``train_cfg.batches``
+    steps draws a fresh batch of patches (``numpy`` generator seeded with ``seed``), relaxes
+    and applies the local update of :class:`~pcsim.rules.StandardPC` with
+    :class:`~pcsim.optim.Adam`, then :func:`constrain_`. Returns the trained network and the
+    per-layer energy at the relaxed state, ``(batches, 3)`` (prior, level 1, image; mean
+    over the batch, dimensionless).
+    """
+    from tqdm.auto import tqdm
+
+    n1 = net_cfg.modules * net_cfg.module_units
+    net = PCNetwork.init(
+        (net_cfg.level2_units, n1, net_cfg.height * net_cfg.width), (net_cfg.level2_activation, net_cfg.level1_activation),
+        mode="generative", seed=seed, precision=(net_cfg.level1_precision, net_cfg.image_precision),
+        prior_precision=net_cfg.prior_precision, device=device)
+    mask = module_mask(net_cfg.module_units, net_cfg.modules, net_cfg.patch, net_cfg.offset).to(device)
+    constrain_(net, mask)
+    rule = StandardPC(InferenceConfig(steps=train_cfg.steps, dt=train_cfg.dt, tau=train_cfg.tau))
+    opt = Adam(train_cfg.lr)
+    rng = np.random.default_rng(seed)
+    history = np.empty((train_cfg.batches, 3))
+    for i in tqdm(range(train_cfg.batches), desc="training", disable=not progress, leave=False, mininterval=0.5):
+        x = torch.as_tensor(sample_patches(images, train_cfg.batch_size, net_cfg.height, net_cfg.width, rng), device=device)
+        relaxation = rule.step(net, opt, data=x)
+        constrain_(net, mask)
+        history[i] = relaxation.energy.mean((0, 1)).cpu().numpy()
+    return net, history
+
+
+def lesion_feedback(net: PCNetwork) -> PCNetwork:
+    """A copy of the two-level ``net`` whose level 2 predicts nothing: the level-2 ->
+    level-1 weights ``(E, n2, n1)`` and biases are zeroed, so the level-1 error is the
+    level-1 response itself (times its precision), with no top-down prediction subtracted."""
+    out = net.clone()
+    out.weights[0].zero_()
+    out.biases[0].zero_()
+    return out
+
+
+# --------------------------------------------------------------------------- stimuli and measures
+def bar_stimulus(net_cfg: NetworkSection, bars_cfg: BarsSection, images_cfg: ImagesSection, scale: float) -> tuple[Stimulus, np.ndarray]:
+    """Horizontal bars of every length centred on the middle module, as the network sees
+    them: :class:`~circuits.paradigms.Bars` images ``(lengths, height, width)`` (contrast in
+    grey levels) passed through the training images' :func:`dog_filter` and divided by their
+    ``scale``. Returns the :class:`Stimulus` (one block per length, patterns ``(lengths,
+    height * width)``) and the raw bar images ``(lengths, height, width)``."""
+    bars = Bars(height=net_cfg.height, width=net_cfg.width, lengths=tuple(bars_cfg.lengths), thickness=bars_cfg.thickness,
+                contrast=bars_cfg.contrast, onset_ms=bars_cfg.onset_ms, duration_ms=bars_cfg.duration_ms)
+    raw = bars.images()
+    h, w = net_cfg.height, net_cfg.width
+
+    def prefilter(patterns: np.ndarray) -> np.ndarray:
+        imgs = patterns.reshape(-1, h, w)
+        return np.stack([dog_filter(im, images_cfg.center_sigma, images_cfg.surround_sigma) for im in imgs]).reshape(
+            len(imgs), -1) / scale
+
+    return bars.build().map_patterns(prefilter), raw
+
+
+def middle_module_responses(circuit: LaminarCircuit, stimulus: Stimulus, net_cfg: NetworkSection,
+                            bars_cfg: BarsSection, record_every_ms: float, *, progress: bool = False) -> xr.DataArray:
+    """Run ``circuit`` on the bar ``stimulus`` and return the V1 error rates of the middle
+    module: ``(length, time, population, unit)`` with population ``l23_pos``/``l23_neg``,
+    ``unit`` the module's ``module_units`` units, ``time`` in ms from block start (rate
+    units)."""
+    ds = circuit.run(stimulus, record_every_ms=record_every_ms, progress=progress, record_stimulus=False)
+    n1 = net_cfg.module_units
+    start = (net_cfg.modules // 2) * n1
+    rate = ds.rate.sel(area="V1", population=list(ERROR_POPULATIONS)).isel(unit=slice(start, start + n1))
+    rate = rate.drop_vars([c for c in rate.coords if c not in ("time", "population")])
+    return rate.rename(trial="length").assign_coords(length=("length", np.asarray(bars_cfg.lengths), {"units": "px"}),
+                                                      unit=np.arange(n1))
+
+
+# --------------------------------------------------------------------------- experiment
+def run(config: Config, ctx: RunContext) -> ExperimentResult:
+    """Train the hierarchy, build the intact and the feedback-lesioned circuit, show both
+    the bars, and measure the middle module's V1 error responses against bar length.
+
+    The Dataset holds ``error_rate`` (feedback, length, time, population, unit), the
+    windowed ``response`` (feedback, length, population, unit), the population tuning
+    ``tuning`` and the single-cell tuning ``tuning_cells`` (feedback, length), the
+    ``selected`` cells (population, unit), the learned level-1 ``receptive_field`` (module,
+    module_unit, row, col), the stimuli ``bar`` and ``bar_filtered`` (length, row, col) and
+    the ``training_energy`` (batch, layer). The summary reports both suppression indices
+    with and without feedback.
+    """
+    with _threads(config.training.threads):
+        return _run(config, ctx)
+
+
+@contextmanager
+def _threads(n: int):
+    """Run the block with ``n`` torch intra-op threads (0: unchanged), restoring the setting after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(config: Config, ctx: RunContext) -> ExperimentResult:
+    nc, bc, cc = config.network, config.bars, config.circuit
+    images, scale = whitened_images(config.images.center_sigma, config.images.surround_sigma, config.images.border)
+    net, history = train_network(nc, config.training, images, config.seed, device=ctx.device, progress=ctx.progress)
+    stimulus, raw = bar_stimulus(nc, bc, config.images, scale)
+    params = cc.params()
+    rates = []
+    for label, n in (("intact", net), ("lesioned", lesion_feedback(net))):
+        circuit = LaminarCircuit.from_network(n, area_names=AREAS, params=params)
+        rates.append(middle_module_responses(circuit, stimulus, nc, bc, cc.record_every_ms, progress=ctx.progress))
+    error_rate = xr.concat(rates, dim="feedback").assign_coords(feedback=["intact", "lesioned"])
+    stop = bc.onset_ms + bc.duration_ms
+    in_window = (error_rate.time >= stop - bc.window_ms) & (error_rate.time < stop)
+    response = error_rate.where(in_window, drop=True).mean("time")
+
+    lengths = np.asarray(bc.lengths)
+    inside = lengths <= nc.patch
+    tuning = response.sum(("population", "unit"))
+    # single cells: those with the largest response to some bar inside the CRF (intact circuit)
+    intact = response.sel(feedback="intact").stack(cell=("population", "unit"))
+    best = intact.isel(length=np.flatnonzero(inside)).max("length").values
+    chosen = np.argsort(-best, kind="stable")[:config.measure.n_cells]
+    selected = np.zeros(best.shape, bool)
+    selected[chosen] = True
+    selected = xr.DataArray(selected.reshape(2, nc.module_units), dims=("population", "unit"),
+                            coords={"population": list(ERROR_POPULATIONS), "unit": np.arange(nc.module_units)})
+    tuning_cells = response.where(selected).sum(("population", "unit")) / config.measure.n_cells
+
+    h, w = nc.height, nc.width
+    W1 = net.weights[1][0].cpu().numpy().reshape(nc.modules, nc.module_units, h, w)
+    ds = xr.Dataset(
+        {
+            "error_rate": (error_rate.dims, error_rate.values.astype(np.float32),
+                           {"units": "rate units", "long_name": "V1 error rate, middle module"}),
+            "response": (response.dims, response.values,
+                         {"units": "rate units", "long_name": f"mean error rate over the last {bc.window_ms:g} ms of the bar"}),
+            "tuning": (tuning.dims, tuning.values,
+                       {"units": "rate units", "long_name": "summed error activity of the middle module"}),
+            "tuning_cells": (tuning_cells.dims, tuning_cells.values,
+                             {"units": "rate units", "long_name": f"mean response of the {config.measure.n_cells} selected cells"}),
+            "selected": (selected.dims, selected.values, {"long_name": "cells kept for tuning_cells"}),
+            "receptive_field": (("module", "module_unit", "row", "col"), W1,
+                                {"long_name": "level-1 projective fields (level-1 -> image weights)"}),
+            "bar": (("length", "row", "col"), raw, {"units": "grey level (fraction of range)", "long_name": "bar image"}),
+            "bar_filtered": (("length", "row", "col"), stimulus.patterns.reshape(len(lengths), h, w),
+                             {"long_name": "bar after DoG pre-filtering, as the network sees it"}),
+            "training_energy": (("batch", "layer"), history, {"long_name": "energy at the relaxed state, batch mean"}),
+        },
+        coords={
+            "feedback": ("feedback", ["intact", "lesioned"]),
+            "length": ("length", lengths, {"units": "px", "long_name": "bar length"}),
+            "time": ("time", error_rate.time.values, {"units": "ms", "long_name": "time from block start"}),
+            "population": ("population", list(ERROR_POPULATIONS)),
+            "unit": ("unit", np.arange(nc.module_units)),
+            "module": ("module", np.arange(nc.modules)),
+            "module_unit": ("module_unit", np.arange(nc.module_units)),
+            "row": ("row", np.arange(h), {"units": "px"}),
+            "col": ("col", np.arange(w), {"units": "px"}),
+            "batch": ("batch", np.arange(config.training.batches)),
+            "layer": ("layer", ["prior", "level1", "image"]),
+        },
+        attrs={
+            "crf_start_col": nc.crf[0], "crf_stop_col": nc.crf[1], "patch": nc.patch, "offset": nc.offset,
+            "modules": nc.modules, "bar_onset_ms": bc.onset_ms, "bar_duration_ms": bc.duration_ms,
+            "window_ms": bc.window_ms, "prefilter_scale": scale,
+        },
+    )
+    si = {f: suppression_index(tuning.sel(feedback=f).values) for f in ("intact", "lesioned")}
+    si_cells = {f: suppression_index(tuning_cells.sel(feedback=f).values) for f in ("intact", "lesioned")}
+    summary = {
+        "suppression_index": si["intact"],
+        "suppression_index_lesioned": si["lesioned"],
+        "suppression_index_cells": si_cells["intact"],
+        "suppression_index_cells_lesioned": si_cells["lesioned"],
+        "peak_length_px": int(lengths[int(np.argmax(tuning.sel(feedback="intact").values))]),
+        "crf_px": nc.patch,
+        "final_energy": {"prior": history[-1, 0], "level1": history[-1, 1], "image": history[-1, 2]},
+    }
+    return ExperimentResult(ds, summary)
+
+
+def plot(results: xr.Dataset) -> dict:
+    """Figures from the saved Dataset: ``endstopping`` (the CRF and the bars; population
+    and single-cell tuning against bar length with and without feedback; time courses of
+    the population error for a short, the optimal and the longest bar) and
+    ``receptive_fields`` (the learned level-1 projective fields of the middle module)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    lengths = results.length.values
+    c0, c1 = int(results.attrs["crf_start_col"]), int(results.attrs["crf_stop_col"])
+    fig, ax = plt.subplots(1, 4, figsize=(15, 3.4), gridspec_kw={"width_ratios": [1.2, 1, 1, 1]})
+    # the CRF and the bars: the longest bar, the other bars' extents as ticks
+    bar = results.bar_filtered.isel(length=-1).values
+    lim = float(np.abs(results.bar_filtered).max())
+    ax[0].imshow(bar, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax[0].add_patch(Rectangle((c0 - 0.5, -0.5), c1 - c0, results.sizes["row"], fill=False, ec="k", lw=2, label="CRF (middle module)"))
+    patch, offset = int(results.attrs["patch"]), int(results.attrs["offset"])
+    for m in range(int(results.attrs["modules"])):
+        if m * offset != c0:
+            ax[0].add_patch(Rectangle((m * offset - 0.5, -0.4 + 0.3 * m), patch, results.sizes["row"] - 0.2, fill=False,
+                                      ec="0.5", lw=1, ls="--"))
+    center = (results.sizes["col"] - 1) / 2
+    for k, l in enumerate(lengths):
+        ax[0].plot([center - l / 2, center + l / 2], [results.sizes["row"] + 0.8 + 0.5 * k] * 2, color="C1", lw=1.5)
+    ax[0].set(title="longest bar (filtered), CRF (black)\nand patches of the neighbours (grey)", xticks=[], yticks=[],
+              ylim=(results.sizes["row"] + 1 + 0.5 * len(lengths), -1))
+
+    styles = {"intact": ("C0", "-", "with feedback"), "lesioned": ("C3", "--", "feedback lesioned")}
+    for j, (var, title) in enumerate((("tuning", "population (all error cells)"),
+                                      ("tuning_cells", f"{int(results.selected.sum())} selected cells"))):
+        a = ax[1 + j]
+        for f in results.feedback.values:
+            col, ls, lab = styles[str(f)]
+            y = results[var].sel(feedback=f).values
+            peak = y.max()
+            si = (peak - y[-1]) / peak if peak > 0 else np.nan
+            a.plot(lengths, y / peak if peak > 0 else y, ls, color=col, marker="o", ms=3, label=f"{lab} (SI {si:.2f})")
+        a.axvspan(0, c1 - c0, color="0.9", zorder=0)
+        a.set(xlabel="bar length (px)", ylabel="response / peak", title=f"V1 error, middle module:\n{title}", ylim=(0, 1.08))
+        a.legend(fontsize=8, loc="lower right")
+
+    pop = results.error_rate.sum(("population", "unit"))
+    peak_len = lengths[int(np.argmax(results.tuning.sel(feedback="intact").values))]
+    for l, col in ((lengths[0], "0.6"), (peak_len, "C0"), (lengths[-1], "k")):
+        for f in results.feedback.values:
+            ax[3].plot(results.time, pop.sel(feedback=f, length=l), styles[str(f)][1], color=col, lw=1.2,
+                       label=f"{l} px, {styles[str(f)][2]}")
+    ax[3].axvspan(results.attrs["bar_onset_ms"] + results.attrs["bar_duration_ms"] - results.attrs["window_ms"],
+                  results.attrs["bar_onset_ms"] + results.attrs["bar_duration_ms"], color="0.9", zorder=0)
+    ax[3].set(xlabel="time (ms)", ylabel="summed error rate", title="population error over time\n(shaded: response window)")
+    ax[3].legend(fontsize=7)
+    fig.tight_layout()
+    figs = {"endstopping": fig}
+
+    rf = results.receptive_field.isel(module=int(results.attrs["modules"]) // 2).values[..., c0:c1]
+    n = rf.shape[0]
+    cols = min(8, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows), squeeze=False)
+    for k, a in enumerate(axes.ravel()):
+        a.set_axis_off()
+        if k < n:
+            v = np.abs(rf[k]).max() or 1.0
+            a.imshow(rf[k], cmap="gray", vmin=-v, vmax=v)
+    fig.suptitle("learned level-1 projective fields, middle module")
+    fig.tight_layout()
+    figs["receptive_fields"] = fig
+    return figs
