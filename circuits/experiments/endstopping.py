@@ -23,26 +23,40 @@ Choices that make the phenomenon emerge, and why:
   the same filter and scale, so the network sees them in the units it learned.
 - *Linear predictions, Gaussian priors.* With ``f`` linear the relaxed level-1 error is
   ``Pi_1 eps_1 = C^{-1} r_1`` with ``C = I / Pi_1 + W_2^T W_2 / Pi_0`` the prior covariance
-  of the level-1 responses that level 2 has learned: the error neurons whiten the responses
-  by the learned statistics (Srinivasan et al. 1982), and a pattern along a direction of
-  large natural variance, such as a contour running through all three patches, is
-  suppressed. ``tanh`` is available but not needed.
-- *A bottleneck at level 2* (fewer level-2 units than level-1 responses) so that level 2
-  keeps only the dominant correlations between modules and cannot predict every pattern.
-- *Precisions.* ``Pi_image = 1`` and a small ``Pi_1 = 0.1`` make the level-1 responses
-  driven mainly by the image (the prior from level 2 only nudges them); ``Pi_0 = 0.03`` (a
-  weak prior on the level-2 causes) lets level 2 explain the responses it has learned.
+  of the level-1 responses that level 2 has learned: the error cells whiten the responses
+  by the learned statistics (Srinivasan et al. 1982). A bar running through all three
+  patches evokes responses along a direction of large natural variance (contours
+  continue), which is predicted and suppressed; a short bar in the middle patch evokes a
+  pattern that natural images rarely produce, which is not. ``tanh`` is available but not
+  needed. With Gaussian priors the level-1 fields are distributed (PCA-like), not the
+  localised ones of Rao & Ballard's sparse prior; the suppression does not depend on it.
+- *A bottleneck at level 2* (64 level-2 units for 96 level-1 responses) so that level 2
+  keeps the dominant correlations between modules rather than every pattern.
+- *Precisions.* ``Pi_image = 1`` and a small ``Pi_1 = 0.1`` let the image drive the
+  level-1 responses (the prior from level 2 only nudges them); ``Pi_0 = 0.03`` (a weak
+  prior on the level-2 causes) lets level 2 explain the responses it has learned.
 - *Normalised projective fields* (Olshausen & Field 1996). Learning with relaxed
   (maximum-a-posteriori) causes lets weights grow without bound, the causes shrinking to
-  match; the rows of both weight matrices are therefore rescaled to unit norm after every
-  step, which fixes the scale of the causes and keeps the relaxation well conditioned.
+  match; the rows of both weight matrices are rescaled to unit norm after every step (with
+  the mask, a projection onto the constraints), which fixes the scale of the causes and
+  keeps relaxation and circuit well conditioned.
+- *Short relaxations while learning* (30 steps of 0.3, as usual in PC training): the
+  slowest, least-constrained directions are not run to their fixed point. Longer
+  relaxations (60 steps of 0.2) learn the same and end-stop slightly less (SI ~0.34
+  instead of ~0.37 over seeds), at twice the cost.
 
-The response of a cell is its rate averaged over the last ``window_ms`` of the bar. The
-headline tuning curve is the *population* response of the middle module: the summed
-activity of all its error cells (``l23_pos`` and ``l23_neg`` of every unit), which needs no
-cell selection. The single-cell view picks, as physiologists do, the ``n_cells`` error cells
-that respond most to some bar inside the CRF and averages their responses. The suppression
-index is ``SI = (peak - response to the longest bar) / peak``.
+With the shared (summed) prediction of the overlapping columns, modules also compete to
+explain the pixels they share, so even the lesioned circuit suppresses long bars a
+little (SI ~0.1): the feedback lesion is the control that separates the two.
+
+The response of a cell is its sustained rate, averaged over the last ``window_ms`` of the
+bar (the circuit is then at the network's relaxed fixed point, which is computed with
+:func:`pcsim.inference.relax` and saved beside it as a check). The headline tuning curve is
+the *population* response of the middle module: the summed activity of all its error cells
+(``l23_pos`` and ``l23_neg`` of every unit), which needs no cell selection. The single-cell
+view picks, as physiologists do, the ``n_cells`` error cells that respond most to some bar
+inside the CRF in the intact circuit and averages their responses, with and without
+feedback. The suppression index is ``SI = (peak - response to the longest bar) / peak``.
 """
 
 from __future__ import annotations
@@ -56,7 +70,7 @@ import torch
 import xarray as xr
 
 from pcsim.config import ExperimentConfig
-from pcsim.inference import InferenceConfig
+from pcsim.inference import InferenceConfig, init_state, relax
 from pcsim.network import PCNetwork
 from pcsim.optim import Adam
 from pcsim.registry import ExperimentResult, RunContext
@@ -79,6 +93,7 @@ __all__ = [
     "lesion_feedback",
     "bar_stimulus",
     "middle_module_responses",
+    "equilibrium_responses",
 ]
 
 Activation = Literal["linear", "tanh"]
@@ -205,9 +220,13 @@ class CircuitSection:
 @dataclass(frozen=True, kw_only=True)
 class MeasureSection:
     """``n_cells``: error cells (unit and sign) of the middle module kept for the
-    single-cell tuning curve, those with the largest response to a bar inside the CRF."""
+    single-cell tuning curve, those with the largest response to a bar inside the CRF.
+    ``equilibrium_steps``: Euler steps (of the training step size) of pcsim's own
+    relaxation on the bars, whose fixed point the circuit's sustained response is checked
+    against."""
 
     n_cells: int = field(default=16, metadata={"ge": 1})
+    equilibrium_steps: int = field(default=5000, metadata={"ge": 1})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -390,18 +409,34 @@ def middle_module_responses(circuit: LaminarCircuit, stimulus: Stimulus, net_cfg
                                                       unit=np.arange(n1))
 
 
+def equilibrium_responses(net: PCNetwork, stimulus: Stimulus, net_cfg: NetworkSection,
+                          inference: InferenceConfig) -> np.ndarray:
+    """The middle module's level-1 errors at the relaxed fixed point of ``net`` itself
+    (:func:`pcsim.inference.relax` with the bar images clamped at the data layer):
+    ``(lengths, 2, module_units)``, the rectified positive and negative parts of the
+    precision-weighted error ``Pi_1 (x_1 - mu_1)``, the steady state that the circuit's
+    ``l23_pos``/``l23_neg`` populations approach (rate units)."""
+    x = torch.as_tensor(stimulus.patterns, dtype=net.dtype, device=net.device)
+    relaxed = relax(net, init_state(net, data=x), inference)
+    n1 = net_cfg.module_units
+    start = (net_cfg.modules // 2) * n1
+    err = relaxed.peps[1][0, :, start:start + n1].cpu().numpy()
+    return np.stack([np.maximum(err, 0), np.maximum(-err, 0)], axis=1)
+
+
 # --------------------------------------------------------------------------- experiment
 def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Train the hierarchy, build the intact and the feedback-lesioned circuit, show both
     the bars, and measure the middle module's V1 error responses against bar length.
 
-    The Dataset holds ``error_rate`` (feedback, length, time, population, unit), the
-    windowed ``response`` (feedback, length, population, unit), the population tuning
-    ``tuning`` and the single-cell tuning ``tuning_cells`` (feedback, length), the
-    ``selected`` cells (population, unit), the learned level-1 ``receptive_field`` (module,
-    module_unit, row, col), the stimuli ``bar`` and ``bar_filtered`` (length, row, col) and
-    the ``training_energy`` (batch, layer). The summary reports both suppression indices
-    with and without feedback.
+    The Dataset holds ``error_rate`` (feedback, length, time, population, unit; rate units,
+    time in ms), the windowed ``response`` (feedback, length, population, unit), the
+    population tuning ``tuning`` and the single-cell tuning ``tuning_cells`` (feedback,
+    length), the ``selected`` cells (population, unit), the network's own fixed point
+    ``equilibrium_response`` / ``equilibrium_tuning``, the learned level-1
+    ``receptive_field`` (module, module_unit, row, col), the stimuli ``bar`` and
+    ``bar_filtered`` (length, row, col; length in px) and the ``training_energy`` (batch,
+    layer). The summary reports the suppression indices with and without feedback.
     """
     with _threads(config.training.threads):
         return _run(config, ctx)
@@ -425,10 +460,13 @@ def _run(config: Config, ctx: RunContext) -> ExperimentResult:
     net, history = train_network(nc, config.training, images, config.seed, device=ctx.device, progress=ctx.progress)
     stimulus, raw = bar_stimulus(nc, bc, config.images, scale)
     params = cc.params()
-    rates = []
-    for label, n in (("intact", net), ("lesioned", lesion_feedback(net))):
+    relaxation = InferenceConfig(steps=config.measure.equilibrium_steps, dt=config.training.dt, tau=config.training.tau)
+    rates, fixed_points = [], []
+    for n in (net, lesion_feedback(net)):
         circuit = LaminarCircuit.from_network(n, area_names=AREAS, params=params)
         rates.append(middle_module_responses(circuit, stimulus, nc, bc, cc.record_every_ms, progress=ctx.progress))
+        fixed_points.append(equilibrium_responses(n, stimulus, nc, relaxation))
+    equilibrium = xr.DataArray(np.stack(fixed_points), dims=("feedback", "length", "population", "unit"))
     error_rate = xr.concat(rates, dim="feedback").assign_coords(feedback=["intact", "lesioned"])
     stop = bc.onset_ms + bc.duration_ms
     in_window = (error_rate.time >= stop - bc.window_ms) & (error_rate.time < stop)
@@ -460,6 +498,10 @@ def _run(config: Config, ctx: RunContext) -> ExperimentResult:
             "tuning_cells": (tuning_cells.dims, tuning_cells.values,
                              {"units": "rate units", "long_name": f"mean response of the {config.measure.n_cells} selected cells"}),
             "selected": (selected.dims, selected.values, {"long_name": "cells kept for tuning_cells"}),
+            "equilibrium_response": (equilibrium.dims, equilibrium.values,
+                                     {"units": "rate units", "long_name": "rectified level-1 errors at the network's relaxed fixed point"}),
+            "equilibrium_tuning": (("feedback", "length"), equilibrium.sum(("population", "unit")).values,
+                                   {"units": "rate units", "long_name": "summed level-1 error of the middle module at the fixed point"}),
             "receptive_field": (("module", "module_unit", "row", "col"), W1,
                                 {"long_name": "level-1 projective fields (level-1 -> image weights)"}),
             "bar": (("length", "row", "col"), raw, {"units": "grey level (fraction of range)", "long_name": "bar image"}),
@@ -472,8 +514,8 @@ def _run(config: Config, ctx: RunContext) -> ExperimentResult:
             "length": ("length", lengths, {"units": "px", "long_name": "bar length"}),
             "time": ("time", error_rate.time.values, {"units": "ms", "long_name": "time from block start"}),
             "population": ("population", list(ERROR_POPULATIONS)),
-            "unit": ("unit", np.arange(nc.module_units)),
-            "module": ("module", np.arange(nc.modules)),
+            "unit": ("unit", np.arange(nc.module_units), {"long_name": "unit of the middle level-1 module"}),
+            "module": ("module", np.arange(nc.modules), {"long_name": "level-1 module, left to right"}),
             "module_unit": ("module_unit", np.arange(nc.module_units)),
             "row": ("row", np.arange(h), {"units": "px"}),
             "col": ("col", np.arange(w), {"units": "px"}),
@@ -493,6 +535,8 @@ def _run(config: Config, ctx: RunContext) -> ExperimentResult:
         "suppression_index_lesioned": si["lesioned"],
         "suppression_index_cells": si_cells["intact"],
         "suppression_index_cells_lesioned": si_cells["lesioned"],
+        "suppression_index_equilibrium": suppression_index(ds.equilibrium_tuning.sel(feedback="intact").values),
+        "suppression_index_equilibrium_lesioned": suppression_index(ds.equilibrium_tuning.sel(feedback="lesioned").values),
         "peak_length_px": int(lengths[int(np.argmax(tuning.sel(feedback="intact").values))]),
         "crf_px": nc.patch,
         "final_energy": {"prior": history[-1, 0], "level1": history[-1, 1], "image": history[-1, 2]},
@@ -540,6 +584,10 @@ def plot(results: xr.Dataset) -> dict:
             peak = y.max()
             si = (peak - y[-1]) / peak if peak > 0 else np.nan
             a.plot(lengths, y / peak if peak > 0 else y, ls, color=col, marker="o", ms=3, label=f"{lab} (SI {si:.2f})")
+            if var == "tuning" and "equilibrium_tuning" in results:
+                eq = results.equilibrium_tuning.sel(feedback=f).values
+                a.plot(lengths, eq / peak if peak > 0 else eq, "x", color="k", ms=4,
+                       label="relaxed network (fixed point)" if f == "intact" else None)
         a.axvspan(0, c1 - c0, color="0.9", zorder=0)
         a.set(xlabel="bar length (px)", ylabel="response / peak", title=f"V1 error, middle module:\n{title}", ylim=(0, 1.08))
         a.legend(fontsize=8, loc="lower right")
