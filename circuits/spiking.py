@@ -110,10 +110,10 @@ class SpikingParams:
     dt_ms: float = 0.1
     update_ms: float = 0.5
     tau_m_ms: float = 10.0
-    refractory_ms: float = 1.0
+    refractory_ms: float = 0.5
     noise: float = 0.15
     floor_hz: float = 2.0
-    gain_hz: float = 100.0
+    gain_hz: float = 200.0
     lag_ms: float = 1.0
     smooth_ms: float = 5.0
 
@@ -467,10 +467,13 @@ class SpikingCircuit:
         - ``firing_rate`` (trial, time, area, population, polarity, unit): the smoothed
           population rate (Hz) of every group;
         - ``prior`` (trial, time, top_unit): the cue-gated prior ``c(t) * m`` (rate units),
-          ``cue`` (trial, time) and ``stimulus`` (trial, time, input_unit);
+          ``prior_mean`` ``m(t)`` itself (rebuilt from the spikes the prior synapses integrate),
+          ``final_prior`` (trial, top_unit) as Brian2 left it, ``cue`` (trial, time) and
+          ``stimulus`` (trial, time, input_unit);
         - ``spike_count`` (trial, count_time, group, neuron): spikes per neuron in bins of
-          ``count_bin_ms`` (uint16; -1 padding where a group has fewer units; ``None``:
-          omitted), with ``unit`` of each neuron as a coordinate;
+          ``count_bin_ms`` (int16; -1 where a group has fewer units than the widest; ``None``:
+          omitted; mind the size, trials x bins x groups x neurons), with ``neuron_unit`` and
+          the group's ``group_area``, ``group_population``, ``group_polarity`` as coordinates;
         - ``spike_time`` (spike, s from block start), ``spike_trial``, ``spike_group``,
           ``spike_neuron`` (spike): every spike of the first ``spike_neurons`` neurons of each
           unit (``None``: all; 0: none), what :func:`spike_trains` hands to NWB export.
@@ -505,14 +508,21 @@ class SpikingCircuit:
         total_ms = float(stimulus.total_ms)
         if total_ms < record_every_ms:
             raise ValueError(f"the stimulus lasts {total_ms} ms, less than one record bin ({record_every_ms} ms)")
-        spikes, t_run = self._simulate(stimulus, target=target, seed=int(seed), progress=progress, directory=directory)
-        ds = self._dataset(stimulus, spikes, record_every_ms, smooth_ms, count_bin_ms, spike_neurons)
-        ds.attrs.update(target=target, seed=int(seed), wall_seconds=t_run)
+        timings: dict = {}
+        sim = self._simulate(stimulus, target=target, seed=int(seed), progress=progress, directory=directory,
+                             timings=timings)
+        ds = self._dataset(stimulus, sim, record_every_ms, smooth_ms, count_bin_ms, spike_neurons)
+        ds.attrs.update(target=target, seed=int(seed), wall_seconds=sim["wall"])
+        if "compile" in timings:
+            ds.attrs["compile_seconds"] = timings["compile"]
         return ds
 
     def _simulate(self, stimulus: Stimulus, *, target: str, seed: int, progress: bool, directory: str | None,
-                  duration_ms: float | None = None, timings: dict | None = None):
-        """Build and run the Brian2 network; returns (trial, neuron_in_trial, t_s) of every spike."""
+                  duration_ms: float | None = None, timings: dict | None = None) -> dict:
+        """Build and run the Brian2 network in its own scope (and, for 'cpp_standalone', its own
+        device, reset afterwards). Returns the spikes as ``trial``, ``neuron`` (index within the
+        trial copy) and ``t`` (s) arrays, the prior ``final_prior`` (B, n_top), the run's
+        ``wall`` seconds and the cue grid the prior synapses saw (``cue_grid``, ``cue_dt_ms``)."""
         import brian2 as b2
 
         B, n_in, L, p = stimulus.blocks, stimulus.n_in, self.layout, self.params
@@ -632,6 +642,7 @@ class SpikingCircuit:
                 bar.close()
             i = np.asarray(mon.i[:], dtype=np.int64)
             ts = np.asarray(mon.t_[:], dtype=np.float64)
+            m_final = np.asarray(P.m[:], dtype=np.float64).reshape(B, n_top)
         finally:
             if standalone:
                 b2.device.reinit()
@@ -640,7 +651,8 @@ class SpikingCircuit:
                 if tmp is not None:
                     tmp.cleanup()
             b2.prefs.codegen.target = old_target
-        return (i // M, i % M, ts), wall
+        return {"trial": i // M, "neuron": i % M, "t": ts, "final_prior": m_final, "wall": wall,
+                "cue_grid": cue[0].astype(np.float64), "cue_dt_ms": res, "timings": timings or {}}
 
     def _prior_synapses(self, trials: int):
         """Spikes of the top error groups onto the prior ``m``: pre neuron indices and
@@ -664,10 +676,10 @@ class SpikingCircuit:
         return np.concatenate(pre), (np.concatenate(w), np.concatenate(post))
 
     # ----------------------------------------------------------------- results
-    def _dataset(self, stimulus: Stimulus, spikes, every: float, smooth_ms: float, count_bin_ms, spike_neurons) -> xr.Dataset:
+    def _dataset(self, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, count_bin_ms, spike_neurons) -> xr.Dataset:
         from scipy.ndimage import gaussian_filter1d
 
-        trial, nrn, ts = spikes
+        trial, nrn, ts = sim["trial"], sim["neuron"], sim["t"]
         L, N, c, gp = self.layout, self.layout.N, self.code, self.graph.populations
         B, U = stimulus.blocks, L.units_per_trial
         total_ms = float(stimulus.total_ms)
@@ -696,7 +708,7 @@ class SpikingCircuit:
         time = np.arange(T) * every
         x, cue = stimulus.render(time)
         # the prior m(t) is not recorded by the network; rebuild c(t) m(t) from the top error spikes
-        prior = self._prior_trace(stimulus, spikes, time, cue)
+        m_t = self._prior_trace(stimulus, sim, time)
         coords = {
             "time": ("time", time, {"units": "ms", "long_name": "time from block start (bin start)"}),
             "area": ("area", areas),
@@ -713,10 +725,15 @@ class SpikingCircuit:
                      {"units": "rate units", "long_name": "population activity decoded from spikes"}),
             "firing_rate": (("trial", "time", "area", "population", "polarity", "unit"), fr,
                             {"units": "Hz", "long_name": "population firing rate per neuron group"}),
-            "prior": (("trial", "time", "top_unit"), prior, {"units": "rate units", "long_name": "top-level prior (cue-gated)"}),
+            "prior": (("trial", "time", "top_unit"), cue[:, :, None] * m_t,
+                      {"units": "rate units", "long_name": "top-level prior (cue-gated)"}),
+            "prior_mean": (("trial", "time", "top_unit"), m_t,
+                           {"units": "rate units", "long_name": "top-level prior mean m (spikes before each time)"}),
             "cue": (("trial", "time"), cue, {"long_name": "temporal expectation cue"}),
             "stimulus": (("trial", "time", "input_unit"), x, {"units": "rate units", "long_name": "input drive"}),
         }
+        data["final_prior"] = (("trial", "top_unit"), sim["final_prior"],
+                               {"units": "rate units", "long_name": "top-level prior mean m at the end of the run (Brian2)"})
         ds = xr.Dataset(data, coords=coords)
         grp = self.groups()
         Gn = len(L.groups)
@@ -729,9 +746,9 @@ class SpikingCircuit:
             okc = cb < Tc
             flat = ((trial[okc] * Tc + cb[okc]) * Gn + gidx[okc]) * nmax + within[okc]
             sc = np.bincount(flat, minlength=B * Tc * Gn * nmax).reshape(B, Tc, Gn, nmax)
-            if sc.max(initial=0) > np.iinfo(np.uint16).max:
-                raise OverflowError("spike counts exceed uint16: use a smaller count_bin_ms")
-            sc = sc.astype(np.int32)
+            if sc.max(initial=0) > np.iinfo(np.int16).max:
+                raise OverflowError("spike counts exceed int16: use a smaller count_bin_ms")
+            sc = sc.astype(np.int16)
             for gi, g in enumerate(L.groups):
                 sc[:, :, gi, g.size * N:] = -1
             ds["spike_count"] = (("trial", "count_time", "group", "neuron"), sc,
@@ -769,29 +786,31 @@ class SpikingCircuit:
         gidx = np.searchsorted(starts, nrn, side="right") - 1
         return gidx, nrn - starts[gidx]
 
-    def _prior_trace(self, stimulus: Stimulus, spikes, time: np.ndarray, cue: np.ndarray) -> np.ndarray:
-        """``c(t) * m(t)`` (B, T, n_top) integrated from the top error spikes exactly as the
-        prior Synapses do (each spike adds ``±prior_rate * 1000 / (gain N) * c(t_spike)``)."""
-        trial, nrn, ts = spikes
+    def _prior_trace(self, stimulus: Stimulus, sim: dict, time: np.ndarray) -> np.ndarray:
+        """The prior mean ``m(t)`` (B, T, n_top) rebuilt from the top error spikes exactly as the prior
+        Synapses integrate them (each spike adds ``±prior_rate * 1000 / (gain N) * c(t_spike)``,
+        with the cue read from the same grid as the network's TimedArray); ``m(t)`` holds the
+        spikes before ``t``."""
+        trial, nrn, ts = sim["trial"], sim["neuron"], sim["t"]
         g, L, N, c = self.graph, self.layout, self.layout.N, self.code
         B, n_top = stimulus.blocks, g.prior_mean.numel()
         _, m0 = self._initial_s(B)
         T = time.size
-        every = time[1] - time[0] if T > 1 else 1.0
+        every = time[1] - time[0] if T > 1 else float(stimulus.total_ms)
         inc = np.zeros((B, T + 1, n_top))
         if g.prior_rate > 0 and g.prior_errors:
             t_ms = ts * 1000.0
-            _, cue_at = stimulus.render(t_ms)
+            grid = sim["cue_grid"]
+            cue_at = grid[np.minimum(np.floor(t_ms / sim["cue_dt_ms"] + 1e-6).astype(np.int64), grid.size - 1)]
             for sign, name in zip((1.0, -1.0), g.prior_errors):
                 q = self._index[name]
                 for grp in (x for x in L.groups if x.population == q):
                     lo = grp.unit_offset * N
                     sel = (nrn >= lo) & (nrn < lo + grp.size * N)
                     tb = np.minimum(np.floor(t_ms[sel] / every + 1e-9).astype(np.int64) + 1, T)
-                    w = sign * grp.polarity * g.prior_rate * 1000.0 / (c.gain_hz * N) * cue_at[0, sel]
+                    w = sign * grp.polarity * g.prior_rate * 1000.0 / (c.gain_hz * N) * cue_at[sel]
                     np.add.at(inc, (trial[sel], tb, (nrn[sel] - lo) // N), w)
-        m = m0[:, None, :] + np.cumsum(inc, axis=1)[:, 1:, :]
-        return cue[:, :, None] * m
+        return m0[:, None, :] + np.cumsum(inc, axis=1)[:, 1:, :]
 
 
 # --------------------------------------------------------------------------- helpers on results
@@ -897,14 +916,17 @@ def benchmark(target: str, n_neurons: int = 10_000, sim_seconds: float = 10.0, s
               params: SpikingParams | None = None) -> dict:
     """Real-time factor of the spiking oddball circuit on one Brian2 ``target``.
 
-    Builds a 3-area laminar oddball circuit (identity weights, ``CircuitParams(dt=0.5,
-    tau_deep=10, prior_rate=0.01, deep_leak=0.05)``) whose width ``n`` and neurons per unit
-    make about ``n_neurons`` LIF neurons, and simulates ``sim_seconds`` of an oddball
-    sequence (100 ms tones every 500 ms). The one-off cost is measured separately:
-    ``compile_seconds`` is, for 'cython', a 10 ms run compiling into a fresh cache; for
-    'cpp_standalone', the C++ build; for 'numpy', the code generation of a 10 ms run. Returns
-    ``{target, n_neurons, sim_seconds, wall_seconds, realtime_factor (sim / wall),
-    compile_seconds, n_synapses, n_spikes}``.
+    Builds the 3-area laminar oddball circuit of ``configs/spiking_oddball.toml`` (identity
+    weights, ``CircuitParams(dt=0.5, tau_deep=20, prior_rate=0.01, deep_leak=0.05)``) with a
+    width ``n`` that makes about ``n_neurons`` LIF neurons at ``params.neurons_per_unit``
+    (default :class:`SpikingParams`), and simulates ``sim_seconds`` of an oddball sequence
+    (100 ms tones every 500 ms). ``wall_seconds`` is the ``Network.run`` call (for
+    'cpp_standalone' the compiled binary's run). The one-off cost is measured apart as
+    ``compile_seconds``: for 'cython', a 10 ms run compiling into a fresh cache (the timed run
+    then loads the compiled modules); for 'cpp_standalone', the C++ build; for 'numpy', the
+    code generation of a 10 ms run. Returns ``{target, n_neurons, n_units, neurons_per_unit,
+    sim_seconds, wall_seconds, realtime_factor (sim / wall), compile_seconds, n_synapses,
+    n_spikes}``.
     """
     import brian2 as b2
 
@@ -917,12 +939,11 @@ def benchmark(target: str, n_neurons: int = 10_000, sim_seconds: float = 10.0, s
         raise ValueError(f"benchmark needs n_neurons >= 100 and sim_seconds > 0, got {n_neurons}, {sim_seconds}")
     # 3 areas: input (l4 on/off, l23 +/-) = 4 groups, areas 1-2: l4 on/off, l23 +/-, l56 on/off = 6 groups
     groups = 16
-    N = 40 if params is None else params.neurons_per_unit
+    params = SpikingParams() if params is None else params
+    N = params.neurons_per_unit
     n = max(2, int(round(n_neurons / (groups * N))))
-    N = max(1, int(round(n_neurons / (groups * n)))) if params is None else N
-    params = SpikingParams(neurons_per_unit=N) if params is None else params
     circ = LaminarCircuit([n, n, n], [np.eye(n), np.eye(n)], precisions=[1, 1, 1],
-                          params=CircuitParams(dt=0.5, tau_deep=10, prior_rate=0.01, deep_leak=0.05))
+                          params=CircuitParams(dt=0.5, tau_deep=20, prior_rate=0.01, deep_leak=0.05))
     n_tones = max(1, int(math.ceil((sim_seconds * 1000 - 50) / 500)))
     stim = Oddball(n_channels=n, standard=n / 3, deviances=(max(1.0, n / 4),), p_deviants=(0.2,), n_tones=n_tones,
                    duration_ms=100, soa_ms=500, lead_standards=2).build()
@@ -938,21 +959,21 @@ def benchmark(target: str, n_neurons: int = 10_000, sim_seconds: float = 10.0, s
                 t0 = _time.perf_counter()
                 spk._simulate(stim, target=target, seed=seed, progress=False, directory=None, duration_ms=10.0)
                 compile_s = _time.perf_counter() - t0
-                (tr, nrn, ts), _ = spk._simulate(stim, target=target, seed=seed, progress=False, directory=None,
-                                                 duration_ms=sim_seconds * 1000, timings=timings)
+                sim = spk._simulate(stim, target=target, seed=seed, progress=False, directory=None,
+                                    duration_ms=sim_seconds * 1000, timings=timings)
             finally:
                 b2.prefs.codegen.runtime.cython.cache_dir = old
     elif target == "numpy":
         t0 = _time.perf_counter()
         spk._simulate(stim, target=target, seed=seed, progress=False, directory=None, duration_ms=10.0)
         compile_s = _time.perf_counter() - t0
-        (tr, nrn, ts), _ = spk._simulate(stim, target=target, seed=seed, progress=False, directory=None,
-                                         duration_ms=sim_seconds * 1000, timings=timings)
+        sim = spk._simulate(stim, target=target, seed=seed, progress=False, directory=None,
+                            duration_ms=sim_seconds * 1000, timings=timings)
     else:
-        (tr, nrn, ts), _ = spk._simulate(stim, target=target, seed=seed, progress=False, directory=None,
-                                         duration_ms=sim_seconds * 1000, timings=timings)
+        sim = spk._simulate(stim, target=target, seed=seed, progress=False, directory=None,
+                            duration_ms=sim_seconds * 1000, timings=timings)
         compile_s = timings["compile"]
     wall = timings["run"]
     return {"target": target, "n_neurons": spk.neurons_per_trial, "n_units": n, "neurons_per_unit": N,
             "sim_seconds": float(sim_seconds), "wall_seconds": wall, "realtime_factor": sim_seconds / wall,
-            "compile_seconds": compile_s, "n_synapses": int(n_syn), "n_spikes": int(ts.size)}
+            "compile_seconds": compile_s, "n_synapses": int(n_syn), "n_spikes": int(sim["t"].size)}
