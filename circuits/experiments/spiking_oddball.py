@@ -97,7 +97,9 @@ class SpikingSection:
 @dataclass(frozen=True, kw_only=True)
 class AnalysisSection:
     """``record_every_ms``: sampling of the saved rates; ``smooth_ms``: standard deviation of
-    the Gaussian applied to both circuits' rates before they are compared; ``min_sd``: rate
+    the Gaussian applied to both circuits' rates before they are compared (the saved ``rate``
+    holds both, smoothed; group firing rates in Hz are left out to keep the file small, the
+    saved spike times and ``SpikingCircuit.run`` give them); ``min_sd``: rate
     circuit activity standard deviation (rate units) a population needs to be validated;
     ``min_correlation``: the fidelity claim; ``window``: post-onset window (ms) of the MMN;
     ``skip_tones``: first tones left out of the MMN (the prior is still learning)."""
@@ -232,7 +234,6 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     ds = xr.Dataset({
         "rate": rate.astype(np.float32).assign_attrs(
             units="rate units", long_name=f"population activity, Gaussian-smoothed ({an.smooth_ms:g} ms)"),
-        "firing_rate": bare(spk.firing_rate).astype(np.float32).assign_attrs(spk.firing_rate.attrs),
         "stimulus": bare(spk.stimulus).astype(np.float32).assign_attrs(spk.stimulus.attrs),
         "cue": bare(spk.cue).astype(np.float32),
         "correlation": fid.correlation, "reference_sd": fid.reference_sd, "validated": fid.validated,
