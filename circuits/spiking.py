@@ -586,26 +586,31 @@ class SpikingCircuit:
                 b2.prefs.codegen.target = target
             b2.start_scope()
             b2.seed(seed)
+            # explicit clocks with fixed names: auto-named clocks ('clock_1', ...) while an earlier
+            # network is still alive change the generated code and force a recompilation
+            step = b2.Clock(dt, name="circuit_clock")
+            slow = b2.Clock(p.update_ms * b2.ms, name="circuit_input_clock")
             G = b2.NeuronGroup(B * M, eqs, threshold="v > 1", reset="v = 0", refractory=p.refractory_ms * b2.ms,
-                               method="euler", dt=dt, namespace=ns, name="circuit")
-            P = b2.NeuronGroup(B * n_top, "m : 1", dt=dt, name="prior")
+                               method="euler", clock=step, namespace=ns, name="circuit")
+            P = b2.NeuronGroup(B * n_top, "m : 1", clock=step, name="prior")
             G.tau_s = const["tau"] * b2.ms
             G.lam, G.pol, G.bias = const["lam"], const["pol"], conn["bias"]
             G.prior_gain, G.stim_idx = const["prior_gain"], const["stim_idx"]
             G.m_prior = b2.linked_var(P, "m", index=const["prior_idx"])
             G.v, G.s = v0, s0
-            G.run_regularly(update, dt=p.update_ms * b2.ms, when="start", name="circuit_inputs")
+            G.run_regularly(update, clock=slow, when="start", name="circuit_inputs")
             P.m = m0.ravel()
             objs = [G, P]
             for name, part in (("exc", conn["exc"]), ("inh", conn["inh"])):
                 if part["pre"].size == 0:
                     continue
-                S = b2.Synapses(G, G, "w : 1 (constant)", on_pre="s_post += w", dt=dt, name=f"{name}_synapses")
+                S = b2.Synapses(G, G, "w : 1 (constant)", on_pre="s_post += w", clock=step,
+                                name=f"{name}_synapses")
                 S.connect(i=part["pre"], j=part["post"])
                 S.w = part["weight"]
                 objs.append(S)
             if prior_pre.size and self.graph.prior_rate > 0:
-                Sp = b2.Synapses(G, P, "w : 1 (constant)", on_pre="m_post += w * cue(t)", dt=dt, namespace=ns,
+                Sp = b2.Synapses(G, P, "w : 1 (constant)", on_pre="m_post += w * cue(t)", clock=step, namespace=ns,
                                  name="prior_synapses")
                 Sp.connect(i=prior_pre, j=prior_w[1])
                 Sp.w = prior_w[0]
