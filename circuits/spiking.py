@@ -7,19 +7,20 @@ by sign into one excitatory and one inhibitory :class:`brian2.Synapses` object.
 **Neuron.** All neurons share one model (dimensionless membrane potential, threshold 1,
 reset 0, refractory period ``t_ref``)::
 
-    tau_m dv/dt = mu0 + k * polarity * s - v + sigma * sqrt(2 tau_m) * xi
-    tau   ds/dt = -lam * s + ext(t) + tau * sum_spikes w_syn * delta(t - t_spike)
+    tau_m dv/dt = mu0 + k * polarity * s - v        (+ a noise kick every update_ms)
+    tau_s ds/dt = -lam * s + ext(t) + tau_s * sum_spikes w_syn * delta(t - t_spike)
 
-``s`` is the rate unit's input ``u`` in rate units: with ``lam = 1`` and ``tau`` the
-population's time constant the synaptic current low-pass filters the input exactly as the
-rate equation ``tau dx/dt = -x + u`` does, and with ``lam = leak`` it *is* the integrator of
-an L5/6 unit (``tau dr/dt = -leak r + u``): a neuron-model variable that integrates incoming
-spikes, identical in every neuron of the unit because the unit's neurons all receive the same
-spikes (units are connected all-to-all). ``ext`` carries what is not a spike: the bias, the
-stimulus (current drive, a :class:`brian2.TimedArray`) and the cue-gated prior
-``gain * c(t) * m``. White noise of standard deviation ``sigma`` (free membrane) keeps the
-``N`` neurons asynchronous and makes the rate a smooth, threshold-linear function of ``s``
-(the Siegert formula, Brunel 2000; :func:`lif_rate`).
+``s`` is the rate unit's input ``u`` in rate units: with ``lam = 1`` the synaptic current
+low-pass filters the input as the rate equation ``tau dx/dt = -x + u`` does (``tau_s = tau -
+lag_ms``: the LIF group's own ~1 ms response lag makes up the rest), and with ``lam = leak``
+and ``tau_s = tau`` it *is* the integrator of an L5/6 unit (``tau dr/dt = -leak r + u``): a
+neuron-model variable that integrates incoming spikes, identical in every neuron of the unit
+because the unit's neurons all receive the same spikes (units are connected all-to-all).
+``ext`` carries what is not a spike: the bias, the stimulus (current drive, a
+:class:`brian2.TimedArray`) and the cue-gated prior ``gain * c(t) * m``. Membrane noise of free
+standard deviation ``noise`` (uniform kicks every ``update_ms``, see :class:`SpikingParams`)
+keeps the ``N`` neurons asynchronous and makes the rate a threshold-linear function of ``s``
+(the Siegert formula, Brunel 2000, with a discrete-kick correction; :func:`lif_rate`).
 
 **Rate code: push-pull.** The operating point ``mu0`` puts the neurons just below threshold
 (they fire ``floor_hz`` at ``s = 0``) and ``k`` makes the rate rise by ``gain_hz`` per rate
@@ -34,7 +35,7 @@ so their noise scales with the signal (the same argument as ON/OFF channels in t
 
 **Synapses.** A projection ``u_dst += x_src @ W`` connects each source group (polarity
 ``p``) all-to-all, unit block to unit block, to the target groups with
-``w_syn = p * W[i, j] * 1000 / (gain * N * tau_dst[ms])``: ``N`` neurons firing ``R`` Hz raise
+``w_syn = p * W[i, j] * 1000 / (gain * N * tau_s[ms])`` (the target's ``tau_s``): ``N`` neurons firing ``R`` Hz raise
 ``s`` on average by ``W * R / gain``. The floor rate is removed by a constant
 ``- p * W * floor / gain`` in ``ext`` (it cancels between ON and OFF groups and between the
 ``l23_pos`` / ``l23_neg`` pairs of a laminar circuit). Positive ``w_syn`` go to the excitatory,
@@ -46,9 +47,20 @@ top unit) that integrates spikes of the two top error groups, ``m += ±prior_rat
 read it through a linked variable.
 
 **Speed.** The whole circuit is ONE NeuronGroup (population, unit, polarity and trial are
-per-neuron constants), two Synapses objects, the prior group and its Synapses, and one
-SpikeMonitor, so the per-step overhead of Brian2's runtime targets stays small. Blocks of a
-stimulus run side by side as independent copies in the one network.
+per-neuron constants), two Synapses objects, the prior group and its Synapses, one
+``run_regularly`` operation and one SpikeMonitor, so the per-step overhead of Brian2's runtime
+targets stays small. Blocks of a stimulus run side by side as independent copies in the one
+network. Every run builds its own :class:`brian2.Network` in a fresh scope, with fixed object,
+clock and TimedArray names (so the generated code, hence the compiled-code cache key, is the
+same from run to run), and 'cpp_standalone' runs reset the device afterwards.
+
+**Defaults** (:class:`SpikingParams`) were chosen on the oddball circuit of
+``configs/spiking_oddball.toml``: low membrane noise (0.15) makes the group respond within
+~1 ms and narrows the soft threshold; a high gain (200 Hz per rate unit, refractory 0.5 ms)
+gives each unit enough spikes that 40 neurons resolve error signals of a few hundredths
+(the spike-count noise of a group falls as ``1 / sqrt(N * gain)``). The rate circuit must
+tolerate the small extra lag: with ``tau_deep = 10`` ms the oddball circuit has a barely
+damped ~30 Hz mode that a 1.5 ms lag destabilises, hence ``tau_deep = 20`` ms there.
 
 Only linear transfers are translated (a spike count cannot carry ``f(x)`` of a rate code
 without a second non-linearity); a graph with non-linear activations is refused.
@@ -56,11 +68,10 @@ without a second non-linearity); a graph with non-linear activations is refused.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import tempfile
 import time as _time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -94,9 +105,11 @@ class SpikingParams:
 
     ``neurons_per_unit``: ``N`` neurons per group. ``dt_ms``: Brian2 time step (ms).
     ``update_ms``: interval (ms, a multiple of ``dt_ms``) at which the membrane noise kicks
-    and the external input (stimulus, cue-gated prior) is refreshed: drawing a Gaussian
-    number and evaluating the TimedArrays for every neuron at every step would cost two
-    thirds of the simulation. ``tau_m_ms``: membrane time constant (ms); ``refractory_ms``: absolute refractory period
+    (uniform, standard deviation ``noise * sqrt(1 - exp(-2 update / tau_m))``, so the free
+    membrane's standard deviation is ``noise``) and the external input (stimulus, cue-gated
+    prior) is refreshed: a Gaussian number and the TimedArray look-ups for every neuron at
+    every step cost Brian2's runtime targets about twice the rest of the simulation.
+    ``tau_m_ms``: membrane time constant (ms); ``refractory_ms``: absolute refractory period
     (ms). ``noise``: standard deviation of the free membrane potential (threshold units).
     ``floor_hz``: rate of a group at zero input; ``gain_hz``: rate increase per rate unit
     (Hz), i.e. a group fires ``floor_hz + gain_hz`` at activity 1. ``lag_ms``: the response
@@ -164,7 +177,14 @@ def lif_rate(mu, *, tau_m_ms: float, refractory_ms: float, noise: float, kick_ms
     from scipy.integrate import quad
     from scipy.special import erfcx
 
+    for name, v, lo in (("tau_m_ms", tau_m_ms, 0.0), ("noise", noise, 0.0)):
+        if not (math.isfinite(v) and v > lo):
+            raise ValueError(f"lif_rate: {name} must be a finite number > 0, got {v!r}")
+    if not (math.isfinite(refractory_ms) and refractory_ms >= 0 and math.isfinite(kick_ms) and kick_ms >= 0):
+        raise ValueError(f"lif_rate: refractory_ms and kick_ms must be >= 0, got {refractory_ms!r}, {kick_ms!r}")
     mu = np.asarray(mu, dtype=np.float64)
+    if not np.isfinite(mu).all():
+        raise ValueError("lif_rate: mu contains NaN or Inf")
     sd = math.sqrt(2) * noise
     th = 1.0 + _OVERSHOOT_UNIFORM * noise * math.sqrt(1.0 - math.exp(-2.0 * kick_ms / tau_m_ms))
     out = np.empty(mu.shape)

@@ -315,3 +315,17 @@ def test_spiking_oddball_experiment_runs_and_replots(tmp_path):
     assert {"traces", "correlation", "mmn", "raster"} <= set(figs)
     with pytest.raises(Exception, match="off the"):
         load_config(ROOT / "configs" / "spiking_oddball.toml", overrides=["stimulus.deviance=9.0"])
+
+
+def test_benchmark_reports_the_real_time_factor():
+    """``benchmark`` (what ``pcsim bench circuits`` calls) sizes the circuit to the requested
+    neuron count and reports simulated over wall seconds and the one-off cost apart."""
+    from circuits.spiking import benchmark
+
+    r = benchmark("numpy", n_neurons=1300, sim_seconds=0.05, params=SpikingParams(neurons_per_unit=20))
+    assert r["target"] == "numpy" and r["neurons_per_unit"] == 20
+    assert r["n_neurons"] == 16 * r["n_units"] * 20 and abs(r["n_neurons"] - 1300) <= 16 * 20 / 2
+    assert r["realtime_factor"] == pytest.approx(r["sim_seconds"] / r["wall_seconds"])
+    assert r["compile_seconds"] > 0 and r["n_synapses"] > 0 and r["n_spikes"] > 0
+    with pytest.raises(ValueError, match="unknown Brian2 target"):
+        benchmark("gpu")
