@@ -208,10 +208,13 @@ class RateCode:
 
 
 @lru_cache(maxsize=32)
-def _rate_code(tau_m_ms: float, refractory_ms: float, noise: float, kick_ms: float, floor_hz: float, gain_hz: float) -> RateCode:
+def _rate_code(tau_m_ms: float, refractory_ms: float, noise: float, kick_ms: float, floor_hz: float,
+               gain_hz: float) -> RateCode:
     from scipy.optimize import brentq, minimize_scalar
 
-    f = lambda m: float(lif_rate(m, tau_m_ms=tau_m_ms, refractory_ms=refractory_ms, noise=noise, kick_ms=kick_ms))  # noqa: E731
+    def f(m: float) -> float:
+        return float(lif_rate(m, tau_m_ms=tau_m_ms, refractory_ms=refractory_ms, noise=noise, kick_ms=kick_ms))
+
     lo = -10.0 * noise
     if f(lo) > floor_hz:
         raise ValueError(f"floor_hz = {floor_hz} Hz is below the rate reachable with noise = {noise}")
@@ -301,7 +304,8 @@ class SpikingCircuit:
                                  "translation carries linear rate codes only")
             n_s, n_t = graph.populations[self._index[pr.source]].size, graph.populations[self._index[pr.target]].size
             if tuple(pr.weight.shape) != (n_s, n_t):
-                raise ValueError(f"projection {pr.source} -> {pr.target} weight must be {(n_s, n_t)}, got {tuple(pr.weight.shape)}")
+                raise ValueError(f"projection {pr.source} -> {pr.target} weight must be {(n_s, n_t)}, "
+                                 f"got {tuple(pr.weight.shape)}")
         for name in list(graph.bias) + list(graph.prior_inputs) + list(graph.prior_errors):
             if name not in self._index:
                 raise ValueError(f"the graph's bias/prior names unknown population '{name}'")
@@ -443,7 +447,8 @@ class SpikingCircuit:
         """Initial ``s`` of every neuron ``(trials * M,)`` and prior ``m`` ``(trials, n_top)``."""
         L, N, gp = self.layout, self.layout.N, self.graph.populations
         s = np.zeros((trials, L.neurons_per_trial))
-        m = np.broadcast_to(self.graph.prior_mean.detach().cpu().double().numpy(), (trials, self.graph.prior_mean.numel())).copy()
+        prior = self.graph.prior_mean.detach().cpu().double().numpy()
+        m = np.broadcast_to(prior, (trials, prior.size)).copy()
         if self.circuit is not None:
             st = self.circuit.initial_state(trials)
             areas = self.circuit.area_names
@@ -453,7 +458,8 @@ class SpikingCircuit:
                 x = st[p.population][a]
                 if x is None:
                     continue
-                s[:, g.unit_offset * N:(g.unit_offset + g.size) * N] = np.repeat(x.detach().cpu().double().numpy(), N, axis=1)
+                x = x.detach().cpu().double().numpy()
+                s[:, g.unit_offset * N:(g.unit_offset + g.size) * N] = np.repeat(x, N, axis=1)
             m = st["m"].detach().cpu().double().numpy()
         return s.ravel(), m
 
@@ -701,7 +707,8 @@ class SpikingCircuit:
         return np.concatenate(pre), (np.concatenate(w), np.concatenate(post))
 
     # ----------------------------------------------------------------- results
-    def _dataset(self, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, count_bin_ms, spike_neurons) -> xr.Dataset:
+    def _dataset(self, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, count_bin_ms,
+                 spike_neurons) -> xr.Dataset:
         from scipy.ndimage import gaussian_filter1d
 
         trial, nrn, ts = sim["trial"], sim["neuron"], sim["t"]
@@ -777,7 +784,8 @@ class SpikingCircuit:
             for gi, g in enumerate(L.groups):
                 sc[:, :, gi, g.size * N:] = -1
             ds["spike_count"] = (("trial", "count_time", "group", "neuron"), sc,
-                                 {"units": "spikes", "long_name": f"spikes per neuron in {count_bin_ms} ms bins (-1: no such neuron)"})
+                                 {"units": "spikes",
+                                  "long_name": f"spikes per neuron in {count_bin_ms} ms bins (-1: no such neuron)"})
             ds = ds.assign_coords(count_time=("count_time", np.arange(Tc) * count_bin_ms,
                                               {"units": "ms", "long_name": "count bin start from block start"}))
         ds = ds.assign_coords(group=("group", grp.group.values), group_area=("group", grp.area.values),
@@ -815,7 +823,7 @@ class SpikingCircuit:
         """The prior mean ``m(t)`` (B, T, n_top) rebuilt from the top error spikes exactly as the prior
         Synapses integrate them (each spike adds ``±prior_rate * 1000 / (gain N) * c(t_spike)``,
         with the cue read from the same grid as the network's TimedArray); ``m(t)`` holds the
-        spikes before ``t``."""
+        spikes before ``t``, the last sample all of them (it equals Brian2's final ``m``)."""
         trial, nrn, ts = sim["trial"], sim["neuron"], sim["t"]
         g, L, N, c = self.graph, self.layout, self.layout.N, self.code
         B, n_top = stimulus.blocks, g.prior_mean.numel()
@@ -887,8 +895,10 @@ def cut_epochs(ds: xr.Dataset, stimulus: Stimulus, pre_ms: float, post_ms: float
     for name, v in stimulus.conditions.items():
         if name not in stimulus.labels:
             coords[name] = ("trial", np.asarray(v)[bb])
+    used = {d for v in out.values() for d in v[0]}
     for name in ds.coords:
-        if name not in coords and "trial" not in ds[name].dims and "time" not in ds[name].dims and name not in out:
+        dims = set(ds[name].dims)
+        if name not in coords and not dims & {"trial", "time"} and dims <= used:
             coords[name] = ds[name].variable
     return xr.Dataset(out, coords=coords, attrs=dict(ds.attrs))
 

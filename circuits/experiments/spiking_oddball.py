@@ -227,7 +227,8 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
                          "stimulus.n_tones or raise stimulus.p_deviant")
     erp = xr.concat([err.isel(trial=std).mean("trial"), err.isel(trial=dev).mean("trial")],
                     dim=xr.DataArray(["standard", "deviant"], dims="kind", name="kind")).rename(time="epoch_time")
-    erp = bare(erp).assign_coords(epoch_time=("epoch_time", err.time.values, {"units": "ms", "long_name": "time from onset"}))
+    erp = bare(erp).assign_coords(epoch_time=("epoch_time", err.time.values,
+                                              {"units": "ms", "long_name": "time from onset"}))
     r_std, r_dev = bare(resp.isel(trial=std).mean("trial")), bare(resp.isel(trial=dev).mean("trial"))
     mmn = r_dev - r_std
 
@@ -260,7 +261,8 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     steps.close()
 
     corr, val = fid.correlation, fid.validated.values
-    validated = [f"{a}.{q}" for a, q in zip(corr.area.values[np.nonzero(val)[0]], corr.population.values[np.nonzero(val)[1]])]
+    ia, iq = np.nonzero(val)
+    validated = [f"{a}.{q}" for a, q in zip(corr.area.values[ia], corr.population.values[iq])]
     worst = float(np.nanmin(np.where(val, corr.values, np.nan))) if val.any() else float("nan")
     cortical = [a for a in mmn.area.values if a != mmn.area.values[0]]
     summary = {

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import xarray as xr
 from scipy.ndimage import gaussian_filter1d
 
 from circuits.laminar import CircuitParams, LaminarCircuit
