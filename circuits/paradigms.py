@@ -185,12 +185,11 @@ def _slots(n: int, soa_ms: float, duration_ms: float, lead_ms: float) -> tuple[n
 
 @dataclass(frozen=True)
 class _ToneSequence:
-    """Fields every tone sequence shares: ``n_channels`` of the tonotopic map, ``n_tones``
-    slots ``soa_ms`` apart from ``lead_ms`` on, each tone ``duration_ms`` long, Gaussian
-    bumps of ``width`` channels and peak ``amplitude``, one block per seed in ``seeds``."""
+    """Fields every tone sequence shares: ``n_channels`` of the tonotopic map, slots
+    ``soa_ms`` apart from ``lead_ms`` on, each tone ``duration_ms`` long, Gaussian bumps of
+    ``width`` channels and peak ``amplitude``, one block per seed in ``seeds``."""
 
     n_channels: int = 32
-    n_tones: int = 200
     duration_ms: float = 50.0
     soa_ms: float = 300.0
     lead_ms: float = 50.0
@@ -216,6 +215,7 @@ class Oddball(_ToneSequence):
     the last deviant); block conditions: ``p_deviant``, ``deviance``, ``seed``, ``paradigm``.
     """
 
+    n_tones: int = 200
     standard: float = 10.0
     deviances: Sequence[float] = (4.0,)
     p_deviants: Sequence[float] = (0.1,)
@@ -281,6 +281,7 @@ class ManyStandards(_ToneSequence):
     plays: deviant minus control isolates genuine mismatch from stimulus-specific adaptation.
     """
 
+    n_tones: int = 200
     target: float = 14.0
     lowest: float = 2.0
     spacing: float = 4.0
@@ -305,23 +306,16 @@ class ManyStandards(_ToneSequence):
 
 
 @dataclass(frozen=True)
-class Repetition:
+class Repetition(_ToneSequence):
     """Repetition trains (roving standard): each block plays ``n_trains`` trains; a train is
     one tone repeated ``n_repeats`` times, and consecutive trains change tone (drawn from
     ``frequencies``, never the same twice in a row). Slot labels: ``repetition`` (1 for the
     first tone of a train, which is a deviant for the preceding train), ``frequency``,
     ``kind`` ('first' or 'repeat')."""
 
-    n_channels: int = 32
     frequencies: Sequence[float] = (6.0, 12.0, 18.0, 24.0)
     n_repeats: int = 8
     n_trains: int = 12
-    duration_ms: float = 50.0
-    soa_ms: float = 300.0
-    lead_ms: float = 50.0
-    seeds: Sequence[int] = (0,)
-    width: float = 1.5
-    amplitude: float = 1.0
 
     def build(self) -> Stimulus:
         """The :class:`Stimulus`, one block per seed."""
@@ -329,7 +323,7 @@ class Repetition:
             raise ValueError("Repetition needs at least two frequencies, n_repeats >= 1 and n_trains >= 1")
         n = self.n_repeats * self.n_trains
         onsets, total = _slots(n, self.soa_ms, self.duration_ms, self.lead_ms)
-        patterns = np.stack([tone(f, self.n_channels, width=self.width, amplitude=self.amplitude) for f in self.frequencies])
+        patterns = self._tones(self.frequencies)
         rows = []
         for s in self.seeds:
             rng = np.random.default_rng(int(s))
@@ -356,6 +350,7 @@ class Omission(_ToneSequence):
     due, so a circuit that learned the rhythm predicts a tone that does not come. Slot
     label ``kind``: 'standard' or 'omission'."""
 
+    n_tones: int = 200
     frequency: float = 10.0
     p_omission: float = 0.1
     lead_standards: int = 10
