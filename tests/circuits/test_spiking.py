@@ -2,8 +2,10 @@
 split keeps every signed weight, the population rates follow the rate circuit and carry its
 mismatch negativity, runs repeat exactly, and the labelled output is consistent.
 
-Everything runs on Brian2's numpy target (no compiler) with small circuits."""
+Everything runs on Brian2's numpy target with small circuits, except one check that
+cpp_standalone runs interleave with runtime runs (skipped without a C++ compiler)."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +259,25 @@ def test_repeated_runs_in_one_process_are_identical():
     other = SpikingCircuit(tonotopic(3, areas=2), SpikingParams(neurons_per_unit=4))
     d = other.run(held([[0.5, 0.5, 0.5]], 50.0), target="numpy", seed=5, count_bin_ms=None)
     assert d.sizes["unit"] == 3
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
+def test_standalone_runs_interleave_with_runtime_runs(tmp_path):
+    """cpp_standalone switches Brian2's global device: a standalone run, a runtime (numpy)
+    run and a second standalone run of another network in one process all work, and the
+    standalone spikes equal the numpy target's for the same seed (the device is reset)."""
+    circ = tonotopic(2, areas=2)
+    spk = SpikingCircuit(circ, SpikingParams(neurons_per_unit=6))
+    stim = held([[1.0, 0.3]], 100.0)
+    a = spk.run(stim, target="cpp_standalone", seed=3, count_bin_ms=None, directory=str(tmp_path / "a"))
+    b = spk.run(stim, target="numpy", seed=3, count_bin_ms=None)
+    assert a.spike_time.size > 50
+    for v in ("spike_time", "spike_group", "spike_neuron"):
+        np.testing.assert_array_equal(a[v].values, b[v].values)
+    other = SpikingCircuit(tonotopic(3, areas=2), SpikingParams(neurons_per_unit=4))
+    c = other.run(held([[0.5, 0.5, 0.5]], 50.0), target="cpp_standalone", seed=3, count_bin_ms=None,
+                  directory=str(tmp_path / "c"))
+    assert c.sizes["unit"] == 3 and c.spike_time.size > 0
 
 
 def test_bad_input_is_refused():
