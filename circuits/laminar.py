@@ -346,6 +346,7 @@ class LaminarCircuit:
         progress: bool = False,
         record_stimulus: bool = True,
         compile: bool = False,
+        populations: Sequence[str] | None = None,
     ) -> xr.Dataset:
         """Simulate every block of ``stimulus`` side by side and return labelled rates.
 
@@ -363,6 +364,8 @@ class LaminarCircuit:
         stimulus' ``noise_std``) is drawn from a generator seeded with ``seed``. ``compile``:
         run the steps that record nothing through ``torch.compile`` (fused kernels; seconds
         of compilation first; worth it for long or many-trial runs without population noise).
+        ``populations``: record only these populations in ``rate`` (default: all), e.g.
+        ``("l23_pos", "l23_neg")`` to keep the error populations of a wide circuit small.
         """
         if not isinstance(stimulus, Stimulus):
             raise TypeError(f"run needs a circuits.paradigms.Stimulus, got {type(stimulus).__name__}")
@@ -374,7 +377,12 @@ class LaminarCircuit:
         t_ms = np.arange(n_steps) * dt
         B, S = stimulus.blocks, stimulus.slots
         dev, dt_ = self.device, self.dtype
-        rec = _Recorder.make(self, stimulus, t_ms, record_every_ms, epochs, keep, record_stimulus)
+        if populations is not None:
+            unknown = [q for q in populations if q not in self.populations]
+            if unknown or not populations:
+                raise ValueError(f"populations must be a non-empty subset of {list(self.populations)}, got {list(populations)}")
+        rec = _Recorder.make(self, stimulus, t_ms, record_every_ms, epochs, keep, record_stimulus,
+                             tuple(populations) if populations is not None else self.populations)
 
         active, _ = stimulus.slot_index(t_ms)
         cue = (active >= 0) if stimulus.cue else np.ones(n_steps, bool)
@@ -552,9 +560,9 @@ class _Recorder:
     """Collects rates, LFP, prior, cue and stimulus at record steps, continuously or in epochs."""
 
     @classmethod
-    def make(cls, circ: LaminarCircuit, stim: Stimulus, t_ms, every, epochs, keep, record_stimulus):
+    def make(cls, circ: LaminarCircuit, stim: Stimulus, t_ms, every, epochs, keep, record_stimulus, pops):
         self = cls()
-        self.circ, self.stim, self.t_ms, self.record_stimulus = circ, stim, t_ms, record_stimulus
+        self.circ, self.stim, self.t_ms, self.record_stimulus, self.pops = circ, stim, t_ms, record_stimulus, pops
         dt = circ.params.dt
         B, S = stim.blocks, stim.slots
         self.enabled = every is not None
@@ -568,7 +576,7 @@ class _Recorder:
         self.k = k
         n = len(t_ms)
         self.epoched = epochs is not None
-        A, P = circ.n_areas, len(circ.populations)
+        A, P = circ.n_areas, len(pops)
         self.U = max(circ.sizes)
         if not self.epoched:
             if keep is not None:
@@ -613,7 +621,8 @@ class _Recorder:
         self.nan_mask = torch.zeros(A, P, self.U)
         for a in range(A):
             self.nan_mask[a, :, circ.sizes[a]:] = nan  # padding of narrower areas
-        self.nan_mask[0, circ.populations.index("l56"), :] = nan  # area 0 has no free representation
+        if "l56" in pops:
+            self.nan_mask[0, pops.index("l56"), :] = nan  # area 0 has no free representation
         self.rate = torch.full((T, Ttr, A, P, self.U), nan)
         self.lfp = torch.full((T, Ttr, A, len(LFP_LAYERS)), nan)
         self.prior = torch.full((T, Ttr, circ.sizes[-1]), nan)
@@ -626,8 +635,7 @@ class _Recorder:
 
     def record(self, i, st, aux, drive, c):
         circ = self.circ
-        A, pops = circ.n_areas, circ.populations
-        B = drive.shape[0]
+        pops = self.pops
         frame = torch.stack([st[pop] for pop in pops], dim=2).detach().to("cpu", self.rate.dtype)  # (A, B, P, U)
         frame = frame.permute(1, 0, 2, 3) + self.nan_mask
         lfp = aux.detach().to("cpu", self.lfp.dtype).permute(1, 0, 2)
@@ -668,7 +676,7 @@ class _Recorder:
                         continue
                     ds[f"final_{area}_{pop}"] = (("trial", f"unit_{area}"), final[pop][a][:, : circ.sizes[a]])
             return ds
-        pops = list(circ.populations)
+        pops = list(self.pops)
         coords = {
             "time": ("time", self.time, {"units": "ms", "long_name": "time from block start" if not self.epoched
                                           else "time from stimulus onset"}),

@@ -250,3 +250,15 @@ def test_tone_is_a_normalised_bump():
     t = tone(5.0, 11, width=1.0, amplitude=2.0)
     assert t.argmax() == 5 and math.isclose(t.max(), 2.0)
     np.testing.assert_allclose(t[4], 2.0 * math.exp(-0.5))
+
+
+def test_recording_a_subset_of_populations():
+    circ = LaminarCircuit((5, 4), [np.random.default_rng(0).normal(size=(4, 5))], params=CircuitParams(dt=0.5))
+    stim = constant_stimulus(np.random.default_rng(1).normal(size=(2, 5)), 60.0)
+    full = circ.run(stim, record_every_ms=1.0)
+    some = circ.run(stim, record_every_ms=1.0, populations=("l23_neg", "l56"))
+    assert list(some.population.values) == ["l23_neg", "l56"]
+    np.testing.assert_array_equal(some.rate.values, full.rate.sel(population=["l23_neg", "l56"]).values)
+    np.testing.assert_array_equal(some.lfp.values, full.lfp.values)
+    with pytest.raises(ValueError, match="subset"):
+        circ.run(stim, populations=("inh_pos",))
