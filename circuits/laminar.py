@@ -384,7 +384,7 @@ class LaminarCircuit:
         rec = _Recorder.make(self, stimulus, t_ms, record_every_ms, epochs, keep, record_stimulus,
                              tuple(populations) if populations is not None else self.populations)
 
-        active, _ = stimulus.slot_index(t_ms)
+        active = stimulus.slot_index(t_ms)
         cue = (active >= 0) if stimulus.cue else np.ones(n_steps, bool)
         U = max(self.sizes)
         pats = np.zeros((stimulus.patterns.shape[0] + 1, U))
@@ -562,7 +562,7 @@ class _Recorder:
     @classmethod
     def make(cls, circ: LaminarCircuit, stim: Stimulus, t_ms, every, epochs, keep, record_stimulus, pops):
         self = cls()
-        self.circ, self.stim, self.t_ms, self.record_stimulus, self.pops = circ, stim, t_ms, record_stimulus, pops
+        self.circ, self.stim, self.pops = circ, stim, pops
         dt = circ.params.dt
         B, S = stim.blocks, stim.slots
         self.enabled = every is not None

@@ -109,19 +109,19 @@ class Stimulus:
         """Width of the input (number of input channels / pixels)."""
         return self.patterns.shape[1]
 
-    def slot_index(self, t_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def slot_index(self, t_ms: np.ndarray) -> np.ndarray:
         """For times ``t_ms`` (ms), the slot whose window ``[onset, onset + duration)`` contains
-        each time (``-1`` if none) and the most recent onset's slot (``-1`` before the first)."""
+        each time, ``-1`` where none does."""
         t = np.asarray(t_ms, dtype=np.float64)
         last = np.searchsorted(self.onsets_ms, t, side="right") - 1
         on = (last >= 0) & (t < self.onsets_ms[np.maximum(last, 0)] + self.duration_ms)
-        return np.where(on, last, -1), last
+        return np.where(on, last, -1)
 
     def render(self, t_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The noiseless input ``(B, T, n_in)`` and cue ``(B, T)`` at times ``t_ms`` ``(T,)``.
 
         Convenient for plots and short runs; circuits render step by step instead."""
-        active, _ = self.slot_index(t_ms)
+        active = self.slot_index(t_ms)
         idx = np.where(active[None, :] >= 0, self.schedule[:, np.maximum(active, 0)], -1)
         padded = np.vstack([self.patterns, np.zeros((1, self.n_in))])
         x = padded[idx]

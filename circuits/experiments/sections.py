@@ -35,9 +35,7 @@ class CircuitSection:
     def __post_init__(self):
         if len(self.precisions) not in (1, self.areas):
             raise ValueError(f"precisions must have 1 or {self.areas} (= areas) entries, got {len(self.precisions)}")
-        fastest = min(self.tau_l4, self.tau_error, self.tau_inh if self.interneurons else float("inf"))
-        if self.dt > fastest / 2:
-            raise ValueError(f"dt = {self.dt} ms is too coarse for the fastest time constant ({fastest} ms): use dt <= {fastest / 2}")
+        self.params()  # CircuitParams checks dt against the fastest time constant
 
     def params(self) -> CircuitParams:
         """The :class:`CircuitParams` of this section."""
