@@ -19,6 +19,7 @@ from ..inference import init_state, relax
 from ..optim import make_optimizer
 from ..registry import ExperimentResult, RunContext
 from ..rules import StandardPC
+from ..training import train
 from .sections import InferenceSection, NetworkSection
 
 
@@ -46,7 +47,6 @@ class Config(ExperimentConfig):
 def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Relax once with recording; the Dataset has dims (step, ensemble, trial, layer, unit_l{l})."""
     import torch
-    from tqdm.auto import tqdm
 
     data = load_digits(device=ctx.device)
     net = config.network.build(data.n_features, data.n_classes, config.seed, ctx.device)
@@ -55,9 +55,9 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
         rule = StandardPC(config.inference.build())
         opt = make_optimizer("adam", dyn.lr)
         gen = torch.Generator().manual_seed(config.seed)
-        batches = [b for _ in range(dyn.pretrain_epochs) for b in epoch_batches(data.x_train.shape[0], 64, gen)]
-        for idx in tqdm(batches, desc="pretrain", disable=not ctx.progress, leave=False):
-            rule.step(net, opt, data.x_train[idx], data.y_train[idx])
+        train(lambda idx: rule.step(net, opt, data.x_train[idx], data.y_train[idx]),
+              lambda epoch: epoch_batches(data.x_train.shape[0], 64, gen), dyn.pretrain_epochs,
+              progress=ctx.progress, desc="pretrain")
     n = min(dyn.trials, data.x_test.shape[0])
     x, y = data.x_test[:n], data.y_test[:n]
     state = init_state(net, x, y if dyn.clamp_target else None)

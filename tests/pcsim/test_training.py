@@ -119,3 +119,28 @@ def test_bad_config_value_exits_2_naming_the_key(tmp_path, capsys):
     status = cli(["run", str(CONFIGS / "pc_vs_bp_digits.toml"), "--out", str(tmp_path), "--set", "training.lr=-1"])
     assert status == 2
     assert "training.lr" in capsys.readouterr().err
+
+
+def test_training_loop_calls_hooks_in_order_and_names_the_batch_of_a_divergence():
+    from pcsim.errors import InferenceDivergenceError
+    from pcsim.training import train
+
+    seen = []
+    secs = train(lambda b: b * 10, lambda ep: [ep, ep + 1, ep + 2], 3,
+                 on_step=lambda s: seen.append(("step", s.epoch, s.index, s.step, s.output)),
+                 on_epoch=lambda ep, sec: seen.append(("epoch", ep)), initial=True)
+    assert secs.shape == (3,) and (secs >= 0).all()
+    assert seen[0] == ("epoch", 0)
+    steps = [s for s in seen if s[0] == "step"]
+    assert [s[3] for s in steps] == list(range(9))                       # global step count
+    assert [s[4] for s in steps[:3]] == [10, 20, 30]                      # batches(1) = [1, 2, 3]
+    assert [s for s in seen if s[0] == "epoch"] == [("epoch", e) for e in range(4)]
+    assert seen.index(("epoch", 1)) == 4                                  # after epoch 1's three steps
+
+    def bad(b):
+        if b == 4:
+            raise InferenceDivergenceError("energy became NaN", step=7, layer=2)
+
+    with pytest.raises(InferenceDivergenceError, match=r"epoch 2, batch 2: energy became NaN") as info:
+        train(bad, lambda ep: [ep, ep + 1, ep + 2], 3)
+    assert (info.value.step, info.value.layer) == (7, 2)
