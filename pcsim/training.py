@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -33,20 +33,23 @@ from .twin import BackpropTwin
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """``epochs``; ``batch_size`` (incomplete last batch dropped); ``optimizer`` ("adam"/"sgd"),
-    ``lr`` (per update), ``momentum`` (sgd only); ``nudge``: output-precision scale while
-    training PC; ``probe_size``: training samples on which alignment is measured each epoch;
-    ``alignment_nudge``: nudge used for that measurement; ``seed`` for the data order."""
+    """How a network is trained (also the ``[training]`` table of a config): ``epochs``;
+    ``batch_size`` (incomplete last batch dropped); ``optimizer`` ("adam"/"sgd"), ``lr`` (per
+    update, dimensionless), ``momentum`` (sgd only); ``nudge``: output-precision scale while
+    training PC (1 = plain target)."""
 
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.0
-    nudge: float = 1.0
-    probe_size: int = 256
-    alignment_nudge: float = 1.0
-    seed: int = 0
+    epochs: int = field(default=10, metadata={"ge": 1})
+    batch_size: int = field(default=64, metadata={"ge": 1})
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = field(default=1e-3, metadata={"gt": 0})
+    momentum: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
+    nudge: float = field(default=1.0, metadata={"gt": 0})
+
+    def __post_init__(self):
+        if not (self.epochs >= 1 and self.batch_size >= 1 and self.lr > 0 and 0 <= self.momentum < 1 and self.nudge > 0):
+            raise ValueError(f"TrainConfig needs epochs >= 1, batch_size >= 1, lr > 0, 0 <= momentum < 1, nudge > 0; got {self}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
 
 
 @dataclass(frozen=True)
@@ -140,9 +143,16 @@ def compare_rules(
     train: TrainConfig = TrainConfig(),
     inference: InferenceConfig = InferenceConfig(),
     *,
+    probe_size: int = 256,
+    alignment_nudge: float = 1.0,
+    seed: int = 0,
     progress: bool = True,
 ) -> xr.Dataset:
     """Train a copy of ``net0`` with each rule in ``rules`` and return the learning curves.
+
+    Every rule sees the same batches (shuffled by a generator seeded with ``seed``) and a
+    fresh optimiser of ``train``'s kind. Alignment is measured each epoch on the first
+    ``probe_size`` training samples at output nudge ``alignment_nudge``.
 
     Dims ``(rule, epoch, ensemble, layer)``; epoch 0 is the untrained network. Variables:
     ``train_loss`` and ``test_accuracy`` (rule, epoch, ensemble), ``epoch_time`` (rule,
@@ -152,9 +162,9 @@ def compare_rules(
     """
     E, L = net0.ensemble, net0.depth
     n = data.x_train.shape[0]
-    gen = torch.Generator().manual_seed(train.seed)
+    gen = torch.Generator().manual_seed(seed)
     orders = [epoch_batches(n, train.batch_size, gen) for _ in range(train.epochs)]
-    probe = slice(0, min(train.probe_size, n))
+    probe = slice(0, min(probe_size, n))
     px, py = data.x_train[probe], data.y_train[probe]
     shape = (len(rules), train.epochs + 1)
     loss = np.zeros(shape + (E,))
@@ -177,7 +187,7 @@ def compare_rules(
             secs[i, ep] = seconds
             loss[i, ep], _ = evaluate(cur, data.x_train, data.y_train, data.labels_train)
             _, acc[i, ep] = evaluate(cur, data.x_test, data.y_test, data.labels_test)
-            al = gradient_alignment(cur, px, py, inference=inference, nudge=train.alignment_nudge)
+            al = gradient_alignment(cur, px, py, inference=inference, nudge=alignment_nudge)
             cos[i, ep], rel[i, ep] = al.cosine.values, al.rel_error.values
             return {"test_acc": f"{acc[i, ep].mean():.3f}"}
 

@@ -8,7 +8,7 @@ ms, and plotted: energy per layer against time, and node trajectories of one tri
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import xarray as xr
@@ -20,7 +20,8 @@ from ..optim import make_optimizer
 from ..registry import ExperimentResult, RunContext
 from ..rules import StandardPC
 from ..training import train
-from .sections import InferenceSection, NetworkSection
+from ..inference import InferenceConfig
+from .sections import NetworkSection
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +41,7 @@ class Config(ExperimentConfig):
     """The ``inference_dynamics`` experiment."""
 
     network: NetworkSection = field(default_factory=NetworkSection)
-    inference: InferenceSection = field(default_factory=lambda: InferenceSection(steps=100))
+    inference: InferenceConfig = field(default_factory=lambda: InferenceConfig(steps=100))
     dynamics: DynamicsSection = field(default_factory=DynamicsSection)
 
 
@@ -52,7 +53,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     net = config.network.build(data.n_features, data.n_classes, config.seed, ctx.device)
     dyn = config.dynamics
     if dyn.pretrain_epochs:
-        rule = StandardPC(config.inference.build())
+        rule = StandardPC(config.inference)
         opt = make_optimizer("adam", dyn.lr)
         gen = torch.Generator().manual_seed(config.seed)
         train(lambda idx: rule.step(net, opt, data.x_train[idx], data.y_train[idx]),
@@ -61,7 +62,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     n = min(dyn.trials, data.x_test.shape[0])
     x, y = data.x_test[:n], data.y_test[:n]
     state = init_state(net, x, y if dyn.clamp_target else None)
-    r = relax(net, state, config.inference.build(record=True))
+    r = relax(net, state, replace(config.inference, record=True))
     ds = r.to_dataset(net)
     ds = ds.assign_coords(label=("trial", data.labels_test[:n].cpu().numpy(), {"long_name": "digit class"}))
     ds.attrs.update(dt_ms=config.inference.dt, tau_ms=config.inference.tau, clamp_target=int(dyn.clamp_target),

@@ -1,4 +1,5 @@
-"""Config sections shared by several experiments (TOML tables ``[network]``, ``[inference]``)."""
+"""Config sections shared by several experiments (TOML table ``[network]``); ``[inference]`` is
+the engine's own :class:`~pcsim.inference.InferenceConfig`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import Literal
 
 import torch
 
-from ..inference import InferenceConfig
 from ..network import PCNetwork
 
 Activation = Literal["tanh", "relu", "sigmoid", "linear"]
@@ -31,23 +31,3 @@ class NetworkSection:
             (n_in, *self.hidden, n_out), self.activation, ensemble=self.ensemble, seed=seed,
             precision=self.precision, learn_precision=self.learn_precision, device=device, dtype=torch.float32,
         )
-
-
-@dataclass(frozen=True, kw_only=True)
-class InferenceSection:
-    """``steps`` T; ``dt`` and ``tau`` in ms (step size dt/tau); ``momentum``; ``tol``: relative
-    energy change for early stopping (0: off); ``max_growth``: divergence bound on the energy;
-    ``compile``: run the inference loop as one ``torch.compile``d graph (faster, compiles first)."""
-
-    steps: int = field(default=20, metadata={"ge": 0})
-    dt: float = field(default=1.0, metadata={"gt": 0})
-    tau: float = field(default=10.0, metadata={"gt": 0})
-    momentum: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
-    tol: float = field(default=0.0, metadata={"ge": 0})
-    max_growth: float = field(default=10.0, metadata={"gt": 1})
-    compile: bool = False
-
-    def build(self, record: bool = False) -> InferenceConfig:
-        """The :class:`~pcsim.inference.InferenceConfig` these settings describe."""
-        return InferenceConfig(self.steps, self.dt, self.tau, self.momentum, self.tol, self.max_growth, record,
-                               compile=self.compile)

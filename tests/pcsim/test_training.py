@@ -27,8 +27,8 @@ def digits():
 @pytest.fixture(scope="module")
 def curves(digits):
     net = PCNetwork.init([64, 128, 10], "tanh", seed=0)
-    return compare_rules(net, digits, ["pc", "bp"], TrainConfig(epochs=6, lr=3e-3, probe_size=64),
-                         InferenceConfig(steps=20, dt=1.0, tau=10.0), progress=False)
+    return compare_rules(net, digits, ["pc", "bp"], TrainConfig(epochs=6, lr=3e-3),
+                         InferenceConfig(steps=20, dt=1.0, tau=10.0), probe_size=64, progress=False)
 
 
 def test_pc_and_backprop_reach_90_percent_on_digits(curves):
@@ -47,8 +47,8 @@ def test_training_loss_falls_for_every_rule(curves):
 def test_same_seed_same_curves_and_other_seed_differs(digits):
     def run(seed):
         net = PCNetwork.init([64, 32, 10], "tanh", seed=seed)
-        return compare_rules(net, digits, ["pc", "ipc"], TrainConfig(epochs=1, probe_size=32, seed=seed),
-                             InferenceConfig(steps=5), progress=False)
+        return compare_rules(net, digits, ["pc", "ipc"], TrainConfig(epochs=1),
+                             InferenceConfig(steps=5), probe_size=32, seed=seed, progress=False)
 
     a, b, c = run(3), run(3), run(4)
     for v in ["train_loss", "test_accuracy", "cosine", "rel_error"]:
@@ -58,7 +58,7 @@ def test_same_seed_same_curves_and_other_seed_differs(digits):
 
 def test_fixed_prediction_rule_trains_exactly_like_backprop(digits):
     net = PCNetwork.init([64, 32, 32, 10], "tanh", seed=1, dtype=torch.float64)
-    ds = compare_rules(net, _as64(digits), ["fpa", "bp"], TrainConfig(epochs=2, probe_size=32), InferenceConfig(steps=5), progress=False)
+    ds = compare_rules(net, _as64(digits), ["fpa", "bp"], TrainConfig(epochs=2), InferenceConfig(steps=5), probe_size=32, progress=False)
     np.testing.assert_allclose(ds.train_loss.sel(rule="fpa"), ds.train_loss.sel(rule="bp"), rtol=1e-9)
 
 
