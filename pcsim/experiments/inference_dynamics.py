@@ -80,13 +80,11 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
 
 def plot(results: xr.Dataset) -> dict:
     """Energy per layer vs relaxation time, and the trajectories of a few nodes per layer in trial 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     t = results.time.values
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     en = results.energy.mean(("ensemble", "trial"))
     for layer in results.layer.values:
         if float(abs(en.sel(layer=layer)).max()) > 0:
@@ -98,7 +96,8 @@ def plot(results: xr.Dataset) -> dict:
     figs = {"energy": fig}
 
     hidden = [int(l) for l in results.layer.values if f"x{l}" in results and 0 < l]
-    fig, ax = plt.subplots(1, len(hidden), figsize=(3.3 * len(hidden), 3.2), squeeze=False)
+    fig = Figure(figsize=(3.3 * len(hidden), 3.2))
+    ax = fig.subplots(1, len(hidden), squeeze=False)
     for j, l in enumerate(hidden):
         xs = results[f"x{l}"].isel(ensemble=0, trial=0)
         for u in range(min(8, xs.shape[-1])):

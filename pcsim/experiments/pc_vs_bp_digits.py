@@ -98,13 +98,11 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
 
 def plot(results: xr.Dataset) -> dict:
     """Three figures: test accuracy vs epoch per rule; alignment vs epoch per layer; alignment vs T per nudge."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     figs = {}
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    ax = fig.subplots(1, 2)
     for r in results.rule.values:
         acc = results.test_accuracy.sel(rule=r).mean("ensemble")
         ax[0].plot(results.epoch, acc, marker="o", ms=3, label=str(r))
@@ -116,7 +114,8 @@ def plot(results: xr.Dataset) -> dict:
     figs["accuracy"] = fig
 
     L = results.sizes["layer"]
-    fig, ax = plt.subplots(1, L, figsize=(3.2 * L, 3.2), sharey=True, squeeze=False)
+    fig = Figure(figsize=(3.2 * L, 3.2))
+    ax = fig.subplots(1, L, sharey=True, squeeze=False)
     for j, layer in enumerate(results.layer.values):
         for r in results.rule.values:
             ax[0, j].plot(results.epoch, results.cosine.sel(rule=r, layer=layer).mean("ensemble"), marker="o", ms=3, label=str(r))
@@ -127,7 +126,8 @@ def plot(results: xr.Dataset) -> dict:
     figs["alignment_epochs"] = fig
 
     nudges = results.nudge.values
-    fig, ax = plt.subplots(2, len(nudges), figsize=(3.2 * len(nudges), 5.6), sharey="row", sharex=True, squeeze=False)
+    fig = Figure(figsize=(3.2 * len(nudges), 5.6))
+    ax = fig.subplots(2, len(nudges), sharey="row", sharex=True, squeeze=False)
     for j, beta in enumerate(nudges):
         for layer in results.layer.values:
             sel = dict(nudge=beta, layer=layer)
