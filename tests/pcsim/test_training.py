@@ -144,3 +144,23 @@ def test_training_loop_calls_hooks_in_order_and_names_the_batch_of_a_divergence(
     with pytest.raises(InferenceDivergenceError, match=r"epoch 2, batch 2: energy became NaN") as info:
         train(bad, lambda ep: [ep, ep + 1, ep + 2], 3)
     assert (info.value.step, info.value.layer) == (7, 2)
+
+
+
+def test_network_section_is_pc_network_init_with_its_defaults_and_checks():
+    """The [network] table names PCNetwork.init's keywords: same defaults, same network, and a
+    bad value is refused by the engine's own check (as a ConfigError naming the table)."""
+    from dataclasses import make_dataclass
+
+    from pcsim.config import from_dict
+    from pcsim.errors import ConfigError
+    from pcsim.experiments.sections import NetworkSection
+
+    a = NetworkSection(hidden=(7,)).build(5, 3, seed=2, device="cpu")
+    b = PCNetwork.init((5, 7, 3), seed=2)
+    assert a.activations == b.activations and a.learn_precision == b.learn_precision
+    for p, q in zip(a.parameters() + a.log_precision, b.parameters() + b.log_precision):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    wrapper = make_dataclass("Wrapper", [("network", NetworkSection)], frozen=True)
+    with pytest.raises(ConfigError, match=r"x\.toml: table 'network': ensemble must be >= 1"):
+        from_dict(wrapper, {"network": {"ensemble": 0}}, source="x.toml")
