@@ -22,6 +22,7 @@ from . import energy as pc
 from . import relaxation
 from .errors import DataError, InferenceDivergenceError
 from .network import NetworkSpec, PCNetwork
+from .parallel import threads_for
 
 Tensor = torch.Tensor
 
@@ -438,8 +439,10 @@ def relax(
     if on_step is not None:
         def hook(t: int, c: PCCarry) -> None:
             on_step(InferenceStep(t, c.x, c.eps, c.peps, c.fx))
+    E, B = state.x[-1].shape[:2]
     out = relaxation.run(system, start(system, state.x), config.steps, max_growth=config.max_growth, tol=config.tol,
-                         record=config.record, check_every=config.check_every, compile=config.compile, on_step=hook)
+                         record=config.record, check_every=config.check_every, compile=config.compile, on_step=hook,
+                         threads=threads_for(net.sizes, B, E))
     c: PCCarry = out.carry
     grads = pc.parameter_gradients(net.spec, c.peps, c.fx, c.eps) if gradients else None
     state.x[:] = c.x

@@ -35,6 +35,7 @@ from .inference import (FixedPredictions, InferenceConfig, InferenceStep, PCDyna
                         _as_batch, freeze_predictions, init_state, relax, start)
 from .network import PCNetwork
 from .optim import Adam, AdamState, adam_init, adam_update
+from .parallel import threads, threads_for
 
 Tensor = torch.Tensor
 
@@ -99,9 +100,6 @@ def _can_fuse(rule: StandardPC, net: PCNetwork, optimizer, data) -> bool:
             and net.mode == "discriminative" and isinstance(optimizer, Adam) and isinstance(optimizer.lr, (int, float)))
 
 
-_FUSED: dict = {}
-
-
 def _fused_step(rule: StandardPC, net: PCNetwork, optimizer: "Adam", inputs, target) -> Relaxation:
     """A whole StandardPC training step as one compiled graph (:func:`training_step`): feed-forward
     sweep, the T steps of :func:`pcsim.relaxation.advance`, the local gradients and
@@ -116,14 +114,18 @@ def _fused_step(rule: StandardPC, net: PCNetwork, optimizer: "Adam", inputs, tar
     clamped = (True,) + (False,) * (L - 1) + (True,)
     plan = StepPlan(net.spec, tuple(range(1, L)), cfg.step_size, cfg.momentum, cfg.precondition, net.unit_precision(),
                     cfg.max_growth)
-    if "fn" not in _FUSED:
-        _FUSED["fn"] = torch.compile(training_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+    n_threads = threads_for(net.sizes, x0.shape[1], net.ensemble)
+    with threads(n_threads):
+        return _run_fused(plan, cfg, clamped, net, optimizer, x0, y, relaxation.compiled(training_step, n_threads))
+
+
+def _run_fused(plan: StepPlan, cfg: InferenceConfig, clamped, net: PCNetwork, optimizer: Adam, x0, y, step) -> Relaxation:
     params = net.parameters()
     state = optimizer.state if optimizer.state is not None else adam_init(params)
     count = torch.tensor(float(state.step), dtype=torch.float64)  # a tensor: one graph for every step count
     fixed_lps = [] if net.learn_precision else net.log_precision
-    carry, e0, ens, new, m, v = _FUSED["fn"](plan, cfg.steps, x0, y, params, AdamState(count, state.m, state.v),
-                                             optimizer.lr, optimizer.betas, optimizer.eps, fixed_lps)
+    carry, e0, ens, new, m, v = step(plan, cfg.steps, x0, y, params, AdamState(count, state.m, state.v),
+                                     optimizer.lr, optimizer.betas, optimizer.eps, fixed_lps)
     system = PCDynamics(plan, net.weights, net.biases, net.log_precision, None, None)  # for the checks only
     relaxation.check(system, 0, torch.cat([e0[None], ens]), e0, cfg.max_growth)  # steps 0..T
     torch._foreach_copy_(params, new)

@@ -16,6 +16,7 @@ from .energy import output_loss, sweep
 from .errors import DataError
 from .inference import _as_batch
 from .network import PCNetwork
+from .parallel import threads, threads_for
 
 Tensor = torch.Tensor
 
@@ -64,10 +65,12 @@ class BackpropTwin(nn.Module):
     def step(self, optimizer, inputs: Tensor, target: Tensor) -> Tensor:
         """One backprop training step with ``optimizer`` (from :mod:`pcsim.optim`); returns the pre-step loss ``(E,)``."""
         params = self.params()
-        loss = self.loss(inputs, target)
-        grads = torch.autograd.grad(loss.sum(), params)
-        with torch.no_grad():
-            optimizer.step([p.data for p in params], list(grads))
+        batch = inputs.shape[-2] if hasattr(inputs, "shape") else len(inputs)
+        with threads(threads_for(self.net.sizes, batch, self.net.ensemble)):  # pcsim.parallel says why
+            loss = self.loss(inputs, target)
+            grads = torch.autograd.grad(loss.sum(), params)
+            with torch.no_grad():
+                optimizer.step([p.data for p in params], list(grads))
         return loss.detach()
 
     def to_network(self) -> PCNetwork:
