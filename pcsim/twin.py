@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .energy import output_loss
+from .energy import output_loss, sweep
 from .errors import DataError
 from .inference import _as_batch
 from .network import PCNetwork
+from .parallel import threads, threads_for
 
 Tensor = torch.Tensor
 
@@ -43,9 +44,7 @@ class BackpropTwin(nn.Module):
         return self._forward(_as_batch(self.net, inputs, "inputs", self.net.sizes[0]))
 
     def _forward(self, h: Tensor) -> Tensor:
-        for k in range(self.net.depth):
-            h = torch.baddbmm(self.biases[k], self.net.activation(k).f(h), self.weights[k])
-        return h
+        return sweep(self.net.spec, list(self.weights), list(self.biases), h)[-1]
 
     def loss(self, inputs: Tensor, target: Tensor) -> Tensor:
         """Per-member loss ``(E,)``: ``1/2 (y - h_L)^T Pi_L (y - h_L)`` averaged over the batch."""
@@ -66,10 +65,12 @@ class BackpropTwin(nn.Module):
     def step(self, optimizer, inputs: Tensor, target: Tensor) -> Tensor:
         """One backprop training step with ``optimizer`` (from :mod:`pcsim.optim`); returns the pre-step loss ``(E,)``."""
         params = self.params()
-        loss = self.loss(inputs, target)
-        grads = torch.autograd.grad(loss.sum(), params)
-        with torch.no_grad():
-            optimizer.step([p.data for p in params], list(grads))
+        batch = inputs.shape[-2] if hasattr(inputs, "shape") else len(inputs)
+        with threads(threads_for(self.net.sizes, batch, self.net.ensemble)):  # pcsim.parallel says why
+            loss = self.loss(inputs, target)
+            grads = torch.autograd.grad(loss.sum(), params)
+            with torch.no_grad():
+                optimizer.step([p.data for p in params], list(grads))
         return loss.detach()
 
     def to_network(self) -> PCNetwork:

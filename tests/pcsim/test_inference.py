@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pcsim import energy
+from pcsim import energy, relaxation
 from pcsim.errors import DataError, InferenceDivergenceError
 from pcsim.inference import InferenceConfig, PCState, freeze_predictions, init_state, relax
 from pcsim.network import PCNetwork
@@ -407,9 +408,8 @@ def test_diverging_inference_reports_step_and_layer():
     assert (err.step, err.layer) == (step, layer)
     assert 1 <= err.step <= cfg.steps and 1 <= err.layer <= net.depth
     assert f"step {err.step}" in str(err) and f"layer {err.layer}" in str(err)
-    # without per-step checks (and on the compiled path) it is caught at the end, then
-    # located by a rerun with per-step checks: the same step and layer
-    for sparse in (InferenceConfig(steps=40, dt=3.0, tau=1.0), InferenceConfig(steps=40, dt=3.0, tau=1.0, compile=True)):
+    # with sparse checks the failed chunk is replayed step by step: the same step and layer
+    for sparse in (InferenceConfig(steps=40, dt=3.0, tau=1.0), InferenceConfig(steps=40, dt=3.0, tau=1.0, check_every=7)):
         with pytest.raises(InferenceDivergenceError) as info:
             relax(net, state.clone(), sparse)
         assert (info.value.step, info.value.layer) == (step, layer)
@@ -440,18 +440,79 @@ def test_nan_weight_reports_the_layer_it_predicts(mode, k):
 
 
 # --------------------------------------------------------------------------- compiled fast path
-def test_compiled_relaxation_equals_the_eager_loop():
-    """``InferenceConfig(compile=True)`` runs the same Euler steps as one torch.compile'd graph (one compile, ~10 s)."""
+# The compiled path is pcsim.relaxation.advance compiled: one small network, one step count
+# and one step size, so the module compiles one graph; the divergent case differs only in
+# tensor values (a large precision), which the compiled graph takes as inputs.
+COMPILED = InferenceConfig(steps=6, dt=1.0, tau=5.0, compile=True)
+
+
+def compiled_case(diverge: bool):
     net = randomise(PCNetwork.init([3, 5, 4, 2], "tanh", seed=12, ensemble=2, dtype=F64), 12, precisions=True)
-    state = training_state(net, 4, 12)
-    eager = relax(net, state.clone(), InferenceConfig(steps=15, dt=1.0, tau=5.0))
-    fast = relax(net, state.clone(), InferenceConfig(steps=15, dt=1.0, tau=5.0, compile=True))
-    assert fast.steps == eager.steps == 15
+    if diverge:
+        net.log_precision[1].fill_(math.log(40.0))  # dt/tau * Pi = 8 on layer 2: unstable
+    return net, training_state(net, 4, 12)
+
+
+def test_compiled_relaxation_equals_the_eager_loop():
+    """``InferenceConfig(compile=True)`` runs the same step function compiled."""
+    net, state = compiled_case(False)
+    eager = relax(net, state.clone(), replace(COMPILED, compile=False))
+    fast = relax(net, state.clone(), COMPILED, gradients=True)
+    assert fast.steps == eager.steps == COMPILED.steps
     for l in range(net.depth + 1):
         torch.testing.assert_close(fast.state.x[l], eager.state.x[l], rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(fast.energy, eager.energy, rtol=1e-12, atol=1e-14)
     for a, b in zip(fast.peps[1:], eager.peps[1:]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert fast.gradients is not None and len(fast.gradients) == len(net.parameters())
+
+
+def test_compiled_divergence_is_located_without_a_rerun():
+    """The compiled chunk returns every step's energies: the error names the step and layer the per-step check finds."""
+    net, state = compiled_case(True)
+    step, layer = divergence_reference(net, state, replace(COMPILED, compile=False, check_every=1))
+    with pytest.raises(InferenceDivergenceError) as info:
+        relax(net, state.clone(), COMPILED)
+    assert (info.value.step, info.value.layer) == (step, layer)
+
+
+@dataclass
+class Decay:
+    """A toy relaxing system: gradient descent on E = a/2 x^2 per sample, x_{t+1} = (1 - eta a) x_t."""
+
+    a: float
+    eta: float
+
+    def step(self, carry):
+        return carry * (1 - self.eta * self.a)
+
+    def energies(self, carry):
+        return 0.5 * self.a * carry ** 2  # (E, B, 1)
+
+    def totals(self, energies):
+        return energies.sum((-2, -1))
+
+    def diverged(self, t, en, start):
+        return InferenceDivergenceError(f"toy diverged at step {t}", step=t, layer=0)
+
+    def observe(self, carry, energies):
+        return {"x": carry}
+
+
+@pytest.mark.parametrize("check_every", [0, 1, 3])
+def test_the_loop_drives_any_relaxing_system(check_every):
+    """pcsim.relaxation.run against closed forms: the trace is (1 - eta a)^t x_0, tol stops at the
+    first step whose relative energy change is below tol, growth is named at the first step past max_growth."""
+    x0 = torch.tensor([[[1.0], [-2.0]]], dtype=F64)  # (E=1, B=2, 1)
+    r = relaxation.run(Decay(1.0, 0.1), x0, 10, record=True)
+    np.testing.assert_allclose(r.trace["x"][:, 0, :, 0], 0.9 ** np.arange(11)[:, None] * np.array([1.0, -2.0]), rtol=1e-13)
+    # energy ratio per step is 0.81: relative change 0.19 <= tol from the first step
+    assert relaxation.run(Decay(1.0, 0.1), x0, 10, tol=0.2).steps == 1
+    assert relaxation.run(Decay(1.0, 0.1), x0, 10, tol=0.1).steps == 10
+    # |1 - eta a| = 1.5: energy grows 2.25x per step; past 10x first at step 3
+    with pytest.raises(InferenceDivergenceError) as info:
+        relaxation.run(Decay(1.0, 2.5), x0, 10, check_every=check_every)
+    assert info.value.step == 3
 
 
 def test_generative_init_state_samples_from_the_prior():
