@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .inference import InferenceConfig, relax
+from .inference import InferenceConfig, InferenceStep, relax
 from .network import PCNetwork
-from .rules import FixedPredictionPC, StandardPC, _training_state, local_gradients, nudged
+from .energy import parameter_gradients
+from .rules import FixedPredictionPC, StandardPC, _training_state, nudged
 from .twin import BackpropTwin
 
 Tensor = torch.Tensor
@@ -97,21 +98,21 @@ def alignment_sweep(
     """
     steps = sorted(int(s) for s in steps)
     bp = BackpropTwin(net).gradients(inputs, target)
-    weights_only = replace(net, learn_precision=False)  # compare W and b; precisions are not in the twin
+    weights_only = replace(net, spec=replace(net.spec, learn_precision=False))  # compare W and b; precisions are not in the twin
     cos = np.zeros((len(nudges), len(steps), net.ensemble, net.depth))
     rel = np.zeros_like(cos)
     for i, beta in enumerate(nudges):
         wanted = {s: j for j, s in enumerate(steps)}
         got: dict[int, list[Tensor]] = {}
 
-        def grab(t, x, eps, peps, fx):
-            if t in wanted:
-                got[t] = local_gradients(weights_only, peps, fx)
+        def grab(step: InferenceStep) -> None:
+            if step.t in wanted:
+                got[step.t] = parameter_gradients(weights_only.spec, step.peps, step.fx)
 
         cfg = replace(inference, steps=steps[-1], record=False, tol=0.0)
         view = nudged(weights_only, float(beta))
         r = relax(view, _training_state(view, inputs, target, None), cfg, on_step=grab)
-        got[steps[-1]] = local_gradients(weights_only, r.peps, r.fx)
+        got[steps[-1]] = parameter_gradients(weights_only.spec, r.peps, r.fx)
         for s, j in wanted.items():
             cos[i, j], rel[i, j] = compare_gradients(net, got[s], bp, float(beta))
     coords = {"nudge": np.asarray(nudges, float), "steps": np.asarray(steps), "layer": np.arange(1, net.depth + 1)}

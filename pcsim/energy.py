@@ -1,4 +1,4 @@
-"""Prediction errors, the precision-weighted energy and its explicit gradients.
+"""Prediction errors, the precision-weighted energy and its explicit gradients: the PC equations, once.
 
 For value nodes ``x_0..x_L`` (each ``(E, B, n_l)``) the energy of one sample is
 
@@ -8,122 +8,197 @@ For value nodes ``x_0..x_L`` (each ``(E, B, n_l)``) the energy of one sample is
 with ``eps_l = x_l - mu_l`` and ``mu_l = f(x_{l-1}) @ W_l + b_l`` (Rao & Ballard 1999;
 Friston 2005; Bogacz 2017). Gradients here are the explicit local expressions: the
 gradient at ``x_l`` uses only ``eps_l`` and the error of the layer ``x_l`` predicts.
+
+Every other module (the network's feed-forward sweep, the relaxation step of
+:mod:`pcsim.inference`, the learning rules, the backprop twin, the fused training step)
+calls these functions; the hot paths pass pieces they already hold (frozen predictions,
+activities), never a second copy of a formula. The core functions take the static
+:class:`~pcsim.network.NetworkSpec` and explicit tensors so that compiled code can call them;
+the ``net``-level wrappers (:func:`prediction_errors`, :func:`layer_energies`,
+:func:`value_gradients`) are the convenient public surface.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import torch
 
-from .network import PCNetwork
+if TYPE_CHECKING:
+    from .network import NetworkSpec, PCNetwork
 
 Tensor = torch.Tensor
 
 
-def predictions(net: PCNetwork, x: list[Tensor]) -> list[Tensor | None]:
+# --------------------------------------------------------------------------- predictions
+def predict(fx: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """The prediction ``mu_l = f(x_{l-1}) @ W_l + b_l``, ``(E, B, n_l)``, from activities ``fx`` ``(E, B, n_{l-1})``,
+    ``weight`` ``(E, n_{l-1}, n_l)`` and ``bias`` ``(E, 1, n_l)``."""
+    return torch.baddbmm(bias, fx, weight)
+
+
+def sweep(spec: "NetworkSpec", weights: Sequence[Tensor], biases: Sequence[Tensor], x0: Tensor) -> list[Tensor]:
+    """The feed-forward sweep ``x_l = mu_l(x_{l-1})`` from ``x0`` ``(E, B, n_0)``: ``[x_0, ..., x_L]``.
+
+    The one sweep: the initial state of inference (every error above layer 0 is zero there),
+    the network's :meth:`~pcsim.network.PCNetwork.forward` and the backprop twin's forward pass.
+    """
+    xs = [x0]
+    for k in range(spec.depth):
+        xs.append(predict(spec.activation(k).f(xs[-1]), weights[k], biases[k]))
+    return xs
+
+
+def errors(spec: "NetworkSpec", weights: Sequence[Tensor], biases: Sequence[Tensor], precisions: Sequence[Tensor] | None,
+           prior: tuple[Tensor, Tensor] | None, x: Sequence[Tensor], *, mu: Sequence | None = None,
+           fx: Sequence | None = None) -> tuple[list, list, list]:
+    """Errors ``eps``, precision-weighted errors ``peps`` and activities ``fx`` at value nodes ``x``.
+
+    ``eps_l = x_l - mu_l`` and ``peps_l = Pi_l eps_l`` for ``l = 1..L`` (``(E, B, n_l)``);
+    ``eps_0 = x_0 - m_0`` and ``peps_0 = Pi_0 eps_0`` with ``prior = (m_0, Pi_0)`` in generative
+    mode, both ``None`` without a prior. ``precisions`` ``[Pi_1..Pi_L]`` (``(E, 1, n_l)`` or
+    ``(E, 1, 1)``), or ``None`` when every precision is 1 (then ``peps`` is ``eps``). ``fx[l] =
+    f_l(x_l)`` for ``l < L``. ``mu[l]``/``fx[l]``, where given (not None), are used as they are
+    instead of being computed: frozen predictions (fixed-prediction rule) or a prediction that
+    cannot change during a relaxation (``mu_1`` from a clamped input).
+    """
+    L = spec.depth
+    acts = [fx[l] if fx is not None and fx[l] is not None else None for l in range(L)]
+    eps: list = [None if prior is None else x[0] - prior[0]]
+    for l in range(1, L + 1):
+        m = mu[l] if mu is not None else None
+        if m is None:
+            if acts[l - 1] is None:
+                acts[l - 1] = spec.activation(l - 1).f(x[l - 1])
+            m = predict(acts[l - 1], weights[l - 1], biases[l - 1])
+        eps.append(x[l] - m)
+    peps: list = [None if prior is None else prior[1] * eps[0]]
+    peps += eps[1:] if precisions is None else [precisions[l - 1] * eps[l] for l in range(1, L + 1)]
+    return eps, peps, acts
+
+
+def _network_errors(net: "PCNetwork", x: Sequence[Tensor]) -> tuple[list, list, list]:
+    prior = (net.prior_mean, net.prior_log_precision.exp()) if net.mode == "generative" else None
+    return errors(net.spec, net.weights, net.biases, net.precision(), prior, x)
+
+
+def predictions(net: "PCNetwork", x: Sequence[Tensor]) -> list[Tensor | None]:
     """Predictions ``[None, mu_1, ..., mu_L]`` (``mu_l``: ``(E, B, n_l)``) from value nodes ``x``."""
-    mus: list[Tensor | None] = [None]
-    for k in range(net.depth):
-        mus.append(torch.baddbmm(net.biases[k], net.activation(k).f(x[k]), net.weights[k]))
-    return mus
+    return [None] + [predict(net.activation(k).f(x[k]), net.weights[k], net.biases[k]) for k in range(net.depth)]
 
 
-def prediction_errors(net: PCNetwork, x: list[Tensor]) -> list[Tensor | None]:
+def prediction_errors(net: "PCNetwork", x: Sequence[Tensor]) -> list[Tensor | None]:
     """Errors ``[eps_0, eps_1, ..., eps_L]``, each ``(E, B, n_l)``.
 
     ``eps_0 = x_0 - prior_mean`` in generative mode and ``None`` in discriminative mode
     (the input is clamped and carries no energy).
     """
-    mus = predictions(net, x)
-    eps: list[Tensor | None] = [x[0] - net.prior_mean if net.mode == "generative" else None]
-    eps += [x[l] - mus[l] for l in range(1, net.depth + 1)]
-    return eps
+    return _network_errors(net, x)[0]
 
 
-def layer_energies(net: PCNetwork, x: list[Tensor]) -> Tensor:
+# --------------------------------------------------------------------------- energies
+def quadratic_energy(eps: Tensor | None, peps: Tensor | None, like: Tensor) -> Tensor:
+    """``1/2 eps^T Pi eps`` per sample, ``(E, B)``, from ``eps`` and ``peps = Pi eps`` (``(E, B, n)``); zeros shaped
+    like ``like[..., 0]`` for a layer without energy (``eps`` None)."""
+    if eps is None:
+        return like.new_zeros(like.shape[:-1])
+    return 0.5 * (eps * peps).sum(-1)
+
+
+def quadratic_energies(eps: Sequence, peps: Sequence, like: Tensor) -> Tensor:
+    """The quadratic energy of every layer and sample, ``(E, B, L+1)`` (column 0: the prior term or 0)."""
+    return torch.stack([quadratic_energy(e, pe, like) for e, pe in zip(eps, peps)], -1)
+
+
+def log_det_precision(spec: "NetworkSpec", log_precision: Sequence[Tensor]) -> list[Tensor]:
+    """``log det Pi_l`` of layers ``l = 1..L``, each ``(E, 1)``: a scalar precision counts ``n_l`` times."""
+    return [lp[..., 0] * spec.sizes[l + 1] if spec.scalar_precision[l] else lp.sum(-1)
+            for l, lp in enumerate(log_precision)]
+
+
+def layer_energies(net: "PCNetwork", x: Sequence[Tensor]) -> Tensor:
     """Energy of each layer and sample, ``(E, B, L+1)``; column 0 is the prior term (0 if discriminative).
 
     Includes ``-1/2 log det Pi_l`` per layer when ``net.learn_precision`` is set, so the
     total is the negative log joint density up to a constant.
     """
-    eps = prediction_errors(net, x)
-    E, B = x[-1].shape[:2]
-    out = x[-1].new_zeros(E, B, net.depth + 1)
-    if eps[0] is not None:
-        out[..., 0] = 0.5 * net.prior_log_precision.exp()[..., 0] * (eps[0] ** 2).sum(-1)
-    for l in range(1, net.depth + 1):
-        lp = net.log_precision[l - 1]
-        out[..., l] = 0.5 * (lp.exp() * eps[l] ** 2).sum(-1)
-        if net.learn_precision:
-            n = net.sizes[l]
-            logdet = lp.sum(-1) if lp.shape[-1] == n else lp[..., 0] * n
-            out[..., l] = out[..., l] - 0.5 * logdet
+    eps, peps, _ = _network_errors(net, x)
+    out = quadratic_energies(eps, peps, x[-1])
+    if net.learn_precision:
+        logdet = torch.stack([x[-1].new_zeros(net.ensemble, 1)] + log_det_precision(net.spec, net.log_precision), -1)
+        out = out - 0.5 * logdet
     return out
 
 
-def energy(net: PCNetwork, x: list[Tensor]) -> Tensor:
+def energy(net: "PCNetwork", x: Sequence[Tensor]) -> Tensor:
     """Total energy per ensemble member and sample, ``(E, B)``."""
     return layer_energies(net, x).sum(-1)
 
 
-def value_gradients(net: PCNetwork, x: list[Tensor]) -> list[Tensor]:
-    """Explicit ``dE/dx_l`` for every layer ``l = 0..L`` (clamped or not), each ``(E, B, n_l)``.
-
-    ``dE/dx_l = Pi_l eps_l - f'(x_l) * ((Pi_{l+1} eps_{l+1}) @ W_{l+1}^T)``: the node's own
-    error pushes it towards its prediction, the error it causes one layer down pulls it back.
-    """
-    eps = prediction_errors(net, x)
-    pis = net.precision()
-    peps = [None if eps[0] is None else net.prior_log_precision.exp() * eps[0]]
-    peps += [pis[l - 1] * eps[l] for l in range(1, net.depth + 1)]
-    grads = []
-    for l in range(net.depth + 1):
-        g = peps[l] if peps[l] is not None else torch.zeros_like(x[l])
-        if l < net.depth:
-            act = net.activation(l)
-            fx = act.f(x[l])
-            g = g - act.df(x[l], fx) * torch.bmm(peps[l + 1], net.weights[l].transpose(1, 2))
-        grads.append(g)
-    return grads
-
-
-def output_loss(net: PCNetwork, output: Tensor, target: Tensor) -> Tensor:
+def output_loss(net: "PCNetwork", output: Tensor, target: Tensor) -> Tensor:
     """The backprop loss matching the output energy: ``1/2 (y - out)^T Pi_L (y - out)`` averaged over the batch, ``(E,)``."""
-    return 0.5 * (net.log_precision[-1].exp() * (target - output) ** 2).sum(-1).mean(-1)
+    eps = target - output
+    return quadratic_energy(eps, net.log_precision[-1].exp() * eps, eps).mean(-1)
 
 
-def parameter_gradients(net: PCNetwork, peps: list[Tensor | None], fx: list[Tensor], eps: list[Tensor | None] | None = None) -> list[Tensor]:
-    """Batch-mean ``dE/dtheta`` from local quantities, ordered as ``net.parameters()``.
+# --------------------------------------------------------------------------- gradients
+def node_gradient(peps: Tensor | None, peps_below: Tensor | None, weight: Tensor | None, slope: Tensor | None,
+                  like: Tensor) -> Tensor:
+    """``dE/dx_l = Pi_l eps_l - f'(x_l) * ((Pi_{l+1} eps_{l+1}) @ W_{l+1}^T)``, ``(E, B, n_l)``.
 
-    ``peps[l]`` ``(E, B, n_l)`` are precision-weighted errors, ``fx[l]`` ``(E, B, n_l)`` the
-    pre-synaptic activities; ``eps`` (unweighted errors) is needed only for precision
-    learning. Each weight gradient is one Hebbian outer product summed over the batch.
+    The node's own weighted error ``peps`` pushes it towards its prediction; the weighted error
+    ``peps_below`` of the layer it predicts pulls it back through ``weight`` ``(E, n_l, n_{l+1})``
+    and the slope ``f'(x_l)`` (``slope``). ``peps`` is None for a node without its own energy
+    (a discriminative input), ``peps_below`` None for the last layer; ``like`` gives the shape then.
     """
-    return hebbian_gradients(gradient_spec(net), peps, fx, eps)
+    g = None
+    if peps_below is not None:
+        g = -slope * torch.bmm(peps_below, weight.transpose(1, 2))
+        if peps is not None:
+            g = g + peps
+    elif peps is not None:
+        g = peps
+    return torch.zeros_like(like) if g is None else g
 
 
-def gradient_spec(net: PCNetwork) -> tuple:
-    """What the parameter gradients need to know of ``net`` besides the errors, as a hashable
-    ``(sizes, mode, learn_precision, scalar-precision flag per layer)`` (compiled code keys on it)."""
-    return (tuple(net.sizes), net.mode, bool(net.learn_precision), tuple(lp.shape[-1] == 1 for lp in net.log_precision))
+def value_gradients(net: "PCNetwork", x: Sequence[Tensor]) -> list[Tensor]:
+    """Explicit ``dE/dx_l`` for every layer ``l = 0..L`` (clamped or not), each ``(E, B, n_l)`` (:func:`node_gradient`)."""
+    _, peps, fx = _network_errors(net, x)
+    L = net.depth
+    out = []
+    for l in range(L + 1):
+        if l < L:
+            act = net.activation(l)
+            f = fx[l] if fx[l] is not None else act.f(x[l])
+            out.append(node_gradient(peps[l], peps[l + 1], net.weights[l], act.df(x[l], f), x[l]))
+        else:
+            out.append(node_gradient(peps[l], None, None, None, x[l]))
+    return out
 
 
-def hebbian_gradients(spec: tuple, peps: list, fx: list, eps: list | None = None) -> list[Tensor]:
-    """:func:`parameter_gradients` given ``spec = gradient_spec(net)`` instead of the network."""
-    sizes, mode, learn_precision, scalar = spec
-    L = len(sizes) - 1
+def parameter_gradients(spec: "NetworkSpec", peps: Sequence, fx: Sequence, eps: Sequence | None = None) -> list[Tensor]:
+    """Batch-mean ``dE/dtheta`` from local quantities, ordered as ``PCNetwork.parameters()``.
+
+    ``spec``: the network's :class:`~pcsim.network.NetworkSpec` (``net.spec``). ``peps[l]`` ``(E, B, n_l)`` are precision-weighted
+    errors, ``fx[l]`` ``(E, B, n_l)`` the pre-synaptic activities; ``eps`` (unweighted errors)
+    is needed only for precision learning. Each weight gradient is one Hebbian outer product
+    summed over the batch: ``dE/dW_l = -f(x_{l-1})^T (Pi_l eps_l) / B``, ``dE/db_l =
+    -mean_B(Pi_l eps_l)``, ``dE/dlog Pi_l = 1/2 (Pi_l eps_l^2 - 1)`` (summed over units for a
+    scalar precision), ``dE/dm_0 = -mean_B(Pi_0 eps_0)`` in generative mode.
+    """
+    L = len(spec.sizes) - 1
     B = peps[L].shape[1]
-    gW = [torch.bmm(fx[k].transpose(1, 2), peps[k + 1]).mul_(-1.0 / B) for k in range(L)]
-    gb = [peps[k + 1].mean(1, keepdim=True).neg_() for k in range(L)]
-    grads = gW + gb
-    if learn_precision:
+    grads = [torch.bmm(fx[k].transpose(1, 2), peps[k + 1]).mul_(-1.0 / B) for k in range(L)]
+    grads += [peps[k + 1].mean(1, keepdim=True).neg_() for k in range(L)]
+    if spec.learn_precision:
         if eps is None:
             raise ValueError("precision learning needs the unweighted errors `eps`")
         for k in range(L):
             sq = (peps[k + 1] * eps[k + 1]).mean(1, keepdim=True)  # Pi eps^2, batch mean, (E,1,n)
-            if scalar[k]:
-                grads.append(0.5 * (sq.sum(-1, keepdim=True) - sizes[k + 1]))
+            if spec.scalar_precision[k]:
+                grads.append(0.5 * (sq.sum(-1, keepdim=True) - spec.sizes[k + 1]))
             else:
                 grads.append(0.5 * (sq - 1.0))
-    if mode == "generative":
+    if spec.mode == "generative":
         grads.append(peps[0].mean(1, keepdim=True).neg_())
     return grads

@@ -3,22 +3,25 @@
 The value nodes follow the gradient flow ``tau dx_l/dt = -dE/dx_l`` integrated with Euler
 steps of ``dt`` (both in ms, so ``dt / tau`` is the dimensionless step size), optionally
 with heavy-ball momentum. Each update of ``x_l`` uses only its own error ``eps_l`` and the
-error ``eps_{l+1}`` of the layer it predicts (Whittington & Bogacz 2017). The one loop that
-drives relaxation lives in :func:`relax`; learning rules plug into it through ``on_step``.
+error ``eps_{l+1}`` of the layer it predicts (Whittington & Bogacz 2017). Static PC is a
+relaxing system (:class:`PCDynamics`: its step moves the free nodes, then evaluates the
+errors and the next direction with :mod:`pcsim.energy`'s functions), driven by the one loop
+of :mod:`pcsim.relaxation`; learning rules plug into it through ``on_step``, which receives
+one :class:`InferenceStep`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 
+from . import energy as pc
+from . import relaxation
 from .errors import DataError, InferenceDivergenceError
-from .activations import get_activation
-from .energy import gradient_spec, hebbian_gradients, parameter_gradients
-from .network import PCNetwork
+from .network import NetworkSpec, PCNetwork
 
 Tensor = torch.Tensor
 
@@ -34,19 +37,20 @@ class InferenceConfig:
     times its initial value (divergence). ``record``: keep every node, error and layer
     energy at every step. ``check_every``: check for divergence every k steps (0: only at
     the end, unless ``record`` or ``tol`` make the energy available at every step anyway).
-    ``compile``: run the T steps as one ``torch.compile``d graph when nothing is recorded
-    (fused kernels, no Python in the loop; costs seconds of compilation per shape).
+    ``compile``: run the steps as ``torch.compile``d chunks (all T steps in one graph when
+    nothing is recorded, no tolerance and no hook; fused kernels, no Python in the loop;
+    costs seconds of compilation per shape).
     ``precondition``: divide each layer's step by its precision (see ``_update``).
     """
 
-    steps: int = 20
-    dt: float = 1.0
-    tau: float = 10.0
-    momentum: float = 0.0
-    tol: float = 0.0
-    max_growth: float = 10.0
+    steps: int = field(default=20, metadata={"ge": 0})
+    dt: float = field(default=1.0, metadata={"gt": 0, "units": "ms"})
+    tau: float = field(default=10.0, metadata={"gt": 0, "units": "ms"})
+    momentum: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
+    tol: float = field(default=0.0, metadata={"ge": 0})
+    max_growth: float = field(default=10.0, metadata={"gt": 1})
     record: bool = False
-    check_every: int = 0
+    check_every: int = field(default=0, metadata={"ge": 0})
     compile: bool = False
     precondition: bool = False
 
@@ -220,144 +224,179 @@ def freeze_predictions(net: PCNetwork, state: PCState) -> FixedPredictions:
         f = act.f(state.x[l])
         fx.append(f)
         dfx.append(act.df(state.x[l], f))
-    mu: list[Tensor | None] = [None] + [torch.baddbmm(net.biases[k], fx[k], net.weights[k]) for k in range(net.depth)]
+    mu: list[Tensor | None] = [None] + [pc.predict(fx[k], net.weights[k], net.biases[k]) for k in range(net.depth)]
     return FixedPredictions(mu, fx, dfx)
 
 
-# --------------------------------------------------------------------------- one Euler step
+# --------------------------------------------------------------------------- the relaxing system
 @dataclass(frozen=True)
-class _Plan:
-    """What stays fixed during one relaxation (hashable, so a compiled step specialises on it)."""
+class StepPlan:
+    """What stays fixed during one relaxation (hashable; compiled steps specialise on it).
 
-    depth: int
-    activations: tuple[str, ...]
+    ``spec``: the network's static part; ``free``: indices of the layers that move; ``eta``:
+    the step ``dt/tau``; ``momentum``; ``precondition``: divide each layer's step by its
+    precision; ``unit_precision``: every precision is 1 (the products are skipped);
+    ``max_growth``: the divergence bound (quoted in the error message).
+    """
+
+    spec: NetworkSpec
     free: tuple[int, ...]
-    generative: bool
-    unit_precision: bool
-    fixed: bool
-    mu1_cached: bool
     eta: float
-    momentum: float
+    momentum: float = 0.0
     precondition: bool = False
+    unit_precision: bool = False
+    max_growth: float = 10.0
+
+
+class PCCarry(NamedTuple):
+    """The state of a static-PC relaxation at one step and what was computed at it.
+
+    ``x``: value nodes ``[x_0..x_L]`` ``(E, B, n_l)``; ``v``: heavy-ball velocity of each free
+    layer (``None`` entries without momentum); ``eps``/``peps``: errors and precision-weighted
+    errors (:func:`pcsim.energy.errors`); ``fx``: activities ``f(x_l)``, ``l < L``;
+    ``direction``: ``dE/dx_l`` of each free layer (divided by ``Pi_l`` when preconditioned),
+    computed with the parameters of this step so that a hook may change them before the move.
+    """
+
+    x: list
+    v: list
+    eps: list
+    peps: list
+    fx: list
+    direction: list
 
 
 @dataclass
-class _Params:
-    """The tensors one relaxation reads: weights, biases, precisions, prior and frozen predictions."""
+class InferenceStep:
+    """What ``relax``'s ``on_step`` receives at step ``t``, before the nodes move: the value nodes
+    ``x``, errors ``eps``, precision-weighted errors ``peps`` (lists over layers ``0..L``, each
+    ``(E, B, n_l)``, ``None`` where a layer has no error) and activities ``fx`` (``l < L``)."""
 
-    W: list[Tensor]
-    b: list[Tensor]
-    pis: list[Tensor]
-    pi0: Tensor
-    prior_mean: Tensor
-    mu: list  # fixed predictions, or [mu_1] when cached
-    fx: list  # fixed activities (fixed-prediction rule)
-    dfx: list  # fixed slopes (fixed-prediction rule)
-
-
-def _errors(plan: _Plan, p: _Params, x: list[Tensor]):
-    """Errors ``eps``, precision-weighted errors ``peps`` and activities ``fx`` at state ``x``."""
-    L = plan.depth
-    eps: list = [x[0] - p.prior_mean if plan.generative else None]
-    if plan.fixed:
-        fx = list(p.fx)
-        eps += [x[l] - p.mu[l] for l in range(1, L + 1)]
-    else:
-        start = 1 if plan.mu1_cached else 0
-        fx = [None] * start + [get_activation(plan.activations[l]).f(x[l]) for l in range(start, L)]
-        for l in range(1, L + 1):
-            if l == 1 and plan.mu1_cached:
-                eps.append(x[1] - p.mu[0])
-            else:
-                eps.append(x[l] - torch.baddbmm(p.b[l - 1], fx[l - 1], p.W[l - 1]))
-    peps = [None if eps[0] is None else p.pi0 * eps[0]]
-    peps += eps[1:] if plan.unit_precision else [p.pis[l - 1] * eps[l] for l in range(1, L + 1)]
-    return eps, peps, fx
+    t: int
+    x: list[Tensor]
+    eps: list[Tensor | None]
+    peps: list[Tensor | None]
+    fx: list[Tensor]
 
 
-def _update(plan: _Plan, p: _Params, x: list[Tensor], v: list, eps: list, peps: list, fx: list):
-    """One Euler (or heavy-ball) step of every free layer: ``x_l -= eta * dE/dx_l``; returns new ``(x, v)``.
+@dataclass
+class PCDynamics:
+    """Static PC as a relaxing system (:mod:`pcsim.relaxation`): Euler (or heavy-ball) steps of
+    ``tau dx_l/dt = -dE/dx_l`` on the free layers of ``plan``.
 
-    With ``plan.precondition`` the step of layer ``l`` is divided by its precision ``Pi_l``
-    (Newton's step on the layer's own quadratic term), so that at ``eta = 1`` the error equals
-    its fixed point after one step: what makes the fixed-prediction rule exact in ``L-1``
-    steps for any precisions.
+    Tensors: ``weights``, ``biases`` and ``log_precision`` of the network (read at every step,
+    so a hook's in-place updates take effect); ``precisions`` ``[Pi_1..Pi_L]`` or ``None``
+    (unit); ``prior = (m_0, Pi_0)`` in generative mode; ``mu``/``fx``/``slopes``: per-layer
+    predictions, activities and slopes held fixed (``None`` entries are computed): frozen
+    feed-forward values for the fixed-prediction rule, or ``mu_1`` and ``f(x_0)`` of a clamped
+    input, which cannot change while the weights do not.
     """
-    L = plan.depth
-    x = list(x)
-    v = list(v)
-    scaled = plan.precondition and not plan.unit_precision
-    for i, l in enumerate(plan.free):
-        back = slope = None
-        if l < L:
-            back = torch.bmm(peps[l + 1], p.W[l].transpose(1, 2))
-            slope = p.dfx[l] if plan.fixed else get_activation(plan.activations[l]).df(x[l], fx[l])
-            if scaled:
-                back = back / (p.pis[l - 1] if l > 0 else p.pi0)
-        if scaled:
-            peps = list(peps)
-            peps[l] = eps[l]
-        if plan.momentum > 0:
-            g = peps[l] if back is None else (-(slope * back) if peps[l] is None else peps[l] - slope * back)
-            v[i] = v[i] * plan.momentum - plan.eta * g
-            x[l] = x[l] + v[i]
-        else:
-            new = x[l] if peps[l] is None else x[l].sub(peps[l], alpha=plan.eta)
-            x[l] = new if back is None else new.addcmul(slope, back, value=plan.eta)
-    return x, v
+
+    plan: StepPlan
+    weights: list
+    biases: list
+    log_precision: list
+    precisions: list | None
+    prior: tuple | None
+    mu: list | None = None
+    fx: list | None = None
+    slopes: list | None = None
+
+    def evaluate(self, x: list, v: list) -> PCCarry:
+        """Errors, activities and descent directions at value nodes ``x`` (with velocities ``v``)."""
+        plan, spec = self.plan, self.plan.spec
+        L = spec.depth
+        pis = [lp.exp() for lp in self.log_precision] if spec.learn_precision else self.precisions
+        eps, peps, fx = pc.errors(spec, self.weights, self.biases, pis, self.prior, x, mu=self.mu, fx=self.fx)
+        direction = []
+        for l in plan.free:
+            if l < L:
+                slope = self.slopes[l] if self.slopes is not None else spec.activation(l).df(x[l], fx[l])
+                g = pc.node_gradient(peps[l], peps[l + 1], self.weights[l], slope, x[l])
+            else:
+                g = pc.node_gradient(peps[l], None, None, None, x[l])
+            if plan.precondition and pis is not None:  # Newton's step on the layer's own quadratic term
+                g = g / (pis[l - 1] if l > 0 else self.prior[1])
+            direction.append(g)
+        return PCCarry(list(x), list(v), eps, peps, fx, direction)
+
+    def step(self, carry: PCCarry) -> PCCarry:
+        """Move every free layer by ``-eta * direction`` (heavy-ball: ``v = m v - eta d``, ``x += v``), then evaluate."""
+        plan = self.plan
+        x, v = list(carry.x), list(carry.v)
+        for i, l in enumerate(plan.free):
+            if plan.momentum > 0:
+                v[i] = v[i] * plan.momentum - plan.eta * carry.direction[i]
+                x[l] = x[l] + v[i]
+            else:
+                x[l] = x[l].sub(carry.direction[i], alpha=plan.eta)
+        return self.evaluate(x, v)
+
+    def energies(self, carry: PCCarry) -> Tensor:
+        """Quadratic energy per member, sample and layer, ``(E, B, L+1)`` (column 0: the prior term or 0)."""
+        return pc.quadratic_energies(carry.eps, carry.peps, carry.x[-1])
+
+    def totals(self, energies: Tensor) -> Tensor:
+        """Total energy per member, summed over the batch and the layers: ``(..., E)``."""
+        return energies.sum((-2, -1))
+
+    def diverged(self, t: int, en: Tensor, start: Tensor) -> InferenceDivergenceError:
+        """The error for energies ``en`` ``(E, B, L+1)`` at step ``t``, naming the layer and member."""
+        L, eta, growth = self.plan.spec.depth, self.plan.eta, self.plan.max_growth
+        finite = torch.isfinite(en)
+        if not bool(finite.all()):
+            layer = int(torch.nonzero(~finite.reshape(-1, L + 1).all(0))[0, 0])
+            member = int(torch.nonzero(~finite.reshape(en.shape[0], -1).all(1))[0, 0])
+            return InferenceDivergenceError(
+                f"inference diverged: energy of layer {layer} became NaN/Inf at step {t} (ensemble member {member}); "
+                f"reduce dt/tau (now {eta:g}) or the momentum", step=t, layer=layer)
+        tot, tot0 = self.totals(en), self.totals(start)
+        member = int(torch.nonzero(tot > growth * tot0.abs() + 1e-6)[0, 0])
+        layer = int(torch.argmax((en - start)[member].sum(0)))
+        return InferenceDivergenceError(
+            f"inference diverged: energy grew from {float(tot0[member]):.4g} to {float(tot[member]):.4g} "
+            f"(more than max_growth={growth:g} times) by step {t}, mostly in layer {layer} "
+            f"(ensemble member {member}); reduce dt/tau (now {eta:g}) or the momentum", step=t, layer=layer)
+
+    def observe(self, carry: PCCarry, energies: Tensor) -> dict[str, Tensor]:
+        """A recorded step: ``energy`` ``(E, B, L+1)``, ``x{l}`` and ``eps{l}`` ``(E, B, n_l)`` (zeros where no error)."""
+        out = {"energy": energies}
+        for l, (xl, e) in enumerate(zip(carry.x, carry.eps)):
+            out[f"x{l}"] = xl
+            out[f"eps{l}"] = torch.zeros_like(xl) if e is None else e
+        return out
 
 
-def _energies(plan: _Plan, x: list[Tensor], eps: list, peps: list) -> Tensor:
-    """Quadratic energy of every layer and sample, ``(E, B, L+1)`` (column 0: the prior term or 0)."""
-    zero = x[-1].new_zeros(x[-1].shape[:2])
-    return torch.stack([zero if e is None else 0.5 * (e * pe).sum(-1) for e, pe in zip(eps, peps)], -1)
+def dynamics(net: PCNetwork, state: PCState, config: InferenceConfig, *, fixed: FixedPredictions | None = None,
+             cache_input: bool = True) -> PCDynamics:
+    """The relaxing system of ``net`` with ``state``'s clamps and ``config``'s step.
+
+    ``fixed`` freezes predictions and slopes (fixed-prediction rule); ``cache_input`` computes
+    ``mu_1`` and ``f(x_0)`` of a clamped input once (valid while the weights do not move).
+    """
+    spec, L = net.spec, net.depth
+    unit = net.unit_precision()
+    plan = StepPlan(spec, tuple(l for l, c in enumerate(state.clamped) if not c), config.step_size, config.momentum,
+                    config.precondition, unit, config.max_growth)
+    prior = (net.prior_mean, net.prior_log_precision.exp()) if net.mode == "generative" else None
+    mu = fx = slopes = None
+    if fixed is not None:
+        mu, fx, slopes = list(fixed.mu), list(fixed.fx), list(fixed.dfx)
+    elif cache_input and state.clamped[0]:
+        fx = [net.activation(0).f(state.x[0])] + [None] * (L - 1)
+        mu = [None, pc.predict(fx[0], net.weights[0], net.biases[0])] + [None] * (L - 1)
+    return PCDynamics(plan, net.weights, net.biases, net.log_precision, None if unit else net.precision(), prior,
+                      mu, fx, slopes)
 
 
-def _relax_steps(plan: _Plan, p: _Params, x: list[Tensor], v: list, steps: int, max_growth: float, spec: tuple | None):
-    """The fast path, one graph: errors and energy at the start, ``steps`` Euler steps with no
-    bookkeeping, errors and energy at the end, a flag that the energy stayed finite and
-    bounded, and (given ``spec = gradient_spec(net)``) the local parameter gradients at the
-    relaxed state."""
-    eps, peps, fx = _errors(plan, p, x)
-    e0 = _energies(plan, x, eps, peps)
-    for _ in range(steps):
-        x, v = _update(plan, p, x, v, eps, peps, fx)
-        eps, peps, fx = _errors(plan, p, x)
-    en = _energies(plan, x, eps, peps)
-    ok = torch.isfinite(en).all() & (en.sum((1, 2)) <= max_growth * e0.sum((1, 2)) + 1e-6).all()
-    grads = None
-    if spec is not None:
-        pre = list(fx)
-        if plan.mu1_cached:
-            pre[0] = get_activation(plan.activations[0]).f(x[0])
-        grads = hebbian_gradients(spec, peps, pre, eps)
-    return x, eps, peps, fx, e0, en, ok, grads
+def start(system: PCDynamics, x: list[Tensor]) -> PCCarry:
+    """The carry at value nodes ``x`` (zero velocities when the plan has momentum)."""
+    v = [torch.zeros_like(x[l]) if system.plan.momentum > 0 else None for l in system.plan.free]
+    return system.evaluate(list(x), v)
 
 
-_COMPILED: dict = {}
-
-
-def _compiled_relax_steps():
-    """``_relax_steps`` compiled once per process by ``torch.compile`` (specialised per plan and shape)."""
-    if "fn" not in _COMPILED:
-        # the C++ wrapper calls the kernels without Python in between (~10% on small nets)
-        _COMPILED["fn"] = torch.compile(_relax_steps, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
-    return _COMPILED["fn"]
-
-
-def _make_plan(net: PCNetwork, clamped: tuple[bool, ...], config: InferenceConfig, unit: bool, *,
-               fixed: bool = False, hooked: bool = False) -> _Plan:
-    """The static description of one relaxation of ``net`` with these clamps and settings."""
-    return _Plan(
-        depth=net.depth, activations=tuple(net.activations), free=tuple(l for l, c in enumerate(clamped) if not c),
-        generative=net.mode == "generative", unit_precision=unit, fixed=fixed,
-        mu1_cached=not fixed and clamped[0] and not hooked, eta=config.step_size, momentum=config.momentum,
-        precondition=config.precondition,
-    )
-
-
-# --------------------------------------------------------------------------- the loop
-OnStep = Callable[[int, list[Tensor], list, list, list[Tensor]], None]
+# --------------------------------------------------------------------------- relax
+OnStep = Callable[[InferenceStep], None]
 
 
 def _check_state(net: PCNetwork, state: PCState) -> None:
@@ -381,114 +420,27 @@ def relax(
 ) -> Relaxation:
     """Relax the free value nodes of ``state`` for ``config.steps`` Euler steps.
 
-    Each step computes the errors ``eps_l`` (``(E, B, n_l)``) at the current state, then moves
-    every free node by ``-dt/tau * dE/dx_l``; ``state.x`` holds the relaxed nodes afterwards.
-    With ``fixed`` (fixed-prediction assumption, Millidge et al. 2022) the predictions and
-    the slopes ``f'`` stay at their feed-forward values. ``on_step(t, x, eps, peps, fx)``, if
-    given, is called at every step with the current state, errors, precision-weighted errors
-    and activities before the nodes move (incremental PC updates the weights there). With
-    ``config.compile`` and no recording, tolerance or hook, the T steps run as one compiled
-    graph and divergence is checked at the end. With ``gradients`` the local parameter
-    gradients at the relaxed state (:func:`pcsim.energy.parameter_gradients`) come back in
-    ``Relaxation.gradients`` (computed in the same graph on the compiled path). Raises :class:`InferenceDivergenceError`
-    naming the step and layer when the energy becomes NaN/Inf or exceeds ``max_growth``
-    times its start.
+    Each step moves every free node by ``-dt/tau * dE/dx_l`` (errors ``eps_l`` ``(E, B, n_l)``
+    at the current state); ``state.x`` holds the relaxed nodes afterwards. With ``fixed``
+    (fixed-prediction assumption, Millidge et al. 2022) the predictions and the slopes ``f'``
+    stay at their feed-forward values. ``on_step(step)``, if given, is called at every step
+    with an :class:`InferenceStep` (``t``, ``x``, ``eps``, ``peps``, ``fx``) before the nodes
+    move; it may update the weights in place (incremental PC), and the move of that step still
+    uses the errors it was shown. With ``config.compile`` the steps run as compiled chunks of
+    :func:`pcsim.relaxation.advance`. With ``gradients`` the local parameter gradients at the
+    relaxed state (:func:`pcsim.energy.parameter_gradients`) come back in
+    ``Relaxation.gradients``. Raises :class:`InferenceDivergenceError` naming the step and
+    layer when the energy becomes NaN/Inf or exceeds ``max_growth`` times its start.
     """
     _check_state(net, state)
-    sparse_checks = on_step is None and not (config.record or config.tol > 0) and (config.compile or config.check_every != 1)
-    try:
-        return _relax(net, state, config, fixed, on_step, gradients)
-    except InferenceDivergenceError:
-        if not sparse_checks:
-            raise
-        # divergence was seen only at a sparse check: rerun from the untouched state, checking
-        # every step, so the error names the step and layer where it started
-        return _relax(net, state, replace(config, compile=False, check_every=1), fixed, on_step, gradients)
-
-
-def _relax(net: PCNetwork, state: PCState, config: InferenceConfig, fixed: FixedPredictions | None,
-           on_step: OnStep | None, gradients: bool) -> Relaxation:
-    L = net.depth
-    x = list(state.x)
-    eta = config.step_size
-    track = config.record or config.tol > 0
-    check_every = 1 if track else config.check_every
-    unit = net.unit_precision()
-    plan = _make_plan(net, state.clamped, config, unit, fixed=fixed is not None, hooked=on_step is not None)
-    mu = list(fixed.mu) if fixed is not None else []
-    if plan.mu1_cached:  # mu_1 is constant while x_0 is clamped and the weights do not move
-        mu = [torch.baddbmm(net.biases[0], net.activation(0).f(x[0]), net.weights[0])]
-    p = _Params(net.weights, net.biases, [] if unit else net.precision(), net.prior_log_precision.exp(), net.prior_mean, mu,
-                fixed.fx if fixed is not None else [], fixed.dfx if fixed is not None else [])
-    v = [torch.zeros_like(x[l]) for l in plan.free] if config.momentum > 0 else [None] * len(plan.free)
-    trace: dict[str, list] | None = {k: [] for k in ["energy"] + [f"x{l}" for l in range(L + 1)] + [f"eps{l}" for l in range(L + 1)]} if config.record else None
-
-    def energies(eps, peps):
-        return _energies(plan, x, eps, peps)
-
-    def check(t, en, e0):
-        tot = en.sum(-1).sum(-1)  # (E,)
-        finite = torch.isfinite(en)
-        if not bool(finite.all()):
-            layer = int(torch.nonzero(~finite.reshape(-1, L + 1).all(0))[0, 0])
-            member = int(torch.nonzero(~finite.reshape(en.shape[0], -1).all(1))[0, 0])
-            raise InferenceDivergenceError(
-                f"inference diverged: energy of layer {layer} became NaN/Inf at step {t} (ensemble member {member}); "
-                f"reduce dt/tau (now {eta:g}) or the momentum", step=t, layer=layer)
-        bound = config.max_growth * e0.sum(-1).sum(-1) + 1e-6
-        grew = tot > bound
-        if bool(grew.any()):
-            member = int(torch.nonzero(grew)[0, 0])
-            layer = int(torch.argmax((en - e0)[member].sum(0)))
-            raise InferenceDivergenceError(
-                f"inference diverged: energy grew from {float(e0[member].sum()):.4g} to {float(tot[member]):.4g} "
-                f"(more than max_growth={config.max_growth:g} times) by step {t}, mostly in layer {layer} "
-                f"(ensemble member {member}); reduce dt/tau (now {eta:g}) or the momentum", step=t, layer=layer)
-
-    grads = None
-    if config.compile and not track and on_step is None and config.steps > 0:
-        x, eps, peps, fx, e_start, en, ok, grads = _compiled_relax_steps()(
-            plan, p, x, v, config.steps, config.max_growth, gradient_spec(net) if gradients else None)
-        steps_run = config.steps
-        if not bool(ok):  # find out where, with the same checks as the stepped loop
-            check(0, e_start, e_start)
-            check(steps_run, en, e_start)
-    else:
-        eps, peps, fx = _errors(plan, p, x)
-        e_start = en = energies(eps, peps)
-        check(0, e_start, e_start)
-        steps_run = 0
-        prev_total = None
-        for t in range(config.steps + 1):
-            if t > 0:
-                eps, peps, fx = _errors(plan, p, x)
-                if track or t == config.steps or (check_every and t % check_every == 0):
-                    en = energies(eps, peps)
-                    check(t, en, e_start)
-            if trace is not None:
-                trace["energy"].append(en.detach().cpu().numpy())
-                for l in range(L + 1):
-                    trace[f"x{l}"].append(x[l].detach().cpu().numpy().copy())
-                    e = eps[l] if eps[l] is not None else torch.zeros_like(x[l])
-                    trace[f"eps{l}"].append(e.detach().cpu().numpy())
-            if config.tol > 0:
-                total = en.sum(-1).sum(-1)
-                if prev_total is not None and bool(((prev_total - total).abs() <= config.tol * prev_total.abs()).all()):
-                    break
-                prev_total = total
-            if t == config.steps:
-                break
-            x_next, v = _update(plan, p, x, v, eps, peps, fx)  # values move with the weights of this step
-            if on_step is not None:
-                on_step(t, x, eps, peps, fx)
-                if net.learn_precision:  # the hook may have changed the precisions
-                    p.pis = net.precision()
-            x = x_next
-            steps_run += 1
-    if plan.mu1_cached:
-        fx[0] = net.activation(0).f(x[0])
-    if gradients and grads is None:
-        grads = parameter_gradients(net, peps, fx, eps)
-    state.x[:] = x
-    out_trace = {k: np.stack(v) for k, v in trace.items()} if trace is not None else None
-    return Relaxation(state, eps, peps, list(fx), en, steps_run, out_trace, config.dt, grads)
+    system = dynamics(net, state, config, fixed=fixed, cache_input=on_step is None)
+    hook = None
+    if on_step is not None:
+        def hook(t: int, c: PCCarry) -> None:
+            on_step(InferenceStep(t, c.x, c.eps, c.peps, c.fx))
+    out = relaxation.run(system, start(system, state.x), config.steps, max_growth=config.max_growth, tol=config.tol,
+                         record=config.record, check_every=config.check_every, compile=config.compile, on_step=hook)
+    c: PCCarry = out.carry
+    grads = pc.parameter_gradients(net.spec, c.peps, c.fx, c.eps) if gradients else None
+    state.x[:] = c.x
+    return Relaxation(state, c.eps, c.peps, list(c.fx), out.energy, out.steps, out.trace, config.dt, grads)

@@ -13,6 +13,9 @@ input. The same parameters serve both: only which end is clamped differs (DESIGN
 Every tensor carries a leading *ensemble* axis ``E``: ``E`` independent networks (seeds or
 hyper-parameters) relax and learn in one batched run. ``E = 1`` is the ordinary case.
 The parameters hold no inference state; value nodes live in :class:`pcsim.inference.PCState`.
+The static part of a network (widths, activations, mode, which precisions are learned and their
+shapes) is one immutable :class:`NetworkSpec`, ``net.spec``, separate from its tensors; compiled
+code specialises on the spec and takes the tensors as arguments.
 """
 
 from __future__ import annotations
@@ -27,6 +30,32 @@ from .activations import Activation, get_activation
 
 Tensor = torch.Tensor
 Mode = Literal["discriminative", "generative"]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The static (hashable) description of a network, what compiled code specialises on.
+
+    ``sizes = (n_0, ..., n_L)``; ``activations[l]`` is applied to ``x_l`` when it predicts
+    ``l + 1`` (``L + 1`` names, the last one unused); ``mode`` says which end is clamped;
+    ``learn_precision``: the log-precisions are parameters; ``scalar_precision[l-1]``: layer
+    ``l``'s precision is one number ``(E, 1, 1)`` rather than one per unit ``(E, 1, n_l)``.
+    """
+
+    sizes: tuple[int, ...]
+    activations: tuple[str, ...]
+    mode: Mode
+    learn_precision: bool
+    scalar_precision: tuple[bool, ...]
+
+    @property
+    def depth(self) -> int:
+        """Number of prediction layers ``L`` (value-node layers are ``0..L``)."""
+        return len(self.sizes) - 1
+
+    def activation(self, l: int) -> Activation:
+        """The :class:`Activation` applied to value layer ``l`` when it predicts ``l + 1``."""
+        return get_activation(self.activations[l])
 
 
 @dataclass
@@ -44,15 +73,12 @@ class PCNetwork:
     - ``activations[l]`` is applied to ``x_l`` when it predicts layer ``l + 1`` (``l < L``).
     """
 
-    sizes: tuple[int, ...]
-    activations: tuple[str, ...]
-    mode: Mode
+    spec: NetworkSpec
     weights: list[Tensor]
     biases: list[Tensor]
     log_precision: list[Tensor]
     prior_mean: Tensor
     prior_log_precision: Tensor
-    learn_precision: bool = False
     seeds: tuple[int, ...] = field(default=(0,))
 
     # ----------------------------------------------------------------- construction
@@ -126,13 +152,34 @@ class PCNetwork:
         m0 = 1.0 if (mode == "generative" and acts[0] == "relu") else 0.0
         prior_mean = torch.full((ensemble, 1, sizes[0]), m0, device=device, dtype=dtype)
         prior_lp = torch.full((ensemble, 1, 1), math.log(prior_precision), device=device, dtype=dtype)
-        return cls(sizes, acts, mode, W, b, lp, prior_mean, prior_lp, learn_precision, seeds)
+        spec = NetworkSpec(sizes, acts, mode, bool(learn_precision), (not per_unit_precision,) * L)
+        return cls(spec, W, b, lp, prior_mean, prior_lp, seeds)
 
     # ----------------------------------------------------------------- properties
     @property
+    def sizes(self) -> tuple[int, ...]:
+        """Widths ``(n_0, ..., n_L)`` (from :attr:`spec`)."""
+        return self.spec.sizes
+
+    @property
+    def activations(self) -> tuple[str, ...]:
+        """Activation names, one per value layer (from :attr:`spec`)."""
+        return self.spec.activations
+
+    @property
+    def mode(self) -> Mode:
+        """``"discriminative"`` or ``"generative"`` (from :attr:`spec`)."""
+        return self.spec.mode
+
+    @property
+    def learn_precision(self) -> bool:
+        """Whether the log-precisions are learned parameters (from :attr:`spec`)."""
+        return self.spec.learn_precision
+
+    @property
     def depth(self) -> int:
         """Number of prediction layers ``L`` (value-node layers are ``0..L``)."""
-        return len(self.sizes) - 1
+        return self.spec.depth
 
     @property
     def ensemble(self) -> int:
@@ -151,7 +198,7 @@ class PCNetwork:
 
     def activation(self, l: int) -> Activation:
         """The :class:`Activation` applied to value layer ``l`` when it predicts ``l + 1``."""
-        return get_activation(self.activations[l])
+        return self.spec.activation(l)
 
     def precision(self) -> list[Tensor]:
         """Precisions ``Pi_l`` for ``l = 1..L``, each ``(E, 1, n_l)`` or ``(E, 1, 1)``, dimensionless."""
@@ -217,9 +264,8 @@ class PCNetwork:
 
         This is the initial state of discriminative inference and, from the prior mean, of
         generative inference; at that state every prediction error above layer 0 is zero.
+        The sweep itself is :func:`pcsim.energy.sweep`.
         """
-        xs = [x0]
-        for k in range(self.depth):
-            fx = self.activation(k).f(xs[-1])
-            xs.append(torch.baddbmm(self.biases[k], fx, self.weights[k]))
-        return xs
+        from .energy import sweep  # energy builds on this module's types
+
+        return sweep(self.spec, self.weights, self.biases, x0)

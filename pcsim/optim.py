@@ -9,7 +9,7 @@ member (shape ``(E,)``), which is how an ensemble sweeps learning rates in one r
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -47,69 +47,69 @@ class SGD:
                 p.sub_(lr * g)
 
 
+class AdamState(NamedTuple):
+    """Adam's state: ``step`` (updates taken so far: an int, or a 0-dim tensor inside compiled
+    code so that a graph is not specialised on the count) and the moments ``m``, ``v`` (one
+    tensor per parameter, same shapes)."""
+
+    step: int | Tensor
+    m: list[Tensor]
+    v: list[Tensor]
+
+
+def adam_init(params: Sequence[Tensor]) -> AdamState:
+    """The state before the first update: step 0, zero moments shaped like ``params``."""
+    return AdamState(0, [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params])
+
+
+def adam_update(params: Sequence[Tensor], grads: Sequence[Tensor], state: AdamState,
+                lr: float | Sequence[float] | Tensor, betas: tuple[float, float] = (0.9, 0.999),
+                eps: float = 1e-8) -> tuple[list[Tensor], AdamState]:
+    """One Adam update (Kingma & Ba 2015), pure: ``(new_params, new_state)``; nothing is modified.
+
+    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``, ``p -= lr * m_hat / (sqrt(v_hat) + eps)``
+    with the bias corrections of ``torch.optim.Adam``. ``params``/``grads``: matching lists of
+    ``(E, ...)`` tensors; ``lr``: one number or one per ensemble member (``(E,)``). Used by
+    :meth:`Adam.step` and, compiled, by the fused standard-PC training step.
+    """
+    b1, b2 = betas
+    params, grads = list(params), list(grads)
+    t = state.step + 1
+    m = torch._foreach_lerp(list(state.m), grads, 1 - b1)
+    v = torch._foreach_addcmul(torch._foreach_mul(list(state.v), b2), grads, grads, value=1 - b2)
+    bc1 = 1 - b1 ** t
+    bc2 = (1 - b2 ** t) ** 0.5
+    denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(v), bc2), eps)
+    update = torch._foreach_div(m, denom)
+    if isinstance(lr, (int, float)):
+        update = torch._foreach_mul(update, lr / bc1)
+    else:
+        update = [u * (_per_member(lr, p) / bc1) for u, p in zip(update, params)]
+    return list(torch._foreach_sub(params, update)), AdamState(t, list(m), list(v))
+
+
 class Adam:
     """Adam (Kingma & Ba 2015) with bias correction, matching ``torch.optim.Adam`` defaults.
 
-    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``, ``p -= lr * m_hat / (sqrt(v_hat) + eps)``.
+    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``, ``p -= lr * m_hat / (sqrt(v_hat) + eps)``
+    (:func:`adam_update`); ``state`` (:class:`AdamState`) is ``None`` until the first step.
     """
 
     def __init__(self, lr: float | Sequence[float] = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.lr, self.betas, self.eps = lr, betas, eps
-        self._m: list[Tensor] | None = None
-        self._v: list[Tensor] | None = None
-        self.t = 0
+        self.state: AdamState | None = None
 
-    def begin_step(self, params: list[Tensor]) -> tuple[list[Tensor], list[Tensor], Tensor]:
-        """For a compiled step that applies :func:`adam_update_` itself: count the step and return
-        the moment buffers ``(m, v)`` and ``scal = [lr / (1 - b1^t), sqrt(1 - b2^t)]`` (scalar lr only)."""
-        if not isinstance(self.lr, (int, float)):
-            raise ValueError("a compiled Adam step needs one scalar learning rate")
-        if self._m is None:
-            self._m = [torch.zeros_like(p) for p in params]
-            self._v = [torch.zeros_like(p) for p in params]
-        self.t += 1
-        b1, b2 = self.betas
-        scal = torch.tensor([self.lr / (1 - b1 ** self.t), (1 - b2 ** self.t) ** 0.5], dtype=params[0].dtype)
-        return self._m, self._v, scal.to(params[0].device)
-
-    def cancel_step(self) -> None:
-        """Undo the step count of a :meth:`begin_step` whose update was not applied."""
-        self.t -= 1
+    @property
+    def t(self) -> int:
+        """Number of updates taken."""
+        return 0 if self.state is None else int(self.state.step)
 
     def step(self, params: list[Tensor], grads: list[Tensor]) -> None:
         """Update ``params`` in place from ``grads`` (same order and shapes, ``(E, ...)`` each)."""
-        b1, b2 = self.betas
-        if self._m is None:
-            self._m = [torch.zeros_like(p) for p in params]
-            self._v = [torch.zeros_like(p) for p in params]
-        self.t += 1
-        torch._foreach_lerp_(self._m, list(grads), 1 - b1)
-        torch._foreach_mul_(self._v, b2)
-        torch._foreach_addcmul_(self._v, list(grads), list(grads), value=1 - b2)
-        bc1 = 1 - b1 ** self.t
-        bc2 = (1 - b2 ** self.t) ** 0.5
-        denom = torch._foreach_sqrt(self._v)
-        torch._foreach_div_(denom, bc2)
-        torch._foreach_add_(denom, self.eps)
-        if isinstance(self.lr, (int, float)):
-            torch._foreach_addcdiv_(params, self._m, denom, value=-self.lr / bc1)
-        else:
-            for p, m, d in zip(params, self._m, denom):
-                p.sub_(_per_member(self.lr, p) / bc1 * m / d)
-
-
-def adam_update_(params: list[Tensor], grads: list[Tensor], m: list[Tensor], v: list[Tensor], scal: Tensor,
-                 betas: tuple[float, float], eps: float, apply: Tensor) -> None:
-    """:meth:`Adam.step`'s update written per tensor for compiled graphs, in place, where
-    ``apply`` (0-dim bool) is true; ``scal = [lr / (1 - b1^t), sqrt(1 - b2^t)]`` as a tensor so
-    that a compiled graph is not specialised on the step count."""
-    b1, b2 = betas
-    for p, g, mi, vi in zip(params, grads, m, v):
-        m_new = mi.lerp(g, 1 - b1)
-        v_new = vi.mul(b2).addcmul(g, g, value=1 - b2)
-        p.copy_(torch.where(apply, p - scal[0] * m_new / (v_new.sqrt() / scal[1] + eps), p))
-        mi.copy_(torch.where(apply, m_new, mi))
-        vi.copy_(torch.where(apply, v_new, vi))
+        if self.state is None:
+            self.state = adam_init(params)
+        new, self.state = adam_update(params, grads, self.state, self.lr, self.betas, self.eps)
+        torch._foreach_copy_(list(params), new)
 
 
 def make_optimizer(name: str, lr: float | Sequence[float], momentum: float = 0.0) -> SGD | Adam:

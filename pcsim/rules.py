@@ -24,19 +24,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Literal
 
 import torch
 
+from . import energy as pc
+from . import relaxation
 from .errors import DataError
-from .energy import parameter_gradients as local_gradients  # noqa: F401  (the rules' public name)
-from .activations import get_activation
-from .energy import gradient_spec
-from .inference import (FixedPredictions, InferenceConfig, PCState, Relaxation, _as_batch, _make_plan, _Params,
-                        _relax_steps, freeze_predictions, init_state, relax)
-from .optim import Adam, adam_update_
+from .inference import (FixedPredictions, InferenceConfig, InferenceStep, PCDynamics, PCState, Relaxation, StepPlan,
+                        _as_batch, freeze_predictions, init_state, relax, start)
 from .network import PCNetwork
+from .optim import Adam, AdamState, adam_init, adam_update
 
 Tensor = torch.Tensor
 
@@ -89,9 +87,7 @@ class StandardPC:
         mode, ``data`` ``(.., n_L)`` in generative mode; returns the relaxation.
         """
         if _can_fuse(self, net, optimizer, data):
-            r = _fused_step(self, net, optimizer, inputs, target)
-            if r is not None:
-                return r  # else the energy diverged: the stepped path below says where
+            return _fused_step(self, net, optimizer, inputs, target)
         grads, r = self.gradients(net, inputs, target, data=data)
         optimizer.step(net.parameters(), grads)
         return r
@@ -106,47 +102,58 @@ def _can_fuse(rule: StandardPC, net: PCNetwork, optimizer, data) -> bool:
 _FUSED: dict = {}
 
 
-def _fused_step(rule: StandardPC, net: PCNetwork, optimizer: "Adam", inputs, target) -> Relaxation | None:
-    """A whole StandardPC training step as one compiled graph: feed-forward sweep, T Euler
-    steps, local gradients and the Adam update, the update applied only if the energy stayed
-    finite and bounded (else nothing changes and None is returned). The same numbers as the
-    stepped path (tested); it saves the Python between the pieces, which dominates small nets."""
+def _fused_step(rule: StandardPC, net: PCNetwork, optimizer: "Adam", inputs, target) -> Relaxation:
+    """A whole StandardPC training step as one compiled graph (:func:`training_step`): feed-forward
+    sweep, the T steps of :func:`pcsim.relaxation.advance`, the local gradients and
+    :func:`pcsim.optim.adam_update`. The new parameters and Adam state are kept only if every
+    step's energy stayed finite and bounded; else nothing changes and the divergence error
+    names the step, read off the per-step energies the graph returns."""
     x0 = _as_batch(net, inputs, "inputs", net.sizes[0])
     y = _as_batch(net, target, "target", net.sizes[-1])
     if y.shape[1] != x0.shape[1]:
         raise DataError(f"target has {y.shape[1]} samples but inputs have {x0.shape[1]}")
     cfg, L = rule.inference, net.depth
     clamped = (True,) + (False,) * (L - 1) + (True,)
-    plan = _make_plan(net, clamped, cfg, net.unit_precision())
-    spec = gradient_spec(net)
-    key = (plan, cfg.steps, cfg.max_growth, spec, optimizer.betas, optimizer.eps)
-    if key not in _FUSED:
-        _FUSED[key] = torch.compile(partial(_train_step_graph, plan, cfg.steps, cfg.max_growth, spec, optimizer.betas,
-                                            optimizer.eps), fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+    plan = StepPlan(net.spec, tuple(range(1, L)), cfg.step_size, cfg.momentum, cfg.precondition, net.unit_precision(),
+                    cfg.max_growth)
+    if "fn" not in _FUSED:
+        _FUSED["fn"] = torch.compile(training_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
     params = net.parameters()
-    m, v, scal = optimizer.begin_step(params)
+    state = optimizer.state if optimizer.state is not None else adam_init(params)
+    count = torch.tensor(float(state.step), dtype=torch.float64)  # a tensor: one graph for every step count
     fixed_lps = [] if net.learn_precision else net.log_precision
-    x, eps, peps, fx, en, ok = _FUSED[key](x0, y, params, m, v, scal, fixed_lps, net.prior_log_precision.exp(), net.prior_mean)
-    if not bool(ok):
-        optimizer.cancel_step()
-        return None
-    fx[0] = net.activation(0).f(x[0])
-    return Relaxation(PCState(x, clamped), eps, peps, fx, en, cfg.steps, None, cfg.dt)
+    carry, e0, ens, new, m, v = _FUSED["fn"](plan, cfg.steps, x0, y, params, AdamState(count, state.m, state.v),
+                                             optimizer.lr, optimizer.betas, optimizer.eps, fixed_lps)
+    system = PCDynamics(plan, net.weights, net.biases, net.log_precision, None, None)  # for the checks only
+    relaxation.check(system, 0, torch.cat([e0[None], ens]), e0, cfg.max_growth)  # steps 0..T
+    torch._foreach_copy_(params, new)
+    optimizer.state = AdamState(state.step + 1, list(m), list(v))
+    return Relaxation(PCState(carry.x, clamped), carry.eps, carry.peps, list(carry.fx), ens[-1], cfg.steps, None, cfg.dt)
 
 
-def _train_step_graph(plan, steps, max_growth, spec, betas, adam_eps, x0, y, params, m, v, scal, fixed_lps, pi0, prior_mean):
-    L = plan.depth
+def training_step(plan: StepPlan, steps: int, x0, y, params: list, adam: AdamState, lr: float, betas, adam_eps: float,
+                  fixed_lps: list):
+    """One standard-PC training step with Adam, pure (the fused path compiles it whole).
+
+    ``x0`` ``(E, B, n_0)`` clamped input, ``y`` ``(E, B, n_L)`` clamped target, ``params`` as
+    ``PCNetwork.parameters()``, ``fixed_lps`` the log-precisions when they are not learned.
+    Returns the relaxed carry, the energies at the start ``(E, B, L+1)`` and after each step
+    ``(T, E, B, L+1)``, the updated parameters and Adam's new moments.
+    """
+    spec, L = plan.spec, plan.spec.depth
     W, b = params[:L], params[L:2 * L]
-    lps = params[2 * L:3 * L] if spec[2] else fixed_lps
-    pis = [] if plan.unit_precision else [lp.exp() for lp in lps]
-    hs = [x0]
-    for k in range(L):  # the feed-forward sweep is the initial state; its mu_1 stays fixed
-        hs.append(torch.baddbmm(b[k], get_activation(plan.activations[k]).f(hs[-1]), W[k]))
-    vel = [torch.zeros_like(hs[l]) for l in plan.free] if plan.momentum > 0 else [None] * len(plan.free)
-    p = _Params(W, b, pis, pi0, prior_mean, [hs[1]], [], [])
-    x, eps, peps, fx, _, en, ok, grads = _relax_steps(plan, p, hs[:-1] + [y], vel, steps, max_growth, spec)
-    adam_update_(params, grads, m, v, scal, betas, adam_eps, ok)
-    return x, eps, peps, fx, en, ok
+    lps = params[2 * L:3 * L] if spec.learn_precision else fixed_lps
+    xs = pc.sweep(spec, W, b, x0)  # the initial state; its mu_1 = x_1 stays fixed (x_0 is clamped)
+    fx = [spec.activation(0).f(x0)] + [None] * (L - 1)
+    mu = [None, xs[1]] + [None] * (L - 1)
+    pis = None if plan.unit_precision else [lp.exp() for lp in lps]
+    system = PCDynamics(plan, W, b, lps, pis, None, mu, fx, None)
+    carry = start(system, xs[:-1] + [y])
+    e0 = system.energies(carry)
+    carry, ens = relaxation.advance(system, carry, steps, True)
+    grads = pc.parameter_gradients(spec, carry.peps, carry.fx, carry.eps)
+    new, state = adam_update(params, grads, adam, lr, betas, adam_eps)
+    return carry, e0, ens, new, state.m, state.v
 
 
 @dataclass(frozen=True)
@@ -166,8 +173,8 @@ class IncrementalPC:
         params = net.parameters()
         view = nudged(net, self.nudge)
 
-        def update(t, x, eps, peps, fx):
-            optimizer.step(params, local_gradients(net, peps, fx, eps))
+        def update(step: InferenceStep) -> None:
+            optimizer.step(params, pc.parameter_gradients(net.spec, step.peps, step.fx, step.eps))
 
         return relax(view, _training_state(view, inputs, target, data), self.inference, on_step=update)
 

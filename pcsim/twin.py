@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .energy import output_loss
+from .energy import output_loss, sweep
 from .errors import DataError
 from .inference import _as_batch
 from .network import PCNetwork
@@ -43,9 +43,7 @@ class BackpropTwin(nn.Module):
         return self._forward(_as_batch(self.net, inputs, "inputs", self.net.sizes[0]))
 
     def _forward(self, h: Tensor) -> Tensor:
-        for k in range(self.net.depth):
-            h = torch.baddbmm(self.biases[k], self.net.activation(k).f(h), self.weights[k])
-        return h
+        return sweep(self.net.spec, list(self.weights), list(self.biases), h)[-1]
 
     def loss(self, inputs: Tensor, target: Tensor) -> Tensor:
         """Per-member loss ``(E,)``: ``1/2 (y - h_L)^T Pi_L (y - h_L)`` averaged over the batch."""

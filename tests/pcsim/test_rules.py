@@ -1,6 +1,6 @@
 """Local learning rules against autograd, against reference loops, and across ensembles.
 
-- ``local_gradients`` (the explicit Hebbian products) equals autograd of the batch-mean
+- ``energy.parameter_gradients`` (the explicit Hebbian products) equals autograd of the batch-mean
   energy w.r.t. ``net.parameters()`` at random non-equilibrium states: weights, biases,
   learned log-precisions (scalar and per unit) and, in generative mode, the prior mean;
 - standard PC's update is the gradient of the (nudged) energy at the relaxed state;
@@ -25,7 +25,7 @@ from pcsim.errors import DataError
 from pcsim.inference import InferenceConfig, PCState, init_state, relax
 from pcsim.network import PCNetwork
 from pcsim.optim import SGD, Adam
-from pcsim.rules import FixedPredictionPC, IncrementalPC, StandardPC, local_gradients, make_rule, nudged
+from pcsim.rules import FixedPredictionPC, IncrementalPC, StandardPC, make_rule, nudged
 from pcsim.twin import BackpropTwin
 
 ACTS = ["tanh", "relu", "sigmoid", "linear"]
@@ -103,20 +103,20 @@ def test_local_gradients_equal_autograd_of_the_batch_mean_energy(arch, precision
     # quantities as the relaxation hands them to the rule (steps=0 leaves x where it is)
     clamped = (mode == "discriminative",) + (False,) * (len(sizes) - 2) + (True,)
     r = relax(net, PCState([t.clone() for t in x], clamped), InferenceConfig(steps=0))
-    assert_lists_close(local_gradients(net, r.peps, r.fx, r.eps), want, what="from relax")
+    assert_lists_close(energy.parameter_gradients(net.spec, r.peps, r.fx, r.eps), want, what="from relax")
     # and computed by hand from the prediction errors
     eps = energy.prediction_errors(net, x)
     pis = [net.prior_log_precision.exp()] + net.precision()
     peps = [None if e is None else pis[l] * e for l, e in enumerate(eps)]
     fx = [net.activation(l).f(x[l]) for l in range(net.depth)]
-    assert_lists_close(local_gradients(net, peps, fx, eps), want, what="by hand")
+    assert_lists_close(energy.parameter_gradients(net.spec, peps, fx, eps), want, what="by hand")
 
 
 def test_precision_learning_needs_the_unweighted_errors():
     net = make_net([2, 3], precision="learned_scalar")
     r = relax(net, init_state(net, *data_for(net, 4, 0)), InferenceConfig(steps=0))
     with pytest.raises(ValueError, match="eps"):
-        local_gradients(net, r.peps, r.fx)
+        energy.parameter_gradients(net.spec, r.peps, r.fx)
 
 
 @pytest.mark.parametrize("mode", ["discriminative", "generative"])
@@ -423,7 +423,7 @@ def test_fused_compiled_training_step_equals_the_stepped_one():
     for _ in range(4):
         x, y = torch.randn(10, 6, generator=g, dtype=F64), torch.randn(10, 3, generator=g, dtype=F64)
         ra, rb = eager.step(a, oa, x, y), fused.step(b, ob, x, y)
-    for p, q in zip(a.parameters() + oa._m + oa._v, b.parameters() + ob._m + ob._v):
+    for p, q in zip(a.parameters() + oa.state.m + oa.state.v, b.parameters() + ob.state.m + ob.state.v):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
     for s, t in zip(ra.state.x, rb.state.x):
         torch.testing.assert_close(s, t, rtol=1e-9, atol=1e-12)

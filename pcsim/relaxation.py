@@ -1,0 +1,160 @@
+"""The one relaxation loop: T steps of any relaxing system, eager or compiled, checked between chunks.
+
+A *relaxing system* is an object with five methods (see :class:`RelaxingSystem`):
+
+``step(carry) -> carry``
+    one step of the dynamics, a pure function of the carry (and of the system's tensors):
+    no Python side effects, no host synchronisation, so that ``torch.compile`` can compile
+    a chunk of steps whole. The carry is a tuple / list / NamedTuple of tensors holding the
+    state *and* what the step needs that was computed at it (errors, the direction of the
+    next move), so the energies of a state come at no extra cost.
+``energies(carry) -> Tensor``
+    the energy at the carry's state, shaped ``(E, B, ..., K)`` (ensemble member, trial, any
+    sites such as time bins, energy terms such as layers).
+``totals(energies) -> Tensor``
+    the sums that must stay finite and bounded, reducing the trailing dimensions of one
+    step's energies and keeping any leading ones (static PC: one per member, ``(..., E)``;
+    dynamical PC: one per trial, ``(..., E, B)``).
+``diverged(t, energies, start) -> InferenceDivergenceError``
+    the error to raise when the energies at step ``t`` are non-finite or grew past
+    ``max_growth`` times ``start``, naming the step and where (layer, time bin, member).
+``observe(carry, energies) -> dict[str, Tensor]``
+    what a recording keeps at a step (called only when recording).
+
+:func:`run` drives it: the loop checks divergence, records, stops early on a tolerance and
+calls a hook *between chunks* of steps; each chunk is :func:`advance`, plain Python when
+eager and the same function ``torch.compile``d otherwise. A compiled chunk returns the
+energies of each of its steps, so a divergence is located at the step where it began
+without running anything again; an eager chunk keeps only its last energies (cheaper) and,
+only when that check fails, replays itself from its start (exact, the step being pure).
+Static PC (:func:`pcsim.inference.relax`) and the fused training step of
+:class:`pcsim.rules.StandardPC` both run through here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from .errors import InferenceDivergenceError
+
+Tensor = torch.Tensor
+Carry = Any
+
+
+class RelaxingSystem(Protocol):
+    """What :func:`run` needs of a system (module docstring)."""
+
+    def step(self, carry: Carry) -> Carry: ...
+
+    def energies(self, carry: Carry) -> Tensor: ...
+
+    def totals(self, energies: Tensor) -> Tensor: ...
+
+    def diverged(self, t: int, energies: Tensor, start: Tensor) -> InferenceDivergenceError: ...
+
+    def observe(self, carry: Carry, energies: Tensor) -> dict[str, Tensor]: ...
+
+
+@dataclass
+class LoopResult:
+    """What :func:`run` returns: the final ``carry``, its ``energy`` (one step's energies), the
+    number of ``steps`` taken and, when recorded, ``trace``: each observed quantity stacked over
+    steps ``0..steps`` (step 0 is the initial state) as numpy arrays."""
+
+    carry: Carry
+    energy: Tensor
+    steps: int
+    trace: dict[str, np.ndarray] | None = None
+
+
+def advance(system: RelaxingSystem, carry: Carry, n: int, per_step: bool) -> tuple[Carry, Tensor]:
+    """``n`` steps of ``system`` from ``carry``: the new carry and the energies after each step,
+    ``(n, ...)`` (``per_step``) or after the last one only, ``(1, ...)``. Pure; compiled whole."""
+    ens = []
+    for _ in range(n):
+        carry = system.step(carry)
+        if per_step:
+            ens.append(system.energies(carry))
+    if not per_step:
+        ens.append(system.energies(carry))
+    return carry, torch.stack(ens)
+
+
+def bad_steps(system: RelaxingSystem, energies: Tensor, start: Tensor, max_growth: float) -> Tensor:
+    """Per step of ``energies`` ``(n, ...)``: True where an energy is non-finite or a total exceeds
+    ``max_growth`` times its value at ``start`` (``(n,)`` bool; all on the device, no sync)."""
+    n = energies.shape[0]
+    finite = torch.isfinite(energies).reshape(n, -1).all(1)
+    tot, tot0 = system.totals(energies), system.totals(start)
+    grown = (tot > max_growth * tot0.abs() + 1e-6).reshape(n, -1).any(1)
+    return ~finite | grown
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def compiled_advance() -> Callable:
+    """:func:`advance` compiled by ``torch.compile`` (once per process; specialised per system type,
+    static settings, ``n`` and shapes)."""
+    if "advance" not in _COMPILED:
+        # the C++ wrapper calls the kernels without Python in between (~10% on small nets)
+        _COMPILED["advance"] = torch.compile(advance, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+    return _COMPILED["advance"]
+
+
+def check(system: RelaxingSystem, t0: int, energies: Tensor, start: Tensor, max_growth: float) -> None:
+    """Raise the system's divergence error for the first bad step of a chunk whose steps are ``t0 .. t0+n-1``."""
+    bad = bad_steps(system, energies, start, max_growth)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0, 0])
+        raise system.diverged(t0 + i, energies[i], start)
+
+
+def run(system: RelaxingSystem, carry: Carry, steps: int, *, max_growth: float = 10.0, tol: float = 0.0,
+        record: bool = False, check_every: int = 0, compile: bool = False,
+        on_step: Callable[[int, Carry], None] | None = None) -> LoopResult:
+    """Relax ``system`` from ``carry`` for ``steps`` steps; the one loop of every relaxing system.
+
+    ``max_growth``: the totals may not exceed this many times their start (divergence);
+    ``tol``: stop once every total changes by at most ``tol`` times its previous value in one
+    step (0: never); ``record``: keep ``system.observe`` at every step; ``check_every``: check
+    divergence every k steps (0: at the end; recording, ``tol`` and a hook check every step);
+    ``compile``: run chunks of steps as compiled graphs; ``on_step(t, carry)``: called before
+    step ``t`` moves the state (it may change the system's tensors in place, e.g. weights).
+    Raises the system's :class:`InferenceDivergenceError` naming the step where it began.
+    """
+    start = system.energies(carry)
+    check(system, 0, start[None], start, max_growth)
+    trace = None
+    if record:
+        trace = {k: [v.detach().cpu().numpy().copy()] for k, v in system.observe(carry, start).items()}
+    per_step_control = record or tol > 0 or on_step is not None
+    chunk = 1 if per_step_control else (check_every or steps)
+    step_fn = compiled_advance() if compile else advance
+    en, prev, t = start, system.totals(start), 0
+    while t < steps:
+        n = min(chunk, steps - t)
+        if on_step is not None:
+            on_step(t, carry)
+        before = carry
+        carry, ens = step_fn(system, carry, n, compile)
+        if bool(bad_steps(system, ens, start, max_growth).any()):
+            if not compile and n > 1:  # an eager chunk kept its last energies only: replay it step by step
+                _, ens = advance(system, before, n, True)
+            check(system, t + 1, ens, start, max_growth)
+        en = ens[-1]
+        t += n
+        if trace is not None:
+            for k, v in system.observe(carry, en).items():
+                trace[k].append(v.detach().cpu().numpy().copy())
+        if tol > 0:
+            total = system.totals(en)
+            if bool(((prev - total).abs() <= tol * prev.abs()).all()):
+                break
+            prev = total
+    out = {k: np.stack(v) for k, v in trace.items()} if trace is not None else None
+    return LoopResult(carry, en, t, out)
