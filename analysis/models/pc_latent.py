@@ -33,8 +33,8 @@ import xarray as xr
 
 from analysis.models.base import LatentModel, validate_recording
 from pcsim.optim import Adam
-from pcsim.temporal import (TemporalInferenceConfig, TemporalPCNetwork, free_energy, laplace_posterior,
-                            parameter_gradients, relax)
+from pcsim.temporal import (TemporalInferenceConfig, TemporalPCNetwork, expected_parameter_gradients, free_energy,
+                            laplace_posterior, parameter_gradients, relax)
 
 __all__ = ["PCLatentModel"]
 
@@ -148,7 +148,7 @@ class PCLatentModel(LatentModel):
                 if self.learning == "laplace":
                     q = laplace_posterior(net, r.x, y[idx], damping=1e-6)
                     free += float(free_energy(net, q, y[idx]).sum())
-                    grads = parameter_gradients(net, q, y[idx])
+                    grads = expected_parameter_gradients(net, q, y[idx])
                 else:
                     grads = parameter_gradients(net, r.x, y[idx])
                 opt.step(net.parameters(), grads)                           # M-step: local rules

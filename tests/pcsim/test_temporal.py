@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pcsim import temporal as tp
+from pcsim.temporal.energy import _curvature, _errors
 from pcsim.errors import DataError, InferenceDivergenceError
 
 F64 = torch.float64
@@ -248,7 +249,7 @@ def test_block_tridiagonal_solver_matches_a_dense_solve():
 def dense_curvature(net, x, y, mask):
     """The Gauss-Newton curvature of one ensemble member's trials as dense ``(B, T*D, T*D)`` matrices."""
     obs = tp.observations(net, y, mask)
-    diag, lower = tp._curvature(net, x, obs, tp._errors(net, x, obs), 0.0)
+    diag, lower = _curvature(net, x, obs, _errors(net, x, obs), 0.0)
     diag, lower = diag[0], lower[0]
     B, T, D = x.shape[1:]
     H = torch.zeros(B, T * D, T * D, dtype=F64)
@@ -315,7 +316,7 @@ def test_laplace_learning_rules_equal_autograd_of_the_expected_energy(obs, act, 
     params = [p.clone().requires_grad_(True) for p in net.parameters()]
     expected = tp.expected_term_energies(with_parameters(net, params), q, y, mask).sum((-1, -2)).mean(1).sum()
     auto = torch.autograd.grad(expected, params)
-    local = tp.parameter_gradients(net, q, y, mask)
+    local = tp.expected_parameter_gradients(net, q, y, mask)
     map_rule = tp.parameter_gradients(net, x, y, mask)
     for name, a, b, m in zip(net.parameter_names(), local, auto, map_rule):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
