@@ -26,7 +26,7 @@ import xarray as xr
 
 from pcsim.errors import DataError
 
-__all__ = ["DIMS", "Recording", "as_recording", "check_counts", "split_recording", "validate_recording"]
+__all__ = ["DIMS", "Recording", "as_recording", "check_bin_width", "check_counts", "split_recording", "validate_recording"]
 
 DIMS = ("trial", "time", "neuron")
 
@@ -34,6 +34,17 @@ DIMS = ("trial", "time", "neuron")
 def _show(value: Any) -> str:
     """``repr`` of a value for an error message, NumPy scalars shown as the Python values they hold."""
     return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def check_bin_width(bin_width: Any, name: str = "bin_width") -> float:
+    """Return ``bin_width`` (s) as a float, or raise DataError naming ``name`` unless it is a positive number."""
+    try:
+        value = float(bin_width)
+    except (TypeError, ValueError):
+        raise DataError(f"{name} must be a positive number of seconds, got {bin_width!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise DataError(f"{name} must be a positive number of seconds, got {bin_width!r}")
+    return value
 
 
 def check_counts(counts: Any, name: str = "counts", labels: xr.DataArray | None = None,
@@ -181,15 +192,9 @@ def as_recording(recording: Any, split: str | None = None, *, name: str = "recor
         heldout = np.zeros(values.shape[2], bool)
     if heldout.all():
         raise DataError(f"{name} coordinate 'heldout' marks every neuron held out; at least one held-in neuron is needed")
-    bin_width = recording.attrs.get("bin_width")
-    if bin_width is None:
+    if recording.attrs.get("bin_width") is None:
         raise DataError(f"{name} has no attrs['bin_width'] (bin width in seconds)")
-    try:
-        bin_width = float(bin_width)
-    except (TypeError, ValueError):
-        raise DataError(f"{name}.attrs['bin_width'] must be a number of seconds, got {bin_width!r}") from None
-    if not np.isfinite(bin_width) or bin_width <= 0:
-        raise DataError(f"{name}.attrs['bin_width'] must be a positive number of seconds, got {bin_width}")
+    bin_width = check_bin_width(recording.attrs["bin_width"], f"{name}.attrs['bin_width']")
     # unobserved bins hold 0, so that nothing downstream can depend on what they held
     rec = Recording(np.where(observed, values, 0).astype(np.float64), observed, heldout, bin_width, recording)
     return rec.select(split, name=name)

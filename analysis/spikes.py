@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.recording import _show, check_counts
+from analysis.recording import check_bin_width as _check_bin_width
 from pcsim.errors import DataError
 
 __all__ = ["SPLITS", "bin_spike_times", "counts_to_dataarray", "to_recording"]
@@ -237,16 +238,6 @@ def to_recording(
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _check_bin_width(bin_width: Any, name: str = "bin_width") -> float:
-    try:
-        value = float(bin_width)
-    except (TypeError, ValueError):
-        raise DataError(f"{name} must be a positive number of seconds, got {bin_width!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise DataError(f"{name} must be a positive number of seconds, got {bin_width!r}")
-    return value
 
 
 def _window_bins(window: Any, bin_width: float) -> tuple[float, int]:
