@@ -9,7 +9,8 @@ Every array argument is an :class:`xarray.DataArray` with dims ``(trial, time, X
 any order, or a NumPy array laid out ``(trial, time, X)``. Where two DataArrays share a dim,
 their coordinate labels must agree. **Rates are in counts per bin** (expected spike count in
 one bin), never Hz; convert at the boundary with ``rate_hz * bin_width``. NaN in spike counts
-marks an unobserved bin and is excluded, as NLB does; NaN anywhere else is an error.
+marks an unobserved bin and is excluded, as NLB does (so do bins a count argument's
+``observed`` mask marks False); NaN anywhere else is an error.
 Malformed input raises :class:`pcsim.errors.DataError` naming the argument at fault.
 """
 
@@ -28,6 +29,8 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import make_scorer, r2_score
 from sklearn.model_selection import GridSearchCV, KFold
 
+from analysis.glm import PoissonGLM
+from analysis.recording import check_counts
 from pcsim.errors import DataError
 
 __all__ = [
@@ -101,6 +104,24 @@ def _as_trial_array(x, name: str, last: tuple[str, ...] | None, *, allow_nan: bo
         if neg.any():
             idx = tuple(int(i) for i in np.argwhere(neg)[0])
             raise DataError(f"{name}: contains negative values ({int(neg.sum())}; first at index {idx})")
+    return arr, da
+
+
+def _counts_array(x, name: str, observed=None) -> tuple[np.ndarray, xr.DataArray | None]:
+    """Validate spike counts ``(trial, time, neuron)``: NaN bins, bins where ``observed`` (bool, the
+    counts' shape) is False and, for a DataArray, bins its ``observed`` coordinate marks False are
+    unobserved and become NaN; the rest must be non-negative whole numbers
+    (:func:`analysis.recording.check_counts`)."""
+    arr, da = _as_trial_array(x, name, ("neuron",), allow_nan=True)
+    if observed is None and da is not None and "observed" in da.coords and da["observed"].ndim == 3:
+        observed = da["observed"].transpose(*da.dims)
+    if observed is not None:
+        ob = np.asarray(observed.values if isinstance(observed, xr.DataArray) else observed)
+        if ob.dtype != bool or ob.shape != arr.shape:
+            raise DataError(f"{name}: its observed mask must be bool of shape {arr.shape}, got {ob.dtype} {ob.shape}")
+        arr = np.where(ob, arr, np.nan)
+    check_counts(arr, f"{name}:", labels=da if da is not None and all(d in da.coords for d in ("trial", "time", "neuron"))
+                 else None, observed=~np.isnan(arr))
     return arr, da
 
 
@@ -178,9 +199,9 @@ def _warn_clipped(fn: str, n_clipped: int, n_total: int) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
-def _bps_entry(fn: str, pred_rates, counts) -> float:
+def _bps_entry(fn: str, pred_rates, counts, observed) -> float:
     rates, rates_da = _as_trial_array(pred_rates, "pred_rates", ("neuron",), allow_nan=True)
-    y, y_da = _as_trial_array(counts, "counts", ("neuron",), allow_nan=True, nonnegative=True)
+    y, y_da = _counts_array(counts, "counts", observed)
     _check_match(y, y_da, "counts", rates, rates_da, "pred_rates", (0, 1, 2))
     missing = np.isnan(rates) & ~np.isnan(y)
     if missing.any():
@@ -193,7 +214,7 @@ def _bps_entry(fn: str, pred_rates, counts) -> float:
     return bps
 
 
-def co_bps(pred_rates, counts) -> float:
+def co_bps(pred_rates, counts, *, observed=None) -> float:
     """Co-smoothing bits per spike (NLB's ``co-bps``; Pei et al. 2021): how much better, in bits per
     spike, the predicted rates of the held-out neurons explain their spike counts than a null model
     that predicts each neuron's mean count, ``(LL(pred_rates) - LL(null)) / (sum(counts) * ln 2)``
@@ -202,18 +223,19 @@ def co_bps(pred_rates, counts) -> float:
     observed bins (the ``log y!`` terms cancel). ``pred_rates`` and ``counts`` are
     ``(trial, time, neuron)`` — pass the held-out neurons on the evaluation trials, e.g.
     ``recording.counts.sel(neuron=recording.heldout)`` — with rates in counts per bin (not Hz).
-    NaN counts mark unobserved bins and are left out of both likelihoods, the null means and the
-    spike total (``pred_rates`` may be NaN only there); predicted rates below ``RATE_FLOOR`` = 1e-9
+    Unobserved bins -- NaN counts, bins where ``observed`` (bool, the counts' shape) is False, or
+    where a counts DataArray's ``observed`` coordinate is False -- are left out of both
+    likelihoods, the null means and the spike total (``pred_rates`` may be NaN only there); predicted rates below ``RATE_FLOOR`` = 1e-9
     counts per bin (zero or negative ones included) are clipped to it with a ``RuntimeWarning``
     saying how many. Returns a float: 0 for the null model, > 0 when the prediction beats it.
     """
-    return _bps_entry("co_bps", pred_rates, counts)
+    return _bps_entry("co_bps", pred_rates, counts, observed)
 
 
-def fp_bps(pred_rates, counts) -> float:
+def fp_bps(pred_rates, counts, *, observed=None) -> float:
     """Forward-prediction bits per spike (NLB's ``fp-bps``; Pei et al. 2021): the :func:`co_bps`
     formula, ``(LL(pred_rates) - LL(null)) / (sum(counts) * ln 2)`` with the same Poisson
-    log-likelihood, per-neuron-mean null, NaN exclusion and 1e-9 counts-per-bin clip floor, applied
+    log-likelihood, per-neuron-mean null, exclusion of unobserved bins (NaN, or ``observed`` False) and 1e-9 counts-per-bin clip floor, applied
     to the forward-prediction bins — the bins *after* the observed window, which the model has to
     extrapolate in time — of every neuron (NLB concatenates held-in and held-out neurons here),
     rather than to the held-out neurons inside the window. ``pred_rates`` and ``counts`` are
@@ -221,7 +243,7 @@ def fp_bps(pred_rates, counts) -> float:
     bin. Note the null model is refitted on these bins, so the score measures temporal structure
     beyond each neuron's mean rate in the forward window.
     """
-    return _bps_entry("fp_bps", pred_rates, counts)
+    return _bps_entry("fp_bps", pred_rates, counts, observed)
 
 
 # --------------------------------------------------------------------------- PSTH R²
@@ -270,7 +292,7 @@ def _r2_columns(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 
 def psth_r2(pred_rates, true_or_counts, conditions, *, smooth_sigma_bins: float | None = None,
-            true_conditions=None, per_neuron: bool = False) -> float | xr.Dataset:
+            true_conditions=None, per_neuron: bool = False, observed=None) -> float | xr.Dataset:
     """PSTH R² (NLB's ``psth R2``; Pei et al. 2021): predicted rates ``(trial, time, neuron)`` are
     averaged over the trials of each condition and compared with the condition-averaged truth, R² of
     each neuron computed over all (condition, time) points, ``R²_n = 1 - sum (psth_n - pred_psth_n)²
@@ -282,11 +304,16 @@ def psth_r2(pred_rates, true_or_counts, conditions, *, smooth_sigma_bins: float 
     NLB's empirical PSTH. ``conditions`` gives one label per trial, or names a ``trial`` coordinate
     (e.g. ``"condition"``) of the DataArrays; ``true_conditions`` labels the truth's trials when they
     differ from the predictions' (NLB builds PSTHs from all trials, predictions come from test
-    trials). NaN truth bins are left out; conditions without predicted trials are skipped.
+    trials). NaN truth bins, and those where ``observed`` (bool, the truth's shape) is False, are left out; conditions without predicted trials are skipped.
     Returns a float, or with ``per_neuron=True`` a Dataset with ``r2`` and ``r2_per_neuron``.
     """
     pred, pred_da = _as_trial_array(pred_rates, "pred_rates", ("neuron",))
     true, true_da = _as_trial_array(true_or_counts, "true_or_counts", ("neuron",), allow_nan=True, nonnegative=True)
+    if observed is not None:
+        ob = np.asarray(observed)
+        if ob.dtype != bool or ob.shape != true.shape:
+            raise DataError(f"observed: must be bool of the truth's shape {true.shape}, got {ob.dtype} {ob.shape}")
+        true = np.where(ob, true, np.nan)
     same_trials = true_conditions is None
     _check_match(pred, pred_da, "pred_rates", true, true_da, "true_or_counts", (0, 1, 2) if same_trials else (1, 2))
     cond_pred = _trial_labels(conditions, "conditions", pred.shape[0],
@@ -468,58 +495,9 @@ def seed_consistency(latents_a, latents_b, *, symmetric: bool = True) -> float:
 # --------------------------------------------------------------------------- few-shot co-bps
 
 
-def _fit_poisson_glm(x: np.ndarray, y: np.ndarray, alpha: float, max_iter: int = 100,
-                     tol: float = 1e-8) -> np.ndarray:
-    """Poisson GLM with exp link for every column of ``y`` at once, by damped Newton steps.
-
-    ``x`` (samples, p) regressors, ``y`` (samples, neurons) counts, NaN = unobserved. Minimises, per
-    neuron, ``mean over observed samples of (exp(eta) - y * eta) + alpha / 2 * ||w||²`` with
-    ``eta = x @ w + b`` — the objective of sklearn's ``PoissonRegressor`` (mean half Poisson deviance
-    up to a constant; the intercept is not penalised). Returns coef (p + 1, neurons), intercept last.
-    """
-    n, p = x.shape
-    design = np.column_stack([x, np.ones(n)])
-    observed = ~np.isnan(y)
-    yz = np.where(observed, y, 0.0)
-    n_obs = np.maximum(observed.sum(axis=0), 1)
-    penalty = np.r_[np.full(p, alpha), 0.0]
-    coef = np.zeros((p + 1, y.shape[1]))
-    # Start at the log mean rate; a neuron silent in these samples starts where its rate is negligible.
-    coef[-1] = np.log(np.maximum(yz.sum(axis=0) / n_obs, 1e-8))
-
-    def objective(c):
-        eta = design @ c
-        with np.errstate(over="ignore", invalid="ignore"):
-            f = (np.where(observed, np.exp(eta) - yz * eta, 0.0)).sum(axis=0) / n_obs
-        return np.where(np.isfinite(f), f, np.inf) + 0.5 * (penalty[:, None] * c**2).sum(axis=0)
-
-    f = objective(coef)
-    for _ in range(max_iter):
-        lam = np.where(observed, np.exp(design @ coef), 0.0)
-        grad = design.T @ (lam - yz) / n_obs + penalty[:, None] * coef
-        if np.max(np.abs(grad)) < tol:
-            break
-        step = np.empty_like(coef)
-        for j in range(y.shape[1]):
-            hess = (design * lam[:, j:j + 1]).T @ design / n_obs[j] + np.diag(penalty + 1e-12)
-            step[:, j] = np.linalg.solve(hess, grad[:, j])
-        t = np.ones(y.shape[1])
-        decrease = (grad * step).sum(axis=0)
-        for _ in range(40):  # backtracking (Armijo) line search, per neuron
-            trial = coef - t * step
-            f_new = objective(trial)
-            ok = f_new <= f - 1e-4 * t * decrease
-            if ok.all():
-                break
-            t = np.where(ok, t, 0.5 * t)
-        coef = coef - np.where(ok, t, 0.0) * step
-        f = np.where(ok, f_new, f)
-    return coef
-
-
 def few_shot_co_bps(latents_train, heldout_counts_train, latents_test, heldout_counts_test, k: int,
                     n_repeats: int = 10, seed: int = 0, *, alpha: float = 1e-3,
-                    per_repeat: bool = False) -> float | xr.DataArray:
+                    per_repeat: bool = False, observed_train=None, observed_test=None) -> float | xr.DataArray:
     """Few-shot co-smoothing bits per spike (Dabholkar & Barak 2025): how well a model's latents
     predict neurons it never saw when only ``k`` trials of them are available. For each of
     ``n_repeats`` draws of ``k`` distinct training trials (``numpy.random.default_rng(seed)``), a
@@ -528,15 +506,15 @@ def few_shot_co_bps(latents_train, heldout_counts_train, latents_test, heldout_c
     sklearn ``PoissonRegressor``'s, solved by Newton's method — and its predictions on the test
     trials are scored with :func:`co_bps` against ``heldout_counts_test``; the score is the mean over
     draws. ``latents_*`` are ``(trial, time, latent)`` (the model's inferred latents),
-    ``heldout_counts_*`` are ``(trial, time, neuron)`` spike counts (NaN = unobserved, excluded).
+    ``heldout_counts_*`` are ``(trial, time, neuron)`` spike counts; bins that are NaN, or False in
+    ``observed_train`` / ``observed_test`` (bool, the counts' shapes), are unobserved and excluded
+    from fits and scores (:class:`analysis.glm.PoissonGLM` with ``standardize=False``).
     Returns a float, or with ``per_repeat=True`` a DataArray over ``repeat`` (attrs give ``k``).
     """
     ltr, ltr_da = _as_trial_array(latents_train, "latents_train", ("latent",))
-    ctr, ctr_da = _as_trial_array(heldout_counts_train, "heldout_counts_train", ("neuron",),
-                                  allow_nan=True, nonnegative=True)
+    ctr, ctr_da = _counts_array(heldout_counts_train, "heldout_counts_train", observed_train)
     lte, lte_da = _as_trial_array(latents_test, "latents_test", ("latent",))
-    cte, cte_da = _as_trial_array(heldout_counts_test, "heldout_counts_test", ("neuron",),
-                                  allow_nan=True, nonnegative=True)
+    cte, cte_da = _counts_array(heldout_counts_test, "heldout_counts_test", observed_test)
     _check_match(ltr, ltr_da, "latents_train", ctr, ctr_da, "heldout_counts_train", (0, 1))
     _check_match(lte, lte_da, "latents_test", cte, cte_da, "heldout_counts_test", (0, 1))
     _check_match(ltr, ltr_da, "latents_train", lte, lte_da, "latents_test", (2,))
@@ -552,9 +530,8 @@ def few_shot_co_bps(latents_train, heldout_counts_train, latents_test, heldout_c
     x_te = _flat(lte)
     for _ in range(n_repeats):
         trials = np.sort(rng.choice(ltr.shape[0], size=k, replace=False))
-        coef = _fit_poisson_glm(_flat(ltr[trials]), _flat(ctr[trials]), alpha)
-        # Cap the log rate so an extrapolating GLM scores very badly rather than overflowing to inf.
-        rates = np.exp(np.minimum(_affine_apply(x_te, coef), 700.0)).reshape(cte.shape)
+        glm = PoissonGLM(alpha=alpha, standardize=False).fit(_flat(ltr[trials]), _flat(ctr[trials]))
+        rates = glm.predict(x_te).reshape(cte.shape)
         bps, clipped, total = _bits_per_spike(rates, cte)
         scores.append(bps)
         n_clipped, n_total = n_clipped + clipped, n_total + total

@@ -42,9 +42,9 @@ from pynwb.epoch import TimeIntervals
 from pynwb.file import Subject
 from pynwb.misc import Units
 
+from analysis.recording import check_counts, split_recording
 from analysis.spikes import (
     _check_bin_width,
-    _check_counts,
     _check_obs_intervals,
     _check_spike_trains,
     _coord_values,
@@ -79,6 +79,9 @@ def read_nwb(
     align: str = "start_time",
     heldout: Any | None = None,
     split_column: str | None = "split",
+    heldout_fraction: float = 0.25,
+    test_fraction: float = 0.2,
+    seed: int = 0,
 ) -> xr.Dataset:
     """Bin an NWB file's spike times into a recording Dataset ``counts (trial, time, neuron)``.
 
@@ -90,8 +93,13 @@ def read_nwb(
     coordinate and its one-value-per-trial columns (``start_time``, ``stop_time``, conditions,
     event times; ``(trials, k)`` columns with a ``<name>_dim`` dimension) coordinates along
     ``trial``; ``split_column`` becomes the ``split`` coordinate (a file without a ``split``
-    column is all ``"train"``). Units ids become ``neuron``; ``heldout`` (neuron ids, or a bool
-    mask; default the file's ``heldout`` column, else none) the ``heldout`` coordinate; other
+    column is all ``"train"`` before the split policy). Units ids become ``neuron``; ``heldout``
+    (neuron ids, or a bool mask; default the file's ``heldout`` column) the ``heldout``
+    coordinate. Then the split policy of :func:`analysis.recording.split_recording` (the same
+    as ``pcsim fit``'s) fills in what the file does not say: trials in split ``"none"`` are
+    dropped, ``heldout_fraction`` of the neurons are held out at random when none is, and
+    ``val`` trials, else ``test_fraction`` of the trials at random, become ``"test"`` when no
+    trial is (``seed`` seeds the draws; a fraction of 0 draws nothing). Other
     one-value-per-unit columns, and ``electrode``/``location`` of each unit's (first) electrode,
     neuron coordinates. With ``obs_intervals`` the Dataset gains the bool variable ``observed``
     ``(trial, time, neuron)``. Ragged columns are skipped with a warning. Errors
@@ -138,7 +146,8 @@ def read_nwb(
             spike_times, starts, stops, bin_width=bin_width, window=window, align_times=align,
             neuron_ids=neuron_ids, trial_ids=trial_ids, trial_coords=columns, obs_intervals=obs_intervals,
         )
-        recording = to_recording(counts, heldout=heldout, split=split)
+        recording = split_recording(to_recording(counts, heldout=heldout, split=split),
+                                    heldout_fraction=heldout_fraction, test_fraction=test_fraction, seed=seed)
         reserved = set(recording.coords) | set(recording.data_vars)
         recording = recording.assign_coords(
             {name: ("neuron", values) for name, values in neuron_coords.items() if name not in reserved})
@@ -290,7 +299,7 @@ def _add_binned(nwbfile: NWBFile, ds: xr.Dataset) -> np.ndarray | None:
         raise DataError(f"the Dataset has no 'counts' variable (variables: {list(ds.data_vars)})")
     if ds["counts"].dims != ("trial", "time", "neuron"):
         raise DataError(f"counts must have dims ('trial', 'time', 'neuron'), got {ds['counts'].dims}")
-    _check_counts(ds["counts"].values, "counts", labels=ds["counts"])
+    check_counts(ds["counts"].values, "counts", labels=ds["counts"])
     bin_width = _check_bin_width(ds.attrs.get("bin_width"), "attrs['bin_width']")
     if "time" not in ds.coords or ds["time"].dims != ("time",):
         raise DataError("the Dataset has no 'time' coordinate (bin centres in s relative to the alignment event)")

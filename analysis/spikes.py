@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from analysis.recording import _show, check_counts
+from analysis.recording import check_bin_width as _check_bin_width
 from pcsim.errors import DataError
 
 __all__ = ["SPLITS", "bin_spike_times", "counts_to_dataarray", "to_recording"]
@@ -166,7 +168,7 @@ def counts_to_dataarray(
     fractional count, or the trial whose length differs.
     """
     bin_width = _check_bin_width(bin_width)
-    counts = _check_counts(_stack_trials(counts), "counts")
+    counts = check_counts(_stack_trials(counts), "counts")
     n_trials, n_bins, n_neurons = counts.shape
     if window is None:
         window = (0.0, n_bins * bin_width)
@@ -212,9 +214,12 @@ def to_recording(
     bin_width = _check_bin_width(counts.attrs.get("bin_width"), "counts.attrs['bin_width']")
     if "time" not in counts.coords:
         raise DataError("counts has no 'time' coordinate (bin centres in s relative to the alignment event)")
-    values = _check_counts(counts.values, "counts", labels=counts)
-
     observed = counts.coords.get("observed")
+    if observed is not None and (observed.dims != _DIMS or observed.dtype != bool):
+        raise DataError(f"the observed coordinate must be bool with dims {_DIMS}, got {observed.dtype} {observed.dims}")
+    values = check_counts(counts.values, "counts", labels=counts,
+                          observed=None if observed is None else np.asarray(observed.values, bool))
+
     da = counts.drop_vars(["observed"], errors="ignore").copy(data=values)
     da.attrs = {k: v for k, v in counts.attrs.items() if k in _COUNT_ATTRS}
     attrs = {k: v for k, v in counts.attrs.items() if k not in _COUNT_ATTRS}
@@ -222,8 +227,6 @@ def to_recording(
     attrs.setdefault("align", "start_time")
     ds = xr.Dataset({"counts": da}, attrs=attrs)
     if observed is not None:
-        if observed.dims != _DIMS or observed.dtype != bool:
-            raise DataError(f"the observed coordinate must be bool with dims {_DIMS}, got {observed.dtype} {observed.dims}")
         ds["observed"] = observed.variable.copy()
         ds["observed"].attrs = dict(_OBSERVED_ATTRS)
 
@@ -235,16 +238,6 @@ def to_recording(
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _check_bin_width(bin_width: Any, name: str = "bin_width") -> float:
-    try:
-        value = float(bin_width)
-    except (TypeError, ValueError):
-        raise DataError(f"{name} must be a positive number of seconds, got {bin_width!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise DataError(f"{name} must be a positive number of seconds, got {bin_width!r}")
-    return value
 
 
 def _window_bins(window: Any, bin_width: float) -> tuple[float, int]:
@@ -265,11 +258,6 @@ def _window_bins(window: Any, bin_width: float) -> tuple[float, int]:
             f"({n:.6g} bins); make t1 - t0 a whole multiple of bin_width"
         )
     return t0, n_bins
-
-
-def _show(value: Any) -> str:
-    """``repr`` of a value for an error message, NumPy scalars shown as the Python values they hold."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def _trial_label(trial_ids: np.ndarray, i: int) -> str:
@@ -471,39 +459,6 @@ def _stack_trials(counts: Any) -> np.ndarray:
             raise DataError(f"trials are of unequal length: trial {i} has shape {c.shape} (bins, neurons) but "
                             f"trial 0 has {trials[0].shape}; every trial must have the same bins and neurons")
     return np.stack(trials)
-
-
-def _check_counts(counts: np.ndarray, name: str, labels: xr.DataArray | None = None) -> np.ndarray:
-    """Return ``counts`` ``(trial, time, neuron)`` as int64 after checking they are finite, non-negative whole numbers."""
-    counts = np.asarray(counts)
-    if counts.ndim != 3:
-        raise DataError(f"{name} must be (trials, bins, neurons), got shape {counts.shape}")
-    if 0 in counts.shape:
-        raise DataError(f"{name} has shape {counts.shape} (trials, bins, neurons): "
-                        f"{'empty trials (zero bins)' if counts.shape[1] == 0 else 'nothing to bin'}")
-    if counts.dtype == bool or not np.issubdtype(counts.dtype, np.number) or np.issubdtype(counts.dtype, np.complexfloating):
-        raise DataError(f"{name} must be integer spike counts, got dtype {counts.dtype}")
-
-    def where(index: np.ndarray) -> str:
-        t, b, n = (int(i) for i in index)
-        if labels is None:
-            return f"trial {t}, bin {b}, neuron {n}"
-        return (f"trial {_show(labels['trial'].values[t])}, time {_show(labels['time'].values[b])} s, "
-                f"neuron {_show(labels['neuron'].values[n])} (indices {t}, {b}, {n})")
-
-    if np.issubdtype(counts.dtype, np.floating):
-        bad = ~np.isfinite(counts)
-        if bad.any():
-            raise DataError(f"{name} is NaN/Inf at {where(np.argwhere(bad)[0])} ({int(bad.sum())} entries in all)")
-        frac = counts != np.round(counts)
-        if frac.any():
-            at = np.argwhere(frac)[0]
-            raise DataError(f"{name} must be whole numbers of spikes, got {_show(counts[tuple(at)])} at {where(at)}")
-    neg = counts < 0
-    if neg.any():
-        at = np.argwhere(neg)[0]
-        raise DataError(f"{name} must be non-negative, got {_show(counts[tuple(at)])} at {where(at)}")
-    return counts.astype(np.int64)
 
 
 def _heldout_mask(heldout: Any | None, ds: xr.Dataset) -> np.ndarray:

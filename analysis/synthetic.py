@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from analysis.recording import split_recording
+
 
 def lorenz_trajectory(n_steps: int, dt: float = 0.01, start: np.ndarray | None = None,
                       sigma: float = 10.0, rho: float = 28.0, beta: float = 8.0 / 3.0) -> np.ndarray:
@@ -61,7 +63,8 @@ def lorenz_recording(
     ``rates`` (counts per bin), ``latents`` (trial, time, latent; z-scored), ``behaviour``
     (trial, time, behaviour_dim: a random linear readout of the latents, e.g. a 2-D velocity,
     plus Gaussian noise), coordinates ``heldout`` (neuron) and ``split``/``condition``
-    (trial). Same seed, same data.
+    (trial), the first two drawn by :func:`analysis.recording.split_recording` (``heldout_fraction``
+    of the neurons, ``test_fraction`` of the trials). Same seed, same data.
     """
     if min(n_trials, n_neurons, n_bins) < 1:
         raise ValueError(f"n_trials, n_neurons and n_bins must be >= 1, got {n_trials}, {n_neurons}, {n_bins}")
@@ -88,11 +91,6 @@ def lorenz_recording(
     counts = rng.poisson(rates)
     B = rng.standard_normal((3, n_behaviour)) / np.sqrt(3)
     behaviour = z @ B + behaviour_noise * rng.standard_normal((n_trials, n_bins, n_behaviour))
-    n_out = int(round(heldout_fraction * n_neurons))
-    heldout = np.zeros(n_neurons, bool)
-    heldout[rng.choice(n_neurons, n_out, replace=False)] = True
-    split = np.full(n_trials, "train", dtype=object)
-    split[rng.choice(n_trials, int(round(test_fraction * n_trials)), replace=False)] = "test"
     time = (np.arange(n_bins) + 0.5) * bin_width
     ds = xr.Dataset(
         {
@@ -106,11 +104,10 @@ def lorenz_recording(
             "time": ("time", time, {"units": "s", "long_name": "bin centre"}),
             "neuron": np.arange(n_neurons),
             "latent": ["x", "y", "z"],
-            "heldout": ("neuron", heldout),
-            "split": ("trial", split.astype(str)),
             "condition": ("trial", condition),
         },
         attrs={"bin_width": bin_width, "align": "trial_start", "source": "lorenz_recording", "seed": seed,
                "mean_rate_hz": mean_rate_hz},
     )
-    return ds
+    # held-out neurons and test trials by the one split policy, drawn from the same generator
+    return split_recording(ds, heldout_fraction=heldout_fraction, test_fraction=test_fraction, seed=rng)

@@ -9,10 +9,12 @@ summary has co-bps, PSTH R2 (when the trials have a condition column) and fit ti
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
-import numpy as np
 import xarray as xr
+
+from analysis.recording import split_recording
 
 from pcsim.config import ExperimentConfig
 from pcsim.errors import DataError
@@ -21,21 +23,33 @@ from pcsim.registry import ExperimentResult, RunContext
 from .models import ModelsSection, fit_and_score, plot_results
 
 
+def _default(function, name: str):
+    """The default of parameter ``name`` of ``function`` (one declaration of a policy's defaults)."""
+    return inspect.signature(function).parameters[name].default
+
+
 @dataclass(frozen=True, kw_only=True)
 class RecordingSection:
-    """``path`` of the NWB file (``pcsim fit`` sets it); ``bin_ms``; ``window_ms`` around the
-    trials column ``align``; ``heldout``: neuron ids held out (empty: the file's ``heldout``
-    column, else a random ``heldout_fraction``); ``condition``: trials column used for PSTHs
-    (empty: none); ``test_fraction`` of trials for testing when the file has no ``split``."""
+    """``path`` of the NWB file (``pcsim fit`` sets it); ``bin_ms``; ``window_ms`` = [start, stop]
+    around the trials column ``align``; ``heldout``: neuron ids held out (empty: the file's
+    ``heldout`` column, else a random ``heldout_fraction``); ``condition``: trials column used
+    for PSTHs (empty: none); ``test_fraction`` of trials for testing when the file has no
+    ``split`` (the split policy and its defaults are :func:`analysis.recording.split_recording`'s,
+    the same as :func:`analysis.nwb.read_nwb`'s)."""
 
     path: str = field(default="", metadata={"nonempty": True})
     bin_ms: float = field(default=10.0, metadata={"gt": 0})
     window_ms: tuple[float, ...] = (0.0, 1000.0)
     align: str = "start_time"
     heldout: tuple[int, ...] = ()
-    heldout_fraction: float = field(default=0.25, metadata={"gt": 0, "lt": 1})
+    heldout_fraction: float = field(default=_default(split_recording, "heldout_fraction"), metadata={"gt": 0, "lt": 1})
     condition: str = ""
-    test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1})
+    test_fraction: float = field(default=_default(split_recording, "test_fraction"), metadata={"gt": 0, "lt": 1})
+
+    def __post_init__(self):
+        # reported by pcsim.config as a ConfigError naming the file and the table
+        if len(self.window_ms) != 2 or self.window_ms[1] <= self.window_ms[0]:
+            raise ValueError(f"key 'window_ms' must be [start, stop] with stop > start, got {list(self.window_ms)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,28 +61,13 @@ class Config(ExperimentConfig):
 
 
 def load_recording(rc: RecordingSection, seed: int) -> xr.Dataset:
-    """Read and bin the NWB file, then settle held-out neurons, splits and conditions (seeded where random)."""
+    """Read and bin the NWB file with the split policy of :func:`analysis.nwb.read_nwb` (seeded
+    where random), and keep the trials column ``rc.condition`` as the ``condition`` coordinate."""
     from analysis.nwb import read_nwb
 
-    if len(rc.window_ms) != 2 or rc.window_ms[1] <= rc.window_ms[0]:
-        raise DataError(f"recording.window_ms must be [start, stop] with stop > start, got {list(rc.window_ms)}")
     rec = read_nwb(rc.path, bin_width=rc.bin_ms / 1000.0, window=(rc.window_ms[0] / 1000.0, rc.window_ms[1] / 1000.0),
-                   align=rc.align, heldout=list(rc.heldout) if rc.heldout else None)
-    rng = np.random.default_rng(seed)
-    if "split" in rec.coords:
-        rec = rec.isel(trial=(rec.split != "none").values)  # NLB: trials in no split are not used
-    if not rec.heldout.values.any():
-        n = rec.sizes["neuron"]
-        mask = np.zeros(n, bool)
-        mask[rng.choice(n, max(1, int(round(rc.heldout_fraction * n))), replace=False)] = True
-        rec = rec.assign_coords(heldout=("neuron", mask))
-    split = rec.split.values.astype(str) if "split" in rec.coords else np.full(rec.sizes["trial"], "train")
-    if not (split == "test").any():
-        split = np.where(split == "val", "test", split)  # NLB's public files hold out 'val' for local scoring
-    if not (split == "test").any():
-        split = split.copy()
-        split[rng.choice(split.size, max(1, int(round(rc.test_fraction * split.size))), replace=False)] = "test"
-    rec = rec.assign_coords(split=("trial", split))
+                   align=rc.align, heldout=list(rc.heldout) if rc.heldout else None,
+                   heldout_fraction=rc.heldout_fraction, test_fraction=rc.test_fraction, seed=seed)
     if rc.condition:
         if rc.condition not in rec.coords:
             raise DataError(f"{rc.path}: recording.condition names trials column {rc.condition!r}, which the file lacks")

@@ -44,6 +44,22 @@ class Config(ExperimentConfig):
     data: DataSection = field(default_factory=DataSection)
     models: ModelsSection = field(default_factory=ModelsSection)
 
+    def __post_init__(self):
+        # Cross-section checks, reported by pcsim.config as a ConfigError naming the file and key.
+        d = self.data
+        n_in = d.n_neurons - int(round(d.heldout_fraction * d.n_neurons))
+        if n_in < 1:
+            raise ValueError(f"key 'data.heldout_fraction' = {d.heldout_fraction} holds out all {d.n_neurons} neurons")
+        if "fa" in self.models.fit and self.models.fa.n_latents > n_in:
+            raise ValueError(f"key 'models.fa.n_latents' = {self.models.fa.n_latents} exceeds the {n_in} held-in "
+                             f"neurons (data.n_neurons = {d.n_neurons}, data.heldout_fraction = {d.heldout_fraction})")
+        if "gpfa" in self.models.fit and self.models.gpfa.n_latents > d.n_neurons:
+            raise ValueError(f"key 'models.gpfa.n_latents' = {self.models.gpfa.n_latents} exceeds "
+                             f"data.n_neurons = {d.n_neurons}")
+        if "gpfa" in self.models.fit and (self.models.gpfa.segment_bins or 0) > d.n_bins:
+            raise ValueError(f"key 'models.gpfa.segment_bins' = {self.models.gpfa.segment_bins} exceeds "
+                             f"data.n_bins = {d.n_bins}")
+
 
 def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Generate the recording, fit and score every model; the summary has one entry per model."""

@@ -1,252 +1,158 @@
 """The surface every latent model in :mod:`analysis.models` shares, and the pieces they share.
 
-:class:`LatentModel` is the scikit-learn-style shell (``fit`` / ``transform`` / ``predict`` /
-``score``, xarray in and out) that validates a recording once, at the boundary, and hands
-plain arrays to the numerics of a subclass. Subclasses implement two methods:
-``_fit_latents(counts, heldin)`` (learn whatever maps held-in activity to latents) and
-``_infer_latents(counts_heldin)`` (latents ``(trial, time, latent)`` from held-in counts).
-The readout from latents to every neuron's rate is shared: a Poisson GLM with exponential
-link (:class:`PoissonGLM`, fitted by batched Newton's method), as in the co-smoothing
-baselines of the Neural Latents Benchmark (Pei et al. 2021).
+:class:`LatentModel` is a scikit-learn estimator (:class:`sklearn.base.BaseEstimator`:
+hyper-parameters stored verbatim by ``__init__``, checked in ``fit`` against the class's
+``_parameter_constraints``; ``get_params``, ``set_params`` and ``sklearn.base.clone`` work;
+learned state ends in ``_``) with xarray in and out. A recording is validated once into an
+:class:`analysis.recording.Recording` (a Recording passed in is not checked again), and the
+numerics of a subclass see plain arrays and the ``observed`` mask:
+
+- ``_fit_latents(counts, observed, heldin, bin_width)``: learn whatever maps held-in activity
+  to latents, leaving unobserved bins out;
+- ``_infer(counts_heldin, observed_heldin)``: the latent state of some trials from their
+  held-in neurons (any object), from which ``_latents`` (``(trial, time, latent)``),
+  ``_own_rates`` (rates of a model with its own readout) and ``_forecast`` (rates of the bins
+  after the window; models that cannot forecast keep the base method, which says so) derive.
+
+:meth:`LatentModel.infer` infers once and derives latents, rates and forecasts from that one
+inference (:class:`Inference`); ``transform``, ``predict``, ``forecast`` and ``score`` are
+views of it. The readout from latents to every neuron's rate is shared: the Poisson GLM of
+:mod:`analysis.glm`, as in the co-smoothing baselines of the Neural Latents Benchmark (Pei
+et al. 2021). :func:`config_section` turns a model's constructor into its config section.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import time as _time
-from dataclasses import dataclass
+import typing
+from functools import cache, cached_property
+from typing import Any, Literal
 
 import numpy as np
-import torch
 import xarray as xr
+from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval, StrOptions
 
+from analysis.glm import PoissonGLM
 from analysis.metrics import co_bps
+from analysis.recording import DIMS, Recording, as_recording, validate_recording
 from pcsim.errors import DataError
 
-DIMS = ("trial", "time", "neuron")
+__all__ = ["Inference", "LatentModel", "PoissonGLM", "Recording", "as_recording", "config_section",
+           "validate_recording"]
 
 
-# --------------------------------------------------------------------------------------------
-# Validation (the one place recordings are checked)
-# --------------------------------------------------------------------------------------------
+class Inference:
+    """One inference of a fitted model on some trials; latents, rates and forecasts derive from it.
 
-@dataclass(frozen=True)
-class Recording:
-    """A validated recording as plain arrays: what the numerics of a model see.
-
-    ``counts``: ``(trial, time, neuron)`` float64 spike counts per bin; ``heldout``:
-    ``(neuron,)`` bool; ``bin_width``: seconds; ``dataset``: the source Dataset restricted to the
-    selected trials, its ``counts`` transposed to ``(trial, time, neuron)`` (for coordinates).
+    ``latents``: DataArray ``(trial, time, latent)``; ``rates``: DataArray ``(trial, time,
+    neuron)`` in counts per bin for every neuron, from held-in neurons only;
+    ``forecast(n_forward)``: DataArray ``(trial, time, neuron)`` of the ``n_forward`` bins after
+    the window (``time`` continues the bin centres, s). Each is computed once, on first use.
+    ``recording`` is the validated :class:`~analysis.recording.Recording` it was inferred on.
     """
 
-    counts: np.ndarray
-    heldout: np.ndarray
-    bin_width: float
-    dataset: xr.Dataset
+    def __init__(self, model: "LatentModel", recording: Recording, state: Any):
+        self.model = model
+        self.recording = recording
+        self.state = state
+        self._forecasts: dict[int, xr.DataArray] = {}
+
+    @cached_property
+    def latents(self) -> xr.DataArray:
+        """Latents ``(trial, time, latent)`` of every trial."""
+        z = self.model._latents(self.state)
+        ds = self.recording.dataset
+        coords = {k: v for k, v in ds["counts"].coords.items() if "neuron" not in v.dims}
+        return xr.DataArray(z, dims=("trial", "time", "latent"), coords={**coords, "latent": np.arange(z.shape[2])},
+                            name="latents", attrs={"model": type(self.model).__name__})
+
+    @cached_property
+    def rates(self) -> xr.DataArray:
+        """Rates ``(trial, time, neuron)`` in counts per bin of every neuron."""
+        m = self.model
+        if m._uses_glm_readout():
+            feats = m._readout_features(self.latents.values)
+            rates = m.readout_.predict(feats.reshape(-1, feats.shape[-1])).reshape(feats.shape[:2] + (m.n_neurons_,))
+        else:
+            rates = m._own_rates(self.state)
+        return xr.DataArray(rates, dims=DIMS, coords=self.recording.dataset["counts"].coords, name="rates",
+                            attrs={"units": "counts/bin", "long_name": "predicted firing rate", "model": type(m).__name__})
+
+    def forecast(self, n_forward: int) -> xr.DataArray:
+        """Rates ``(trial, time, neuron)`` in counts per bin of the ``n_forward`` bins after the window."""
+        if isinstance(n_forward, bool) or int(n_forward) != n_forward or int(n_forward) < 1:
+            raise ValueError(f"n_forward must be an integer >= 1, got {n_forward!r}")
+        n_forward = int(n_forward)
+        if n_forward not in self._forecasts:
+            rates = self.model._forecast(self.state, n_forward)
+            rec = self.recording
+            t = rec.dataset["time"].values
+            coords = {"trial": rec.dataset["trial"].values,
+                      "time": ("time", t[-1] + rec.bin_width * np.arange(1, n_forward + 1), {"units": "s"}),
+                      "neuron": rec.dataset["neuron"].values}
+            self._forecasts[n_forward] = xr.DataArray(
+                rates, dims=DIMS, coords=coords, name="rates",
+                attrs={"units": "counts/bin", "long_name": "forward-predicted firing rate",
+                       "model": type(self.model).__name__})
+        return self._forecasts[n_forward]
 
 
-def validate_recording(recording, split: str | None = None, *, name: str = "recording") -> Recording:
-    """Check a recording Dataset and return it as arrays, restricted to one ``split``.
-
-    Raises :class:`~pcsim.errors.DataError` naming the variable, dimension or coordinate at
-    fault: not a Dataset, missing ``counts``, dims other than ``(trial, time, neuron)``, an
-    empty dimension, NaN/Inf, negative or non-integer counts, a ``heldout`` coordinate that
-    is not boolean along ``neuron``, a missing/non-positive ``bin_width``, or no trial with
-    ``split == split`` (when ``split`` is given and the ``split`` coordinate exists; without
-    that coordinate every trial is used).
-    """
-    if not isinstance(recording, xr.Dataset):
-        raise DataError(f"{name} must be an xarray.Dataset with a 'counts' variable, got {type(recording).__name__}")
-    if "counts" not in recording.data_vars:
-        raise DataError(f"{name} has no 'counts' variable (spike counts, dims {DIMS}); "
-                        f"variables present: {sorted(map(str, recording.data_vars))}")
-    counts = recording["counts"]
-    if set(counts.dims) != set(DIMS) or counts.ndim != 3:
-        raise DataError(f"{name}['counts'] must have dims {DIMS}, got {counts.dims}")
-    recording = recording.transpose(*DIMS, ...)
-    if split is not None and "split" in recording.coords:
-        keep = np.asarray(recording["split"].values).astype(str) == split
-        if not keep.any():
-            labels = sorted(set(np.asarray(recording["split"].values).astype(str)))
-            raise DataError(f"{name} has no trial with split == {split!r} (coordinate 'split' holds {labels})")
-        recording = recording.isel(trial=np.flatnonzero(keep))
-    counts = recording["counts"]
-    for dim, size in zip(DIMS, counts.shape):
-        if size == 0:
-            raise DataError(f"{name}['counts'] is empty along dim {dim!r}")
-    values = np.asarray(counts.values)
-    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)
-            or values.dtype == bool):
-        raise DataError(f"{name}['counts'] must be numeric, got dtype {values.dtype}")
-    values = values.astype(np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise DataError(f"{name}['counts'] contains NaN/Inf ({int(bad.sum())} entries; first at "
-                        f"(trial, time, neuron) index {idx})")
-    if (values < 0).any():
-        idx = tuple(int(i) for i in np.argwhere(values < 0)[0])
-        raise DataError(f"{name}['counts'] contains negative spike counts (first at (trial, time, neuron) index {idx})")
-    if (values != np.round(values)).any():
-        idx = tuple(int(i) for i in np.argwhere(values != np.round(values))[0])
-        raise DataError(f"{name}['counts'] must hold integer spike counts; non-integer value at "
-                        f"(trial, time, neuron) index {idx}")
-    if "heldout" in recording.coords:
-        ho = recording["heldout"]
-        if ho.dims != ("neuron",) or ho.dtype != bool:
-            raise DataError(f"{name} coordinate 'heldout' must be boolean along dim 'neuron', "
-                            f"got dims {ho.dims} and dtype {ho.dtype}")
-        heldout = np.asarray(ho.values, bool)
-    else:
-        heldout = np.zeros(values.shape[2], bool)
-    if heldout.all():
-        raise DataError(f"{name} coordinate 'heldout' marks every neuron held out; at least one held-in neuron is needed")
-    bin_width = recording.attrs.get("bin_width")
-    if bin_width is None:
-        raise DataError(f"{name} has no attrs['bin_width'] (bin width in seconds)")
-    try:
-        bin_width = float(bin_width)
-    except (TypeError, ValueError):
-        raise DataError(f"{name}.attrs['bin_width'] must be a number of seconds, got {bin_width!r}") from None
-    if not np.isfinite(bin_width) or bin_width <= 0:
-        raise DataError(f"{name}.attrs['bin_width'] must be a positive number of seconds, got {bin_width}")
-    return Recording(values, heldout, bin_width, recording)
-
-
-# --------------------------------------------------------------------------------------------
-# Poisson GLM readout
-# --------------------------------------------------------------------------------------------
-
-class PoissonGLM:
-    """Poisson regression with exponential link and L2 penalty, one independent GLM per output.
-
-    ``fit(features, counts)`` takes features ``(n_samples, n_features)`` and counts
-    ``(n_samples, n_outputs)`` and minimises, for every output neuron separately,
-    ``mean_i[exp(eta_i) - y_i eta_i] + alpha/2 |w|^2`` with ``eta = x_std @ w + b`` (the
-    scikit-learn ``PoissonRegressor`` objective; the bias is not penalised). Features are
-    z-scored with the training mean/std first so that ``alpha`` means the same for any
-    latent scale. All outputs are solved at once by damped Newton's method (batched
-    ``(n_outputs, k+1, k+1)`` Hessians, per-output step halving so the objective never rises)
-    in torch float64. ``predict(features)`` returns rates ``(n_samples, n_outputs)`` in the
-    units of ``counts`` (counts per bin).
-    """
-
-    def __init__(self, alpha: float = 1e-2, max_iter: int = 100, tol: float = 1e-8):
-        self.alpha = float(alpha)
-        self.max_iter = int(max_iter)
-        self.tol = float(tol)
-
-    def _design(self, features: np.ndarray) -> torch.Tensor:
-        x = (torch.as_tensor(features, dtype=torch.float64) - self.mean_) / self.scale_
-        return torch.cat([x, torch.ones(x.shape[0], 1, dtype=torch.float64)], 1)
-
-    def fit(self, features: np.ndarray, counts: np.ndarray) -> "PoissonGLM":
-        """Fit weights ``coef_`` ``(n_features, n_outputs)`` and ``intercept_`` ``(n_outputs,)``."""
-        f = torch.as_tensor(np.asarray(features, np.float64))
-        self.mean_ = f.mean(0)
-        self.scale_ = f.std(0).clamp_min(1e-12)
-        x = self._design(features)                                     # (n, k+1)
-        y = torch.as_tensor(np.asarray(counts, np.float64))            # (n, p)
-        n, k1 = x.shape
-        p = y.shape[1]
-        pen = torch.full((k1,), self.alpha, dtype=torch.float64)
-        pen[-1] = 0.0
-        beta = torch.zeros(p, k1, dtype=torch.float64)                 # (p, k+1)
-        beta[:, -1] = torch.log(y.mean(0).clamp_min(1e-8))
-
-        def objective(b):
-            """Per-output loss ``(p,)`` and rates ``(n, p)`` at coefficients ``b``."""
-            eta = (x @ b.T).clamp(max=50.0)
-            mu = torch.exp(eta)
-            return (mu - y * eta).mean(0) + 0.5 * (pen * b * b).sum(1), mu
-
-        loss, mu = objective(beta)
-        # Hessians of all outputs in one GEMM: H_j = sum_i mu_ij x_i x_i' = (mu' @ [x_i x_i'])_j,
-        # over chunks of samples so the (chunk, (k+1)^2) outer products stay small
-        chunk = max(1, int(4e6 // (k1 * k1)))
-        outer = [(x[s:s + chunk, :, None] * x[s:s + chunk, None, :]).reshape(-1, k1 * k1)
-                 for s in range(0, n, chunk)] if n * k1 * k1 <= 4e7 else None
-        self.n_iter_ = 0
-        for it in range(self.max_iter):
-            grad = ((mu - y).T @ x) / n + pen * beta                  # (p, k+1)
-            hess = torch.zeros(p, k1 * k1, dtype=torch.float64)
-            for c, s in enumerate(range(0, n, chunk)):
-                xx = outer[c] if outer is not None else \
-                    (x[s:s + chunk, :, None] * x[s:s + chunk, None, :]).reshape(-1, k1 * k1)
-                hess += mu[s:s + chunk].T @ xx
-            hess = hess.reshape(p, k1, k1) / n + torch.diag(pen) + 1e-10 * torch.eye(k1, dtype=torch.float64)
-            step = torch.linalg.solve(hess, grad)                      # (p, k+1)
-            t = torch.ones(p, dtype=torch.float64)
-            new = beta - step
-            new_loss, new_mu = objective(new)
-            for _ in range(30):  # per-output backtracking: never accept a rise
-                worse = ~(new_loss <= loss + 1e-12 * loss.abs())
-                if not worse.any():
-                    break
-                t = torch.where(worse, t / 2, t)
-                new = beta - t[:, None] * step
-                new_loss, new_mu = objective(new)
-            worse = ~(new_loss <= loss + 1e-12 * loss.abs())
-            new = torch.where(worse[:, None], beta, new)
-            change = (new - beta).abs().max().item()
-            beta, loss, mu = new, torch.where(worse, loss, new_loss), torch.where(worse, mu, new_mu)
-            self.n_iter_ = it + 1
-            if change < self.tol:
-                break
-        self.coef_ = beta[:, :-1].T.numpy() / self.scale_.numpy()[:, None]
-        self.intercept_ = beta[:, -1].numpy() - self.mean_.numpy() @ self.coef_
-        self._beta = beta
-        return self
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """Rates ``(n_samples, n_outputs)`` = ``exp(features @ coef_ + intercept_)``."""
-        eta = np.asarray(features, np.float64) @ self.coef_ + self.intercept_
-        return np.exp(np.minimum(eta, 50.0))
-
-
-# --------------------------------------------------------------------------------------------
-# The shared surface
-# --------------------------------------------------------------------------------------------
-
-class LatentModel:
-    """Base class of the latent models: scikit-learn surface, xarray in and out.
+class LatentModel(BaseEstimator):
+    """Base class of the latent models: a scikit-learn estimator, xarray in and out.
 
     ``fit(recording)`` learns on the training trials (``split == "train"``; every trial when
-    the coordinate is absent) with all neurons visible; ``transform`` returns latents
-    ``(trial, time, latent)`` inferred from held-in neurons only (``heldout`` coordinate;
-    all neurons are held in when it is absent); ``predict`` returns rates ``(trial, time,
-    neuron)`` in counts per bin for every neuron, held-out ones predicted from held-in
-    activity through a :class:`PoissonGLM` readout fitted on the training trials' latents;
-    ``score`` is co-smoothing bits per spike on the held-out neurons. Learned state ends in
-    ``_``; ``fit_seconds_`` is the wall-clock time of ``fit`` (latent model + readout).
-    Subclasses implement ``_fit_latents`` and ``_infer_latents`` on plain arrays.
+    the coordinate is absent) with all neurons visible; ``infer(recording)`` infers the
+    latent state of every trial once from held-in neurons only (``heldout`` coordinate; all
+    neurons are held in when it is absent) and returns an :class:`Inference`;
+    ``transform`` returns its latents ``(trial, time, latent)``, ``predict`` its rates
+    ``(trial, time, neuron)`` in counts per bin for every neuron (held-out ones through a
+    :class:`~analysis.glm.PoissonGLM` readout fitted on the training trials' latents, unless
+    the model has its own readout), ``forecast(recording, n_forward)`` the rates of the
+    ``n_forward`` bins after the window (``NotImplementedError`` for a model without dynamics
+    to run on), and ``score`` co-smoothing bits per spike on the held-out neurons. Bins the
+    recording's ``observed`` mask marks False are left out of every fit and score. Learned
+    state ends in ``_``; ``fit_seconds_`` is the wall-clock time of ``fit``.
     """
 
+    _parameter_constraints: dict = {}
     readout_alpha: float = 1e-2
 
     # --- to implement ---------------------------------------------------------------------
-    def _fit_latents(self, counts: np.ndarray, heldin: np.ndarray, bin_width: float) -> None:
+    def _fit_latents(self, counts: np.ndarray, observed: np.ndarray, heldin: np.ndarray, bin_width: float) -> None:
         raise NotImplementedError
 
-    def _infer_latents(self, counts_heldin: np.ndarray) -> np.ndarray:
+    def _infer(self, counts_heldin: np.ndarray, observed_heldin: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def _latents(self, state: Any) -> np.ndarray:
+        """Latents ``(trial, time, latent)`` of an inferred state; the state itself by default."""
+        return state
+
+    def _uses_glm_readout(self) -> bool:
+        """Whether rates come from the shared GLM readout (else from :meth:`_own_rates`)."""
+        return True
+
+    def _own_rates(self, state: Any) -> np.ndarray:
         raise NotImplementedError
 
     def _readout_features(self, latents: np.ndarray) -> np.ndarray:
         """Features the GLM readout sees, ``(trial, time, k)``; the latents themselves by default."""
         return latents
 
-    def _fit_readout(self, latents: np.ndarray, counts: np.ndarray) -> None:
-        """Fit ``readout_`` mapping training latents ``(trial, time, latent)`` to all counts."""
-        feats = self._readout_features(latents)
-        self.readout_ = PoissonGLM(alpha=self.readout_alpha).fit(
-            feats.reshape(-1, feats.shape[-1]), counts.reshape(-1, counts.shape[-1]))
-
-    def _rates(self, counts_heldin: np.ndarray) -> np.ndarray:
-        """Rates ``(trial, time, neuron)`` of every neuron from held-in counts, counts per bin."""
-        feats = self._readout_features(self._infer_latents(counts_heldin))
-        out = self.readout_.predict(feats.reshape(-1, feats.shape[-1]))
-        return out.reshape(feats.shape[:2] + (self.n_neurons_,))
+    def _forecast(self, state: Any, n_forward: int) -> np.ndarray:
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot forecast: it has no dynamics to run on past the recording's window "
+            "(GPFA and PCLatentModel can)")
 
     # --- shared -----------------------------------------------------------------------------
+    @property
+    def can_forecast(self) -> bool:
+        """Whether :meth:`forecast` is implemented for this model."""
+        return type(self)._forecast is not LatentModel._forecast
+
     def _check_fitted(self):
         if not hasattr(self, "fit_seconds_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted yet; call fit(recording) first")
@@ -261,52 +167,112 @@ class LatentModel:
         if not np.isclose(rec.bin_width, self.bin_width_):
             raise DataError(f"{name}.attrs['bin_width'] is {rec.bin_width} s; the model was fitted at {self.bin_width_} s")
 
-    def fit(self, recording: xr.Dataset, split: str | None = "train") -> "LatentModel":
+    def fit(self, recording: xr.Dataset | Recording, split: str | None = "train") -> "LatentModel":
         """Fit on the trials with ``split == split`` (every trial if ``split`` is None or the
-        coordinate is absent), all neurons visible; returns ``self``."""
-        rec = validate_recording(recording, split)
-        self.__dict__.pop("fit_seconds_", None)   # not fitted until this fit has finished
+        coordinate is absent), all neurons visible, unobserved bins left out; returns ``self``."""
+        self._validate_params()
+        rec = as_recording(recording, split)
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
+            delattr(self, name)   # not fitted until this fit has finished
         t0 = _time.perf_counter()
         self.heldout_ = rec.heldout.copy()
         self.n_neurons_ = rec.counts.shape[2]
         self.bin_width_ = rec.bin_width
-        self._fit_latents(rec.counts, ~rec.heldout, rec.bin_width)
-        self._fit_readout(self._infer_latents(rec.counts[..., ~rec.heldout]), rec.counts)
+        self._fit_latents(rec.counts, rec.observed, rec.heldin, rec.bin_width)
+        if self._uses_glm_readout():
+            # the training latents are inferred only when a readout is fitted on them
+            feats = self._readout_features(self._latents(self._infer(rec.counts[..., rec.heldin],
+                                                                     rec.observed[..., rec.heldin])))
+            self.readout_ = PoissonGLM(alpha=self.readout_alpha).fit(
+                feats.reshape(-1, feats.shape[-1]), rec.counts.reshape(-1, self.n_neurons_),
+                rec.observed.reshape(-1, self.n_neurons_))
         self.fit_seconds_ = _time.perf_counter() - t0
         return self
 
-    def transform(self, recording: xr.Dataset) -> xr.DataArray:
-        """Latents ``(trial, time, latent)`` of every trial, inferred from held-in neurons only
-        (the ones held in at ``fit``; a ``heldout`` coordinate, if present, must agree)."""
-        rec = validate_recording(recording)
+    def infer(self, recording: xr.Dataset | Recording, split: str | None = None) -> Inference:
+        """Infer the latent state of the trials with ``split == split`` (every trial by default)
+        once, from the held-in neurons' observed bins (the neurons held in at ``fit``; a
+        ``heldout`` coordinate, if present, must agree); see :class:`Inference`."""
+        rec = as_recording(recording, split)
         self._check_compatible(rec)
-        z = self._infer_latents(rec.counts[..., ~self.heldout_])
-        ds = rec.dataset
-        coords = {k: v for k, v in ds["counts"].coords.items() if "neuron" not in v.dims}
-        return xr.DataArray(z, dims=("trial", "time", "latent"),
-                            coords={**coords, "latent": np.arange(z.shape[2])},
-                            name="latents", attrs={"model": type(self).__name__})
+        hi = ~self.heldout_
+        return Inference(self, rec, self._infer(rec.counts[..., hi], rec.observed[..., hi]))
 
-    def predict(self, recording: xr.Dataset) -> xr.DataArray:
+    def transform(self, recording: xr.Dataset | Recording) -> xr.DataArray:
+        """Latents ``(trial, time, latent)`` of every trial, inferred from held-in neurons only."""
+        return self.infer(recording).latents
+
+    def predict(self, recording: xr.Dataset | Recording) -> xr.DataArray:
         """Rates ``(trial, time, neuron)`` in counts per bin for every neuron, from held-in neurons."""
-        rec = validate_recording(recording)
-        self._check_compatible(rec)
-        return self._predict(rec)
+        return self.infer(recording).rates
 
-    def _predict(self, rec: Recording) -> xr.DataArray:
-        rates = self._rates(rec.counts[..., ~self.heldout_])
-        return xr.DataArray(rates, dims=DIMS, coords=rec.dataset["counts"].coords, name="rates",
-                            attrs={"units": "counts/bin", "long_name": "predicted firing rate",
-                                   "model": type(self).__name__})
+    def forecast(self, recording: xr.Dataset | Recording, n_forward: int) -> xr.DataArray:
+        """Rates ``(trial, time, neuron)`` in counts per bin for the ``n_forward`` bins after the
+        recording's window, the forward prediction that fp-bps scores; the ``time`` coordinate
+        continues the bin centres (s). Raises ``NotImplementedError`` for a model that cannot
+        forecast (see :attr:`can_forecast`) and ``ValueError`` unless ``n_forward >= 1``."""
+        if not self.can_forecast:
+            self._forecast(None, n_forward)
+        return self.infer(recording).forecast(n_forward)
 
-    def score(self, recording: xr.Dataset, split: str | None = "test") -> float:
-        """Co-smoothing bits per spike on the held-out neurons of the trials with ``split == split``
-        (every trial if ``split`` is None or the coordinate is absent)."""
-        rec = validate_recording(recording, split)
+    def score(self, recording: xr.Dataset | Recording, split: str | None = "test") -> float:
+        """Co-smoothing bits per spike on the held-out neurons' observed bins of the trials with
+        ``split == split`` (every trial if ``split`` is None or the coordinate is absent)."""
+        rec = as_recording(recording, split)
         self._check_compatible(rec)
         if not self.heldout_.any():
             raise DataError("the model was fitted with no neuron held out (coordinate 'heldout'); "
                             "co-smoothing needs some")
-        rates = self._predict(rec)
-        ho = np.flatnonzero(self.heldout_)
-        return float(co_bps(rates.isel(neuron=ho), rec.dataset["counts"].isel(neuron=ho)))
+        ho = self.heldout_
+        return float(co_bps(self.infer(rec).rates.values[..., ho], rec.counts[..., ho],
+                            observed=rec.observed[..., ho]))
+
+
+# --------------------------------------------------------------------------------------------
+# Config sections from constructor signatures
+# --------------------------------------------------------------------------------------------
+
+def _range_metadata(constraints: list) -> dict[str, Any]:
+    """``ge``/``gt``/``le``/``lt`` field metadata (:mod:`pcsim.config`) from sklearn Intervals."""
+    meta: dict[str, Any] = {}
+    for c in constraints:
+        if isinstance(c, Interval):
+            if c.left is not None:
+                meta["ge" if c.closed in ("left", "both") else "gt"] = c.left
+            if c.right is not None:
+                meta["le" if c.closed in ("right", "both") else "lt"] = c.right
+    return meta
+
+
+@cache
+def config_section(model_cls: type, exclude: tuple[str, ...] = ("seed", "device", "dtype")) -> type:
+    """The config section of a latent model: a frozen dataclass built from its ``__init__``.
+
+    One field per constructor parameter (except ``exclude``: settings the experiment supplies),
+    with the parameter's default, its annotation as type (a ``StrOptions`` constraint becomes
+    ``Literal[...]`` of its choices) and, as :mod:`pcsim.config` field metadata, the ranges of
+    the ``Interval`` constraints in the class's ``_parameter_constraints``; so a config key is
+    validated by the same declaration the model checks in ``fit``. Returns the dataclass
+    (named ``<Model>Section``; the same class for the same arguments).
+    """
+    hints = typing.get_type_hints(model_cls.__init__)
+    constraints = getattr(model_cls, "_parameter_constraints", {})
+    fields = []
+    for name, p in inspect.signature(model_cls.__init__).parameters.items():
+        if name == "self" or name in exclude or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is inspect.Parameter.empty:
+            raise TypeError(f"{model_cls.__name__}.{name} has no default; a config section needs one")
+        hint = hints.get(name, type(p.default))
+        options = [c for c in constraints.get(name, []) if isinstance(c, StrOptions)]
+        if options:
+            hint = Literal[tuple(sorted(options[0].options))]
+            if None in constraints[name]:
+                hint = hint | None
+        fields.append((name, hint, dataclasses.field(default=p.default,
+                                                     metadata=_range_metadata(constraints.get(name, [])))))
+    section = dataclasses.make_dataclass(f"{model_cls.__name__}Section", fields, frozen=True, kw_only=True)
+    section.__module__ = model_cls.__module__
+    section.__doc__ = (f"Hyper-parameters of :class:`{model_cls.__module__}.{model_cls.__name__}`, one per "
+                       "constructor parameter (defaults, types and ranges from the model's own declaration).")
+    return section

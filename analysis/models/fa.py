@@ -10,11 +10,13 @@ sample covariance (Rubin & Thayer 1982). The latents are posterior means ``E[x |
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
+from sklearn.utils._param_validation import Interval
 
 from analysis.models.base import LatentModel
-from analysis.models.smoothing import smooth_counts
+from analysis.models.smoothing import _fill, observed_mean, smooth_counts
 
 
 @dataclass(frozen=True)
@@ -79,32 +81,40 @@ def fa_posterior_mean(y: np.ndarray, params: FAParams) -> np.ndarray:
 class FactorAnalysisModel(LatentModel):
     """Factor analysis on smoothed sqrt-counts of held-in neurons, Poisson GLM readout.
 
-    ``n_latents``: factors ``q``; ``sigma_ms``: Gaussian smoothing s.d. in ms (Yu et al.
-    smooth before FA; 0 disables); ``readout_alpha``: L2 penalty of the GLM readout.
-    ``transform`` returns posterior-mean factors ``(trial, time, latent)``, orthonormalised
-    like GPFA's (loadings ``C = U S V'``, latents ``S V' x``, so that they are ordered by
-    the variance they explain). Learned: ``params_`` (:class:`FAParams` of the held-in
-    neurons), ``sigma_bins_``.
+    ``n_latents``: factors ``q`` (at most the number of held-in neurons); ``sigma_ms``:
+    Gaussian smoothing s.d. in ms (Yu et al. smooth before FA; 0 disables); ``readout_alpha``:
+    L2 penalty of the GLM readout. ``transform`` returns posterior-mean factors ``(trial,
+    time, latent)``, orthonormalised like GPFA's (loadings ``C = U S V'``, latents ``S V' x``,
+    so that they are ordered by the variance they explain). Unobserved bins are smoothed over
+    from their observed neighbours (:func:`~analysis.models.smoothing.smooth_counts`); a
+    neuron unobserved for a whole trial takes its training mean (``fill_``). Learned:
+    ``params_`` (:class:`FAParams` of the held-in neurons), ``sigma_bins_``, ``orth_``, ``fill_``.
     """
 
+    _parameter_constraints = {"n_latents": [Interval(Integral, 1, None, closed="left")],
+                              "sigma_ms": [Interval(Real, 0, None, closed="left")],
+                              "readout_alpha": [Interval(Real, 0, None, closed="left")]}
+
     def __init__(self, n_latents: int = 8, sigma_ms: float = 40.0, readout_alpha: float = 1e-2):
-        self.n_latents = int(n_latents)
-        self.sigma_ms = float(sigma_ms)
-        self.readout_alpha = float(readout_alpha)
+        self.n_latents = n_latents
+        self.sigma_ms = sigma_ms
+        self.readout_alpha = readout_alpha
 
-    def _observations(self, counts_heldin):
-        return smooth_counts(np.sqrt(counts_heldin), self.sigma_bins_)
+    def _observations(self, counts_heldin, observed_heldin):
+        return smooth_counts(np.sqrt(counts_heldin), self.sigma_bins_, None if observed_heldin.all() else observed_heldin)
 
-    def _fit_latents(self, counts, heldin, bin_width):
-        if not 1 <= self.n_latents <= int(heldin.sum()):
+    def _fit_latents(self, counts, observed, heldin, bin_width):
+        if self.n_latents > int(heldin.sum()):
             raise ValueError(f"n_latents must be between 1 and the number of held-in neurons ({int(heldin.sum())}), "
                              f"got {self.n_latents}")
         self.sigma_bins_ = self.sigma_ms / 1000.0 / bin_width
-        y = self._observations(counts[..., heldin])
+        y = self._observations(counts[..., heldin], observed[..., heldin])
+        self.fill_ = observed_mean(y)
+        y = _fill(y, self.fill_)
         self.params_ = factor_analysis(y.reshape(-1, y.shape[-1]), self.n_latents)
         u, sv, vt = np.linalg.svd(self.params_.C, full_matrices=False)
         self.orth_ = np.diag(sv) @ vt                    # x_orth = orth_ @ x
 
-    def _infer_latents(self, counts_heldin):
-        x = fa_posterior_mean(self._observations(counts_heldin), self.params_)
+    def _infer(self, counts_heldin, observed_heldin):
+        x = fa_posterior_mean(_fill(self._observations(counts_heldin, observed_heldin), self.fill_), self.params_)
         return x @ self.orth_.T

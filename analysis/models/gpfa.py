@@ -37,12 +37,13 @@ from __future__ import annotations
 import math
 import time as _time
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
 import torch
-import xarray as xr
+from sklearn.utils._param_validation import Interval, StrOptions
 
-from analysis.models.base import LatentModel, validate_recording
+from analysis.models.base import LatentModel
 from analysis.models.fa import factor_analysis
 
 _LOG2PI = math.log(2.0 * math.pi)
@@ -333,8 +334,8 @@ def _posterior_folded(data: FoldedTrials, params: GPFAParams, with_cov: bool, wi
     return Posterior(m_even, m_odd, c_even, c_odd, ll)
 
 
-def gpfa_posterior(y: torch.Tensor, params: GPFAParams, *, with_cov: bool = True,
-                   with_log_likelihood: bool = True) -> Posterior:
+def gpfa_posterior(y: torch.Tensor, params: GPFAParams, *, observed: torch.Tensor | None = None,
+                   with_cov: bool = True, with_log_likelihood: bool = True) -> Posterior:
     """Exact posterior of the latents of trials ``y`` ``(N, T, p)`` under ``params``.
 
     The posterior precision ``M = blockdiag(K_i^-1) + I_T kron (C' R^-1 C)`` (``(qT, qT)``) is
@@ -342,8 +343,43 @@ def gpfa_posterior(y: torch.Tensor, params: GPFAParams, *, with_cov: bool = True
     factorised once (Cholesky) for all trials. Posterior means ``M^-1 b_n``, ``b_n = (C' R^-1
     (y_nt - d))_t``, are solved for all trials together. The marginal log-likelihood uses
     ``log|Sigma_y| = T log|R| + log|K| + log|M|`` and Woodbury, as Yu et al.'s code does.
+
+    ``observed`` ``(N, T, p)`` bool marks missing entries (False) of ``y``, whose values are
+    then never read: they are filled with the posterior prediction ``C x + d`` and the mean
+    solved again until the fill settles (:func:`impute_missing`), whose fixed point is the exact
+    posterior mean given the observed entries alone; the covariance and log-likelihood
+    returned are then those of the completed data (missing entries counted as observed).
     """
+    if observed is not None and not bool(observed.all()):
+        y = impute_missing(y, observed, params)
     return _posterior_folded(FoldedTrials.from_trials(y), params, with_cov, with_log_likelihood)
+
+
+def impute_missing(y: torch.Tensor, observed: torch.Tensor, params: GPFAParams, *, max_iter: int = 500,
+                   tol: float = 1e-9, start: torch.Tensor | None = None) -> torch.Tensor:
+    """``y`` ``(N, T, p)`` with its missing entries (``observed`` False) set to ``C E[x | y_obs] + d``.
+
+    Iterates fill -> posterior mean -> fill from ``start`` (default: each dimension's mean
+    over its observed entries), a preconditioned Richardson iteration whose fixed point solves
+    ``(K^-1 + H_o' R_o^-1 H_o) x = H_o' R_o^-1 (y_o - d_o)``, the posterior of the observed
+    entries alone; stops when no filled entry moves by more than ``tol``. Observed entries are
+    returned unchanged; missing ones never influence the result.
+    """
+    observed = observed.to(torch.bool)
+    zero = torch.zeros((), dtype=y.dtype, device=y.device)
+    y_obs = torch.where(observed, y, zero)
+    if start is None:
+        n = observed.sum((0, 1)).clamp_min(1)
+        start = (y_obs.sum((0, 1)) / n).expand_as(y)
+    filled = torch.where(observed, y_obs, start)
+    for _ in range(max_iter):
+        post = _posterior_folded(FoldedTrials.from_trials(filled), params, False, False)
+        new = torch.where(observed, y_obs, post.mean @ params.C.T + params.d)
+        change = float((new - filled).abs().max())
+        filled = new
+        if change < tol:
+            break
+    return filled
 
 
 # --- M-step for the timescales ------------------------------------------------------------------
@@ -432,7 +468,7 @@ def segment_trials(y: torch.Tensor, segment_bins: int) -> torch.Tensor:
     return y[:, idx].reshape(-1, segment_bins, p)
 
 
-def gpfa_em(y, n_latents: int, *, tau_init_bins: float = 5.0, eps: float = 1e-3, max_iter: int = 500,
+def gpfa_em(y, n_latents: int, *, observed=None, tau_init_bins: float = 5.0, eps: float = 1e-3, max_iter: int = 500,
             tol: float = 1e-6, learn_tau: bool = True, min_var_frac: float = 0.01, segment_bins: int | None = None,
             device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> GPFAFit:
     """Fit GPFA to equal-length trials ``y`` ``(N, T, p)`` (any real observations) by EM.
@@ -447,13 +483,26 @@ def gpfa_em(y, n_latents: int, *, tau_init_bins: float = 5.0, eps: float = 1e-3,
     LL_base)``), or after ``max_iter`` updates. ``segment_bins``: if given, train on segments of
     that many bins (:func:`segment_trials`; Yu et al.'s and elephant's training scheme, 20 bins
     by default there): cheaper, at the price of the correlations between segments; the
-    log-likelihoods are then those of the segments. Returns :class:`GPFAFit`.
+    log-likelihoods are then those of the segments. ``observed`` ``(N, T, p)`` bool marks missing
+    entries (False), never read: they start at each dimension's observed mean and, after every
+    E-step, are replaced by the prediction ``C E[x] + d`` (EM with the missing entries imputed,
+    whose E-step fixed point is the posterior given the observed entries; the log-likelihoods
+    are then those of the completed data, and need not increase). Returns :class:`GPFAFit`.
     """
     t0 = _time.perf_counter()
     y = y.to(device=device, dtype=dtype) if isinstance(y, torch.Tensor) else \
         torch.as_tensor(np.asarray(y), dtype=dtype, device=device)
+    mask = None
+    if observed is not None and not np.all(np.asarray(observed)):
+        mask = torch.as_tensor(np.asarray(observed, bool), device=device)
     if segment_bins is not None:
         y = segment_trials(y, int(segment_bins))
+        mask = None if mask is None else segment_trials(mask, int(segment_bins))
+    if mask is not None:
+        n_obs = mask.sum((0, 1)).clamp_min(1)
+        y = torch.where(mask, y, (torch.where(mask, y, torch.zeros((), dtype=dtype, device=device)).sum((0, 1))
+                                  / n_obs).expand_as(y))
+        y_obs = y
     n, T, p = y.shape
     q = int(n_latents)
     flat = y.reshape(-1, p)
@@ -474,6 +523,7 @@ def gpfa_em(y, n_latents: int, *, tau_init_bins: float = 5.0, eps: float = 1e-3,
     converged = False
     for it in range(max_iter + 1):
         post = _posterior_folded(data, params, with_cov=True, with_log_likelihood=True)
+        post_C, post_d = params.C, params.d
         lls.append(post.log_likelihood)
         if it >= 2 and (lls[-1] - lls[1]) < (1 + tol) * (lls[-2] - lls[1]):
             converged = True
@@ -500,6 +550,10 @@ def gpfa_em(y, n_latents: int, *, tau_init_bins: float = 5.0, eps: float = 1e-3,
             p_odd = n * co + torch.einsum("nti,nsi->its", mo, mo)
             log_gamma = update_timescales(log_gamma, eps_t, p_even, p_odd, n)
         params = GPFAParams(C, d, R, torch.exp(log_gamma), eps_t)
+        if mask is not None:  # impute the missing entries from this iteration's posterior
+            y = torch.where(mask, y_obs, post.mean @ post_C.T + post_d)
+            data = FoldedTrials.from_trials(y)
+            sum_y, sum_yy = data.sum_y, data.sum_yy
     return GPFAFit(params, np.asarray(lls), len(lls) - 1, converged, _time.perf_counter() - t0)
 
 
@@ -526,33 +580,46 @@ class GPFA(LatentModel):
     ``(n_iter_ + 1,)``, ``n_iter_``, ``converged_``, ``tol_``, ``em_seconds_``, ``fit_seconds_``.
     """
 
+    _parameter_constraints = {
+        "n_latents": [Interval(Integral, 1, None, closed="left")],
+        "tau_init_ms": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="neither")],
+        "learn_tau": ["boolean"],
+        "eps": [Interval(Real, 0, 1, closed="neither")],
+        "min_var_frac": [Interval(Real, 0, 1, closed="left")],
+        "readout": [StrOptions({"glm", "gaussian"})],
+        "readout_alpha": [Interval(Real, 0, None, closed="left")],
+        "segment_bins": [Interval(Integral, 1, None, closed="left"), None],
+        "device": [str],
+        "dtype": "no_validation",
+    }
+
     def __init__(self, n_latents: int = 8, *, tau_init_ms: float = 100.0, max_iter: int = 500, tol: float = 1e-6,
                  learn_tau: bool = True, eps: float = 1e-3, min_var_frac: float = 0.01, readout: str = "glm",
                  readout_alpha: float = 1e-2, segment_bins: int | None = None, device: str = "cpu",
                  dtype: torch.dtype = torch.float64):
-        if readout not in ("glm", "gaussian"):
-            raise ValueError(f"readout must be 'glm' or 'gaussian', got {readout!r}")
-        self.n_latents = int(n_latents)
-        self.tau_init_ms = float(tau_init_ms)
-        self.max_iter = int(max_iter)
-        self.tol = float(tol)
-        self.learn_tau = bool(learn_tau)
-        self.eps = float(eps)
-        self.min_var_frac = float(min_var_frac)
+        self.n_latents = n_latents
+        self.tau_init_ms = tau_init_ms
+        self.max_iter = max_iter
+        self.tol = tol
+        self.learn_tau = learn_tau
+        self.eps = eps
+        self.min_var_frac = min_var_frac
         self.readout = readout
-        self.readout_alpha = float(readout_alpha)
+        self.readout_alpha = readout_alpha
         self.segment_bins = segment_bins
         self.device = device
         self.dtype = dtype
 
     # ---- numerics -----------------------------------------------------------------------------
-    def _fit_latents(self, counts, heldin, bin_width):
-        if not 1 <= self.n_latents <= counts.shape[2]:
+    def _fit_latents(self, counts, observed, heldin, bin_width):
+        if self.n_latents > counts.shape[2]:
             raise ValueError(f"n_latents must be between 1 and the number of neurons ({counts.shape[2]}), "
                              f"got {self.n_latents}")
         bin_ms = bin_width * 1000.0
-        res = gpfa_em(np.sqrt(counts), self.n_latents, tau_init_bins=self.tau_init_ms / bin_ms, eps=self.eps,
-                      max_iter=self.max_iter, tol=self.tol, learn_tau=self.learn_tau,
+        res = gpfa_em(np.sqrt(counts), self.n_latents, observed=observed, tau_init_bins=self.tau_init_ms / bin_ms,
+                      eps=self.eps, max_iter=self.max_iter, tol=self.tol, learn_tau=self.learn_tau,
                       min_var_frac=self.min_var_frac, segment_bins=self.segment_bins, device=self.device,
                       dtype=self.dtype)
         self.params_ = res.params
@@ -574,34 +641,38 @@ class GPFA(LatentModel):
         self.orth_ = (sign[:, None] * s[:, None]) * vt   # x_orth = orth_ @ x
         self._heldin = torch.as_tensor(heldin, device=self.device)
 
-    def _posterior_heldin(self, counts_heldin, with_cov=False):
+    def _uses_glm_readout(self):
+        return self.readout == "glm"
+
+    def _infer(self, counts_heldin, observed_heldin):
+        """The posterior of the latents given the held-in neurons' observed bins (with its
+        covariance for the ``"gaussian"`` readout)."""
         y = torch.as_tensor(np.sqrt(counts_heldin), dtype=self.dtype, device=self.device)
-        return gpfa_posterior(y, self.params_.rows(self._heldin), with_cov=with_cov, with_log_likelihood=False)
+        obs = torch.as_tensor(observed_heldin, device=self.device)
+        return gpfa_posterior(y, self.params_.rows(self._heldin), observed=obs,
+                              with_cov=self.readout == "gaussian", with_log_likelihood=False)
 
-    def _infer_latents(self, counts_heldin):
-        x = self._posterior_heldin(counts_heldin).mean.cpu().numpy()     # (N, T, q)
-        return x @ self.orth_.T
+    def _latents(self, post):
+        return post.mean.cpu().numpy() @ self.orth_.T
 
-    def forecast(self, recording: xr.Dataset, n_forward: int) -> xr.DataArray:
-        """Rates ``(trial, time, neuron)`` in counts per bin for the ``n_forward`` bins after the
-        recording's window (NLB forward prediction, scored by fp-bps). The posterior mean of the
-        GP latents ``E[x_obs | y]`` ``(trial, T, latent)`` is inferred from the held-in neurons of
-        the ``T`` observed bins (the E-step of ``transform``); each latent's GP is then extended
-        with the exact predictive mean ``E[x_future | y] = K_fo K_oo^-1 E[x_obs | y]`` (``x_future``
-        is independent of ``y`` given ``x_obs``), with the model's own squared-exponential kernel
-        (timescales ``tau_ms_``, GP noise ``eps``), so forecasts relax to the prior mean ``x = 0``
-        beyond a few timescales. Rates come from the configured readout exactly as in ``predict``:
-        the Poisson GLM on the orthonormalised latents (``"glm"``), or ``(C x + d)^2 + diag(C
-        Sigma C') + R`` with the predictive covariance ``Sigma`` of the future latents
-        (``"gaussian"``). The ``time`` coordinate continues the recording's bin centres (seconds).
-        Raises ``ValueError`` unless ``n_forward >= 1``."""
-        if isinstance(n_forward, bool) or int(n_forward) != n_forward or int(n_forward) < 1:
-            raise ValueError(f"n_forward must be an integer >= 1, got {n_forward!r}")
-        n_forward = int(n_forward)
-        rec = validate_recording(recording)
-        self._check_compatible(rec)
-        gaussian = self.readout == "gaussian"
-        post = self._posterior_heldin(rec.counts[..., ~self.heldout_], with_cov=gaussian)
+    def _own_rates(self, post):
+        P = self.params_
+        m = post.mean @ P.C.T + P.d                                      # (N, T, p)
+        cov_t = torch.diagonal(post.cov(), dim1=0, dim2=2)               # (q, q, T)
+        var_t = torch.einsum("pi,ijt,pj->tp", P.C, cov_t, P.C)           # (T, p)
+        return (m * m + var_t + P.R).cpu().numpy()
+
+    def _forecast(self, post, n_forward):
+        """Rates ``(trial, n_forward, neuron)`` in counts per bin for the bins after the window
+        (NLB forward prediction, scored by fp-bps). The posterior mean of the GP latents
+        ``E[x_obs | y]`` ``(trial, T, latent)`` from the held-in neurons of the ``T`` observed bins
+        is extended with the exact predictive mean ``E[x_future | y] = K_fo K_oo^-1 E[x_obs | y]``
+        (``x_future`` is independent of ``y`` given ``x_obs``), with the model's own
+        squared-exponential kernel (timescales ``tau_ms_``, GP noise ``eps``), so forecasts relax
+        to the prior mean ``x = 0`` beyond a few timescales. Rates come from the configured
+        readout exactly as in ``predict``: the Poisson GLM on the orthonormalised latents
+        (``"glm"``), or ``(C x + d)^2 + diag(C Sigma C') + R`` with the predictive covariance
+        ``Sigma`` of the future latents (``"gaussian"``)."""
         mean_o = post.mean                                                  # (N, T, q)
         T = mean_o.shape[1]
         P = self.params_
@@ -609,36 +680,11 @@ class GPFA(LatentModel):
         k_oo, k_fo, k_ff = K[:, :T, :T], K[:, T:, :T], K[:, T:, T:]
         A = torch.cholesky_solve(k_fo.transpose(1, 2), torch.linalg.cholesky(k_oo)).transpose(1, 2)  # (q, F, T)
         mean_f = torch.einsum("ift,nti->nfi", A, mean_o)                    # (N, F, q)
-        if gaussian:
+        if self.readout == "gaussian":
             # Cov[x_f | y] = K_ff - A K_of + A Cov[x_o | y] A' (per bin, across latents)
             prior = torch.diagonal(k_ff, dim1=1, dim2=2) - (A * k_fo).sum(-1)          # (q, F)
             var_f = torch.diag_embed(prior.T) + torch.einsum("ift,tisj,jfs->fij", A, post.cov(), A)  # (F, q, q)
             m = mean_f @ P.C.T + P.d                                        # (N, F, p)
-            rates = (m * m + torch.einsum("pi,fij,pj->fp", P.C, var_f, P.C) + P.R).cpu().numpy()
-        else:
-            feats = self._readout_features(mean_f.cpu().numpy() @ self.orth_.T)
-            rates = self.readout_.predict(feats.reshape(-1, feats.shape[-1])).reshape(
-                feats.shape[:2] + (self.n_neurons_,))
-        t = rec.dataset["time"].values
-        coords = {"trial": rec.dataset["trial"].values,
-                  "time": ("time", t[-1] + rec.bin_width * np.arange(1, n_forward + 1), {"units": "s"}),
-                  "neuron": rec.dataset["neuron"].values}
-        return xr.DataArray(rates, dims=("trial", "time", "neuron"), coords=coords, name="rates",
-                            attrs={"units": "counts/bin", "long_name": "forward-predicted firing rate",
-                                   "model": type(self).__name__})
-
-    def _fit_readout(self, latents, counts):
-        if self.readout == "glm":
-            super()._fit_readout(latents, counts)
-        else:
-            self.readout_ = "gaussian"
-
-    def _rates(self, counts_heldin):
-        if self.readout == "glm":
-            return super()._rates(counts_heldin)
-        post = self._posterior_heldin(counts_heldin, with_cov=True)
-        P = self.params_
-        m = post.mean @ P.C.T + P.d                                      # (N, T, p)
-        cov_t = torch.diagonal(post.cov(), dim1=0, dim2=2)               # (q, q, T)
-        var_t = torch.einsum("pi,ijt,pj->tp", P.C, cov_t, P.C)           # (T, p)
-        return (m * m + var_t + P.R).cpu().numpy()
+            return (m * m + torch.einsum("pi,fij,pj->fp", P.C, var_f, P.C) + P.R).cpu().numpy()
+        feats = self._readout_features(mean_f.cpu().numpy() @ self.orth_.T)
+        return self.readout_.predict(feats.reshape(-1, feats.shape[-1])).reshape(feats.shape[:2] + (self.n_neurons_,))

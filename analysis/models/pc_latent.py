@@ -26,11 +26,13 @@ the alternation from oscillating late in training.
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import numpy as np
 import torch
-import xarray as xr
+from sklearn.utils._param_validation import Interval, StrOptions
 
+from pcsim.activations import ACTIVATIONS
 from analysis.models.base import LatentModel, validate_recording
 from pcsim.optim import Adam
 from pcsim.temporal import (TemporalInferenceConfig, TemporalPCNetwork, expected_parameter_gradients, free_energy,
@@ -60,6 +62,25 @@ class PCLatentModel(LatentModel):
     Ballard 1999; Friston 2008; Millidge et al. 2023.
     """
 
+    _parameter_constraints = {
+        "n_latents": [Interval(Integral, 1, None, closed="left")],
+        "dt": [Interval(Real, 0, None, closed="neither")],
+        "tau": [Interval(Real, 0, None, closed="neither")],
+        "inference_steps": [Interval(Integral, 0, None, closed="left")],
+        "transform_steps": [Interval(Integral, 1, None, closed="left")],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "dynamics_precision": [Interval(Real, 0, None, closed="neither")],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "preconditioner": [StrOptions({"gauss-newton", "none"})],
+        "learning": [StrOptions({"laplace", "map"})],
+        "readout": [StrOptions({"generative", "glm"})],
+        "readout_alpha": [Interval(Real, 0, None, closed="left")],
+        "seed": [Interval(Integral, 0, None, closed="left")],
+        "device": [str],
+    }
+
     def __init__(
         self,
         n_latents: int = 8,
@@ -80,36 +101,21 @@ class PCLatentModel(LatentModel):
         seed: int = 0,
         device: str = "cpu",
     ):
-        if readout not in ("generative", "glm"):
-            raise ValueError(f"readout must be 'generative' or 'glm', got {readout!r}")
-        if learning not in ("laplace", "map"):
-            raise ValueError(f"learning must be 'laplace' or 'map', got {learning!r}")
-        if preconditioner not in ("gauss-newton", "none"):
-            raise ValueError(f"preconditioner must be 'gauss-newton' or 'none', got {preconditioner!r}")
-        for name, v in (("n_latents", n_latents), ("epochs", epochs), ("transform_steps", transform_steps)):
-            if int(v) < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
-        if int(inference_steps) < 0:
-            raise ValueError(f"inference_steps must be >= 0, got {inference_steps}")
-        if not (dt > 0 and tau > 0 and lr > 0 and dynamics_precision > 0):
-            raise ValueError(f"dt, tau, lr and dynamics_precision must be > 0, got {dt}, {tau}, {lr}, {dynamics_precision}")
-        if batch_size is not None and int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-        self.n_latents = int(n_latents)
-        self.dt = float(dt)
-        self.tau = float(tau)
-        self.inference_steps = int(inference_steps)
-        self.transform_steps = int(transform_steps)
-        self.epochs = int(epochs)
-        self.lr = float(lr)
+        self.n_latents = n_latents
+        self.dt = dt
+        self.tau = tau
+        self.inference_steps = inference_steps
+        self.transform_steps = transform_steps
+        self.epochs = epochs
+        self.lr = lr
         self.batch_size = batch_size
-        self.dynamics_precision = float(dynamics_precision)
+        self.dynamics_precision = dynamics_precision
         self.activation = activation
         self.preconditioner = preconditioner
         self.learning = learning
         self.readout = readout
-        self.readout_alpha = float(readout_alpha)
-        self.seed = int(seed)
+        self.readout_alpha = readout_alpha
+        self.seed = seed
         self.device = device
 
     # ------------------------------------------------------------------ helpers
@@ -121,16 +127,22 @@ class PCLatentModel(LatentModel):
         return torch.as_tensor(np.asarray(a, dtype=np.float32), device=self.device)
 
     # ------------------------------------------------------------------ LatentModel numerics
-    def _fit_latents(self, counts: np.ndarray, heldin: np.ndarray, bin_width: float) -> None:
-        """Learn dynamics and readout from training counts ``(trial, time, neuron)`` (counts per bin), all neurons visible."""
+    def _fit_latents(self, counts: np.ndarray, observed: np.ndarray, heldin: np.ndarray, bin_width: float) -> None:
+        """Learn dynamics and readout from training counts ``(trial, time, neuron)`` (counts per bin),
+        all neurons visible, unobserved bins masked out of every energy and gradient."""
         y = self._tensor(counts)                                            # (B, T, N)
+        mask = None if observed.all() else self._tensor(observed)           # (B, T, N) 0/1
         B, T, N = y.shape
         D = self.n_latents
         gen = torch.Generator().manual_seed(self.seed)
         net = TemporalPCNetwork.init(D, N, activation=self.activation, observation="poisson", seed=self.seed,
                                      dynamics_precision=self.dynamics_precision, device=self.device)
         with torch.no_grad():
-            net.readout_bias.copy_(torch.log(y.mean((0, 1)).clamp_min(1e-3)).reshape(1, 1, N))
+            if mask is None:
+                mean = y.mean((0, 1))
+            else:   # each neuron's mean count over its observed bins
+                mean = (y * mask).sum((0, 1)) / mask.sum((0, 1)).clamp_min(1.0)
+            net.readout_bias.copy_(torch.log(mean.clamp_min(1e-3)).reshape(1, 1, N))
         x = (0.1 * torch.randn(1, B, T, D, generator=gen)).to(self.device)
         opt = Adam(self.lr)
         bs = B if self.batch_size is None else min(int(self.batch_size), B)
@@ -142,15 +154,16 @@ class PCLatentModel(LatentModel):
             total = free = 0.0
             for start in range(0, B, bs):
                 idx = order[start:start + bs]
-                r = relax(net, x[:, idx], y[idx], None, cfg)                 # E-step: relaxation
+                m = None if mask is None else mask[idx]
+                r = relax(net, x[:, idx], y[idx], m, cfg)                    # E-step: relaxation
                 x[:, idx] = r.x
                 total += float(r.energy.sum())
                 if self.learning == "laplace":
-                    q = laplace_posterior(net, r.x, y[idx], damping=1e-6)
-                    free += float(free_energy(net, q, y[idx]).sum())
-                    grads = expected_parameter_gradients(net, q, y[idx])
+                    q = laplace_posterior(net, r.x, y[idx], m, damping=1e-6)
+                    free += float(free_energy(net, q, y[idx], m).sum())
+                    grads = expected_parameter_gradients(net, q, y[idx], m)
                 else:
-                    grads = parameter_gradients(net, r.x, y[idx])
+                    grads = parameter_gradients(net, r.x, y[idx], m)
                 opt.step(net.parameters(), grads)                           # M-step: local rules
             energies.append(total / B)
             free_energies.append(free / B)
@@ -162,53 +175,41 @@ class PCLatentModel(LatentModel):
             self.free_energy_ = np.asarray(free_energies)
         self._heldin = self._tensor(heldin.astype(np.float32))
 
-    def _infer_latents(self, counts_heldin: np.ndarray) -> np.ndarray:
-        """Latents ``(trial, time, latent)`` relaxed with only the held-in neurons observed (the others masked)."""
+    def _uses_glm_readout(self) -> bool:
+        return self.readout == "glm"
+
+    def _infer(self, counts_heldin: np.ndarray, observed_heldin: np.ndarray) -> np.ndarray:
+        """Latents ``(trial, time, latent)`` relaxed with only the held-in neurons' observed bins
+        in the energy (the other neurons, and unobserved bins, masked)."""
         B, T, _ = counts_heldin.shape
         y = torch.zeros(B, T, self.n_neurons_, device=self.device)
         y[..., self._heldin > 0] = self._tensor(counts_heldin)
+        mask = torch.zeros(B, T, self.n_neurons_, device=self.device)
+        mask[..., self._heldin > 0] = self._tensor(observed_heldin)
         # every trial starts at the training latents' average state, a point the readout knows
         x0 = self.latent_mean_.expand(1, B, T, -1)
-        r = relax(self.network_, x0, y, self._heldin, self._config(self.transform_steps, tol=1e-7))
+        r = relax(self.network_, x0, y, mask, self._config(self.transform_steps, tol=1e-7))
         return r.x[0].cpu().numpy().astype(np.float64)
 
-    def forecast(self, recording: xr.Dataset, n_forward: int) -> xr.DataArray:
-        """Rates ``(trial, time, neuron)`` in counts per bin for the ``n_forward`` bins after the
-        recording's window: latents are relaxed on the held-in neurons of the observed bins, then
-        the learned dynamics run on from the last one, ``x_{T+k} = g(x_{T+k-1})``, and every
-        neuron's rate is ``exp(C x + d)`` (the forward prediction that fp-bps scores). The
-        ``time`` coordinate continues the recording's bin centres (seconds)."""
-        if int(n_forward) < 1:
-            raise ValueError(f"n_forward must be >= 1, got {n_forward}")
-        rec = validate_recording(recording)
-        self._check_compatible(rec)
-        x = self._tensor(self._infer_latents(rec.counts[..., ~rec.heldout]))[None, :, -1]  # (1, B, D)
-        steps = []
-        for _ in range(int(n_forward)):
-            x = self.network_.predict_next(x)
-            steps.append(x)
-        z = torch.stack(steps, 2)[0].cpu().numpy().astype(np.float64)                   # (B, n_forward, D)
-        C = self.network_.readout_weights[0].cpu().numpy().astype(np.float64)
-        d = self.network_.readout_bias[0, 0].cpu().numpy().astype(np.float64)
-        rates = np.exp(np.minimum(z @ C + d, 50.0))
-        t = rec.dataset.time.values
-        bw = rec.bin_width
-        coords = {"trial": rec.dataset.trial.values, "time": ("time", t[-1] + bw * np.arange(1, int(n_forward) + 1), {"units": "s"}),
-                  "neuron": rec.dataset.neuron.values}
-        return xr.DataArray(rates, dims=("trial", "time", "neuron"), coords=coords, name="rates",
-                            attrs={"units": "counts/bin", "long_name": "forward-predicted firing rate", "model": type(self).__name__})
-
-    def _fit_readout(self, latents: np.ndarray, counts: np.ndarray) -> None:
-        if self.readout == "glm":
-            super()._fit_readout(latents, counts)
-
-    def _rates(self, counts_heldin: np.ndarray) -> np.ndarray:
-        if self.readout == "glm":
-            return super()._rates(counts_heldin)
-        x = self._infer_latents(counts_heldin)
+    def _generative_rates(self, x: np.ndarray) -> np.ndarray:
+        """Every neuron's rate ``exp(x C + d)`` ``(..., neuron)``, counts per bin, at latents ``x`` ``(..., D)``."""
         C = self.network_.readout_weights[0].cpu().numpy().astype(np.float64)   # (D, N)
         d = self.network_.readout_bias[0, 0].cpu().numpy().astype(np.float64)   # (N,)
         return np.exp(np.minimum(x @ C + d, 50.0))
+
+    def _own_rates(self, x: np.ndarray) -> np.ndarray:
+        return self._generative_rates(x)
+
+    def _forecast(self, x: np.ndarray, n_forward: int) -> np.ndarray:
+        """Rates ``(trial, n_forward, neuron)`` of the bins after the window: from the last relaxed
+        latent the learned dynamics run on, ``x_{T+k} = g(x_{T+k-1})``, and every neuron's rate is
+        ``exp(C x + d)`` (the forward prediction that fp-bps scores)."""
+        z = self._tensor(x)[None, :, -1]                                        # (1, B, D)
+        steps = []
+        for _ in range(n_forward):
+            z = self.network_.predict_next(z)
+            steps.append(z)
+        return self._generative_rates(torch.stack(steps, 2)[0].cpu().numpy().astype(np.float64))
 
 
 @torch.no_grad()

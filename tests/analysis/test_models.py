@@ -17,7 +17,7 @@ from scipy.linalg import subspace_angles
 from scipy.stats import multivariate_normal
 
 from analysis.metrics import fp_bps, latent_r2
-from analysis.models import GPFA, FactorAnalysisModel, PoissonGLM, SmoothingModel, factor_analysis
+from analysis.models import GPFA, FactorAnalysisModel, PCLatentModel, PoissonGLM, SmoothingModel, factor_analysis
 from analysis.models.gpfa import (GPFAParams, _fold_grids, _fold_matrix, _fold_matrix_halves, _gp_objective,
                                   gp_covariances, gpfa_em, gpfa_posterior, segment_trials)
 from analysis.synthetic import lorenz_recording
@@ -349,7 +349,8 @@ def test_gpfa_agrees_with_elephant(lorenz):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("make", [lambda: SmoothingModel(), lambda: SmoothingModel(n_components=4),
-                                  lambda: FactorAnalysisModel(n_latents=4), lambda: GPFA(n_latents=4, max_iter=5)])
+                                  lambda: FactorAnalysisModel(n_latents=4), lambda: GPFA(n_latents=4, max_iter=5),
+                                  lambda: PCLatentModel(n_latents=4, epochs=2, transform_steps=5)])
 def test_surface_shapes_and_labels(lorenz, make):
     model = make().fit(lorenz)
     assert model.fit_seconds_ > 0
@@ -410,7 +411,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-@pytest.mark.parametrize("cls", [SmoothingModel, GPFA])
+@pytest.mark.parametrize("cls", [SmoothingModel, FactorAnalysisModel, GPFA, PCLatentModel])
 def test_bad_input_raises_data_error_naming_the_problem(lorenz, case, cls):
     corrupt, words = BAD[case]
     with pytest.raises(DataError, match=words):

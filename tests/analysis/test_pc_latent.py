@@ -110,10 +110,11 @@ def test_bad_input_fails_at_the_boundary(recording):
     bad["counts"].values[0, 3, 2] = np.nan
     with pytest.raises(DataError, match="NaN"):
         PCLatentModel(epochs=1).fit(bad)
+    # hyper-parameters are stored as given and checked in fit (scikit-learn's contract)
     with pytest.raises(ValueError, match="readout"):
-        PCLatentModel(readout="linear")
+        PCLatentModel(readout="linear").fit(recording)
     with pytest.raises(ValueError, match="n_latents"):
-        PCLatentModel(n_latents=0)
+        PCLatentModel(n_latents=0).fit(recording)
 
 
 def test_forecast_beats_the_mean_rate_on_unseen_forward_bins(recording, fitted):
