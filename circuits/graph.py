@@ -19,7 +19,6 @@ GPU and lets ``torch.compile`` fuse it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 

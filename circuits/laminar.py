@@ -47,6 +47,7 @@ from pcsim.activations import get_activation
 from pcsim.network import PCNetwork
 
 from .graph import LFP_LAYERS, CircuitGraph, PackedGraph, Population, Projection
+from .epochs import epoch_layout
 from .paradigms import Stimulus
 
 __all__ = ["CircuitParams", "LaminarCircuit", "POPULATIONS", "LAYER_OF", "LFP_LAYERS", "Population", "Projection", "CircuitGraph"]
@@ -447,31 +448,20 @@ class _Recorder:
             self.time = t_ms[self.steps]
         else:
             pre, post = (float(e) for e in epochs)
-            if pre < 0 or post <= 0:
-                raise ValueError(f"epochs must be (pre_ms >= 0, post_ms > 0), got {epochs}")
-            if S > 1 and pre + post > np.min(np.diff(stim.onsets_ms)) + 1e-9:
-                raise ValueError(f"epochs of {pre}+{post} ms overlap: slots are only {np.min(np.diff(stim.onsets_ms))} ms apart")
-            if stim.onsets_ms[0] - pre < -1e-9 or stim.onsets_ms[-1] + post > stim.total_ms + 1e-9:
-                raise ValueError("epochs reach outside the block: lower pre/post or lengthen the protocol")
-            keep = np.ones((B, S), bool) if keep is None else np.asarray(keep, bool)
-            if keep.shape != (B, S):
-                raise ValueError(f"keep must be a (blocks, slots) = {(B, S)} boolean array, got {keep.shape}")
-            rel = np.arange(-int(round(pre / dt)), int(round(post / dt)), k)
-            self.time = rel * dt
-            self.offsets = rel
-            steps, slot_of, off_of = [], [], []
-            for j, on in enumerate(stim.onsets_ms):
-                base = int(round(on / dt))
-                steps.extend(base + rel)
-                slot_of.extend([j] * len(rel))
-                off_of.extend(range(len(rel)))
-            self.steps = np.asarray(steps)
-            self.slot_of, self.off_of = np.asarray(slot_of), np.asarray(off_of)
-            self.keep = keep
+            gaps = np.diff(stim.onsets_ms)
+            if S > 1 and pre + post > gaps.min() + 1e-9:
+                # each step is recorded into one epoch
+                raise ValueError(f"epochs of {pre}+{post} ms overlap: slots are only {gaps.min()} ms apart")
+            self.layout = lay = epoch_layout(stim, pre, post, grid_ms=dt, stride=k, keep=keep, n_samples=n)
+            rel = lay.offsets
+            self.time = lay.time
+            steps = (np.round(stim.onsets_ms / dt).astype(np.int64)[:, None] + rel[None, :]).ravel()
+            self.steps = steps
+            self.slot_of = np.repeat(np.arange(S), len(rel))
+            self.off_of = np.tile(np.arange(len(rel)), S)
+            self.keep = keep = lay.keep
             self.rank = np.cumsum(keep.ravel()).reshape(B, S) - 1
             self.n_trials = int(keep.sum())
-            if self.n_trials == 0:
-                raise ValueError("keep selects no epoch")
             self.sel = [torch.as_tensor(np.flatnonzero(keep[:, j]), device=circ.device) for j in range(S)]
             self.dst = [torch.as_tensor(self.rank[keep[:, j], j], device=circ.device) for j in range(S)]
             self.trial_shape = (self.n_trials, len(rel))
@@ -553,16 +543,7 @@ class _Recorder:
             for name, v in stim.conditions.items():
                 coords[name] = ("trial", np.asarray(v))
         else:
-            bb, jj = np.nonzero(self.keep)
-            coords["block"] = ("trial", bb)
-            coords["slot"] = ("trial", jj)
-            coords["onset_ms"] = ("trial", stim.onsets_ms[jj], {"units": "ms"})
-            coords["pattern"] = ("trial", stim.schedule[bb, jj])
-            for name, v in stim.labels.items():
-                coords[name] = ("trial", np.asarray(v)[bb, jj])
-            for name, v in stim.conditions.items():
-                if name not in stim.labels:
-                    coords[name] = ("trial", np.asarray(v)[bb])
+            coords.update(self.layout.coords(stim))
         data = {
             "rate": (("trial", "time", "area", "population", "unit"), self.rate.numpy(),
                      {"units": "rate units", "long_name": "population activity"}),
