@@ -7,6 +7,12 @@
     pcsim replot OUT_DIR
     pcsim bench NAME [--json] [extra args]
 
+Further commands (``pcsim fit``) and every benchmark are registered where they are defined,
+as package entry points (pyproject.toml): group ``pcsim.commands`` names functions
+``register(commands)`` that add a subparser whose ``handler(args, extra)`` runs it, group
+``pcsim.benchmarks`` names functions ``main(name, as_json, args) -> int``. So pcsim never
+names ``circuits`` or ``analysis``.
+
 Errors in the user's input (config, data, a diverging inference) are printed as
 ``pcsim: error: <message>`` with exit status 2 and no traceback; anything else is a bug and
 keeps its traceback.
@@ -15,8 +21,6 @@ keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -26,7 +30,7 @@ from typing import Any
 from pcsim import __version__
 from pcsim.errors import ConfigError, DataError, PCSimError
 
-__all__ = ["main"]
+__all__ = ["add_run_options", "main", "run_config"]
 
 _LIST_SHOWN = 4  # list items printed before "..."
 
@@ -63,25 +67,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run an experiment config and write its results")
     run.add_argument("config", type=Path, metavar="CONFIG.toml")
-    run.add_argument("--out", type=Path, help="output directory (default: runs/<config stem>)")
-    run.add_argument("--device", choices=("cpu", "cuda"), help="override the config's device")
-    run.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. --set training.lr=1e-3 (repeatable)",
-    )
-    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_run_options(run, default_out="runs/<config stem>")
     run.set_defaults(handler=_cmd_run)
-
-    fit = commands.add_parser("fit", help="fit latent models to a recording (NWB) with a fit config")
-    fit.add_argument("recording", type=Path, metavar="RECORDING.nwb")
-    fit.add_argument("--config", type=Path, required=True, metavar="CONFIG.toml",
-                     help="a config whose experiment reads `recording.path`, e.g. configs/fit_recording.toml")
-    fit.add_argument("--out", type=Path, help="output directory (default: runs/<recording stem>)")
-    fit.add_argument("--device", choices=("cpu", "cuda"), help="override the config's device")
-    fit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value (repeatable)")
-    fit.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    fit.set_defaults(handler=_cmd_fit)
 
     lister = commands.add_parser("list", help="list the shipped experiment configs")
     lister.add_argument("--configs", type=Path, metavar="DIR",
@@ -96,22 +83,48 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", metavar="NAME")
     bench.add_argument("--json", action="store_true", help="print results as JSON")
     bench.set_defaults(handler=_cmd_bench)
+    for entry in _entry_points("pcsim.commands"):
+        entry.load()(commands)
     return parser
 
 
+def add_run_options(parser: argparse.ArgumentParser, *, default_out: str) -> None:
+    """The options of every command that runs a config: ``--out``, ``--device``, ``--set``, ``--no-progress``."""
+    parser.add_argument("--out", type=Path, help=f"output directory (default: {default_out})")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="override the config's device")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set training.lr=1e-3 (repeatable)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _entry_points(group: str) -> list:
+    """The installed entry points of ``group``, sorted by name."""
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group=group), key=lambda e: e.name)
+
+
 def _cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
-    from pcsim.config import check_device, load_config
-    from pcsim.registry import ExperimentResult, RunContext, get_experiment
+    out = args.out if args.out is not None else Path("runs") / args.config.stem
+    return run_config(args.config, out, device=args.device, overrides=args.overrides, progress=not args.no_progress)
+
+
+def run_config(config_path: Path, out_dir: Path, *, device: str | None = None, overrides: Sequence[str] = (),
+               progress: bool = True) -> int:
+    """Validate the config at ``config_path`` (with ``overrides``, ``"key=value"`` strings, and
+    ``device``), run its experiment, write the results into ``out_dir`` and print the summary
+    table; returns the exit status 0. Input errors raise :class:`~pcsim.errors.PCSimError`."""
+    from pcsim.config import check_device, load_experiment
+    from pcsim.registry import ExperimentResult, RunContext
     from pcsim.results import write_results
 
-    source = str(args.config)
-    config = load_config(args.config, args.overrides, device=args.device)
+    source = str(config_path)
+    module, config = load_experiment(config_path, overrides, device=device)
     check_device(config.device, source=source)
-    module = get_experiment(config.experiment, source=source)
-    out_dir = args.out if args.out is not None else Path("runs") / args.config.stem
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(out_dir=out_dir, device=config.device, progress=not args.no_progress,
-                     config_source=source)
+    ctx = RunContext(out_dir=out_dir, device=config.device, progress=progress, config_source=source)
     result = module.run(config, ctx)
     if not isinstance(result, ExperimentResult):
         raise TypeError(f"{config.experiment}.run returned {type(result).__name__}, "
@@ -124,17 +137,6 @@ def _cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     _print_table(_flatten(result.summary), title=f"{config.experiment} (seed {config.seed})")
     _print_paths(paths)
     return 0
-
-
-def _cmd_fit(args: argparse.Namespace, extra: list[str]) -> int:
-    """``pcsim fit REC --config CFG`` is ``pcsim run CFG --set recording.path=REC``."""
-    if not args.recording.is_file():
-        raise DataError(f"{args.recording}: no such recording file")
-    path = json.dumps(str(args.recording.resolve()))  # a TOML basic string
-    run_args = argparse.Namespace(
-        config=args.config, out=args.out if args.out is not None else Path("runs") / args.recording.stem,
-        device=args.device, overrides=[*args.overrides, f"recording.path={path}"], no_progress=args.no_progress)
-    return _cmd_run(run_args, extra)
 
 
 def _cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
@@ -175,23 +177,16 @@ def _cmd_replot(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-# benchmark name -> the module whose ``main(name, as_json, args)`` runs it; named by string,
-# like experiments, so that pcsim never imports circuits or analysis
-BENCHMARKS = {"pc-vs-bp": "pcsim.bench", "latents": "analysis.bench", "gpfa": "analysis.bench",
-              "circuits": "circuits.bench"}
-
-
 def _cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
-    if args.name not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {args.name!r}; known: {', '.join(BENCHMARKS)}")
-    module = BENCHMARKS[args.name]
+    benches = {e.name: e for e in _entry_points("pcsim.benchmarks")}
+    if args.name not in benches:
+        raise ConfigError(f"unknown benchmark {args.name!r}; known: {', '.join(benches) or 'none installed'}")
+    entry = benches[args.name]
     try:
-        bench = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        raise ConfigError(f"benchmark {args.name!r} is not available: module {module} is missing") from None
-    status = bench.main(args.name, args.json, list(extra))
+        bench = entry.load()
+    except ImportError as exc:
+        raise ConfigError(f"benchmark {args.name!r} is not available: {entry.value} cannot be imported ({exc})") from None
+    status = bench(args.name, args.json, list(extra))
     return status if isinstance(status, int) else 0
 
 

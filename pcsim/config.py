@@ -46,6 +46,7 @@ __all__ = [
     "from_dict",
     "import_experiment_module",
     "load_config",
+    "load_experiment",
 ]
 
 C = TypeVar("C")
@@ -291,7 +292,15 @@ def _where(source: str) -> str:
 def load_config(
     path: str | Path, overrides: Sequence[str] = (), device: str | None = None
 ) -> ExperimentConfig:
-    """Read a TOML config, apply ``--set`` overrides, and validate it into its experiment's Config.
+    """The validated config of :func:`load_experiment` (same arguments, same errors)."""
+    return load_experiment(path, overrides, device)[1]
+
+
+def load_experiment(
+    path: str | Path, overrides: Sequence[str] = (), device: str | None = None
+) -> tuple[types.ModuleType, ExperimentConfig]:
+    """Read a TOML config, apply ``--set`` overrides, and validate it into its experiment's Config;
+    return ``(experiment module, config)``, the module imported and checked once.
 
     ``overrides`` are ``"dotted.key=value"`` strings whose value is a TOML literal
     (``1e-3``, ``[1, 2]``, ``true``, ``"adam"``; a bare word such as ``adam`` is taken as a
@@ -318,9 +327,8 @@ def load_config(
         raise ConfigError(
             f"{source}: key 'experiment' must be a string, got {_describe(experiment)}"
         )
-    config_cls: type[ExperimentConfig] = import_experiment_module(
-        experiment, source=source
-    ).Config
+    module = import_experiment_module(experiment, source=source)
+    config_cls: type[ExperimentConfig] = module.Config
 
     for keys, value, text in parsed:
         _check_override(config_cls, keys, value, f"{source}: override '{text}'")
@@ -333,7 +341,7 @@ def load_config(
                     f"{source}: key '{dotted}' must be a table, got {_describe(node)}"
                 )
         node[keys[-1]] = value
-    return from_dict(config_cls, data, source=source)
+    return module, from_dict(config_cls, data, source=source)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -395,12 +403,13 @@ def _check_override(
 
 
 def import_experiment_module(name: str, *, source: str = "") -> types.ModuleType:
-    """Import the experiment module ``name`` and check that it defines a ``Config`` class.
+    """Import the experiment module ``name`` and check that it is one: it defines a ``Config``
+    class derived from :class:`ExperimentConfig` and callables ``run`` and ``plot``.
 
-    ``Config`` must be a subclass of :class:`ExperimentConfig`. A module that cannot be
-    found or fails to import (a syntax error, a missing optional dependency such as brian2)
-    is reported as a :class:`ConfigError` naming ``source`` and the key ``experiment``, so a
-    typo in a config reads as a config problem rather than as a traceback.
+    A module that cannot be found or fails to import (a syntax error, a missing optional
+    dependency such as brian2), or lacks one of the three names, is reported as a
+    :class:`ConfigError` naming ``source`` and the key ``experiment``, so a typo in a config
+    reads as a config problem rather than as a traceback.
     """
     where = f"{_where(source)}key 'experiment': "
     if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
@@ -418,6 +427,12 @@ def import_experiment_module(name: str, *, source: str = "") -> types.ModuleType
         raise ConfigError(
             f"{where}module '{name}' does not define a class Config derived from "
             "pcsim.config.ExperimentConfig"
+        )
+    missing = [attr for attr in ("run", "plot") if not callable(getattr(module, attr, None))]
+    if missing:
+        raise ConfigError(
+            f"{where}module '{name}' is not a pcsim experiment: "
+            f"it defines no {' and no '.join(f'{attr}()' for attr in missing)}"
         )
     return module
 

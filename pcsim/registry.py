@@ -109,22 +109,8 @@ def to_jsonable(obj: Any, *, name: str = "value") -> Any:
     )
 
 
-def get_experiment(name: str, *, source: str = "") -> types.ModuleType:
-    """Import the experiment module ``name`` and check it defines ``Config``, ``run``, ``plot``.
-
-    ``source`` (a config file or results path) prefixes error messages. A module that is
-    missing, fails to import, or lacks one of the three names raises :class:`ConfigError`
-    naming the key ``experiment``.
-    """
-    module = import_experiment_module(name, source=source)
-    missing = [attr for attr in ("run", "plot") if not callable(getattr(module, attr, None))]
-    if missing:
-        where = f"{source}: " if source else ""
-        raise ConfigError(
-            f"{where}key 'experiment': module '{name}' is not a pcsim experiment: "
-            f"it defines no {' and no '.join(f'{attr}()' for attr in missing)}"
-        )
-    return module
+# the one check that a module is an experiment lives in pcsim.config
+get_experiment = import_experiment_module
 
 
 def default_config_dir() -> Path:

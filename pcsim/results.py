@@ -58,7 +58,7 @@ def write_results(
     dataset.attrs.update(
         config=toml_text, pcsim_version=__version__, experiment=config.experiment
     )
-    summary = json.dumps(to_jsonable(result.summary, name="summary"), indent=2,
+    summary = json.dumps(result.summary, indent=2,  # made JSON-ready once, by ExperimentResult
                          sort_keys=True, allow_nan=False) + "\n"
     engine = _netcdf_engine()
     writers = _figure_writers(figures)

@@ -8,7 +8,7 @@ ms, and plotted: energy per layer against time, and node trajectories of one tri
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import xarray as xr
@@ -19,7 +19,9 @@ from ..inference import init_state, relax
 from ..optim import make_optimizer
 from ..registry import ExperimentResult, RunContext
 from ..rules import StandardPC
-from .sections import InferenceSection, NetworkSection
+from ..training import train
+from ..inference import InferenceConfig
+from .sections import NetworkSection
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,29 +41,28 @@ class Config(ExperimentConfig):
     """The ``inference_dynamics`` experiment."""
 
     network: NetworkSection = field(default_factory=NetworkSection)
-    inference: InferenceSection = field(default_factory=lambda: InferenceSection(steps=100))
+    inference: InferenceConfig = field(default_factory=lambda: InferenceConfig(steps=100))
     dynamics: DynamicsSection = field(default_factory=DynamicsSection)
 
 
 def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Relax once with recording; the Dataset has dims (step, ensemble, trial, layer, unit_l{l})."""
     import torch
-    from tqdm.auto import tqdm
 
     data = load_digits(device=ctx.device)
     net = config.network.build(data.n_features, data.n_classes, config.seed, ctx.device)
     dyn = config.dynamics
     if dyn.pretrain_epochs:
-        rule = StandardPC(config.inference.build())
+        rule = StandardPC(config.inference)
         opt = make_optimizer("adam", dyn.lr)
         gen = torch.Generator().manual_seed(config.seed)
-        batches = [b for _ in range(dyn.pretrain_epochs) for b in epoch_batches(data.x_train.shape[0], 64, gen)]
-        for idx in tqdm(batches, desc="pretrain", disable=not ctx.progress, leave=False):
-            rule.step(net, opt, data.x_train[idx], data.y_train[idx])
+        train(lambda idx: rule.step(net, opt, data.x_train[idx], data.y_train[idx]),
+              lambda epoch: epoch_batches(data.x_train.shape[0], 64, gen), dyn.pretrain_epochs,
+              progress=ctx.progress, desc="pretrain")
     n = min(dyn.trials, data.x_test.shape[0])
     x, y = data.x_test[:n], data.y_test[:n]
     state = init_state(net, x, y if dyn.clamp_target else None)
-    r = relax(net, state, config.inference.build(record=True))
+    r = relax(net, state, replace(config.inference, record=True))
     ds = r.to_dataset(net)
     ds = ds.assign_coords(label=("trial", data.labels_test[:n].cpu().numpy(), {"long_name": "digit class"}))
     ds.attrs.update(dt_ms=config.inference.dt, tau_ms=config.inference.tau, clamp_target=int(dyn.clamp_target),
@@ -79,13 +80,11 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
 
 def plot(results: xr.Dataset) -> dict:
     """Energy per layer vs relaxation time, and the trajectories of a few nodes per layer in trial 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     t = results.time.values
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     en = results.energy.mean(("ensemble", "trial"))
     for layer in results.layer.values:
         if float(abs(en.sel(layer=layer)).max()) > 0:
@@ -97,7 +96,8 @@ def plot(results: xr.Dataset) -> dict:
     figs = {"energy": fig}
 
     hidden = [int(l) for l in results.layer.values if f"x{l}" in results and 0 < l]
-    fig, ax = plt.subplots(1, len(hidden), figsize=(3.3 * len(hidden), 3.2), squeeze=False)
+    fig = Figure(figsize=(3.3 * len(hidden), 3.2))
+    ax = fig.subplots(1, len(hidden), squeeze=False)
     for j, l in enumerate(hidden):
         xs = results[f"x{l}"].isel(ensemble=0, trial=0)
         for u in range(min(8, xs.shape[-1])):

@@ -20,7 +20,8 @@ from ..config import ExperimentConfig
 from ..data import load_digits
 from ..registry import ExperimentResult, RunContext
 from ..training import TrainConfig, compare_rules
-from .sections import InferenceSection, NetworkSection
+from ..inference import InferenceConfig
+from .sections import NetworkSection
 
 Rule = Literal["pc", "ipc", "fpa", "bp"]
 
@@ -34,17 +35,10 @@ class DataSection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainingSection:
-    """``rules`` to compare; ``epochs``; ``batch_size``; ``optimizer`` and ``lr``; ``nudge``:
-    output-precision scale while training PC (1 = plain target)."""
+class TrainingSection(TrainConfig):
+    """The engine's :class:`~pcsim.training.TrainConfig` plus the ``rules`` to compare."""
 
     rules: tuple[Rule, ...] = field(default=("pc", "ipc", "bp"), metadata={"nonempty": True})
-    epochs: int = field(default=10, metadata={"ge": 1})
-    batch_size: int = field(default=64, metadata={"ge": 1})
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = field(default=1e-3, metadata={"gt": 0})
-    momentum: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
-    nudge: float = field(default=1.0, metadata={"gt": 0})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +58,7 @@ class Config(ExperimentConfig):
 
     data: DataSection = field(default_factory=DataSection)
     network: NetworkSection = field(default_factory=NetworkSection)
-    inference: InferenceSection = field(default_factory=InferenceSection)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     training: TrainingSection = field(default_factory=TrainingSection)
     alignment: AlignmentSection = field(default_factory=AlignmentSection)
 
@@ -73,14 +67,13 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Train every rule from the same initial network; return curves ``(rule, epoch, ...)`` and the T/nudge sweep."""
     data = load_digits(config.data.test_fraction, config.data.split_seed, device=ctx.device)
     net = config.network.build(data.n_features, data.n_classes, config.seed, ctx.device)
-    inf = config.inference.build()
+    inf = config.inference
     tr = config.training
-    train = TrainConfig(tr.epochs, tr.batch_size, tr.optimizer, tr.lr, tr.momentum, tr.nudge,
-                        config.alignment.probe_size, config.alignment.nudge, config.seed)
     n_probe = min(config.alignment.probe_size, data.x_train.shape[0])
     sweep = alignment_sweep(net, data.x_train[:n_probe], data.y_train[:n_probe],
                             steps=config.alignment.steps, nudges=config.alignment.nudges, inference=inf)
-    ds = compare_rules(net, data, tr.rules, train, inf, progress=ctx.progress)
+    ds = compare_rules(net, data, tr.rules, tr, inf, probe_size=config.alignment.probe_size,
+                       alignment_nudge=config.alignment.nudge, seed=config.seed, progress=ctx.progress)
     ds["sweep_cosine"] = sweep["cosine"]
     ds["sweep_rel_error"] = sweep["rel_error"]
     ds["sweep_cosine"].attrs = {"long_name": "cosine(PC update, BP gradient) on the initial network", "units": "1"}
@@ -105,13 +98,11 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
 
 def plot(results: xr.Dataset) -> dict:
     """Three figures: test accuracy vs epoch per rule; alignment vs epoch per layer; alignment vs T per nudge."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     figs = {}
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    ax = fig.subplots(1, 2)
     for r in results.rule.values:
         acc = results.test_accuracy.sel(rule=r).mean("ensemble")
         ax[0].plot(results.epoch, acc, marker="o", ms=3, label=str(r))
@@ -123,7 +114,8 @@ def plot(results: xr.Dataset) -> dict:
     figs["accuracy"] = fig
 
     L = results.sizes["layer"]
-    fig, ax = plt.subplots(1, L, figsize=(3.2 * L, 3.2), sharey=True, squeeze=False)
+    fig = Figure(figsize=(3.2 * L, 3.2))
+    ax = fig.subplots(1, L, sharey=True, squeeze=False)
     for j, layer in enumerate(results.layer.values):
         for r in results.rule.values:
             ax[0, j].plot(results.epoch, results.cosine.sel(rule=r, layer=layer).mean("ensemble"), marker="o", ms=3, label=str(r))
@@ -134,7 +126,8 @@ def plot(results: xr.Dataset) -> dict:
     figs["alignment_epochs"] = fig
 
     nudges = results.nudge.values
-    fig, ax = plt.subplots(2, len(nudges), figsize=(3.2 * len(nudges), 5.6), sharey="row", sharex=True, squeeze=False)
+    fig = Figure(figsize=(3.2 * len(nudges), 5.6))
+    ax = fig.subplots(2, len(nudges), sharey="row", sharex=True, squeeze=False)
     for j, beta in enumerate(nudges):
         for layer in results.layer.values:
             sel = dict(nudge=beta, layer=layer)

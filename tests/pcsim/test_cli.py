@@ -119,4 +119,26 @@ def test_bench_dispatches_lazily_by_name(monkeypatch, capsys):
 
     monkeypatch.setitem(sys.modules, "pcsim.bench", None)  # import now fails: not installed
     assert main(["bench", "pc-vs-bp"]) == 2
-    assert "module pcsim.bench is missing" in capsys.readouterr().err
+    assert "pcsim.bench:main cannot be imported" in capsys.readouterr().err
+
+
+def test_commands_and_benchmarks_come_from_the_packages_that_define_them():
+    """Every registered benchmark and command resolves to a function in its own package, and
+    pcsim's own CLI source names neither circuits nor analysis (the layering)."""
+    from importlib.metadata import entry_points
+    from pathlib import Path
+
+    benches = {e.name: e for e in entry_points(group="pcsim.benchmarks")}
+    assert {"pc-vs-bp", "latents", "gpfa", "circuits"} <= set(benches)
+    for name, e in benches.items():
+        assert callable(e.load()), name
+    commands = {e.name: e for e in entry_points(group="pcsim.commands")}
+    assert commands["fit"].value.startswith("analysis.")
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "pcsim" / "cli.py").read_text())
+    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    imports = [a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
+    imports += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    for text in strings + imports:
+        assert not text.startswith(("analysis.", "circuits.")), text

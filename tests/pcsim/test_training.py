@@ -27,8 +27,8 @@ def digits():
 @pytest.fixture(scope="module")
 def curves(digits):
     net = PCNetwork.init([64, 128, 10], "tanh", seed=0)
-    return compare_rules(net, digits, ["pc", "bp"], TrainConfig(epochs=6, lr=3e-3, probe_size=64),
-                         InferenceConfig(steps=20, dt=1.0, tau=10.0), progress=False)
+    return compare_rules(net, digits, ["pc", "bp"], TrainConfig(epochs=6, lr=3e-3),
+                         InferenceConfig(steps=20, dt=1.0, tau=10.0), probe_size=64, progress=False)
 
 
 def test_pc_and_backprop_reach_90_percent_on_digits(curves):
@@ -47,8 +47,8 @@ def test_training_loss_falls_for_every_rule(curves):
 def test_same_seed_same_curves_and_other_seed_differs(digits):
     def run(seed):
         net = PCNetwork.init([64, 32, 10], "tanh", seed=seed)
-        return compare_rules(net, digits, ["pc", "ipc"], TrainConfig(epochs=1, probe_size=32, seed=seed),
-                             InferenceConfig(steps=5), progress=False)
+        return compare_rules(net, digits, ["pc", "ipc"], TrainConfig(epochs=1),
+                             InferenceConfig(steps=5), probe_size=32, seed=seed, progress=False)
 
     a, b, c = run(3), run(3), run(4)
     for v in ["train_loss", "test_accuracy", "cosine", "rel_error"]:
@@ -58,7 +58,7 @@ def test_same_seed_same_curves_and_other_seed_differs(digits):
 
 def test_fixed_prediction_rule_trains_exactly_like_backprop(digits):
     net = PCNetwork.init([64, 32, 32, 10], "tanh", seed=1, dtype=torch.float64)
-    ds = compare_rules(net, _as64(digits), ["fpa", "bp"], TrainConfig(epochs=2, probe_size=32), InferenceConfig(steps=5), progress=False)
+    ds = compare_rules(net, _as64(digits), ["fpa", "bp"], TrainConfig(epochs=2), InferenceConfig(steps=5), probe_size=32, progress=False)
     np.testing.assert_allclose(ds.train_loss.sel(rule="fpa"), ds.train_loss.sel(rule="bp"), rtol=1e-9)
 
 
@@ -119,3 +119,48 @@ def test_bad_config_value_exits_2_naming_the_key(tmp_path, capsys):
     status = cli(["run", str(CONFIGS / "pc_vs_bp_digits.toml"), "--out", str(tmp_path), "--set", "training.lr=-1"])
     assert status == 2
     assert "training.lr" in capsys.readouterr().err
+
+
+def test_training_loop_calls_hooks_in_order_and_names_the_batch_of_a_divergence():
+    from pcsim.errors import InferenceDivergenceError
+    from pcsim.training import train
+
+    seen = []
+    secs = train(lambda b: b * 10, lambda ep: [ep, ep + 1, ep + 2], 3,
+                 on_step=lambda s: seen.append(("step", s.epoch, s.index, s.step, s.output)),
+                 on_epoch=lambda ep, sec: seen.append(("epoch", ep)), initial=True)
+    assert secs.shape == (3,) and (secs >= 0).all()
+    assert seen[0] == ("epoch", 0)
+    steps = [s for s in seen if s[0] == "step"]
+    assert [s[3] for s in steps] == list(range(9))                       # global step count
+    assert [s[4] for s in steps[:3]] == [10, 20, 30]                      # batches(1) = [1, 2, 3]
+    assert [s for s in seen if s[0] == "epoch"] == [("epoch", e) for e in range(4)]
+    assert seen.index(("epoch", 1)) == 4                                  # after epoch 1's three steps
+
+    def bad(b):
+        if b == 4:
+            raise InferenceDivergenceError("energy became NaN", step=7, layer=2)
+
+    with pytest.raises(InferenceDivergenceError, match=r"epoch 2, batch 2: energy became NaN") as info:
+        train(bad, lambda ep: [ep, ep + 1, ep + 2], 3)
+    assert (info.value.step, info.value.layer) == (7, 2)
+
+
+
+def test_network_section_is_pc_network_init_with_its_defaults_and_checks():
+    """The [network] table names PCNetwork.init's keywords: same defaults, same network, and a
+    bad value is refused by the engine's own check (as a ConfigError naming the table)."""
+    from dataclasses import make_dataclass
+
+    from pcsim.config import from_dict
+    from pcsim.errors import ConfigError
+    from pcsim.experiments.sections import NetworkSection
+
+    a = NetworkSection(hidden=(7,)).build(5, 3, seed=2, device="cpu")
+    b = PCNetwork.init((5, 7, 3), seed=2)
+    assert a.activations == b.activations and a.learn_precision == b.learn_precision
+    for p, q in zip(a.parameters() + a.log_precision, b.parameters() + b.log_precision):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    wrapper = make_dataclass("Wrapper", [("network", NetworkSection)], frozen=True)
+    with pytest.raises(ConfigError, match=r"x\.toml: table 'network': ensemble must be >= 1"):
+        from_dict(wrapper, {"network": {"ensemble": 0}}, source="x.toml")
