@@ -46,6 +46,8 @@ import xarray as xr
 from pcsim.activations import get_activation
 from pcsim.network import PCNetwork
 
+from .graph import LFP_LAYERS, CircuitGraph, PackedGraph, Population, Projection
+from .epochs import epoch_layout
 from .paradigms import Stimulus
 
 __all__ = ["CircuitParams", "LaminarCircuit", "POPULATIONS", "LAYER_OF", "LFP_LAYERS", "Population", "Projection", "CircuitGraph"]
@@ -53,8 +55,8 @@ __all__ = ["CircuitParams", "LaminarCircuit", "POPULATIONS", "LAYER_OF", "LFP_LA
 Tensor = torch.Tensor
 
 POPULATIONS = ("l4", "l23_pos", "l23_neg", "l56", "inh_pos", "inh_neg")
+_DRAW_ORDER = ("inh_pos", "inh_neg", "l23_pos", "l23_neg", "l4", "l56")
 LAYER_OF = {"l4": "L4", "l23_pos": "L2/3", "l23_neg": "L2/3", "l56": "L5/6", "inh_pos": "L2/3", "inh_neg": "L2/3"}
-LFP_LAYERS = ("L2/3", "L4", "L5/6")
 
 
 @dataclass(frozen=True)
@@ -94,61 +96,6 @@ class CircuitParams:
             raise ValueError(
                 f"CircuitParams.dt = {self.dt} ms is too coarse for the fastest time constant ({fastest} ms): "
                 f"use dt <= {fastest / 2} ms")
-
-
-@dataclass(frozen=True)
-class Population:
-    """One rate population of a circuit graph: ``name`` ('area.population'), ``size`` units,
-    time constant ``tau_ms``, and its dynamics ``kind``:
-
-    - 'relay': ``tau dx/dt = -x + u`` (linear, signed);
-    - 'rectified': ``tau dx/dt = -x + [u]_+``;
-    - 'integrator': ``tau dx/dt = -leak * x + gain(x) * u_ff + u_rest``, where ``u_ff`` is the
-      input from projections marked ``gated`` (multiplied by ``f'(x)`` of ``activation``);
-    - 'input': ``tau dx/dt = -x + stimulus`` (area 0's L4).
-    """
-
-    name: str
-    area: str
-    population: str
-    layer: str
-    size: int
-    tau_ms: float
-    kind: str
-    leak: float = 0.0
-    activation: str = "linear"
-
-
-@dataclass(frozen=True)
-class Projection:
-    """A signed connection ``u_dst += g(x_src) @ weight`` with ``weight`` ``(n_src, n_dst)``.
-    ``transfer`` is the activation applied to the source rates (the deep layer's ``f``) and
-    ``gated`` marks feed-forward input to an integrator, multiplied by ``f'(x_dst)``."""
-
-    source: str
-    target: str
-    weight: Tensor
-    transfer: str = "linear"
-    gated: bool = False
-
-
-@dataclass(frozen=True)
-class CircuitGraph:
-    """The circuit as populations and projections (what a spiking translation needs).
-
-    ``bias`` maps a population to a constant input ``(n,)``. The top-level prior enters as
-    ``u_pop += prior_inputs[pop] * c(t) * m`` (gain vectors ``(n_top,)``), and the prior mean
-    ``m`` (initially ``prior_mean``) learns as ``dm/dt = prior_rate * c(t) * (x_pos - x_neg)``
-    from the rates of the two top error populations named in ``prior_errors`` (1/ms)."""
-
-    populations: list[Population]
-    projections: list[Projection]
-    bias: dict[str, Tensor]
-    prior_mean: Tensor
-    prior_inputs: dict[str, Tensor]
-    prior_errors: tuple[str, str]
-    prior_rate: float
-    params: CircuitParams
 
 
 def _vec(x, n: int, name: str, device, dtype) -> Tensor:
@@ -279,8 +226,9 @@ class LaminarCircuit:
         return POPULATIONS if self.params.interneurons else POPULATIONS[:4]
 
     def graph(self) -> CircuitGraph:
-        """The circuit as :class:`Population` s and signed :class:`Projection` s, the form a
-        spiking translation consumes. Rate dynamics of the graph equal :meth:`run`'s."""
+        """The circuit as :class:`Population` s and signed :class:`Projection` s: the one
+        statement of its dynamics. :meth:`run` integrates it (through :meth:`packed`) and
+        the Brian2 translation (:mod:`circuits.spiking`) turns it into synapses."""
         p, A = self.params, self.n_areas
         pops, projs, bias = [], [], {}
         I = lambda n: torch.eye(n, device=self.device, dtype=self.dtype)  # noqa: E731
@@ -294,8 +242,8 @@ class LaminarCircuit:
                 pops.append(Population(nm("l56"), area, "l56", "L5/6", n, p.tau_deep, "integrator", p.deep_leak,
                                        self.activations[a]))
             if p.interneurons:
-                pops.append(Population(nm("inh_pos"), area, "inh_pos", "L2/3", n, p.tau_inh, "relay"))
-                pops.append(Population(nm("inh_neg"), area, "inh_neg", "L2/3", n, p.tau_inh, "relay"))
+                pops.append(Population(nm("inh_pos"), area, "inh_pos", "L2/3", n, p.tau_inh, "relay", pyramidal=False))
+                pops.append(Population(nm("inh_neg"), area, "inh_neg", "L2/3", n, p.tau_inh, "relay", pyramidal=False))
             rep = nm("l56") if a > 0 else nm("l4")
             Pi = torch.diag(self.precisions[a])
             # the representation excites e+ and (through inh_neg, or directly) inhibits e-
@@ -397,16 +345,18 @@ class LaminarCircuit:
         in_mask[: stimulus.n_in] = 1.0
         gen = torch.Generator(device=dev).manual_seed(int(seed))
 
-        state = self._pack(self.initial_state(B))
-        consts = self._packed_constants()
-        fast = self._step
+        K = self.packed()
+        init = self.initial_state(B)
+        state = K.pack(init, init["m"])
+        fast = K.step
         if compile:
             if p.noise > 0 or stimulus.noise_std > 0:
                 raise ValueError("compile=True needs params.noise = 0 and no stimulus noise "
                                  "(seeded generators do not enter compiled graphs)")
-            fast = torch.compile(self._step, dynamic=False)
+            fast = torch.compile(K.step, dynamic=False)
         from tqdm.auto import tqdm
 
+        noise_gen = gen if p.noise > 0 else None
         for i in tqdm(range(n_steps), desc="circuit", disable=not progress, leave=False, mininterval=0.5):
             drive = drives[active[i]] if active[i] >= 0 else zero_drive
             if stimulus.noise_std > 0:
@@ -414,16 +364,18 @@ class LaminarCircuit:
             c = 1.0 if cue[i] else 0.0
             before = state
             if rec.wants(i):
-                state, aux = self._step(state, drive, c, gen if p.noise > 0 else None, want_aux=True)
-                rec.record(i, before, aux, drive[:, : stimulus.n_in], c)  # the sample at t_i and its inputs
+                state, aux = K.step(state, drive, c, noise_gen, want_aux=True)
+                rec.record(i, K.unpack(before), aux, drive[:, : stimulus.n_in], c)  # the sample at t_i and its inputs
             else:
-                state, _ = fast(state, drive, c, gen if p.noise > 0 else None, K=consts)
-            if i % 1000 == 999 and not bool(torch.isfinite(state["l56"]).all()):
-                bad = next(a for a in range(1, self.n_areas) if not torch.isfinite(state["l56"][a]).all())
+                state, _ = fast(state, drive, c, noise_gen)
+            if i % 1000 == 999 and not bool(torch.isfinite(state["x"]).all()):
+                # name the representation (L5/6) that ran away first: errors follow it
+                bad = [(a, q) for q in ("l56",) + self.populations for a in range(self.n_areas)
+                       if q in K.types and not torch.isfinite(state["x"][K.types.index(q), a]).all()][0]
                 raise FloatingPointError(
-                    f"circuit diverged by t = {t_ms[i]:.1f} ms: area '{self.area_names[bad]}' L5/6 rates are not finite "
+                    f"circuit diverged by t = {t_ms[i]:.1f} ms: area '{self.area_names[bad[0]]}' {bad[1]} rates are not finite "
                     "(lower the precisions or prior_rate, or use a smaller dt)")
-        return rec.dataset(state)
+        return rec.dataset(K.unpack(state))
 
     def initial_state(self, batch: int) -> dict[str, list[Tensor]]:
         """The state at rest before any input: the top representation at the prior mean,
@@ -452,108 +404,17 @@ class LaminarCircuit:
         return get_activation(self.activations[a]).f(r_a) @ self.weights[a - 1] + self.biases[a - 1]
 
     # ----------------------------------------------------------------- packed fast path
-    def _packed_constants(self) -> dict:
-        """Weights, biases, precisions and masks padded to the widest area ``U`` and stacked
-        over areas, so one step is a handful of batched tensor operations (cached)."""
+    def packed(self) -> PackedGraph:
+        """The fast integrator of this circuit: :meth:`graph` packed by
+        :meth:`PackedGraph.from_graph` (cached while weights, precisions and params stay)."""
         key = (tuple(id(w) for w in self.weights), tuple(id(b) for b in self.biases),
-               tuple(id(q) for q in self.precisions), self.device, self.dtype)
-        if getattr(self, "_packed_key", None) == key:
-            return self._packed
-        A, U, dev, dt_ = self.n_areas, max(self.sizes), self.device, self.dtype
-        W = torch.zeros(max(A - 1, 1), U, U, device=dev, dtype=dt_)
-        b = torch.zeros(max(A - 1, 1), 1, U, device=dev, dtype=dt_)
-        for k, (w, bias) in enumerate(zip(self.weights, self.biases)):
-            W[k, : w.shape[0], : w.shape[1]] = w
-            b[k, 0, : bias.shape[0]] = bias
-        P = torch.zeros(A, 1, U, device=dev, dtype=dt_)
-        mask = torch.zeros(A, 1, U, device=dev, dtype=dt_)
-        for a in range(A):
-            P[a, 0, : self.sizes[a]] = self.precisions[a]
-            mask[a, 0, : self.sizes[a]] = 1.0
-        acts = self.activations[1:]
-        self._packed = {"W": W, "WT": W.transpose(1, 2).contiguous(), "b": b, "P": P, "mask": mask, "U": U,
-                        "uniform": len(set(acts)) <= 1, "acts": [get_activation(a) for a in acts]}
-        self._packed_key = key
+               tuple(id(q) for q in self.precisions), id(self.prior_mean), self.params, self.device, self.dtype)
+        if getattr(self, "_packed_key", None) != key:
+            # noise is drawn in this order so that seeded runs repeat those of earlier versions
+            self._packed = PackedGraph.from_graph(self.graph(), self.area_names, self.sizes, device=self.device,
+                                                  dtype=self.dtype, draw_order=_DRAW_ORDER)
+            self._packed_key = key
         return self._packed
-
-    def _pack(self, st: dict) -> dict:
-        """The per-area state lists of :meth:`initial_state` as zero-padded ``(A, B, U)`` tensors."""
-        U = max(self.sizes)
-        out = {}
-        for k, v in st.items():
-            if k == "m":
-                out[k] = torch.nn.functional.pad(v, (0, U - v.shape[-1]))
-            else:
-                out[k] = torch.stack([torch.nn.functional.pad(x, (0, U - x.shape[-1])) for x in v])
-        return out
-
-    def _step(self, st: dict, drive: Tensor, cue: float, gen: torch.Generator | None = None, *, want_aux: bool = False,
-              K: dict | None = None):
-        """One Euler step of every population (synchronous update) on the packed state (each
-        ``(A, B, U)``, prior ``(B, U)``) for input ``drive`` ``(B, U)`` and cue ``c`` in {0, 1};
-        returns the new state and, with ``want_aux``, the LFP proxy ``(A, B, 3)`` of that state.
-        ``K``: :meth:`_packed_constants`, passed in by compiled callers (no Python caching
-        logic inside the graph)."""
-        p, A = self.params, self.n_areas
-        K = self._packed_constants() if K is None else K
-        dt = p.dt
-        k4, ke, kd, ki = dt / p.tau_l4, dt / p.tau_error, dt / p.tau_deep, dt / p.tau_inh
-        l4, r, ep, en, m, P = st["l4"], st["l56"], st["l23_pos"], st["l23_neg"], st["m"], K["P"]
-        if A > 1:
-            rr = r[1:]
-            if K["uniform"]:
-                act = K["acts"][0]
-                fr = act.f(rr)
-                dfr = act.df(rr, fr)
-            else:
-                frs = [act.f(rr[k]) for k, act in enumerate(K["acts"])]
-                fr = torch.stack(frs)
-                dfr = torch.stack([act.df(rr[k], frs[k]) for k, act in enumerate(K["acts"])])
-            preds = torch.cat([torch.baddbmm(K["b"], fr, K["W"]), (cue * m)[None]])
-        else:
-            preds = (cue * m)[None]
-        reps = torch.cat([l4[:1], r[1:]])
-        err = ep - en
-        new = {}
-        if gen is not None:
-            def noise(x, k):
-                return x + (p.noise * math.sqrt(2 * k)) * K["mask"][: x.shape[0]] * torch.randn(
-                    x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        else:
-            def noise(x, k):
-                return x
-        if p.interneurons:
-            ip, in_ = st["inh_pos"], st["inh_neg"]
-            u_pos, u_neg = P * (reps - ip), P * (preds - in_)
-            new["inh_pos"] = noise(ip + ki * (preds - ip), ki)
-            new["inh_neg"] = noise(in_ + ki * (reps - in_), ki)
-        else:
-            u_pos = P * (reps - preds)
-            u_neg = -u_pos
-        new["l23_pos"] = noise(ep + ke * (torch.relu(u_pos) - ep), ke)
-        new["l23_neg"] = noise(en + ke * (torch.relu(u_neg) - en), ke)
-        ff = torch.cat([drive[None], torch.bmm(err[:-1], K["WT"])]) if A > 1 else drive[None]
-        new["l4"] = noise(l4 + k4 * (ff - l4), k4)
-        if A > 1:
-            deep = noise(rr + kd * (dfr * l4[1:] - err[1:] - p.deep_leak * rr), kd)
-            new["l56"] = torch.cat([r[:1], deep])
-        else:
-            new["l56"] = r
-        new["m"] = m + (dt * p.prior_rate * cue) * err[A - 1] if (p.prior_rate > 0 and cue) else m
-        if not want_aux:
-            return new, None
-        if p.interneurons:
-            l23 = ((P * reps).abs() + (P * ip).abs() + (P * preds).abs() + (P * in_).abs()).sum(-1)
-        else:
-            l23 = 2 * ((P * reps).abs() + (P * preds).abs()).sum(-1)
-        lin0 = drive.abs().sum(-1)[None]
-        nan = torch.full_like(lin0, float("nan"))
-        if A > 1:
-            lin = torch.cat([lin0, (torch.bmm(ep[:-1], K["WT"]).abs() + torch.bmm(en[:-1], K["WT"]).abs()).sum(-1)])
-            deep_in = torch.cat([nan, ((dfr * l4[1:]).abs() + ep[1:].abs() + en[1:].abs()).sum(-1)])
-        else:
-            lin, deep_in = lin0, nan
-        return new, torch.stack([l23, lin, deep_in], dim=-1)
 
 
 class _Recorder:
@@ -587,31 +448,20 @@ class _Recorder:
             self.time = t_ms[self.steps]
         else:
             pre, post = (float(e) for e in epochs)
-            if pre < 0 or post <= 0:
-                raise ValueError(f"epochs must be (pre_ms >= 0, post_ms > 0), got {epochs}")
-            if S > 1 and pre + post > np.min(np.diff(stim.onsets_ms)) + 1e-9:
-                raise ValueError(f"epochs of {pre}+{post} ms overlap: slots are only {np.min(np.diff(stim.onsets_ms))} ms apart")
-            if stim.onsets_ms[0] - pre < -1e-9 or stim.onsets_ms[-1] + post > stim.total_ms + 1e-9:
-                raise ValueError("epochs reach outside the block: lower pre/post or lengthen the protocol")
-            keep = np.ones((B, S), bool) if keep is None else np.asarray(keep, bool)
-            if keep.shape != (B, S):
-                raise ValueError(f"keep must be a (blocks, slots) = {(B, S)} boolean array, got {keep.shape}")
-            rel = np.arange(-int(round(pre / dt)), int(round(post / dt)), k)
-            self.time = rel * dt
-            self.offsets = rel
-            steps, slot_of, off_of = [], [], []
-            for j, on in enumerate(stim.onsets_ms):
-                base = int(round(on / dt))
-                steps.extend(base + rel)
-                slot_of.extend([j] * len(rel))
-                off_of.extend(range(len(rel)))
-            self.steps = np.asarray(steps)
-            self.slot_of, self.off_of = np.asarray(slot_of), np.asarray(off_of)
-            self.keep = keep
+            gaps = np.diff(stim.onsets_ms)
+            if S > 1 and pre + post > gaps.min() + 1e-9:
+                # each step is recorded into one epoch
+                raise ValueError(f"epochs of {pre}+{post} ms overlap: slots are only {gaps.min()} ms apart")
+            self.layout = lay = epoch_layout(stim, pre, post, grid_ms=dt, stride=k, keep=keep, n_samples=n)
+            rel = lay.offsets
+            self.time = lay.time
+            steps = (np.round(stim.onsets_ms / dt).astype(np.int64)[:, None] + rel[None, :]).ravel()
+            self.steps = steps
+            self.slot_of = np.repeat(np.arange(S), len(rel))
+            self.off_of = np.tile(np.arange(len(rel)), S)
+            self.keep = keep = lay.keep
             self.rank = np.cumsum(keep.ravel()).reshape(B, S) - 1
             self.n_trials = int(keep.sum())
-            if self.n_trials == 0:
-                raise ValueError("keep selects no epoch")
             self.sel = [torch.as_tensor(np.flatnonzero(keep[:, j]), device=circ.device) for j in range(S)]
             self.dst = [torch.as_tensor(self.rank[keep[:, j], j], device=circ.device) for j in range(S)]
             self.trial_shape = (self.n_trials, len(rel))
@@ -636,7 +486,8 @@ class _Recorder:
     def record(self, i, st, aux, drive, c):
         circ = self.circ
         pops = self.pops
-        frame = torch.stack([st[pop] for pop in pops], dim=2).detach().to("cpu", self.rate.dtype)  # (A, B, P, U)
+        frame = torch.stack([st[pop] if pop in st else torch.zeros_like(st["m"]).expand(circ.n_areas, -1, -1)
+                             for pop in pops], dim=2).detach().to("cpu", self.rate.dtype)  # (A, B, P, U)
         frame = frame.permute(1, 0, 2, 3) + self.nan_mask
         lfp = aux.detach().to("cpu", self.lfp.dtype).permute(1, 0, 2)
         prior = (c * st["m"][:, : circ.sizes[-1]]).detach().cpu()
@@ -672,7 +523,7 @@ class _Recorder:
             ds = xr.Dataset({"final_prior": (("trial", "top_unit"), final["m"][:, : circ.sizes[-1]])}, attrs=attrs)
             for a, area in enumerate(circ.area_names):
                 for pop in circ.populations:
-                    if pop == "l56" and a == 0:
+                    if (pop == "l56" and a == 0) or pop not in final:
                         continue
                     ds[f"final_{area}_{pop}"] = (("trial", f"unit_{area}"), final[pop][a][:, : circ.sizes[a]])
             return ds
@@ -692,16 +543,7 @@ class _Recorder:
             for name, v in stim.conditions.items():
                 coords[name] = ("trial", np.asarray(v))
         else:
-            bb, jj = np.nonzero(self.keep)
-            coords["block"] = ("trial", bb)
-            coords["slot"] = ("trial", jj)
-            coords["onset_ms"] = ("trial", stim.onsets_ms[jj], {"units": "ms"})
-            coords["pattern"] = ("trial", stim.schedule[bb, jj])
-            for name, v in stim.labels.items():
-                coords[name] = ("trial", np.asarray(v)[bb, jj])
-            for name, v in stim.conditions.items():
-                if name not in stim.labels:
-                    coords[name] = ("trial", np.asarray(v)[bb])
+            coords.update(self.layout.coords(stim))
         data = {
             "rate": (("trial", "time", "area", "population", "unit"), self.rate.numpy(),
                      {"units": "rate units", "long_name": "population activity"}),

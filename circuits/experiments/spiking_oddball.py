@@ -37,7 +37,8 @@ from pcsim.registry import ExperimentResult, RunContext
 
 from ..measures import population_activity, window_mean
 from ..paradigms import Oddball
-from ..spiking import SpikingCircuit, SpikingParams, cut_epochs
+from ..epochs import cut_epochs
+from ..spiking import SpikingCircuit, SpikingParams
 from .sections import CircuitSection
 
 

@@ -340,7 +340,7 @@ def test_spiking_oddball_experiment_runs_and_replots(tmp_path):
 def test_benchmark_reports_the_real_time_factor():
     """``benchmark`` (what ``pcsim bench circuits`` calls) sizes the circuit to the requested
     neuron count and reports simulated over wall seconds and the one-off cost apart."""
-    from circuits.spiking import benchmark
+    from circuits.bench import spiking_benchmark as benchmark
 
     r = benchmark("numpy", n_neurons=1300, sim_seconds=0.05, params=SpikingParams(neurons_per_unit=20))
     assert r["target"] == "numpy" and r["neurons_per_unit"] == 20

@@ -1,0 +1,65 @@
+"""The parameters of the spiking translation: how rate units become LIF neurons."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["SpikingParams"]
+
+
+@dataclass(frozen=True)
+class SpikingParams:
+    """How rate units become LIF neurons (see the module docstring).
+
+    ``neurons_per_unit``: ``N`` neurons per group. ``dt_ms``: Brian2 time step (ms).
+    ``update_ms``: interval (ms, a multiple of ``dt_ms``) at which the membrane noise kicks
+    (uniform, standard deviation ``noise * sqrt(1 - exp(-2 update / tau_m))``, so the free
+    membrane's standard deviation is ``noise``) and the external input (stimulus, cue-gated
+    prior) is refreshed: a Gaussian number and the TimedArray look-ups for every neuron at
+    every step cost Brian2's runtime targets about twice the rest of the simulation.
+    ``tau_m_ms``: membrane time constant (ms); ``refractory_ms``: absolute refractory period
+    (ms). ``noise``: standard deviation of the free membrane potential (threshold units).
+    ``floor_hz``: rate of a group at zero input; ``gain_hz``: rate increase per rate unit
+    (Hz), i.e. a group fires ``floor_hz + gain_hz`` at activity 1. ``lag_ms``: the response
+    lag of a LIF group, subtracted from the synaptic time constant of every non-integrating
+    population so that synapse plus membrane delay the input by the rate unit's ``tau`` on
+    average. ``smooth_ms``: standard deviation of the Gaussian kernel that turns binned spike
+    counts into population rates.
+    """
+
+    neurons_per_unit: int = 40
+    dt_ms: float = 0.1
+    update_ms: float = 0.5
+    tau_m_ms: float = 10.0
+    refractory_ms: float = 0.5
+    noise: float = 0.15
+    floor_hz: float = 2.0
+    gain_hz: float = 200.0
+    lag_ms: float = 1.0
+    smooth_ms: float = 5.0
+
+    def __post_init__(self):
+        if not (isinstance(self.neurons_per_unit, int) and not isinstance(self.neurons_per_unit, bool)
+                and self.neurons_per_unit >= 1):
+            raise ValueError(f"SpikingParams.neurons_per_unit must be an integer >= 1, got {self.neurons_per_unit!r}")
+        for name in ("dt_ms", "update_ms", "tau_m_ms", "noise", "floor_hz", "gain_hz", "smooth_ms"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"SpikingParams.{name} must be a finite number > 0, got {v!r}")
+        for name in ("refractory_ms", "lag_ms"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"SpikingParams.{name} must be a finite number >= 0, got {v!r}")
+        ratio = self.update_ms / self.dt_ms
+        if abs(ratio - round(ratio)) > 1e-6:
+            raise ValueError(f"SpikingParams.update_ms ({self.update_ms}) must be a multiple of dt_ms ({self.dt_ms})")
+        if self.update_ms > self.tau_m_ms / 10:
+            raise ValueError(f"SpikingParams.update_ms = {self.update_ms} ms is too coarse for tau_m = {self.tau_m_ms} ms")
+        if self.dt_ms > self.tau_m_ms / 10:
+            raise ValueError(f"SpikingParams.dt_ms = {self.dt_ms} ms is too coarse for tau_m = {self.tau_m_ms} ms "
+                             f"(use dt <= {self.tau_m_ms / 10} ms)")
+        ceiling = 1000.0 / max(self.refractory_ms, 1e-9)
+        if self.floor_hz + 1.5 * self.gain_hz > 0.5 * ceiling:
+            raise ValueError(f"SpikingParams: floor_hz + 1.5 * gain_hz = {self.floor_hz + 1.5 * self.gain_hz} Hz is "
+                             f"too close to the refractory ceiling {ceiling:.0f} Hz; lower gain_hz or refractory_ms")
