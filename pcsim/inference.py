@@ -4,15 +4,15 @@ The value nodes follow the gradient flow ``tau dx_l/dt = -dE/dx_l`` integrated w
 steps of ``dt`` (both in ms, so ``dt / tau`` is the dimensionless step size), optionally
 with heavy-ball momentum. Each update of ``x_l`` uses only its own error ``eps_l`` and the
 error ``eps_{l+1}`` of the layer it predicts (Whittington & Bogacz 2017). Static PC is a
-relaxing system (:class:`PCDynamics`: its step moves the free nodes, then evaluates the
-errors and the next direction with :mod:`pcsim.energy`'s functions), driven by the one loop
+relaxing system (:class:`PCDynamics`: its step moves the free nodes down the gradient, then
+evaluates the errors, all with :mod:`pcsim.energy`'s functions), driven by the one loop
 of :mod:`pcsim.relaxation`; learning rules plug into it through ``on_step``, which receives
 one :class:`InferenceStep`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -237,7 +237,8 @@ class StepPlan:
     ``spec``: the network's static part; ``free``: indices of the layers that move; ``eta``:
     the step ``dt/tau``; ``momentum``; ``precondition``: divide each layer's step by its
     precision; ``unit_precision``: every precision is 1 (the products are skipped);
-    ``max_growth``: the divergence bound (quoted in the error message).
+    ``max_growth``: the divergence bound (quoted in the error message); ``hooked``: a hook may
+    change the parameters between steps (the carry then holds the next direction).
     """
 
     spec: NetworkSpec
@@ -247,6 +248,7 @@ class StepPlan:
     precondition: bool = False
     unit_precision: bool = False
     max_growth: float = 10.0
+    hooked: bool = False
 
 
 class PCCarry(NamedTuple):
@@ -256,7 +258,9 @@ class PCCarry(NamedTuple):
     layer (``None`` entries without momentum); ``eps``/``peps``: errors and precision-weighted
     errors (:func:`pcsim.energy.errors`); ``fx``: activities ``f(x_l)``, ``l < L``;
     ``direction``: ``dE/dx_l`` of each free layer (divided by ``Pi_l`` when preconditioned),
-    computed with the parameters of this step so that a hook may change them before the move.
+    computed with the parameters of this step so that a hook may change them before the move
+    (``plan.hooked``); ``None`` otherwise: the step computes it, and a relaxation's last state
+    costs no direction that nothing would use.
     """
 
     x: list
@@ -264,7 +268,7 @@ class PCCarry(NamedTuple):
     eps: list
     peps: list
     fx: list
-    direction: list
+    direction: list | None
 
 
 @dataclass
@@ -304,33 +308,45 @@ class PCDynamics:
     slopes: list | None = None
 
     def evaluate(self, x: list, v: list) -> PCCarry:
-        """Errors, activities and descent directions at value nodes ``x`` (with velocities ``v``)."""
-        plan, spec = self.plan, self.plan.spec
-        L = spec.depth
-        pis = [lp.exp() for lp in self.log_precision] if spec.learn_precision else self.precisions
-        eps, peps, fx = pc.errors(spec, self.weights, self.biases, pis, self.prior, x, mu=self.mu, fx=self.fx)
-        direction = []
-        for l in plan.free:
+        """Errors and activities at value nodes ``x`` (with velocities ``v``), and the descent
+        directions too when the plan is ``hooked``."""
+        spec = self.plan.spec
+        eps, peps, fx = pc.errors(spec, self.weights, self.biases, self._precisions(), self.prior, x, mu=self.mu,
+                                  fx=self.fx)
+        carry = PCCarry(list(x), list(v), eps, peps, fx, None)
+        return carry._replace(direction=self.directions(carry)) if self.plan.hooked else carry
+
+    def directions(self, carry: PCCarry) -> list[Tensor]:
+        """``dE/dx_l`` (:func:`pcsim.energy.node_gradient`) of each free layer at ``carry``, divided by ``Pi_l`` when preconditioned."""
+        spec, L = self.plan.spec, self.plan.spec.depth
+        x, peps, fx = carry.x, carry.peps, carry.fx
+        pis = self._precisions()
+        out = []
+        for l in self.plan.free:
             if l < L:
                 slope = self.slopes[l] if self.slopes is not None else spec.activation(l).df(x[l], fx[l])
                 g = pc.node_gradient(peps[l], peps[l + 1], self.weights[l], slope, x[l])
             else:
                 g = pc.node_gradient(peps[l], None, None, None, x[l])
-            if plan.precondition and pis is not None:  # Newton's step on the layer's own quadratic term
+            if self.plan.precondition and pis is not None:  # Newton's step on the layer's own quadratic term
                 g = g / (pis[l - 1] if l > 0 else self.prior[1])
-            direction.append(g)
-        return PCCarry(list(x), list(v), eps, peps, fx, direction)
+            out.append(g)
+        return out
+
+    def _precisions(self) -> list | None:
+        return [lp.exp() for lp in self.log_precision] if self.plan.spec.learn_precision else self.precisions
 
     def step(self, carry: PCCarry) -> PCCarry:
         """Move every free layer by ``-eta * direction`` (heavy-ball: ``v = m v - eta d``, ``x += v``), then evaluate."""
         plan = self.plan
+        direction = carry.direction if carry.direction is not None else self.directions(carry)
         x, v = list(carry.x), list(carry.v)
         for i, l in enumerate(plan.free):
             if plan.momentum > 0:
-                v[i] = v[i] * plan.momentum - plan.eta * carry.direction[i]
+                v[i] = v[i] * plan.momentum - plan.eta * direction[i]
                 x[l] = x[l] + v[i]
             else:
-                x[l] = x[l].sub(carry.direction[i], alpha=plan.eta)
+                x[l] = x[l].sub(direction[i], alpha=plan.eta)
         return self.evaluate(x, v)
 
     def energies(self, carry: PCCarry) -> Tensor:
@@ -369,21 +385,22 @@ class PCDynamics:
 
 
 def dynamics(net: PCNetwork, state: PCState, config: InferenceConfig, *, fixed: FixedPredictions | None = None,
-             cache_input: bool = True) -> PCDynamics:
+             hooked: bool = False) -> PCDynamics:
     """The relaxing system of ``net`` with ``state``'s clamps and ``config``'s step.
 
-    ``fixed`` freezes predictions and slopes (fixed-prediction rule); ``cache_input`` computes
-    ``mu_1`` and ``f(x_0)`` of a clamped input once (valid while the weights do not move).
+    ``fixed`` freezes predictions and slopes (fixed-prediction rule). Unless ``hooked`` (a hook
+    may move the weights between steps), ``mu_1`` and ``f(x_0)`` of a clamped input are
+    computed once.
     """
     spec, L = net.spec, net.depth
     unit = net.unit_precision()
     plan = StepPlan(spec, tuple(l for l, c in enumerate(state.clamped) if not c), config.step_size, config.momentum,
-                    config.precondition, unit, config.max_growth)
+                    config.precondition, unit, config.max_growth, hooked)
     prior = (net.prior_mean, net.prior_log_precision.exp()) if net.mode == "generative" else None
     mu = fx = slopes = None
     if fixed is not None:
         mu, fx, slopes = list(fixed.mu), list(fixed.fx), list(fixed.dfx)
-    elif cache_input and state.clamped[0]:
+    elif not hooked and state.clamped[0]:
         fx = [net.activation(0).f(state.x[0])] + [None] * (L - 1)
         mu = [None, pc.predict(fx[0], net.weights[0], net.biases[0])] + [None] * (L - 1)
     return PCDynamics(plan, net.weights, net.biases, net.log_precision, None if unit else net.precision(), prior,
@@ -434,7 +451,7 @@ def relax(
     layer when the energy becomes NaN/Inf or exceeds ``max_growth`` times its start.
     """
     _check_state(net, state)
-    system = dynamics(net, state, config, fixed=fixed, cache_input=on_step is None)
+    system = dynamics(net, state, config, fixed=fixed, hooked=on_step is not None)
     hook = None
     if on_step is not None:
         def hook(t: int, c: PCCarry) -> None:

@@ -80,12 +80,13 @@ def adam_update(params: Sequence[Tensor], grads: Sequence[Tensor], state: AdamSt
     bc1 = 1 - b1 ** t
     bc2 = (1 - b2 ** t) ** 0.5
     denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(v), bc2), eps)
-    update = torch._foreach_div(m, denom)
-    if isinstance(lr, (int, float)):
-        update = torch._foreach_mul(update, lr / bc1)
+    if not isinstance(lr, (int, float)):
+        new = [p - (_per_member(lr, p) / bc1) * mi / d for p, mi, d in zip(params, m, denom)]
+    elif isinstance(t, Tensor):  # a tensor step count (compiled graphs): the scale is a tensor too
+        new = torch._foreach_addcdiv(params, torch._foreach_mul(m, -lr / bc1), denom)
     else:
-        update = [u * (_per_member(lr, p) / bc1) for u, p in zip(update, params)]
-    return list(torch._foreach_sub(params, update)), AdamState(t, list(m), list(v))
+        new = torch._foreach_addcdiv(params, m, denom, value=-lr / bc1)
+    return list(new), AdamState(t, list(m), list(v))
 
 
 class Adam:

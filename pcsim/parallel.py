@@ -17,6 +17,12 @@ calling thread only, where no barrier can wait for a descheduled thread; large p
 keep every thread. The choice is made per computation (the relaxation loop, the fused
 training step, the backprop twin's step) from its shapes, applied for its duration only by
 :func:`threads` and baked into the kernels it compiles.
+
+Large products keep the whole team, and with it the spinning barrier: on a shared machine
+they still lose time to it. OpenMP reads its wait policy only when it starts, before any
+library code runs, so it cannot be set from here: start Python with
+``OMP_WAIT_POLICY=PASSIVE`` in the environment to make idle team threads sleep instead
+(measured on the wide case beside a competing process: 10.8 -> 2.1 s per epoch).
 """
 
 from __future__ import annotations

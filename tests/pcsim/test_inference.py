@@ -541,3 +541,22 @@ def test_empty_batches_and_mismatched_states_are_named():
     st.x[1] = torch.zeros(1, 5, 7)
     with pytest.raises(DataError, match=r"state.x\[1\] has shape \(1, 5, 7\)"):
         relax(net, st)
+
+
+def test_thread_count_follows_the_problem_size_and_is_restored():
+    """Small products run on one thread (pcsim.parallel says why), large ones on all; relax changes
+    the process's thread count only while it runs, also when it raises."""
+    from pcsim import parallel
+
+    before = torch.get_num_threads()
+    assert parallel.threads_for((64, 128, 128, 10), 64) == 1
+    assert parallel.threads_for((64, 512, 512, 10), 256) == before
+    assert parallel.threads_for((64, 128, 128, 10), 64, ensemble=64) == before  # an ensemble multiplies the work
+    seen = []
+    net = PCNetwork.init([3, 4, 2], "tanh", seed=0, dtype=F64)
+    relax(net, training_state(net, 3, 0), InferenceConfig(steps=2), on_step=lambda s: seen.append(torch.get_num_threads()))
+    assert seen == [1, 1] and torch.get_num_threads() == before
+    net.weights[0][0, 0, 0] = float("nan")
+    with pytest.raises(InferenceDivergenceError):
+        relax(net, training_state(net, 3, 0), InferenceConfig(steps=2))
+    assert torch.get_num_threads() == before
