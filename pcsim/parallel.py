@@ -20,9 +20,10 @@ training step, the backprop twin's step) from its shapes, applied for its durati
 
 Large products keep the whole team, and with it the spinning barrier: on a shared machine
 they still lose time to it. OpenMP reads its wait policy only when it starts, before any
-library code runs, so it cannot be set from here: start Python with
-``OMP_WAIT_POLICY=PASSIVE`` in the environment to make idle team threads sleep instead
-(measured on the wide case beside a competing process: 10.8 -> 2.1 s per epoch).
+library code runs, so it cannot be set from here: the ``pcsim`` command line sets
+``OMP_WAIT_POLICY=PASSIVE`` (unless the user set it) before torch loads, so idle team threads
+sleep instead (measured on the wide case beside a competing process: 10.8 -> 2.1 s per
+epoch); a Python user gets the same by exporting it before starting Python.
 """
 
 from __future__ import annotations
