@@ -4,10 +4,12 @@
   energy (Poisson and Gaussian observations, masks, learned precisions, every activation);
 - masked observations carry no energy and no gradient (NaN allowed there, not elsewhere);
 - Euler relaxation steps are exactly ``x - dt/tau dE/dx`` (with momentum, heavy ball) and never
-  raise the energy for a small step; the Gauss-Newton preconditioned relaxation never does;
+  raise the energy for a small step; the Gauss-Newton preconditioned relaxation never does, and
+  one of its steps is ``x - dt/tau H^{-1} dE/dx`` with ``H`` assembled densely;
 - for a linear-Gaussian model the relaxed latents equal the MAP from the normal equations
   assembled and solved densely in numpy (Kalman smoother), by Euler and in one Newton step;
-- bad input and diverging relaxation raise errors that say what and where.
+- bad input, bad settings and diverging relaxation raise errors that say what and where, wherever
+  the shared relaxation loop (:mod:`pcsim.relaxation`) checks.
 """
 
 from __future__ import annotations
