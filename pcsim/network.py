@@ -32,6 +32,19 @@ Tensor = torch.Tensor
 Mode = Literal["discriminative", "generative"]
 
 
+def ensemble_seeds(seed: int | Sequence[int], ensemble: int) -> tuple[int, ...]:
+    """The generator seed of each of ``ensemble`` members: ``seed + e`` for an int ``seed``, else ``seed`` itself (one per member).
+
+    Raises ``ValueError`` for ``ensemble < 1`` or a sequence of the wrong length.
+    """
+    if ensemble < 1:
+        raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+    seeds = tuple(range(seed, seed + ensemble)) if isinstance(seed, int) else tuple(int(s) for s in seed)
+    if len(seeds) != ensemble:
+        raise ValueError(f"got {len(seeds)} seeds for an ensemble of {ensemble}")
+    return seeds
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """The static (hashable) description of a network, what compiled code specialises on.
@@ -123,13 +136,9 @@ class PCNetwork:
         acts = acts + ("linear",)  # x_L predicts nothing; kept so activations[l] exists for all l
         if mode not in ("discriminative", "generative"):
             raise ValueError(f"mode must be 'discriminative' or 'generative', got {mode!r}")
-        if ensemble < 1:
-            raise ValueError(f"ensemble must be >= 1, got {ensemble}")
         if prior_precision <= 0:
             raise ValueError(f"prior_precision must be > 0, got {prior_precision}")
-        seeds = tuple(range(seed, seed + ensemble)) if isinstance(seed, int) else tuple(int(s) for s in seed)
-        if len(seeds) != ensemble:
-            raise ValueError(f"got {len(seeds)} seeds for an ensemble of {ensemble}")
+        seeds = ensemble_seeds(seed, ensemble)
         precs = [float(precision)] * L if isinstance(precision, (int, float)) else [float(p) for p in precision]
         if len(precs) != L or any(p <= 0 for p in precs):
             raise ValueError(f"precision must be one positive value or {L} positive values, got {precision}")

@@ -30,7 +30,8 @@ parameters learn by the Hebbian products of these errors and pre-synaptic activi
 (:func:`parameter_gradients`, the MAP rules).
 
 Relaxation (:func:`relax`) integrates ``tau dx/dt = -dE/dx`` with Euler steps of ``dt/tau``
-(optionally heavy-ball momentum) for all trials at once, like :func:`pcsim.inference.relax`.
+(optionally heavy-ball momentum) for all trials at once: dynamical PC is a relaxing system
+(:class:`TemporalDynamics`) of the one loop that also drives static PC, :func:`pcsim.relaxation.run`.
 The Poisson energy of sparse spike counts is badly conditioned (the temporal coupling
 ``Pi_x`` is orders of magnitude stiffer than the data term), so plain Euler needs thousands of
 steps. ``preconditioner="gauss-newton"`` instead integrates the *preconditioned* flow
@@ -65,14 +66,14 @@ boundary), :mod:`.energy` (errors, energies, explicit gradients, curvature), :mo
 from .blocktridiagonal import block_tridiagonal_inverse, solve_block_tridiagonal
 from .energy import (TERMS, TemporalErrors, energy, parameter_gradients, prediction_errors, term_energies,
                      value_gradients)
-from .inference import TemporalInferenceConfig, TemporalRelaxation, relax
+from .inference import TemporalCarry, TemporalDynamics, TemporalInferenceConfig, TemporalRelaxation, relax
 from .laplace import (LaplacePosterior, expected_parameter_gradients, expected_term_energies, free_energy,
                       laplace_posterior)
 from .network import Observations, TemporalPCNetwork, check_latents, observations
 
 __all__ = [
-    "TERMS", "LaplacePosterior", "Observations", "TemporalErrors", "TemporalInferenceConfig", "TemporalPCNetwork",
-    "TemporalRelaxation", "block_tridiagonal_inverse", "check_latents", "energy", "expected_parameter_gradients",
+    "TERMS", "LaplacePosterior", "Observations", "TemporalCarry", "TemporalDynamics", "TemporalErrors",
+    "TemporalInferenceConfig", "TemporalPCNetwork", "TemporalRelaxation", "block_tridiagonal_inverse", "check_latents", "energy", "expected_parameter_gradients",
     "expected_term_energies", "free_energy", "laplace_posterior", "observations", "parameter_gradients",
     "prediction_errors", "relax", "solve_block_tridiagonal", "term_energies", "value_gradients",
 ]

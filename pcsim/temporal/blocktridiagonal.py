@@ -15,6 +15,18 @@ from ..errors import InferenceDivergenceError
 Tensor = torch.Tensor
 
 
+def _check_factorised(failed: list[Tensor]) -> None:
+    """Raise :class:`InferenceDivergenceError` naming the first time bin whose Schur complement had no Cholesky factor.
+
+    ``failed``: per time bin, the ``info`` of :func:`torch.linalg.cholesky_ex` (``(...)``, 0 = success).
+    """
+    bad = torch.stack(failed, -1) > 0
+    if bool(bad.any()):
+        t = int(torch.nonzero(bad.reshape(-1, bad.shape[-1]).any(0))[0, 0])
+        raise InferenceDivergenceError(f"curvature is not positive definite at time bin {t}; increase the damping",
+                                       step=-1, layer=t)
+
+
 def solve_block_tridiagonal(diag: Tensor, lower: Tensor, rhs: Tensor) -> Tensor:
     """Solve ``H s = rhs`` for symmetric positive-definite block-tridiagonal ``H``, batched.
 
@@ -40,11 +52,7 @@ def solve_block_tridiagonal(diag: Tensor, lower: Tensor, rhs: Tensor) -> Tensor:
         yv.append(sol[..., D:] if t < T - 1 else sol)
         if t < T - 1:
             W.append(sol[..., :D])
-    bad = torch.stack(failed, -1) > 0
-    if bool(bad.any()):  # one check at the end: no device synchronisation inside the loop
-        t = int(torch.nonzero(bad.reshape(-1, T).any(0))[0, 0])
-        raise InferenceDivergenceError(f"curvature is not positive definite at time bin {t}; increase the damping",
-                                       step=-1, layer=t)
+    _check_factorised(failed)  # one check at the end: no device synchronisation inside the loop
     s = [None] * T
     s[T - 1] = yv[T - 1]
     for t in range(T - 2, -1, -1):
@@ -75,11 +83,7 @@ def block_tridiagonal_inverse(diag: Tensor, lower: Tensor) -> tuple[Tensor, Tens
         S_inv.append(torch.cholesky_inverse(L))
         if t < T - 1:
             W.append(S_inv[-1] @ lower[..., t, :, :].transpose(-1, -2))
-    bad = torch.stack(failed, -1) > 0
-    if bool(bad.any()):
-        t = int(torch.nonzero(bad.reshape(-1, T).any(0))[0, 0])
-        raise InferenceDivergenceError(f"curvature is not positive definite at time bin {t}; increase the damping",
-                                       step=-1, layer=t)
+    _check_factorised(failed)
     cov = [None] * T
     cross = [None] * (T - 1)
     cov[T - 1] = S_inv[T - 1]

@@ -1,77 +1,91 @@
 """Relaxation of a dynamical PC network's latents: Euler or Gauss-Newton preconditioned steps.
 
-:func:`relax` integrates ``tau dx/dt = -dE/dx`` (or its preconditioned version ``-H^{-1}
-dE/dx``, with ``H`` the block-tridiagonal Gauss-Newton curvature) for every trial at once;
-see :mod:`pcsim.temporal` for the model and :class:`TemporalInferenceConfig` for the settings.
+Dynamical PC is a relaxing system of :mod:`pcsim.relaxation` (:class:`TemporalDynamics`: its
+step moves the latents by ``-dt/tau dE/dx`` or by the preconditioned ``-dt/tau H^{-1} dE/dx``,
+``H`` the block-tridiagonal Gauss-Newton curvature, then evaluates the errors and energies
+there with :mod:`.energy`'s functions); the one loop :func:`pcsim.relaxation.run` drives it,
+exactly as it drives static PC. See :mod:`pcsim.temporal` for the model and
+:class:`TemporalInferenceConfig` for the settings.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 
+from .. import relaxation
 from ..errors import InferenceDivergenceError
+from ..inference import InferenceConfig
 from .blocktridiagonal import solve_block_tridiagonal
 from .energy import TERMS, TemporalErrors, _curvature, _errors, _term_energies, _value_gradients
-from .network import TemporalPCNetwork, check_latents, observations
+from .network import Observations, TemporalPCNetwork, check_latents, observations
 
 Tensor = torch.Tensor
 Preconditioner = Literal["none", "gauss-newton"]
 
 
-# --------------------------------------------------------------------------- relaxation
+# --------------------------------------------------------------------------- settings and outcome
 @dataclass(frozen=True)
-class TemporalInferenceConfig:
-    """Settings of one relaxation of the latents.
+class TemporalInferenceConfig(InferenceConfig):
+    """Settings of one relaxation of the latents: :class:`pcsim.inference.InferenceConfig` and three of its own.
 
-    ``steps``: number of Euler steps. ``dt``, ``tau``: integration step and node time constant
-    in ms (step size ``dt/tau``, dimensionless). ``momentum``: heavy-ball coefficient in
-    [0, 1) (Euler only). ``preconditioner``: ``"none"`` (plain gradient flow ``tau dx/dt =
-    -dE/dx``) or ``"gauss-newton"`` (``tau dx/dt = -H^{-1} dE/dx``, module docstring; ``dt/tau =
-    1`` is Newton's method). ``damping``: added to the curvature's diagonal (Levenberg-
-    Marquardt). ``backtrack``: preconditioned steps that would raise a trial's energy are
-    halved up to this many times (0: take every step as is). ``tol``: stop once every trial's
-    energy changes by less than ``tol`` times its value in one step. ``max_growth``: the total
-    energy may not exceed ``max_growth`` times its start (divergence). ``record``: keep the
-    energy of every term at every step.
+    Shared with static PC: ``steps``, ``dt`` and ``tau`` (ms; step size ``dt/tau``),
+    ``momentum`` (heavy ball, Euler steps only), ``tol`` (stop once every trial's total energy
+    changes by at most ``tol`` times its previous value in one step), ``max_growth`` (a trial's
+    energy may not exceed ``max_growth`` times its start: divergence), ``record`` (keep the
+    energy of every term at every step) and ``check_every`` (check divergence every k steps;
+    here 1 by default: every step evaluates the energy anyway, and a Gauss-Newton step that
+    meets a singular curvature is then reported after the energy check of the step before).
+    Dynamical PC's own: ``preconditioner``: ``"none"`` (plain gradient flow ``tau dx/dt =
+    -dE/dx``) or ``"gauss-newton"`` (``tau dx/dt = -H^{-1} dE/dx``, :mod:`pcsim.temporal`;
+    ``dt/tau = 1`` is Newton's method). ``damping``: added to the curvature's diagonal
+    (Levenberg-Marquardt). ``backtrack``: preconditioned steps that would raise a trial's energy
+    are halved up to this many times (0: take every step as is). Static PC's ``compile`` and
+    ``precondition`` do not apply (the backtracking step decides on the host) and must stay off.
     """
 
-    steps: int = 20
-    dt: float = 1.0
-    tau: float = 10.0
-    momentum: float = 0.0
+    check_every: int = field(default=1, metadata={"ge": 0})
     preconditioner: Preconditioner = "none"
-    damping: float = 0.0
-    backtrack: int = 10
-    tol: float = 0.0
-    max_growth: float = 10.0
-    record: bool = False
+    damping: float = field(default=0.0, metadata={"ge": 0})
+    backtrack: int = field(default=10, metadata={"ge": 0})
 
-    @property
-    def step_size(self) -> float:
-        """The dimensionless Euler step ``dt / tau``."""
-        return self.dt / self.tau
+    def __post_init__(self):
+        super().__post_init__()
+        if self.preconditioner not in ("none", "gauss-newton"):
+            raise ValueError(f"preconditioner must be 'none' or 'gauss-newton', got {self.preconditioner!r}")
+        if self.damping < 0 or self.backtrack < 0:
+            raise ValueError(f"TemporalInferenceConfig needs damping >= 0 and backtrack >= 0; "
+                             f"got damping={self.damping}, backtrack={self.backtrack}")
+        if self.compile or self.precondition:
+            raise ValueError("TemporalInferenceConfig does not support compile=True or precondition=True "
+                             "(use preconditioner='gauss-newton' for a preconditioned relaxation)")
 
 
 @dataclass
-class TemporalRelaxation:
-    """The outcome of :func:`relax`.
+class TemporalRelaxation(relaxation.LoopResult):
+    """The outcome of :func:`relax`: the loop's :class:`pcsim.relaxation.LoopResult` and its time step.
 
-    ``x``: relaxed latents ``(E, B, T, D)``. ``errors``: :class:`TemporalErrors` there.
-    ``energy``: ``(E, B, T, 3)`` energy per trial, time bin and term (``TERMS``) there.
-    ``steps``: steps taken. ``trace``: when recorded, ``energy`` ``(S+1, E, B, 3)`` (per term,
-    summed over time bins; step 0 is the initial state). ``dt``: the relaxation time step (ms).
+    ``carry``: the final :class:`TemporalCarry`; ``x`` (property): relaxed latents
+    ``(E, B, T, D)``; ``errors`` (property): :class:`TemporalErrors` there. ``energy``:
+    ``(E, B, T, 3)`` energy per trial, time bin and term (``TERMS``) there. ``steps``: steps
+    taken. ``trace``: when recorded, ``energy`` ``(S+1, E, B, 3)`` (per term, summed over time
+    bins; step 0 is the initial state). ``dt``: the relaxation time step (ms).
     """
 
-    x: Tensor
-    errors: TemporalErrors
-    energy: Tensor
-    steps: int
-    trace: dict[str, np.ndarray] | None = None
     dt: float = 1.0
+
+    @property
+    def x(self) -> Tensor:
+        """The relaxed latents ``(E, B, T, D)``."""
+        return self.carry.x
+
+    @property
+    def errors(self) -> TemporalErrors:
+        """The prediction errors at the relaxed latents."""
+        return self.carry.errors
 
     def to_dataset(self):
         """The recorded energy trace as an ``xarray.Dataset`` ``energy (step, ensemble, trial, term)``."""
@@ -89,27 +103,109 @@ class TemporalRelaxation:
         )
 
 
-def _divergence(t: int, en: Tensor, e0: Tensor, config: TemporalInferenceConfig) -> None:
-    """Raise :class:`InferenceDivergenceError` naming the step and time bin when ``en`` ``(E, B, T, 3)`` is non-finite or grew too far."""
-    finite = torch.isfinite(en)
-    how = (f"reduce dt/tau (now {config.step_size:g}) or the momentum, or use preconditioner='gauss-newton'"
-           if config.preconditioner == "none" else f"reduce dt/tau (now {config.step_size:g}) or raise the damping")
-    if not bool(finite.all()):
-        e, b, tb, k = torch.nonzero(~finite)[0].tolist()
-        raise InferenceDivergenceError(
-            f"inference diverged: the {TERMS[k]} energy of time bin {tb} became NaN/Inf at step {t} "
-            f"(ensemble member {e}, trial {b}); {how}", step=t, layer=tb)
-    tot, tot0 = en.sum((2, 3)), e0.sum((2, 3))
-    grew = tot > config.max_growth * tot0.abs() + 1e-6
-    if bool(grew.any()):
-        e, b = torch.nonzero(grew)[0].tolist()
-        tb = int(torch.argmax((en - e0)[e, b].sum(-1)))
-        raise InferenceDivergenceError(
+# --------------------------------------------------------------------------- the relaxing system
+class TemporalCarry(NamedTuple):
+    """The state of a dynamical-PC relaxation at one step and what was computed at it.
+
+    ``x``: latents ``(E, B, T, D)``; ``v``: heavy-ball velocity (same shape; ``None`` without
+    momentum); ``errors``: :class:`TemporalErrors` at ``x``; ``energy``: ``(E, B, T, 3)`` per
+    trial, time bin and term at ``x`` (the backtracking step compares against it); ``t``: the
+    steps taken to get here (named in a curvature failure).
+    """
+
+    x: Tensor
+    v: Tensor | None
+    errors: TemporalErrors
+    energy: Tensor
+    t: int
+
+
+@dataclass
+class TemporalDynamics:
+    """Dynamical PC as a relaxing system (:mod:`pcsim.relaxation`) of ``net``'s latents given ``obs``.
+
+    One :meth:`step` is an Euler (or heavy-ball) step of ``tau dx/dt = -dE/dx`` or, with
+    ``config.preconditioner == "gauss-newton"``, a backtracked step of the preconditioned flow
+    ``-H^{-1} dE/dx``; the network's tensors are read at every step.
+    """
+
+    net: TemporalPCNetwork
+    obs: Observations
+    config: TemporalInferenceConfig
+
+    def evaluate(self, x: Tensor, v: Tensor | None, t: int = 0) -> TemporalCarry:
+        """Errors and energies at latents ``x`` ``(E, B, T, D)`` (velocity ``v``) after ``t`` steps."""
+        er = _errors(self.net, x, self.obs)
+        return TemporalCarry(x, v, er, _term_energies(self.net, x, self.obs, er), t)
+
+    def step(self, carry: TemporalCarry) -> TemporalCarry:
+        """Move the latents of every trial once (class docstring), then evaluate there."""
+        net, obs, cfg = self.net, self.obs, self.config
+        t = carry.t + 1
+        eta = cfg.step_size
+        grad = _value_gradients(net, carry.x, carry.errors)
+        if cfg.preconditioner == "gauss-newton":
+            diag, lower = _curvature(net, carry.x, obs, carry.errors, cfg.damping)
+            try:
+                direction = solve_block_tridiagonal(diag, lower, grad)
+            except InferenceDivergenceError as err:
+                raise InferenceDivergenceError(f"{err} (relaxation step {t})", step=t, layer=err.layer) from None
+            return _backtracked_step(self, carry, direction, eta, t)
+        if carry.v is not None:
+            v = cfg.momentum * carry.v - eta * grad
+            return self.evaluate(carry.x + v, v, t)
+        return self.evaluate(carry.x - eta * grad, None, t)
+
+    def energies(self, carry: TemporalCarry) -> Tensor:
+        """Energy per member, trial, time bin and term, ``(E, B, T, 3)``."""
+        return carry.energy
+
+    def totals(self, energies: Tensor) -> Tensor:
+        """Total energy per member and trial, summed over time bins and terms: ``(..., E, B)``."""
+        return energies.sum((-2, -1))
+
+    def diverged(self, t: int, en: Tensor, start: Tensor) -> InferenceDivergenceError:
+        """The error for energies ``en`` ``(E, B, T, 3)`` at step ``t``, naming the trial, time bin (as ``layer``) and term."""
+        cfg = self.config
+        how = (f"reduce dt/tau (now {cfg.step_size:g}) or the momentum, or use preconditioner='gauss-newton'"
+               if cfg.preconditioner == "none" else f"reduce dt/tau (now {cfg.step_size:g}) or raise the damping")
+        finite = torch.isfinite(en)
+        if not bool(finite.all()):
+            e, b, tb, k = torch.nonzero(~finite)[0].tolist()
+            return InferenceDivergenceError(
+                f"inference diverged: the {TERMS[k]} energy of time bin {tb} became NaN/Inf at step {t} "
+                f"(ensemble member {e}, trial {b}); {how}", step=t, layer=tb)
+        tot, tot0 = self.totals(en), self.totals(start)
+        e, b = torch.nonzero(tot > cfg.max_growth * tot0.abs() + 1e-6)[0].tolist()
+        tb = int(torch.argmax((en - start)[e, b].sum(-1)))
+        return InferenceDivergenceError(
             f"inference diverged: the energy of trial {b} (ensemble member {e}) grew from {float(tot0[e, b]):.4g} to "
-            f"{float(tot[e, b]):.4g} (more than max_growth={config.max_growth:g} times) by step {t}, mostly in time bin {tb}; "
+            f"{float(tot[e, b]):.4g} (more than max_growth={cfg.max_growth:g} times) by step {t}, mostly in time bin {tb}; "
             f"{how}", step=t, layer=tb)
 
+    def observe(self, carry: TemporalCarry, energies: Tensor) -> dict[str, Tensor]:
+        """A recorded step: ``energy`` per member, trial and term ``(E, B, 3)`` (summed over time bins)."""
+        return {"energy": energies.sum(-2)}
 
+
+def _backtracked_step(system: TemporalDynamics, carry: TemporalCarry, direction: Tensor, eta: float,
+                      t: int) -> TemporalCarry:
+    """Step ``x - eta * direction``; trials whose energy would rise retry with half the step (at most ``config.backtrack`` times) and otherwise stay."""
+    x, backtrack = carry.x, system.config.backtrack
+    E, B = x.shape[:2]
+    before = carry.energy.sum((2, 3))
+    step = torch.full((E, B, 1, 1), eta, dtype=x.dtype, device=x.device)
+    for _ in range(backtrack + 1):
+        new = system.evaluate(x - step * direction, carry.v, t)
+        after = new.energy.sum((2, 3))
+        ok = (after <= before + 1e-12 * before.abs()) & torch.isfinite(after)
+        if backtrack == 0 or bool(ok.all()):
+            return new
+        step = torch.where(ok[..., None, None], step, 0.5 * step)
+    return system.evaluate(x - torch.where(ok[..., None, None], step, torch.zeros_like(step)) * direction, carry.v, t)
+
+
+# --------------------------------------------------------------------------- relax
 def relax(
     net: TemporalPCNetwork,
     x: Tensor | None,
@@ -120,84 +216,22 @@ def relax(
     """Relax the latents ``x: (E, B, T, D)`` given observations ``y`` and ``mask``; ``x = None`` starts from :meth:`TemporalPCNetwork.rollout` (zeros if that overflows).
 
     Every step moves all trials' latents by ``-dt/tau * dE/dx`` (or its preconditioned version,
-    see :class:`TemporalInferenceConfig`); the one loop over steps lives here. ``y``: ``(B, T, N)``
-    or ``(E, B, T, N)``, counts per bin for a Poisson observation; ``mask``: see
-    :func:`observations`. The input ``x`` is not modified. Raises :class:`DataError` for bad
-    input and :class:`InferenceDivergenceError` (``step``, and the time bin as ``layer``) when
-    the energy becomes NaN/Inf or exceeds ``max_growth`` times its start. Rao & Ballard 1997;
-    Friston 2008; Millidge et al. 2023.
+    see :class:`TemporalInferenceConfig`); the steps are driven by the one relaxation loop,
+    :func:`pcsim.relaxation.run`. ``y``: ``(B, T, N)`` or ``(E, B, T, N)``, counts per bin for a
+    Poisson observation; ``mask``: see :func:`~pcsim.temporal.network.observations`. The input
+    ``x`` is not modified. Raises :class:`DataError` for bad input and
+    :class:`InferenceDivergenceError` (``step``, and the time bin as ``layer``) when the energy
+    becomes NaN/Inf or exceeds ``max_growth`` times its start. Rao & Ballard 1997; Friston 2008;
+    Millidge et al. 2023.
     """
-    if config.steps < 0 or not config.step_size > 0 or not 0 <= config.momentum < 1:
-        raise ValueError(f"need steps >= 0, dt/tau > 0 and 0 <= momentum < 1, got {config}")
-    if config.preconditioner not in ("none", "gauss-newton"):
-        raise ValueError(f"preconditioner must be 'none' or 'gauss-newton', got {config.preconditioner!r}")
     obs = observations(net, y, mask)
+    system = TemporalDynamics(net, obs, config)
     if x is None:
         x = net.rollout(obs.y.shape[1], obs.y.shape[2])
-        er = _errors(net, x, obs)
-        if not bool(torch.isfinite(_term_energies(net, x, obs, er)).all()):
+        if not bool(torch.isfinite(system.evaluate(x, None).energy).all()):
             x = torch.zeros_like(x)  # an unstable prior trajectory: start from the origin instead
     x = check_latents(net, x, obs).clone()
-    eta = config.step_size
-    newton = config.preconditioner == "gauss-newton"
-    er = _errors(net, x, obs)
-    en = _term_energies(net, x, obs, er)
-    e0 = en
-    _divergence(0, en, e0, config)
-    trace = [en.sum(2)] if config.record else None
-    v = torch.zeros_like(x) if config.momentum > 0 else None
-    steps = 0
-    for t in range(1, config.steps + 1):
-        grad = _value_gradients(net, x, er)
-        if newton:
-            diag, lower = _curvature(net, x, obs, er, config.damping)
-            try:
-                direction = solve_block_tridiagonal(diag, lower, grad)
-            except InferenceDivergenceError as err:
-                raise InferenceDivergenceError(f"{err} (relaxation step {t})", step=t, layer=err.layer) from None
-            x, er, en_new = _backtracked_step(net, x, obs, er, en, direction, eta, config.backtrack)
-        else:
-            if v is not None:
-                v = config.momentum * v - eta * grad
-                x = x + v
-            else:
-                x = x - eta * grad
-            er = _errors(net, x, obs)
-            en_new = _term_energies(net, x, obs, er)
-        _divergence(t, en_new, e0, config)
-        steps = t
-        if trace is not None:
-            trace.append(en_new.sum(2))
-        if config.tol > 0:
-            before, after = en.sum((2, 3)), en_new.sum((2, 3))
-            if bool(((before - after).abs() <= config.tol * after.abs()).all()):
-                en = en_new
-                break
-        en = en_new
-    out_trace = {"energy": torch.stack(trace).detach().cpu().numpy()} if trace is not None else None
-    return TemporalRelaxation(x, er, en, steps, out_trace, config.dt)
-
-
-def _backtracked_step(net, x, obs, er, en, direction, eta, backtrack):
-    """Step ``x - eta * direction``; trials whose energy would rise retry with half the step (at most ``backtrack`` times) and otherwise stay."""
-    E, B = x.shape[:2]
-    before = en.sum((2, 3))
-    step = torch.full((E, B, 1, 1), eta, dtype=x.dtype, device=x.device)
-    for k in range(backtrack + 1):
-        xn = x - step * direction
-        ern = _errors(net, xn, obs)
-        enn = _term_energies(net, xn, obs, ern)
-        after = enn.sum((2, 3))
-        ok = after <= before + 1e-12 * before.abs()
-        ok = ok & torch.isfinite(after)
-        if backtrack == 0:
-            return xn, ern, enn
-        if bool(ok.all()):
-            break
-        step = torch.where(ok[..., None, None], step, 0.5 * step)
-    if not bool(ok.all()):
-        step = torch.where(ok[..., None, None], step, torch.zeros_like(step))
-        xn = x - step * direction
-        ern = _errors(net, xn, obs)
-        enn = _term_energies(net, xn, obs, ern)
-    return xn, ern, enn
+    start = system.evaluate(x, torch.zeros_like(x) if config.momentum > 0 else None)
+    out = relaxation.run(system, start, config.steps, max_growth=config.max_growth, tol=config.tol,
+                         record=config.record, check_every=config.check_every)
+    return TemporalRelaxation(out.carry, out.energy, out.steps, out.trace, config.dt)

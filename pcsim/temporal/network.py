@@ -18,6 +18,7 @@ import torch
 
 from ..activations import get_activation
 from ..errors import DataError
+from ..network import ensemble_seeds
 
 Tensor = torch.Tensor
 Observation = Literal["poisson", "gaussian"]
@@ -94,9 +95,7 @@ class TemporalPCNetwork:
                         ("observation_precision", observation_precision)):
             if not v > 0:
                 raise ValueError(f"{name} must be > 0, got {v}")
-        seeds = tuple(range(seed, seed + ensemble)) if isinstance(seed, int) else tuple(int(s) for s in seed)
-        if len(seeds) != ensemble:
-            raise ValueError(f"got {len(seeds)} seeds for an ensemble of {ensemble}")
+        seeds = ensemble_seeds(seed, ensemble)
         As, Cs = [], []
         for s in seeds:
             gen = torch.Generator().manual_seed(s)

@@ -4,10 +4,12 @@
   energy (Poisson and Gaussian observations, masks, learned precisions, every activation);
 - masked observations carry no energy and no gradient (NaN allowed there, not elsewhere);
 - Euler relaxation steps are exactly ``x - dt/tau dE/dx`` (with momentum, heavy ball) and never
-  raise the energy for a small step; the Gauss-Newton preconditioned relaxation never does;
+  raise the energy for a small step; the Gauss-Newton preconditioned relaxation never does, and
+  one of its steps is ``x - dt/tau H^{-1} dE/dx`` with ``H`` assembled densely;
 - for a linear-Gaussian model the relaxed latents equal the MAP from the normal equations
   assembled and solved densely in numpy (Kalman smoother), by Euler and in one Newton step;
-- bad input and diverging relaxation raise errors that say what and where.
+- bad input, bad settings and diverging relaxation raise errors that say what and where, wherever
+  the shared relaxation loop (:mod:`pcsim.relaxation`) checks.
 """
 
 from __future__ import annotations
@@ -246,6 +248,19 @@ def test_block_tridiagonal_solver_matches_a_dense_solve():
     np.testing.assert_allclose(tp.solve_block_tridiagonal(diag, lower, rhs).numpy(), want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("bin_", [0, 4])
+def test_block_tridiagonal_algebra_names_the_bin_where_positive_definiteness_fails(bin_):
+    B, T, D = 2, 6, 3
+    diag = torch.eye(D, dtype=F64).repeat(B, T, 1, 1) * 4.0
+    lower = torch.zeros(B, T - 1, D, D, dtype=F64)
+    diag[1, bin_] = -torch.eye(D, dtype=F64)  # one trial's block is negative definite
+    for solve in (lambda: tp.solve_block_tridiagonal(diag, lower, torch.ones(B, T, D, dtype=F64)),
+                  lambda: tp.block_tridiagonal_inverse(diag, lower)):
+        with pytest.raises(InferenceDivergenceError, match=f"time bin {bin_}") as info:
+            solve()
+        assert info.value.layer == bin_
+
+
 def dense_curvature(net, x, y, mask):
     """The Gauss-Newton curvature of one ensemble member's trials as dense ``(B, T*D, T*D)`` matrices."""
     obs = tp.observations(net, y, mask)
@@ -259,6 +274,19 @@ def dense_curvature(net, x, y, mask):
             H[:, (t + 1) * D:(t + 2) * D, t * D:(t + 1) * D] = lower[:, t]
             H[:, t * D:(t + 1) * D, (t + 1) * D:(t + 2) * D] = lower[:, t].transpose(-1, -2)
     return H
+
+
+@pytest.mark.parametrize("obs", ["poisson", "gaussian"])
+def test_gauss_newton_step_is_a_dense_newton_step_of_the_autograd_gradient(obs):
+    """One preconditioned step without backtracking: ``x - dt/tau H^{-1} dE/dx``, ``H`` the curvature assembled densely."""
+    net = make_net(act="tanh", obs=obs, E=1)
+    x, y, mask = make_data(net, B=2, T=5)
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(tp.energy(net, xg, y, mask).sum(), xg)
+    H = dense_curvature(net, x, y, mask)                                       # (B, TD, TD)
+    want = x[0] - 0.7 * torch.linalg.solve(H, g[0].reshape(2, -1, 1)).reshape(x[0].shape)
+    cfg = tp.TemporalInferenceConfig(steps=1, dt=0.7, tau=1.0, preconditioner="gauss-newton", backtrack=0)
+    torch.testing.assert_close(tp.relax(net, x, y, mask, cfg).x[0], want, rtol=1e-10, atol=1e-12)
 
 
 def test_curvature_is_the_hessian_for_linear_dynamics():
@@ -416,3 +444,14 @@ def test_diverging_relaxation_names_step_and_time_bin():
     with pytest.raises(InferenceDivergenceError, match=r"time bin \d+") as info:
         tp.relax(net, x, y, mask, tp.TemporalInferenceConfig(steps=200, dt=1.0, tau=1.0))
     assert info.value.step >= 1 and 0 <= info.value.layer < 6
+    # checked only at the end, the shared loop replays the steps and names the same step and bin
+    with pytest.raises(InferenceDivergenceError) as late:
+        tp.relax(net, x, y, mask, tp.TemporalInferenceConfig(steps=200, dt=1.0, tau=1.0, check_every=0))
+    assert (late.value.step, late.value.layer, str(late.value)) == (info.value.step, info.value.layer, str(info.value))
+
+
+def test_config_rejects_what_dynamical_pc_cannot_do():
+    for bad in (dict(preconditioner="newton"), dict(damping=-1.0), dict(backtrack=-1), dict(compile=True),
+                dict(precondition=True), dict(steps=-1), dict(tau=0.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            tp.TemporalInferenceConfig(**bad)
