@@ -11,7 +11,9 @@ Conventions every module here follows (and that ``circuits`` meets when it hands
   ``split`` (str along ``trial``: "train", "val" or "test") and any trial condition columns
   (e.g. ``condition``) as coordinates along ``trial``.
 - attrs: ``bin_width`` (seconds), ``align`` (name of the alignment column, if any).
-- optional: ``rates`` (true firing rates, counts per bin, same dims as ``counts``),
+- optional: ``observed`` (bool, dims ``(trial, time, neuron)``; e.g. from NWB ``obs_intervals``):
+  False marks a bin whose count is missing data, not silence; every model's fit and every
+  score leaves such bins out. ``rates`` (true firing rates, counts per bin, same dims as ``counts``),
   ``latents`` (true latent state, ``(trial, time, latent)``), ``behaviour``
   (``(trial, time, behaviour_dim)``), ``spike_times`` are never stored in the Dataset (NWB
   keeps them; :mod:`analysis.nwb` bins them).
@@ -19,10 +21,17 @@ Conventions every module here follows (and that ``circuits`` meets when it hands
 **Rates are in counts per bin** everywhere inside analysis (metrics, models); Hz is converted
 at the boundary (``rate_hz * bin_width``).
 
-**Latent models** share one surface (scikit-learn style, xarray in/out): ``fit(recording)``
+A recording is checked once, at the boundary, into an :class:`analysis.recording.Recording`
+(plain arrays; passed on, it is not checked again), and
+:func:`analysis.recording.split_recording` is the one policy choosing held-out neurons and
+test trials where a recording does not say.
+
+**Latent models** are scikit-learn estimators with one surface (xarray in/out): ``fit(recording)``
 on training trials (all neurons visible), ``transform(recording) -> DataArray`` latents
 ``(trial, time, latent)`` inferred from held-in neurons only, ``predict(recording) ->
 DataArray`` rates ``(trial, time, neuron)`` in counts per bin for every neuron from held-in
-neurons only, and ``score(recording) -> float`` (co-smoothing bits per spike on the held-out
-neurons). Hyper-parameters go to ``__init__``; learned state ends in ``_``.
+neurons only, ``forecast(recording, n_forward)`` rates of the bins after the window (or a
+clear ``NotImplementedError``), and ``score(recording) -> float`` (co-smoothing bits per spike
+on the held-out neurons); ``infer(recording)`` infers once and gives all of them.
+Hyper-parameters go to ``__init__`` (checked in ``fit``); learned state ends in ``_``.
 """

@@ -15,8 +15,8 @@ session times in seconds (NWB's convention): finite, sorted, and not before the 
 Where units were not recorded for the whole session (NWB ``obs_intervals``; electrodes drift,
 units appear and vanish), counts stay integer and a boolean ``observed`` array
 ``(trial, time, neuron)`` says which bins lie entirely inside one of the unit's observation
-intervals. A zero count in an unobserved bin is missing data, not silence; models and metrics
-that care mask with it.
+intervals. A zero count in an unobserved bin is missing data, not silence; every model and
+metric of :mod:`analysis` leaves such bins out (:class:`analysis.recording.Recording`).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from pcsim.activations import ACTIVATIONS
 from analysis.models.base import LatentModel, validate_recording
+from pcsim.training import train
 from pcsim.optim import Adam
 from pcsim.temporal import (TemporalInferenceConfig, TemporalPCNetwork, expected_parameter_gradients, free_energy,
                             laplace_posterior, parameter_gradients, relax)
@@ -123,6 +124,10 @@ class PCLatentModel(LatentModel):
         return TemporalInferenceConfig(steps=steps, dt=self.dt, tau=self.tau, preconditioner=self.preconditioner,
                                        damping=1e-6, tol=tol, max_growth=1e6)
 
+    def _lr(self, epoch: int) -> float:
+        """Adam step size of epoch ``epoch`` (0-based): cosine from ``lr`` to 0 over the epochs."""
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, dtype=np.float32), device=self.device)
 
@@ -144,30 +149,44 @@ class PCLatentModel(LatentModel):
                 mean = (y * mask).sum((0, 1)) / mask.sum((0, 1)).clamp_min(1.0)
             net.readout_bias.copy_(torch.log(mean.clamp_min(1e-3)).reshape(1, 1, N))
         x = (0.1 * torch.randn(1, B, T, D, generator=gen)).to(self.device)
-        opt = Adam(self.lr)
+        opt = Adam(self._lr(0))
         bs = B if self.batch_size is None else min(int(self.batch_size), B)
         cfg = self._config(self.inference_steps)
         energies, free_energies = [], []
-        for epoch in range(self.epochs):
-            opt.lr = self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        totals = [0.0, 0.0]                                                 # this epoch's energy, free energy
+
+        def batches(epoch):
+            """Minibatches of trial indices, in a fresh random order every epoch."""
             order = torch.randperm(B, generator=gen).to(self.device)
-            total = free = 0.0
-            for start in range(0, B, bs):
-                idx = order[start:start + bs]
-                m = None if mask is None else mask[idx]
-                r = relax(net, x[:, idx], y[idx], m, cfg)                    # E-step: relaxation
-                x[:, idx] = r.x
-                total += float(r.energy.sum())
-                if self.learning == "laplace":
-                    q = laplace_posterior(net, r.x, y[idx], m, damping=1e-6)
-                    free += float(free_energy(net, q, y[idx], m).sum())
-                    grads = expected_parameter_gradients(net, q, y[idx], m)
-                else:
-                    grads = parameter_gradients(net, r.x, y[idx], m)
-                opt.step(net.parameters(), grads)                           # M-step: local rules
-            energies.append(total / B)
-            free_energies.append(free / B)
+            return [order[start:start + bs] for start in range(0, B, bs)]
+
+        def step(idx):
+            """One EM step on the trials ``idx``: relax their latents (E), one Adam step on the local rules (M)."""
+            m = None if mask is None else mask[idx]
+            r = relax(net, x[:, idx], y[idx], m, cfg)
+            x[:, idx] = r.x
+            free = 0.0
+            if self.learning == "laplace":
+                q = laplace_posterior(net, r.x, y[idx], m, damping=1e-6)
+                free = float(free_energy(net, q, y[idx], m).sum())
+                grads = expected_parameter_gradients(net, q, y[idx], m)
+            else:
+                grads = parameter_gradients(net, r.x, y[idx], m)
+            opt.step(net.parameters(), grads)
+            return float(r.energy.sum()), free
+
+        def on_step(s):
+            totals[0] += s.output[0]
+            totals[1] += s.output[1]
+
+        def on_epoch(epoch, seconds):
+            energies.append(totals[0] / B)
+            free_energies.append(totals[1] / B)
+            totals[:] = [0.0, 0.0]
             _renormalise(net, x)
+            opt.lr = self._lr(epoch)                                        # for the next epoch
+
+        train(step, batches, self.epochs, on_step=on_step, on_epoch=on_epoch, desc="PC latent model")
         self.network_ = net
         self.latent_mean_ = x.mean((1, 2), keepdim=True)                    # (1, 1, 1, D)
         self.energy_ = np.asarray(energies)

@@ -80,3 +80,26 @@ def test_pcsim_fit_on_an_nwb_file_uses_its_heldout_neurons_and_splits(tmp_path):
 def test_pcsim_fit_reports_a_missing_file(tmp_path, capsys):
     assert cli(["fit", str(tmp_path / "nope.nwb"), "--config", str(CONFIGS / "fit_recording.toml")]) == 2
     assert "nope.nwb" in capsys.readouterr().err
+
+
+def test_pcsim_fit_scores_only_the_observed_bins(tmp_path):
+    """A unit lost half-way through the session (NWB obs_intervals): its bins after that are NaN in
+    results.nc, and the summary's co-bps is the score of the observed bins alone."""
+    rec = lorenz_recording(30, 12, 30, seed=5)
+    spikes, start, stop = _spike_times(rec, np.random.default_rng(0))
+    lost = int(np.flatnonzero(rec.heldout.values)[0])
+    cut = start[15]                                           # unit `lost` is not recorded after trial 14
+    obs = [np.array([[0.0, stop[-1] + 1]]) if u != lost else np.array([[0.0, cut]]) for u in range(12)]
+    spikes[lost] = spikes[lost][spikes[lost] <= cut]
+    path = write_nwb(spikes, tmp_path / "rec.nwb", trials={"start_time": start, "stop_time": stop, "split": rec.split.values},
+                     heldout=rec.heldout.values, obs_intervals=obs, resolution=1e-5)
+    out = tmp_path / "fit"
+    assert cli(["fit", str(path), "--config", str(CONFIGS / "fit_recording.toml"), "--out", str(out),
+                "--set", "recording.window_ms=[0, 300]", "--set", 'models.fit=["smoothing"]', "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    ds = xr.open_dataset(out / "results.nc")
+    counts = ds.heldout_counts.sel(neuron=rec.neuron.values[lost]).values
+    late = ds.trial.values >= 15
+    assert np.isnan(counts[late]).all() and not np.isnan(counts[~late]).any()
+    assert summary["smoothing"]["co_bps"] == pytest.approx(
+        metrics.co_bps(ds.pred_rates.sel(model="smoothing"), ds.heldout_counts), rel=1e-12)
