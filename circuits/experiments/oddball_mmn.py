@@ -71,17 +71,22 @@ class OddballSection:
 class Config(ExperimentConfig):
     """The ``oddball_mmn`` experiment."""
 
-    circuit: CircuitSection = field(default_factory=CircuitSection)
+    circuit: CircuitSection = field(default_factory=lambda: CircuitSection(tau_deep=10.0, prior_rate=0.01))
     oddball: OddballSection = field(default_factory=OddballSection)
+
+    def __post_init__(self):
+        c, o = self.circuit, self.oddball
+        c.check_area(o.measure_area, "oddball.measure_area")
+        c.check_record_every(o.record_every_ms, "oddball.record_every_ms")
+        if o.standard + max(o.deviances) >= c.n_channels:
+            raise ValueError(f"key 'oddball.deviances': the largest deviant (channel {o.standard + max(o.deviances)}) is "
+                             f"off the {c.n_channels}-channel tonotopic map (circuit.n_channels)")
 
 
 def build_stimulus(c: CircuitSection, o: OddballSection):
     """The oddball blocks followed by the control and omission blocks (a :class:`Stimulus`)."""
     common = dict(n_channels=c.n_channels, n_tones=o.n_tones, duration_ms=o.duration_ms, soa_ms=o.soa_ms,
                   width=o.width, seeds=o.seeds)
-    if o.standard + max(o.deviances) >= c.n_channels:
-        raise ValueError(f"the largest deviant (channel {o.standard + max(o.deviances)}) is off the "
-                         f"{c.n_channels}-channel tonotopic map")
     stim = Oddball(standard=o.standard, deviances=o.deviances, p_deviants=o.p_deviants, **common).build()
     if o.control:
         # equiprobable tones `spacing` apart, the deviant's tone among them, as many as the
@@ -102,7 +107,6 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Simulate every block in one batched run, cut epochs and measure MMN, control and omission."""
     c, o = config.circuit, config.oddball
     circ = c.build(ctx.device)
-    c.check_area(o.measure_area, "oddball.measure_area")
     stim = build_stimulus(c, o)
     kind = stim.labels["kind"]
     nxt = np.concatenate([kind[:, 1:], np.full((stim.blocks, 1), "", dtype=object)], axis=1)
@@ -162,10 +166,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
 def plot(ds: xr.Dataset) -> dict:
     """ERPs of the error populations (deviant, standard, control, omission), MMN difference
     waves per area, and MMN amplitude against deviance for each deviant probability."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     area = str(ds.attrs.get("measure_area", ds.area.values[1]))
     err = ds.error_activity
@@ -176,7 +177,8 @@ def plot(ds: xr.Dataset) -> dict:
     p0, d0 = ps[len(ps) // 2], devs[len(devs) // 2]
     cond = late & (ds.paradigm == "oddball") & (ds.p_deviant == p0) & (ds.deviance == d0)
     areas = [a for a in ds.area.values]
-    fig, axes = plt.subplots(1, len(areas), figsize=(3.6 * len(areas), 3.2), sharey=True, squeeze=False)
+    fig = Figure(figsize=(3.6 * len(areas), 3.2))
+    axes = fig.subplots(1, len(areas), sharey=True, squeeze=False)
     for ax, a in zip(axes[0], areas):
         for kind, col in (("standard", "C0"), ("deviant", "C3")):
             sel = err.sel(area=a).where(cond & (ds.kind == kind), drop=True)
@@ -194,7 +196,8 @@ def plot(ds: xr.Dataset) -> dict:
     fig.tight_layout()
     figs["erp"] = fig
 
-    fig, ax = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig = Figure(figsize=(8, 3.2))
+    ax = fig.subplots(1, 2)
     for p in ps:
         ax[0].plot(devs, mmn.sel(area=area, p_deviant=p), "o-", label=f"p = {p:g}")
     ax[0].axhline(0, color="k", lw=0.5)

@@ -63,17 +63,22 @@ class RepetitionSection:
 class Config(ExperimentConfig):
     """The ``repetition_suppression`` experiment."""
 
-    circuit: CircuitSection = field(default_factory=CircuitSection)
+    circuit: CircuitSection = field(default_factory=lambda: CircuitSection(tau_deep=10.0, prior_rate=0.01))
     repetition: RepetitionSection = field(default_factory=RepetitionSection)
+
+    def __post_init__(self):
+        c, r = self.circuit, self.repetition
+        c.check_area(r.measure_area, "repetition.measure_area")
+        c.check_record_every(r.record_every_ms, "repetition.record_every_ms")
+        if max(r.frequencies) >= c.n_channels:
+            raise ValueError(f"key 'repetition.frequencies': tone at channel {max(r.frequencies)} is off the "
+                             f"{c.n_channels}-channel map (circuit.n_channels)")
 
 
 def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Simulate every block at once, cut epochs per tone and measure responses per repetition."""
     c, r = config.circuit, config.repetition
     circ = c.build(ctx.device)
-    c.check_area(r.measure_area, "repetition.measure_area")
-    if max(r.frequencies) >= c.n_channels:
-        raise ValueError(f"tone at channel {max(r.frequencies)} is off the {c.n_channels}-channel map")
     stim = Repetition(n_channels=c.n_channels, frequencies=r.frequencies, n_repeats=r.n_repeats, n_trains=r.n_trains,
                       duration_ms=r.duration_ms, soa_ms=r.soa_ms, width=r.width, seeds=r.seeds).build()
     keep = np.broadcast_to(np.arange(stim.slots)[None, :] >= r.skip_trains * r.n_repeats, stim.schedule.shape)
@@ -117,16 +122,15 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
 def plot(ds: xr.Dataset) -> dict:
     """Error and prediction time courses for repetitions 1, 2, 4 and the last, and both
     responses against repetition number (normalised to the first)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     a = str(ds.attrs.get("measure_area", ds.area.values[1]))
     reps = ds.repetition_number.values
     show = sorted({1, 2, 4, int(reps[-1])} & set(int(x) for x in reps))
-    cmap = plt.get_cmap("viridis")
-    fig, ax = plt.subplots(1, 3, figsize=(11, 3.2))
+    cmap = colormaps.get_cmap("viridis")
+    fig = Figure(figsize=(11, 3.2))
+    ax = fig.subplots(1, 3)
     for i, n in enumerate(show):
         col = cmap(i / max(1, len(show) - 1))
         sel = ds.repetition == n
