@@ -29,7 +29,7 @@ def rate_throughput(trials: int = 1000, seconds: float = 1.0, device: str = "cpu
     from .experiments.sections import CircuitSection
     from .paradigms import Oddball
 
-    circ = CircuitSection(n_channels=24, areas=3, dt=0.5).build(device)
+    circ = CircuitSection(n_channels=24, areas=3, dt=0.5, tau_deep=10.0, prior_rate=0.01).build(device)
     soa = 500.0
     n_tones = max(1, int(seconds * 1000 // soa))
     stim = Oddball(n_channels=24, standard=8.0, deviances=(4.0,), p_deviants=(0.1,), n_tones=n_tones, soa_ms=soa,
