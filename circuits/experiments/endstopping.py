@@ -81,6 +81,7 @@ from ..images import NaturalPatches, dog_filter, sample_patches, whitened_images
 from ..laminar import CircuitParams, LaminarCircuit
 from ..measures import suppression_index
 from ..paradigms import Bars, Stimulus
+from .sections import engine_object
 
 __all__ = [
     "Config",
@@ -182,19 +183,17 @@ class TrainingSection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class BarsSection:
-    """Horizontal bars of ``lengths`` px and ``thickness`` px centred on the middle module,
-    at ``contrast`` (fraction of the grey range above the mean-luminance background), on at
-    ``onset_ms`` for ``duration_ms``; a cell's response is its mean rate over the last
-    ``window_ms`` of the bar."""
+class BarsSection(Bars):
+    """The bars: every field of :class:`~circuits.paradigms.Bars` (``lengths`` and
+    ``thickness`` in px, ``orientation``, centre, ``contrast`` as a fraction of the grey range
+    above the mean-luminance background, on at ``onset_ms`` for ``duration_ms``), declared
+    there once, on the image level 2 sees (its ``height`` and ``width`` come from
+    ``[network]``) and centred on the middle module by default; ``window_ms``: a cell's
+    response is its mean rate over the last ``window_ms`` of the bar."""
 
-    lengths: tuple[int, ...] = field(default=(2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 26),
-                                     metadata={"ge": 1, "nonempty": True})
-    thickness: int = field(default=2, metadata={"ge": 1})
-    contrast: float = field(default=0.5, metadata={"gt": 0})
-    onset_ms: float = field(default=50.0, metadata={"ge": 0})
-    duration_ms: float = field(default=800.0, metadata={"gt": 0})
-    window_ms: float = field(default=200.0, metadata={"gt": 0})
+    height: int = field(default=0, init=False, repr=False)  # the network's image
+    width: int = field(default=0, init=False, repr=False)
+    window_ms: float = field(default=200.0, metadata={"gt": 0, "units": "ms"})
 
     def __post_init__(self):
         if list(self.lengths) != sorted(set(self.lengths)) or len(self.lengths) < 2:
@@ -235,7 +234,8 @@ class Config(ExperimentConfig):
     images: ImagesSection = field(default_factory=ImagesSection)
     network: NetworkSection = field(default_factory=NetworkSection)
     training: TrainingSection = field(default_factory=TrainingSection)
-    bars: BarsSection = field(default_factory=BarsSection)
+    bars: BarsSection = field(default_factory=lambda: BarsSection(
+        lengths=(2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 26), contrast=0.5, duration_ms=800.0))
     circuit: CircuitSection = field(default_factory=CircuitSection)
     measure: MeasureSection = field(default_factory=MeasureSection)
 
@@ -328,8 +328,7 @@ def bar_stimulus(net_cfg: NetworkSection, bars_cfg: BarsSection, images_cfg: Ima
     grey levels) passed through the training images' :func:`dog_filter` and divided by their
     ``scale``. Returns the :class:`Stimulus` (one block per length, patterns ``(lengths,
     height * width)``) and the raw bar images ``(lengths, height, width)``."""
-    bars = Bars(height=net_cfg.height, width=net_cfg.width, lengths=tuple(bars_cfg.lengths), thickness=bars_cfg.thickness,
-                contrast=bars_cfg.contrast, onset_ms=bars_cfg.onset_ms, duration_ms=bars_cfg.duration_ms)
+    bars = engine_object(bars_cfg, Bars, height=net_cfg.height, width=net_cfg.width)
     raw = bars.images()
     h, w = net_cfg.height, net_cfg.width
 

@@ -1,8 +1,11 @@
-"""The ``[circuit]`` table shared by the tonotopic circuit experiments."""
+"""Config tables shared by the circuit experiments: ``[circuit]`` (a tonotopic hierarchy whose
+dynamics are :class:`~circuits.laminar.CircuitParams`) and the way a section that derives
+from an engine dataclass turns back into that dataclass (:func:`engine_object`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -58,3 +61,11 @@ class CircuitSection(CircuitParams):
         precs = list(self.precisions) * (self.areas if len(self.precisions) == 1 else 1)
         return LaminarCircuit((n,) * self.areas, [np.eye(n)] * (self.areas - 1), activations="linear",
                               precisions=precs, area_names=self.area_names, params=self.params(), device=device)
+
+
+def engine_object(section: Any, cls: type, **given: Any) -> Any:
+    """The ``cls`` instance (an engine or paradigm dataclass that ``section`` derives from)
+    holding the section's values of every ``cls`` field, except those in ``given`` (fields
+    the section leaves to another table, e.g. a tone sequence's ``n_channels``, which is the
+    circuit's)."""
+    return cls(**{f.name: getattr(section, f.name) for f in fields(cls) if f.init and f.name not in given}, **given)

@@ -39,31 +39,31 @@ from ..measures import population_activity, window_mean
 from ..epochs import cut_epochs
 from ..paradigms import Oddball
 from ..spiking import SpikingCircuit, SpikingParams
-from .sections import CircuitSection
+from .sections import CircuitSection, engine_object
 
 
 @dataclass(frozen=True, kw_only=True)
-class StimulusSection:
-    """Oddball blocks (one per seed): tones (Gaussian bumps ``width`` channels wide, peak
-    ``amplitude``) of ``duration_ms`` every ``soa_ms``, the first at ``lead_ms``; tone
-    ``standard`` (channel), deviants ``deviance`` channels above it with probability
-    ``p_deviant``, never in the first ``lead_standards`` slots; ``n_tones`` per block."""
+class StimulusSection(Oddball):
+    """Oddball blocks (one per seed): every field of :class:`~circuits.paradigms.Oddball`
+    (tones ``width`` channels wide, peak ``amplitude``, of ``duration_ms`` every ``soa_ms``,
+    the first at ``lead_ms``; tone ``standard``, deviants ``deviances`` channels above it with
+    probability ``p_deviants``, never in the first ``lead_standards`` slots; ``n_tones`` per
+    block), declared there once, on the circuit's tonotopic map (``circuit.n_channels``).
+    This experiment compares one condition: one deviance and one deviant probability."""
 
-    standard: float = field(default=2.0, metadata={"ge": 0})
-    deviance: float = field(default=4.0, metadata={"gt": 0})
-    p_deviant: float = field(default=0.2, metadata={"gt": 0, "le": 0.5})
-    n_tones: int = field(default=40, metadata={"ge": 2})
-    duration_ms: float = field(default=100.0, metadata={"gt": 0})
-    soa_ms: float = field(default=300.0, metadata={"gt": 0})
-    lead_ms: float = field(default=50.0, metadata={"ge": 0})
-    lead_standards: int = field(default=10, metadata={"ge": 0})
-    width: float = field(default=1.5, metadata={"gt": 0})
-    amplitude: float = field(default=1.0, metadata={"gt": 0})
-    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"ge": 0, "nonempty": True})
+    n_channels: int = field(default=0, init=False, repr=False)  # the circuit's
 
     def __post_init__(self):
         if self.soa_ms < self.duration_ms:
             raise ValueError(f"soa_ms ({self.soa_ms}) must be >= duration_ms ({self.duration_ms})")
+        if len(self.deviances) != 1 or len(self.p_deviants) != 1:
+            raise ValueError("deviances and p_deviants take one value each here (one oddball condition), got "
+                             f"{list(self.deviances)} and {list(self.p_deviants)}")
+
+    @property
+    def deviant(self) -> float:
+        """The deviant's channel."""
+        return self.standard + self.deviances[0]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +114,8 @@ class Config(ExperimentConfig):
     """The ``spiking_oddball`` experiment."""
 
     circuit: CircuitSection = field(default_factory=_default_circuit)
-    stimulus: StimulusSection = field(default_factory=StimulusSection)
+    stimulus: StimulusSection = field(default_factory=lambda: StimulusSection(
+        standard=2.0, deviances=(4.0,), p_deviants=(0.2,), n_tones=40, duration_ms=100.0, soa_ms=300.0, seeds=(0, 1, 2)))
     spiking: SpikingSection = field(default_factory=lambda: SpikingSection(smooth_ms=10.0))
     analysis: AnalysisSection = field(default_factory=AnalysisSection)
 
@@ -128,9 +129,9 @@ class Config(ExperimentConfig):
         if c.noise > 0:
             raise ValueError("table 'circuit': noise must be 0 (the spiking network has its own noise; a noisy rate "
                              "reference would not be comparable)")
-        if s.standard + s.deviance >= c.n_channels:
-            raise ValueError(f"table 'stimulus': the deviant (channel {s.standard + s.deviance}) is off the "
-                             f"{c.n_channels}-channel tonotopic map")
+        if s.deviant >= c.n_channels:
+            raise ValueError(f"key 'stimulus.deviances': the deviant (channel {s.deviant}) is off the "
+                             f"{c.n_channels}-channel tonotopic map (circuit.n_channels)")
         if a.window[1] > s.soa_ms:
             raise ValueError(f"table 'analysis': window must end before the next tone ({s.soa_ms} ms)")
         if a.skip_tones >= s.n_tones:
@@ -139,9 +140,7 @@ class Config(ExperimentConfig):
 
 def build_stimulus(s: StimulusSection, n_channels: int):
     """The oddball :class:`~circuits.paradigms.Stimulus` of ``s`` on ``n_channels`` channels."""
-    return Oddball(n_channels=n_channels, standard=s.standard, deviances=(s.deviance,), p_deviants=(s.p_deviant,),
-                   n_tones=s.n_tones, duration_ms=s.duration_ms, soa_ms=s.soa_ms, lead_ms=s.lead_ms,
-                   lead_standards=s.lead_standards, seeds=s.seeds, width=s.width, amplitude=s.amplitude).build()
+    return engine_object(s, Oddball, n_channels=n_channels).build()
 
 
 def fidelity(spiking: xr.DataArray, reference: xr.DataArray, min_sd: float) -> xr.Dataset:
@@ -217,7 +216,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     dev, std = np.flatnonzero(kind == "deviant"), np.flatnonzero(kind == "standard")
     if dev.size == 0 or std.size == 0:
         raise ValueError(f"no deviant or no standard after analysis.skip_tones = {an.skip_tones}: lengthen "
-                         "stimulus.n_tones or raise stimulus.p_deviant")
+                         "stimulus.n_tones or raise stimulus.p_deviants")
     erp = xr.concat([err.isel(trial=std).mean("trial"), err.isel(trial=dev).mean("trial")],
                     dim=xr.DataArray(["standard", "deviant"], dims="kind", name="kind")).rename(time="epoch_time")
     erp = bare(erp).assign_coords(epoch_time=("epoch_time", err.time.values,
@@ -248,7 +247,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     ds.attrs.update({k: v for k, v in spk.attrs.items() if isinstance(v, (int, float, str))})
     ds.attrs.update(smooth_ms=sp.smooth_ms, min_sd=an.min_sd, min_correlation=an.min_correlation,
                     window_ms=list(an.window), skip_tones=an.skip_tones, stimulus_duration_ms=s.duration_ms,
-                    soa_ms=s.soa_ms, standard_channel=s.standard, deviant_channel=s.standard + s.deviance,
+                    soa_ms=s.soa_ms, standard_channel=s.standard, deviant_channel=s.deviant,
                     n_deviants=int(dev.size), n_standards=int(std.size))
     steps.update()
     steps.close()

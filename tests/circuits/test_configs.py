@@ -58,3 +58,23 @@ def test_cross_field_mistakes_are_config_errors(name, override, key):
         load_config(path, overrides=[override])
     msg = str(info.value)
     assert msg.startswith(str(path)) and key in msg, msg
+
+
+def test_protocol_tables_are_the_paradigms():
+    """[oddball] is an Oddball (every paradigm field a key, its defaults), its tones play on
+    the circuit's map, and the map width is not a second key of the protocol table."""
+    from circuits.experiments import oddball_mmn
+    from circuits.experiments.sections import engine_object
+    from circuits.paradigms import Oddball
+
+    path = ROOT / "configs" / "oddball_mmn.toml"
+    cfg = load_config(path, overrides=["oddball.seeds=[3]"])
+    assert isinstance(cfg.oddball, Oddball)
+    odd = engine_object(cfg.oddball, Oddball, n_channels=cfg.circuit.n_channels)
+    assert type(odd) is Oddball and odd.n_channels == 24 and odd.seeds == (3,)
+    want = Oddball(n_channels=24, standard=8.0, deviances=(2.0, 4.0, 8.0), p_deviants=(0.05, 0.1, 0.25), n_tones=150,
+                   duration_ms=100.0, soa_ms=500.0, seeds=(3,)).build()
+    got = oddball_mmn.build_stimulus(cfg.circuit, cfg.oddball)
+    assert (got.schedule[: want.blocks] == want.schedule).all() and got.patterns.shape[1] == 24
+    with pytest.raises(ConfigError, match="unknown key 'oddball.n_channels'"):
+        load_config(path, overrides=["oddball.n_channels=30"])
