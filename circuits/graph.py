@@ -140,6 +140,7 @@ class PackedGraph:
     constant: Tensor | None  # (T, A, 1, U) biases (None: all zero)
     constant_lfp: Tensor  # (A * 3,) summed |bias| per LFP entry
     prior_input: Tensor  # (T, 1, U) gain of c * m into the top area
+    prior_gains: list[tuple[int, Tensor]]  # (type index, gain (1, U)) of every type the prior enters
     prior_lfp: list[tuple[int, int]]  # (type index, lfp entry) of the prior inputs
     prior_errors: tuple[int, int] | None  # type indices of the two top error populations
     prior_rate: float
@@ -249,6 +250,7 @@ class PackedGraph:
         for name, g in graph.prior_inputs.items():
             prior_input[ti[pops[name].population], 0, : g.shape[0]] = g.to(**z)
         prior_lfp = [(ti[pops[n].population], lfp_of[n]) for n in graph.prior_inputs if n in lfp_of]
+        prior_gains = [(t, prior_input[t]) for t in sorted({ti[pops[n].population] for n in graph.prior_inputs})]
         unit_mask = torch.zeros(A, 1, U, **z)
         for a, n in enumerate(sizes):
             unit_mask[a, 0, :n] = 1.0
@@ -263,7 +265,7 @@ class PackedGraph:
             else:
                 runs.append((i, i + 1))
         return cls(list(areas), tuple(sizes), U, float(p.dt), types, order, span, k, 1.0 - k * decay, runs,
-                   terms, constant, constant_lfp, prior_input, prior_lfp, errors, float(graph.prior_rate), top, inp,
+                   terms, constant, constant_lfp, prior_input, prior_gains, prior_lfp, errors, float(graph.prior_rate), top, inp,
                    input_lfp, unit_mask, missing, float(getattr(p, "noise", 0.0)))
 
     def pack(self, state: dict[str, list[Tensor | None]], m: Tensor) -> dict[str, Tensor]:
@@ -290,8 +292,10 @@ class PackedGraph:
         stimulus a separate input) to its pyramidal populations, NaN where it has none."""
         x, m = st["x"], st["m"]
         T, A, B, U = x.shape
-        u = x.new_zeros(T, A, B, U) if self.constant is None else self.constant.expand(-1, -1, B, -1).clone()
         lfp = self.constant_lfp[:, None].expand(-1, B).clone() if want_aux else None
+        # every input as (target type, first area, last area, kind, operands): kind 'mul' and
+        # 'bmm' are the products src * gains and src @ weight, 'add' a ready value
+        inputs: list[tuple] = []
         fx: dict[tuple, Tensor] = {}
         for g in self.terms:
             src = x[g.source, g.lo - g.shift: g.hi - g.shift + 1]
@@ -300,38 +304,32 @@ class PackedGraph:
                 if key not in fx:
                     fx[key] = get_activation(g.transfer).f(src)
                 src = fx[key]
-            out = u[g.target, g.lo: g.hi + 1]  # a view: the products below add into u in place
-            if g.gain is not None and g.gain != "linear":
-                a, xd = get_activation(g.gain), x[g.target, g.lo: g.hi + 1]
-                v = (src * g.weight if g.diagonal else torch.bmm(src, g.weight)) * a.df(xd, a.f(xd))
-                out += v
-            elif lfp is not None:
+            if g.gain is not None and g.gain != "linear" or lfp is not None:
                 v = src * g.weight if g.diagonal else torch.bmm(src, g.weight)
-                out += v
+                if g.gain is not None and g.gain != "linear":
+                    a, xd = get_activation(g.gain), x[g.target, g.lo: g.hi + 1]
+                    v = v * a.df(xd, a.f(xd))
+                inputs.append((g.target, g.lo, g.hi, "add", v))
+                if lfp is not None:
+                    mag = v.abs().sum(-1)
+                    for i, e in enumerate(g.lfp):
+                        if e >= 0:
+                            lfp[e] += mag[i]
             else:
-                v = None
-                if g.diagonal:
-                    out.addcmul_(src, g.weight)
-                else:
-                    out.baddbmm_(src, g.weight)
-            if lfp is not None:
-                mag = v.abs().sum(-1)
-                for i, e in enumerate(g.lfp):
-                    if e >= 0:
-                        lfp[e] += mag[i]
+                inputs.append((g.target, g.lo, g.hi, "mul" if g.diagonal else "bmm", (src, g.weight)))
         if cue:
             cm = cue * m
-            u[:, self.top] += self.prior_input * cm
+            for t, gain in self.prior_gains:
+                inputs.append((t, self.top, self.top, "add", (gain * cm)[None]))
             if lfp is not None:
                 for t, e in self.prior_lfp:
                     lfp[e] += (self.prior_input[t] * cm).abs().sum(-1)
         if self.input is not None:
             t, a = self.input
-            u[t, a] += drive
+            inputs.append((t, a, a, "add", drive[None]))
             if lfp is not None and self.input_lfp >= 0:
                 lfp[self.input_lfp] += drive.abs().sum(-1)
-        for t0, t1 in self.rectified:
-            u[t0:t1].clamp_(min=0)
+        u = self._sum_inputs(inputs, x)
         # x + k (phi(u) - decay x), written as retain * x + k * phi(u)
         x1 = torch.addcmul(self.retain * x, self.k, u)
         if gen is not None and self.noise > 0:
@@ -348,6 +346,37 @@ class PackedGraph:
         if lfp is None:
             return new, None
         return new, lfp.view(A, len(LFP_LAYERS), B).permute(0, 2, 1) + self.lfp_missing
+
+    def _sum_inputs(self, inputs: list[tuple], x: Tensor) -> Tensor:
+        """The summed input ``phi(u)`` ``(T, A, B, U)`` (rectified for rectified types) from the
+        ``inputs`` of :meth:`step`. Eager: accumulated in place into one buffer (no
+        temporaries); compiled: as a sum of padded terms, which Inductor fuses (in-place adds
+        into slices would become a full copy each under functionalisation)."""
+        T, A, B, U = x.shape
+        if not torch.compiler.is_compiling():
+            u = x.new_zeros(T, A, B, U) if self.constant is None else self.constant.expand(-1, -1, B, -1).clone()
+            for t, lo, hi, kind, v in inputs:
+                out = u[t, lo: hi + 1]  # a view: the products add into u in place
+                if kind == "mul":
+                    out.addcmul_(*v)
+                elif kind == "bmm":
+                    out.baddbmm_(*v)
+                else:
+                    out += v
+            for t0, t1 in self.rectified:
+                u[t0:t1].clamp_(min=0)
+            return u
+        rows = []
+        for t in range(T):
+            acc = x.new_zeros(A, B, U) if self.constant is None else self.constant[t].expand(-1, B, -1)
+            for tt, lo, hi, kind, v in inputs:
+                if tt == t:
+                    v = v[0] * v[1] if kind == "mul" else torch.bmm(*v) if kind == "bmm" else v
+                    acc = acc + torch.nn.functional.pad(v, (0, 0, 0, 0, lo, A - 1 - hi))
+            if any(t0 <= t < t1 for t0, t1 in self.rectified):
+                acc = torch.relu(acc)
+            rows.append(acc)
+        return torch.stack(rows)
 
 
 def _is_diagonal(w: Tensor) -> bool:

@@ -36,7 +36,7 @@ Every state tensor has a leading trial axis ``B``: blocks and conditions of a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Sequence
 
 import numpy as np
@@ -59,9 +59,19 @@ _DRAW_ORDER = ("inh_pos", "inh_neg", "l23_pos", "l23_neg", "l4", "l56")
 LAYER_OF = {"l4": "L4", "l23_pos": "L2/3", "l23_neg": "L2/3", "l56": "L5/6", "inh_pos": "L2/3", "inh_neg": "L2/3"}
 
 
+def _knob(default, units: str | None = None, **ranges):
+    """A :class:`CircuitParams` field: its default, range (``ge``/``gt``/``le``/``lt``, the
+    keys :mod:`pcsim.config` validates) and units, declared once for code and configs."""
+    meta = dict(ranges)
+    if units is not None:
+        meta["units"] = units
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class CircuitParams:
-    """Time constants and switches of a :class:`LaminarCircuit`.
+    """Time constants and switches of a :class:`LaminarCircuit` (also the ``[circuit]`` table
+    of the circuit experiments' configs).
 
     ``dt``: Euler step (ms). ``tau_l4``, ``tau_error``, ``tau_deep``, ``tau_inh``: time
     constants (ms) of the L4, L2/3 error, L5/6 representation and interneuron populations.
@@ -72,30 +82,37 @@ class CircuitParams:
     white noise gives each leaky population (an Ornstein-Uhlenbeck drive; 0 = none).
     """
 
-    dt: float = 0.5
-    tau_l4: float = 5.0
-    tau_error: float = 5.0
-    tau_deep: float = 20.0
-    tau_inh: float = 5.0
+    dt: float = _knob(0.5, "ms", gt=0)
+    tau_l4: float = _knob(5.0, "ms", gt=0)
+    tau_error: float = _knob(5.0, "ms", gt=0)
+    tau_deep: float = _knob(20.0, "ms", gt=0)
+    tau_inh: float = _knob(5.0, "ms", gt=0)
     interneurons: bool = False
-    deep_leak: float = 0.0
-    prior_rate: float = 0.0
-    noise: float = 0.0
+    deep_leak: float = _knob(0.0, ge=0)
+    prior_rate: float = _knob(0.0, "1/ms", ge=0)
+    noise: float = _knob(0.0, "rate units", ge=0)
 
     def __post_init__(self):
-        for name in ("dt", "tau_l4", "tau_error", "tau_deep", "tau_inh"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"CircuitParams.{name} must be a finite number > 0 (ms), got {v!r}")
-        for name in ("deep_leak", "prior_rate", "noise"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"CircuitParams.{name} must be a finite number >= 0, got {v!r}")
+        # the field ranges again, for circuits built in Python rather than from a config
+        for f in fields(CircuitParams):
+            v = getattr(self, f.name)
+            if f.type in (float, "float") and not (isinstance(v, (int, float)) and math.isfinite(v)
+                                                   and all(_HOLDS[k](v, f.metadata[k]) for k in _HOLDS if k in f.metadata)):
+                bounds = " and ".join(f"{_SYMBOL[k]} {f.metadata[k]}" for k in _HOLDS if k in f.metadata)
+                raise ValueError(f"CircuitParams.{f.name} must be a finite number {bounds}, got {v!r}")
         fastest = min(self.tau_l4, self.tau_error, self.tau_inh if self.interneurons else math.inf)
         if self.dt > fastest / 2:
             raise ValueError(
-                f"CircuitParams.dt = {self.dt} ms is too coarse for the fastest time constant ({fastest} ms): "
+                f"dt = {self.dt} ms is too coarse for the fastest time constant ({fastest} ms): "
                 f"use dt <= {fastest / 2} ms")
+
+    def circuit_params(self) -> "CircuitParams":
+        """The :class:`CircuitParams` fields alone (of a config section that derives from it)."""
+        return CircuitParams(**{f.name: getattr(self, f.name) for f in fields(CircuitParams)})
+
+
+_HOLDS = {"gt": lambda v, b: v > b, "ge": lambda v, b: v >= b, "lt": lambda v, b: v < b, "le": lambda v, b: v <= b}
+_SYMBOL = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
 def _vec(x, n: int, name: str, device, dtype) -> Tensor:

@@ -20,13 +20,14 @@ Units: times in ms; pattern entries are input rates in the circuit's rate units.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Callable, Literal
 
 import numpy as np
 
 __all__ = [
     "Stimulus",
     "tone",
+    "ToneSequence",
     "Oddball",
     "ManyStandards",
     "Repetition",
@@ -184,18 +185,18 @@ def _slots(n: int, soa_ms: float, duration_ms: float, lead_ms: float) -> tuple[n
 
 
 @dataclass(frozen=True)
-class _ToneSequence:
+class ToneSequence:
     """Fields every tone sequence shares: ``n_channels`` of the tonotopic map, slots
     ``soa_ms`` apart from ``lead_ms`` on, each tone ``duration_ms`` long, Gaussian bumps of
     ``width`` channels and peak ``amplitude``, one block per seed in ``seeds``."""
 
-    n_channels: int = 32
-    duration_ms: float = 50.0
-    soa_ms: float = 300.0
-    lead_ms: float = 50.0
-    seeds: Sequence[int] = (0,)
-    width: float = 1.5
-    amplitude: float = 1.0
+    n_channels: int = field(default=32, metadata={"ge": 1})
+    duration_ms: float = field(default=50.0, metadata={"gt": 0, "units": "ms"})
+    soa_ms: float = field(default=300.0, metadata={"gt": 0, "units": "ms"})
+    lead_ms: float = field(default=50.0, metadata={"ge": 0, "units": "ms"})
+    seeds: tuple[int, ...] = field(default=(0,), metadata={"ge": 0, "nonempty": True})
+    width: float = field(default=1.5, metadata={"gt": 0, "units": "channels"})
+    amplitude: float = field(default=1.0, metadata={"gt": 0, "units": "rate units"})
 
     def _tones(self, freqs) -> np.ndarray:
         """The patterns ``(len(freqs), n_channels)`` of tones at ``freqs`` (channels)."""
@@ -203,7 +204,7 @@ class _ToneSequence:
 
 
 @dataclass(frozen=True)
-class Oddball(_ToneSequence):
+class Oddball(ToneSequence):
     """Auditory-style oddball: standard tones with rare deviants.
 
     One block per (deviant probability, deviance, seed) combination. In each block, tone
@@ -215,11 +216,11 @@ class Oddball(_ToneSequence):
     the last deviant); block conditions: ``p_deviant``, ``deviance``, ``seed``, ``paradigm``.
     """
 
-    n_tones: int = 200
-    standard: float = 10.0
-    deviances: Sequence[float] = (4.0,)
-    p_deviants: Sequence[float] = (0.1,)
-    lead_standards: int = 10
+    n_tones: int = field(default=200, metadata={"ge": 1})
+    standard: float = field(default=10.0, metadata={"ge": 0, "units": "channels"})
+    deviances: tuple[float, ...] = field(default=(4.0,), metadata={"gt": 0, "nonempty": True, "units": "channels"})
+    p_deviants: tuple[float, ...] = field(default=(0.1,), metadata={"gt": 0, "le": 0.5, "nonempty": True})
+    lead_standards: int = field(default=10, metadata={"ge": 0})
 
     def build(self) -> Stimulus:
         """The :class:`Stimulus` with ``len(p_deviants) * len(deviances) * len(seeds)`` blocks."""
@@ -273,7 +274,7 @@ def _since(dev: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ManyStandards(_ToneSequence):
+class ManyStandards(ToneSequence):
     """The many-standards control for an oddball: ``n_tone_types`` equiprobable tones in
     random order, spaced ``spacing`` channels apart starting at ``lowest``. The tone at
     ``target`` (the oddball's deviant frequency) is labelled 'control' and occurs as often
@@ -306,16 +307,17 @@ class ManyStandards(_ToneSequence):
 
 
 @dataclass(frozen=True)
-class Repetition(_ToneSequence):
+class Repetition(ToneSequence):
     """Repetition trains (roving standard): each block plays ``n_trains`` trains; a train is
     one tone repeated ``n_repeats`` times, and consecutive trains change tone (drawn from
     ``frequencies``, never the same twice in a row). Slot labels: ``repetition`` (1 for the
     first tone of a train, which is a deviant for the preceding train), ``frequency``,
     ``kind`` ('first' or 'repeat')."""
 
-    frequencies: Sequence[float] = (6.0, 12.0, 18.0, 24.0)
-    n_repeats: int = 8
-    n_trains: int = 12
+    frequencies: tuple[float, ...] = field(default=(6.0, 12.0, 18.0, 24.0),
+                                           metadata={"ge": 0, "nonempty": True, "units": "channels"})
+    n_repeats: int = field(default=8, metadata={"ge": 1})
+    n_trains: int = field(default=12, metadata={"ge": 1})
 
     def build(self) -> Stimulus:
         """The :class:`Stimulus`, one block per seed."""
@@ -343,7 +345,7 @@ class Repetition(_ToneSequence):
 
 
 @dataclass(frozen=True)
-class Omission(_ToneSequence):
+class Omission(ToneSequence):
     """A regular tone sequence in which a tone is occasionally left out: tone ``frequency``
     in every slot except omissions (probability ``p_omission``, never in the first
     ``lead_standards`` slots nor twice in a row). The cue still marks the omitted slot as
@@ -387,14 +389,15 @@ class Bars:
 
     height: int = 16
     width: int = 26
-    lengths: Sequence[int] = (2, 4, 6, 8, 10, 12, 14, 16, 20, 26)
-    thickness: int = 2
+    lengths: tuple[int, ...] = field(default=(2, 4, 6, 8, 10, 12, 14, 16, 20, 26),
+                                     metadata={"ge": 1, "nonempty": True, "units": "px"})
+    thickness: int = field(default=2, metadata={"ge": 1, "units": "px"})
     center_row: float | None = None
     center_col: float | None = None
-    orientation: str = "horizontal"
-    contrast: float = 1.0
-    onset_ms: float = 50.0
-    duration_ms: float = 400.0
+    orientation: Literal["horizontal", "vertical"] = "horizontal"
+    contrast: float = field(default=1.0, metadata={"gt": 0, "units": "fraction of the grey range"})
+    onset_ms: float = field(default=50.0, metadata={"ge": 0, "units": "ms"})
+    duration_ms: float = field(default=400.0, metadata={"gt": 0, "units": "ms"})
 
     def images(self) -> np.ndarray:
         """The bar images ``(len(lengths), height, width)``."""

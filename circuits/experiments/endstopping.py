@@ -75,10 +75,13 @@ from pcsim.network import PCNetwork
 from pcsim.optim import Adam
 from pcsim.registry import ExperimentResult, RunContext
 from pcsim.rules import StandardPC
+from pcsim.training import TrainStep, train
 
+from ..images import NaturalPatches, dog_filter, sample_patches, whitened_images
 from ..laminar import CircuitParams, LaminarCircuit
 from ..measures import suppression_index
 from ..paradigms import Bars, Stimulus
+from .sections import engine_object
 
 __all__ = [
     "Config",
@@ -180,19 +183,17 @@ class TrainingSection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class BarsSection:
-    """Horizontal bars of ``lengths`` px and ``thickness`` px centred on the middle module,
-    at ``contrast`` (fraction of the grey range above the mean-luminance background), on at
-    ``onset_ms`` for ``duration_ms``; a cell's response is its mean rate over the last
-    ``window_ms`` of the bar."""
+class BarsSection(Bars):
+    """The bars: every field of :class:`~circuits.paradigms.Bars` (``lengths`` and
+    ``thickness`` in px, ``orientation``, centre, ``contrast`` as a fraction of the grey range
+    above the mean-luminance background, on at ``onset_ms`` for ``duration_ms``), declared
+    there once, on the image level 2 sees (its ``height`` and ``width`` come from
+    ``[network]``) and centred on the middle module by default; ``window_ms``: a cell's
+    response is its mean rate over the last ``window_ms`` of the bar."""
 
-    lengths: tuple[int, ...] = field(default=(2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 26),
-                                     metadata={"ge": 1, "nonempty": True})
-    thickness: int = field(default=2, metadata={"ge": 1})
-    contrast: float = field(default=0.5, metadata={"gt": 0})
-    onset_ms: float = field(default=50.0, metadata={"ge": 0})
-    duration_ms: float = field(default=800.0, metadata={"gt": 0})
-    window_ms: float = field(default=200.0, metadata={"gt": 0})
+    height: int = field(default=0, init=False, repr=False)  # the network's image
+    width: int = field(default=0, init=False, repr=False)
+    window_ms: float = field(default=200.0, metadata={"gt": 0, "units": "ms"})
 
     def __post_init__(self):
         if list(self.lengths) != sorted(set(self.lengths)) or len(self.lengths) < 2:
@@ -202,19 +203,16 @@ class BarsSection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CircuitSection:
-    """Time constants (ms) of the laminar circuit and its Euler step ``dt``; rates are
-    recorded every ``record_every_ms``."""
+class CircuitSection(CircuitParams):
+    """The laminar circuit's :class:`~circuits.laminar.CircuitParams` (time constants and
+    Euler step ``dt`` in ms, declared there once), plus ``record_every_ms``: how often rates
+    are recorded."""
 
-    dt: float = field(default=0.5, metadata={"gt": 0})
-    tau_l4: float = field(default=5.0, metadata={"gt": 0})
-    tau_error: float = field(default=5.0, metadata={"gt": 0})
-    tau_deep: float = field(default=20.0, metadata={"gt": 0})
-    record_every_ms: float = field(default=5.0, metadata={"gt": 0})
+    record_every_ms: float = field(default=5.0, metadata={"gt": 0, "units": "ms"})
 
     def params(self) -> CircuitParams:
-        """The :class:`~circuits.laminar.CircuitParams` (no noise, no leak, fixed prior)."""
-        return CircuitParams(dt=self.dt, tau_l4=self.tau_l4, tau_error=self.tau_error, tau_deep=self.tau_deep)
+        """The :class:`~circuits.laminar.CircuitParams` fields of this section."""
+        return self.circuit_params()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,7 +234,8 @@ class Config(ExperimentConfig):
     images: ImagesSection = field(default_factory=ImagesSection)
     network: NetworkSection = field(default_factory=NetworkSection)
     training: TrainingSection = field(default_factory=TrainingSection)
-    bars: BarsSection = field(default_factory=BarsSection)
+    bars: BarsSection = field(default_factory=lambda: BarsSection(
+        lengths=(2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 26), contrast=0.5, duration_ms=800.0))
     circuit: CircuitSection = field(default_factory=CircuitSection)
     measure: MeasureSection = field(default_factory=MeasureSection)
 
@@ -251,59 +250,6 @@ class Config(ExperimentConfig):
         if self.measure.n_cells > 2 * self.network.module_units:
             raise ValueError(f"measure.n_cells ({self.measure.n_cells}) exceeds the middle module's "
                              f"{2 * self.network.module_units} error cells")
-
-
-# --------------------------------------------------------------------------- images
-def dog_filter(image: np.ndarray, center_sigma: float, surround_sigma: float) -> np.ndarray:
-    """Difference-of-Gaussians (centre-surround) filtering of ``image`` ``(H, W)``: the
-    image blurred with standard deviation ``center_sigma`` minus the image blurred with
-    ``surround_sigma`` (px), outside the image taken as 0 (the mean luminance). Returns an
-    ``(H, W)`` float64 array in the image's units."""
-    from scipy.ndimage import gaussian_filter
-
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim != 2:
-        raise ValueError(f"dog_filter needs a 2-D image, got shape {img.shape}")
-    return gaussian_filter(img, center_sigma, mode="constant") - gaussian_filter(img, surround_sigma, mode="constant")
-
-
-def whitened_images(center_sigma: float = 1.0, surround_sigma: float = 3.0, border: int = 12) -> tuple[list[np.ndarray], float]:
-    """The two photographs shipped with scikit-learn (china, flower), pre-filtered as Rao &
-    Ballard (1999) did: grey levels in [0, 1] (ITU-R 601 luma), :func:`dog_filter`, ``border``
-    px cropped from every side, then divided by one common scale so that the pixels of
-    both images together have unit variance. Returns ``(images, scale)``: a list of two
-    ``(H, W)`` float64 arrays (dimensionless) and the scale (grey-level units per unit),
-    by which any stimulus filtered the same way must also be divided."""
-    from sklearn.datasets import load_sample_images
-
-    luma = np.array([0.299, 0.587, 0.114])
-    filtered = []
-    for rgb in load_sample_images().images:
-        grey = rgb.astype(np.float64) @ luma / 255.0
-        f = dog_filter(grey, center_sigma, surround_sigma)
-        if border:
-            f = f[border:-border, border:-border]
-        filtered.append(f)
-    scale = float(np.sqrt(np.mean(np.concatenate([f.ravel() for f in filtered]) ** 2)))
-    return [f / scale for f in filtered], scale
-
-
-def sample_patches(images: list[np.ndarray], n: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` patches ``height x width`` cut at uniformly random positions from ``images``
-    (each image equally likely), flattened row-major: ``(n, height * width)`` float32."""
-    if n < 1:
-        raise ValueError(f"need n >= 1 patches, got {n}")
-    for k, img in enumerate(images):
-        if img.shape[0] < height or img.shape[1] < width:
-            raise ValueError(f"image {k} ({img.shape}) is smaller than a {height}x{width} patch")
-    which = rng.integers(0, len(images), n)
-    out = np.empty((n, height, width), dtype=np.float32)
-    for i, k in enumerate(which):
-        img = images[k]
-        r = rng.integers(0, img.shape[0] - height + 1)
-        c = rng.integers(0, img.shape[1] - width + 1)
-        out[i] = img[r:r + height, c:c + width]
-    return out.reshape(n, -1)
 
 
 # --------------------------------------------------------------------------- network
@@ -339,12 +285,11 @@ def train_network(net_cfg: NetworkSection, train_cfg: TrainingSection, images: l
     ``seed``, level-1 weights masked by :func:`module_mask`. Each of ``train_cfg.batches``
     steps draws a fresh batch of patches (``numpy`` generator seeded with ``seed``), relaxes
     and applies the local update of :class:`~pcsim.rules.StandardPC` with
-    :class:`~pcsim.optim.Adam`, then :func:`constrain_`. Returns the trained network and the
+    :class:`~pcsim.optim.Adam` (one pass of :class:`~circuits.images.NaturalPatches` through
+    :func:`pcsim.training.train`), then :func:`constrain_` (an ``on_step`` hook). Returns the trained network and the
     per-layer energy at the relaxed state, ``(batches, 3)`` (prior, level 1, image; mean
     over the batch, dimensionless).
     """
-    from tqdm.auto import tqdm
-
     n1 = net_cfg.modules * net_cfg.module_units
     net = PCNetwork.init(
         (net_cfg.level2_units, n1, net_cfg.height * net_cfg.width), (net_cfg.level2_activation, net_cfg.level1_activation),
@@ -354,13 +299,15 @@ def train_network(net_cfg: NetworkSection, train_cfg: TrainingSection, images: l
     constrain_(net, mask)
     rule = StandardPC(InferenceConfig(steps=train_cfg.steps, dt=train_cfg.dt, tau=train_cfg.tau))
     opt = Adam(train_cfg.lr)
-    rng = np.random.default_rng(seed)
+    patches = NaturalPatches(images, net_cfg.height, net_cfg.width, train_cfg.batches, train_cfg.batch_size, seed, device)
     history = np.empty((train_cfg.batches, 3))
-    for i in tqdm(range(train_cfg.batches), desc="training", disable=not progress, leave=False, mininterval=0.5):
-        x = torch.as_tensor(sample_patches(images, train_cfg.batch_size, net_cfg.height, net_cfg.width, rng), device=device)
-        relaxation = rule.step(net, opt, data=x)
+
+    def after_step(s: TrainStep) -> None:
+        # the projection onto the constraints, then the energy of the relaxed state
         constrain_(net, mask)
-        history[i] = relaxation.energy.mean((0, 1)).cpu().numpy()
+        history[s.step] = s.output.energy.mean((0, 1)).cpu().numpy()
+
+    train(lambda x: rule.step(net, opt, data=x), lambda epoch: patches, 1, on_step=after_step, progress=progress)
     return net, history
 
 
@@ -381,8 +328,7 @@ def bar_stimulus(net_cfg: NetworkSection, bars_cfg: BarsSection, images_cfg: Ima
     grey levels) passed through the training images' :func:`dog_filter` and divided by their
     ``scale``. Returns the :class:`Stimulus` (one block per length, patterns ``(lengths,
     height * width)``) and the raw bar images ``(lengths, height, width)``."""
-    bars = Bars(height=net_cfg.height, width=net_cfg.width, lengths=tuple(bars_cfg.lengths), thickness=bars_cfg.thickness,
-                contrast=bars_cfg.contrast, onset_ms=bars_cfg.onset_ms, duration_ms=bars_cfg.duration_ms)
+    bars = engine_object(bars_cfg, Bars, height=net_cfg.height, width=net_cfg.width)
     raw = bars.images()
     h, w = net_cfg.height, net_cfg.width
 
@@ -530,6 +476,11 @@ def _run(config: Config, ctx: RunContext) -> ExperimentResult:
     )
     si = {f: suppression_index(tuning.sel(feedback=f).values) for f in ("intact", "lesioned")}
     si_cells = {f: suppression_index(tuning_cells.sel(feedback=f).values) for f in ("intact", "lesioned")}
+    ds["suppression_index"] = ("feedback", [si["intact"], si["lesioned"]],
+                               {"long_name": "(peak - response to the longest bar) / peak of tuning"})
+    ds["suppression_index_cells"] = ("feedback", [si_cells["intact"], si_cells["lesioned"]],
+                                     {"long_name": "suppression index of tuning_cells"})
+    ds.attrs["peak_length_px"] = int(lengths[int(np.argmax(tuning.sel(feedback="intact").values))])
     summary = {
         "suppression_index": si["intact"],
         "suppression_index_lesioned": si["lesioned"],
@@ -537,7 +488,7 @@ def _run(config: Config, ctx: RunContext) -> ExperimentResult:
         "suppression_index_cells_lesioned": si_cells["lesioned"],
         "suppression_index_equilibrium": suppression_index(ds.equilibrium_tuning.sel(feedback="intact").values),
         "suppression_index_equilibrium_lesioned": suppression_index(ds.equilibrium_tuning.sel(feedback="lesioned").values),
-        "peak_length_px": int(lengths[int(np.argmax(tuning.sel(feedback="intact").values))]),
+        "peak_length_px": ds.attrs["peak_length_px"],
         "crf_px": nc.patch,
         "final_energy": {"prior": history[-1, 0], "level1": history[-1, 1], "image": history[-1, 2]},
     }
@@ -549,15 +500,13 @@ def plot(results: xr.Dataset) -> dict:
     and single-cell tuning against bar length with and without feedback; time courses of
     the population error for a short, the optimal and the longest bar) and
     ``receptive_fields`` (the learned level-1 projective fields of the middle module)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     lengths = results.length.values
     c0, c1 = int(results.attrs["crf_start_col"]), int(results.attrs["crf_stop_col"])
-    fig, ax = plt.subplots(1, 4, figsize=(15, 3.4), gridspec_kw={"width_ratios": [1.2, 1, 1, 1]})
+    fig = Figure(figsize=(15, 3.4))
+    ax = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1.2, 1, 1, 1]})
     # the CRF and the bars: the longest bar, the other bars' extents as ticks
     bar = results.bar_filtered.isel(length=-1).values
     lim = float(np.abs(results.bar_filtered).max())
@@ -578,11 +527,12 @@ def plot(results: xr.Dataset) -> dict:
     for j, (var, title) in enumerate((("tuning", "population (all error cells)"),
                                       ("tuning_cells", f"{int(results.selected.sum())} selected cells"))):
         a = ax[1 + j]
+        index = results["suppression_index" if var == "tuning" else "suppression_index_cells"]
         for f in results.feedback.values:
             col, ls, lab = styles[str(f)]
             y = results[var].sel(feedback=f).values
             peak = y.max()
-            si = (peak - y[-1]) / peak if peak > 0 else np.nan
+            si = float(index.sel(feedback=f))
             a.plot(lengths, y / peak if peak > 0 else y, ls, color=col, marker="o", ms=3, label=f"{lab} (SI {si:.2f})")
             if var == "tuning" and "equilibrium_tuning" in results:
                 eq = results.equilibrium_tuning.sel(feedback=f).values
@@ -593,7 +543,7 @@ def plot(results: xr.Dataset) -> dict:
         a.legend(fontsize=8, loc="lower right")
 
     pop = results.error_rate.sum(("population", "unit"))
-    peak_len = lengths[int(np.argmax(results.tuning.sel(feedback="intact").values))]
+    peak_len = int(results.attrs["peak_length_px"])
     for l, col in ((lengths[0], "0.6"), (peak_len, "C0"), (lengths[-1], "k")):
         for f in results.feedback.values:
             ax[3].plot(results.time, pop.sel(feedback=f, length=l), styles[str(f)][1], color=col, lw=1.2,
@@ -609,7 +559,8 @@ def plot(results: xr.Dataset) -> dict:
     n = rf.shape[0]
     cols = min(8, n)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows), squeeze=False)
+    fig = Figure(figsize=(1.3 * cols, 1.3 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for k, a in enumerate(axes.ravel()):
         a.set_axis_off()
         if k < n:

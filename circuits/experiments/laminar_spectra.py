@@ -68,15 +68,18 @@ class DriveSection:
 class Config(ExperimentConfig):
     """The ``laminar_spectra`` experiment."""
 
-    circuit: CircuitSection = field(default_factory=lambda: CircuitSection(interneurons=True, noise=0.05, prior_rate=0.0))
+    circuit: CircuitSection = field(default_factory=lambda: CircuitSection(tau_deep=10.0, interneurons=True, noise=0.05))
     drive: DriveSection = field(default_factory=DriveSection)
+
+    def __post_init__(self):
+        self.circuit.check_area(self.drive.measure_area, "drive.measure_area")
+        self.circuit.check_record_every(self.drive.record_every_ms, "drive.record_every_ms")
 
 
 def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Drive every trial, record continuously, and compute spectra and band ratios."""
     c, d = config.circuit, config.drive
     circ = c.build(ctx.device)
-    c.check_area(d.measure_area, "drive.measure_area")
     pattern = tone(d.frequency, c.n_channels, width=d.width, amplitude=d.amplitude)[None, :]
     stim = Stimulus(pattern, np.zeros((d.trials, 1), np.int64), np.array([0.0]), d.trial_ms, d.trial_ms,
                     conditions={"trial_index": np.arange(d.trials)}, cue=False, noise_std=d.input_noise)
@@ -118,13 +121,11 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
 def plot(ds: xr.Dataset) -> dict:
     """Spectra of superficial, granular and deep activity per area (log-log, bands shaded),
     the LFP-proxy spectra per layer, and a stretch of raw activity."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     areas = [a for a in ds.area.values if a in ds.relative_high_power.area.values][1:]
-    fig, axes = plt.subplots(2, len(areas), figsize=(3.8 * len(areas), 6), squeeze=False)
+    fig = Figure(figsize=(3.8 * len(areas), 6))
+    axes = fig.subplots(2, len(areas), squeeze=False)
     cols = {"superficial": "C3", "granular": "C2", "deep": "C0"}
     f = ds.frequency.values
     keep = f > 0
@@ -145,7 +146,8 @@ def plot(ds: xr.Dataset) -> dict:
     fig.tight_layout()
     figs = {"spectra": fig}
 
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig = Figure(figsize=(7, 3))
+    ax = fig.subplots()
     a = str(ds.attrs.get("measure_area", areas[0]))
     r = ds.rate.isel(example_trial=0).sel(area=a)
     t = ds.example_time.values

@@ -16,7 +16,7 @@ tone does not come, against the same window before the sequence's first tone).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import xarray as xr
@@ -25,29 +25,23 @@ from pcsim.config import ExperimentConfig
 from pcsim.registry import ExperimentResult, RunContext
 
 from ..measures import condition_contrast, log_slope, population_activity, window_mean
-from ..paradigms import ManyStandards, Oddball, Omission
-from .sections import CircuitSection
+from ..paradigms import ManyStandards, Oddball, Omission, ToneSequence
+from .sections import CircuitSection, engine_object
 
 
 @dataclass(frozen=True, kw_only=True)
-class OddballSection:
-    """The protocol: tones (Gaussian bumps on the tonotopic channels, ``width`` channels) of
-    ``duration_ms`` every ``soa_ms``; ``standard`` channel, deviants ``deviances`` channels
-    above it with probabilities ``p_deviants``; ``n_tones`` per block; one block per seed
-    and condition. ``skip_tones``: the first tones, while the expectation forms, are not
-    analysed. ``window``: post-onset window (ms) of the MMN measure; ``record_every_ms``;
-    ``control``: add many-standards control blocks; ``omission``: add omission blocks with
-    omission probability ``p_omission``; ``measure_area``: the area whose numbers head the
-    summary (default: the first cortical area)."""
+class OddballSection(Oddball):
+    """The protocol: every field of :class:`~circuits.paradigms.Oddball` (tones of
+    ``duration_ms`` every ``soa_ms``, ``width`` channels wide; ``standard`` channel, deviants
+    ``deviances`` channels above it with probabilities ``p_deviants``; ``n_tones`` per block,
+    one block per seed and condition), declared there once, on the circuit's tonotopic map
+    (``circuit.n_channels``). Experiment settings: ``skip_tones``: the first tones, while
+    the expectation forms, are not analysed; ``window``: post-onset window (ms) of the MMN
+    measure; ``record_every_ms``; ``control``: add many-standards control blocks;
+    ``omission``: add omission blocks with omission probability ``p_omission``;
+    ``measure_area``: the area whose numbers head the summary."""
 
-    standard: float = field(default=8.0, metadata={"ge": 0})
-    deviances: tuple[float, ...] = field(default=(2.0, 4.0, 8.0), metadata={"gt": 0, "nonempty": True})
-    p_deviants: tuple[float, ...] = field(default=(0.05, 0.1, 0.25), metadata={"gt": 0, "le": 0.5, "nonempty": True})
-    n_tones: int = field(default=150, metadata={"ge": 10})
-    duration_ms: float = field(default=100.0, metadata={"gt": 0})
-    soa_ms: float = field(default=500.0, metadata={"gt": 0})
-    width: float = field(default=1.5, metadata={"gt": 0})
-    seeds: tuple[int, ...] = field(default=(0,), metadata={"ge": 0, "nonempty": True})
+    n_channels: int = field(default=0, init=False, repr=False)  # the circuit's
     skip_tones: int = field(default=20, metadata={"ge": 0})
     window: tuple[float, ...] = field(default=(50.0, 250.0))
     record_every_ms: float = field(default=2.0, metadata={"gt": 0})
@@ -71,18 +65,26 @@ class OddballSection:
 class Config(ExperimentConfig):
     """The ``oddball_mmn`` experiment."""
 
-    circuit: CircuitSection = field(default_factory=CircuitSection)
-    oddball: OddballSection = field(default_factory=OddballSection)
+    circuit: CircuitSection = field(default_factory=lambda: CircuitSection(tau_deep=10.0, prior_rate=0.01))
+    oddball: OddballSection = field(default_factory=lambda: OddballSection(
+        n_tones=150, standard=8.0, deviances=(2.0, 4.0, 8.0), p_deviants=(0.05, 0.1, 0.25), duration_ms=100.0,
+        soa_ms=500.0))
+
+    def __post_init__(self):
+        c, o = self.circuit, self.oddball
+        c.check_area(o.measure_area, "oddball.measure_area")
+        c.check_record_every(o.record_every_ms, "oddball.record_every_ms")
+        if o.standard + max(o.deviances) >= c.n_channels:
+            raise ValueError(f"key 'oddball.deviances': the largest deviant (channel {o.standard + max(o.deviances)}) is "
+                             f"off the {c.n_channels}-channel tonotopic map (circuit.n_channels)")
 
 
 def build_stimulus(c: CircuitSection, o: OddballSection):
     """The oddball blocks followed by the control and omission blocks (a :class:`Stimulus`)."""
-    common = dict(n_channels=c.n_channels, n_tones=o.n_tones, duration_ms=o.duration_ms, soa_ms=o.soa_ms,
-                  width=o.width, seeds=o.seeds)
-    if o.standard + max(o.deviances) >= c.n_channels:
-        raise ValueError(f"the largest deviant (channel {o.standard + max(o.deviances)}) is off the "
-                         f"{c.n_channels}-channel tonotopic map")
-    stim = Oddball(standard=o.standard, deviances=o.deviances, p_deviants=o.p_deviants, **common).build()
+    oddball = engine_object(o, Oddball, n_channels=c.n_channels)
+    # the control and omission blocks share the oddball's tones, timing and seeds
+    common = {f.name: getattr(oddball, f.name) for f in fields(ToneSequence)} | {"n_tones": o.n_tones}
+    stim = oddball.build()
     if o.control:
         # equiprobable tones `spacing` apart, the deviant's tone among them, as many as the
         # median deviant probability implies (1/p), fewer if the map is too small
@@ -94,7 +96,7 @@ def build_stimulus(c: CircuitSection, o: OddballSection):
         stim = stim.concat(ManyStandards(target=target, lowest=lowest, spacing=spacing, n_tone_types=n_types,
                                          **common).build())
     if o.omission:
-        stim = stim.concat(Omission(frequency=o.standard, p_omission=o.p_omission, **common).build())
+        stim = stim.concat(Omission(frequency=o.standard, p_omission=o.p_omission, lead_standards=o.lead_standards, **common).build())
     return stim
 
 
@@ -102,7 +104,6 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Simulate every block in one batched run, cut epochs and measure MMN, control and omission."""
     c, o = config.circuit, config.oddball
     circ = c.build(ctx.device)
-    c.check_area(o.measure_area, "oddball.measure_area")
     stim = build_stimulus(c, o)
     kind = stim.labels["kind"]
     nxt = np.concatenate([kind[:, 1:], np.full((stim.blocks, 1), "", dtype=object)], axis=1)
@@ -162,10 +163,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
 def plot(ds: xr.Dataset) -> dict:
     """ERPs of the error populations (deviant, standard, control, omission), MMN difference
     waves per area, and MMN amplitude against deviance for each deviant probability."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     area = str(ds.attrs.get("measure_area", ds.area.values[1]))
     err = ds.error_activity
@@ -176,7 +174,8 @@ def plot(ds: xr.Dataset) -> dict:
     p0, d0 = ps[len(ps) // 2], devs[len(devs) // 2]
     cond = late & (ds.paradigm == "oddball") & (ds.p_deviant == p0) & (ds.deviance == d0)
     areas = [a for a in ds.area.values]
-    fig, axes = plt.subplots(1, len(areas), figsize=(3.6 * len(areas), 3.2), sharey=True, squeeze=False)
+    fig = Figure(figsize=(3.6 * len(areas), 3.2))
+    axes = fig.subplots(1, len(areas), sharey=True, squeeze=False)
     for ax, a in zip(axes[0], areas):
         for kind, col in (("standard", "C0"), ("deviant", "C3")):
             sel = err.sel(area=a).where(cond & (ds.kind == kind), drop=True)
@@ -194,7 +193,8 @@ def plot(ds: xr.Dataset) -> dict:
     fig.tight_layout()
     figs["erp"] = fig
 
-    fig, ax = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig = Figure(figsize=(8, 3.2))
+    ax = fig.subplots(1, 2)
     for p in ps:
         ax[0].plot(devs, mmn.sel(area=area, p_deviant=p), "o-", label=f"p = {p:g}")
     ax[0].axhline(0, color="k", lw=0.5)

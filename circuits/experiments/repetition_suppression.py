@@ -26,23 +26,20 @@ from pcsim.registry import ExperimentResult, RunContext
 
 from ..measures import log_slope, population_activity, window_mean
 from ..paradigms import Repetition
-from .sections import CircuitSection
+from .sections import CircuitSection, engine_object
 
 
 @dataclass(frozen=True, kw_only=True)
-class RepetitionSection:
-    """Roving-standard trains: ``n_trains`` trains of ``n_repeats`` tones, each train's tone
-    drawn from ``frequencies`` (channels; never twice in a row), tones of ``duration_ms``
-    every ``soa_ms``; one block per seed; ``skip_trains`` first trains are not analysed
-    (the expectation forms); ``window`` (ms after onset) of the response measure."""
+class RepetitionSection(Repetition):
+    """Roving-standard trains: every field of :class:`~circuits.paradigms.Repetition`
+    (``n_trains`` trains of ``n_repeats`` tones, each train's tone drawn from
+    ``frequencies`` (channels; never twice in a row), tones of ``duration_ms`` every
+    ``soa_ms``; one block per seed), declared there once, on the circuit's tonotopic map
+    (``circuit.n_channels``). Experiment settings: ``skip_trains`` first trains are not
+    analysed (the expectation forms); ``window`` (ms after onset) of the response measure;
+    ``record_every_ms``; ``measure_area``."""
 
-    frequencies: tuple[float, ...] = field(default=(4.0, 9.0, 14.0, 19.0), metadata={"ge": 0, "nonempty": True})
-    n_repeats: int = field(default=8, metadata={"ge": 2})
-    n_trains: int = field(default=12, metadata={"ge": 2})
-    duration_ms: float = field(default=100.0, metadata={"gt": 0})
-    soa_ms: float = field(default=500.0, metadata={"gt": 0})
-    width: float = field(default=1.5, metadata={"gt": 0})
-    seeds: tuple[int, ...] = field(default=(0, 1, 2, 3), metadata={"ge": 0, "nonempty": True})
+    n_channels: int = field(default=0, init=False, repr=False)  # the circuit's
     skip_trains: int = field(default=1, metadata={"ge": 0})
     window: tuple[float, ...] = field(default=(50.0, 250.0))
     record_every_ms: float = field(default=2.0, metadata={"gt": 0})
@@ -53,6 +50,8 @@ class RepetitionSection:
             raise ValueError(f"window must be [start_ms, stop_ms] with start < stop, got {list(self.window)}")
         if self.window[1] > self.soa_ms - 50:
             raise ValueError(f"window must end at least 50 ms before the next tone (soa_ms - 50 = {self.soa_ms - 50})")
+        if self.n_repeats < 2 or self.n_trains < 2:
+            raise ValueError("n_repeats and n_trains must be >= 2 (a repetition needs a first tone and a repeat)")
         if self.skip_trains >= self.n_trains:
             raise ValueError(f"skip_trains ({self.skip_trains}) must be < n_trains ({self.n_trains})")
         if len(set(self.frequencies)) < 2:
@@ -63,19 +62,24 @@ class RepetitionSection:
 class Config(ExperimentConfig):
     """The ``repetition_suppression`` experiment."""
 
-    circuit: CircuitSection = field(default_factory=CircuitSection)
-    repetition: RepetitionSection = field(default_factory=RepetitionSection)
+    circuit: CircuitSection = field(default_factory=lambda: CircuitSection(tau_deep=10.0, prior_rate=0.01))
+    repetition: RepetitionSection = field(default_factory=lambda: RepetitionSection(
+        frequencies=(4.0, 9.0, 14.0, 19.0), duration_ms=100.0, soa_ms=500.0, seeds=(0, 1, 2, 3)))
+
+    def __post_init__(self):
+        c, r = self.circuit, self.repetition
+        c.check_area(r.measure_area, "repetition.measure_area")
+        c.check_record_every(r.record_every_ms, "repetition.record_every_ms")
+        if max(r.frequencies) >= c.n_channels:
+            raise ValueError(f"key 'repetition.frequencies': tone at channel {max(r.frequencies)} is off the "
+                             f"{c.n_channels}-channel map (circuit.n_channels)")
 
 
 def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Simulate every block at once, cut epochs per tone and measure responses per repetition."""
     c, r = config.circuit, config.repetition
     circ = c.build(ctx.device)
-    c.check_area(r.measure_area, "repetition.measure_area")
-    if max(r.frequencies) >= c.n_channels:
-        raise ValueError(f"tone at channel {max(r.frequencies)} is off the {c.n_channels}-channel map")
-    stim = Repetition(n_channels=c.n_channels, frequencies=r.frequencies, n_repeats=r.n_repeats, n_trains=r.n_trains,
-                      duration_ms=r.duration_ms, soa_ms=r.soa_ms, width=r.width, seeds=r.seeds).build()
+    stim = engine_object(r, Repetition, n_channels=c.n_channels).build()
     keep = np.broadcast_to(np.arange(stim.slots)[None, :] >= r.skip_trains * r.n_repeats, stim.schedule.shape)
     ds = circ.run(stim, record_every_ms=r.record_every_ms, epochs=(50.0, min(r.soa_ms - 50.0, r.window[1] + 150.0)),
                   keep=keep, seed=config.seed, progress=ctx.progress)
@@ -117,16 +121,15 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
 def plot(ds: xr.Dataset) -> dict:
     """Error and prediction time courses for repetitions 1, 2, 4 and the last, and both
     responses against repetition number (normalised to the first)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     a = str(ds.attrs.get("measure_area", ds.area.values[1]))
     reps = ds.repetition_number.values
     show = sorted({1, 2, 4, int(reps[-1])} & set(int(x) for x in reps))
-    cmap = plt.get_cmap("viridis")
-    fig, ax = plt.subplots(1, 3, figsize=(11, 3.2))
+    cmap = colormaps.get_cmap("viridis")
+    fig = Figure(figsize=(11, 3.2))
+    ax = fig.subplots(1, 3)
     for i, n in enumerate(show):
         col = cmap(i / max(1, len(show) - 1))
         sel = ds.repetition == n

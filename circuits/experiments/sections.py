@@ -1,8 +1,11 @@
-"""Config sections shared by the circuit experiments (TOML table ``[circuit]``)."""
+"""Config tables shared by the circuit experiments: ``[circuit]`` (a tonotopic hierarchy whose
+dynamics are :class:`~circuits.laminar.CircuitParams`) and the way a section that derives
+from an engine dataclass turns back into that dataclass (:func:`engine_object`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -10,38 +13,27 @@ from ..laminar import CircuitParams, LaminarCircuit
 
 
 @dataclass(frozen=True, kw_only=True)
-class CircuitSection:
+class CircuitSection(CircuitParams):
     """A hand-built tonotopic hierarchy: ``areas`` areas (the sensory stage included) of
     ``n_channels`` units each, every area predicting the one below through the identity
     (a tonotopic map predicts the same channel below) with linear transfer. ``precisions``:
-    one gain per area, bottom-up, the last being the top-level prior's. Time constants and
-    ``dt`` in ms; ``prior_rate`` (1/ms) is the learning rate of the top-level expectation;
-    ``noise``: stationary std of each population's private noise (rate units);
-    ``deep_leak``: leak of the representation units (dimensionless)."""
+    one gain per area, bottom-up, the last being the top-level prior's. Every other key is
+    a field of :class:`~circuits.laminar.CircuitParams` (time constants and ``dt`` in ms,
+    ``prior_rate`` in 1/ms, ``noise``, ``deep_leak``, ``interneurons``), declared there once
+    with its default, range and units."""
 
     n_channels: int = field(default=24, metadata={"ge": 2})
     areas: int = field(default=3, metadata={"ge": 2})
     precisions: tuple[float, ...] = field(default=(1.0, 1.0, 1.0), metadata={"gt": 0, "nonempty": True})
-    dt: float = field(default=0.5, metadata={"gt": 0})
-    tau_l4: float = field(default=5.0, metadata={"gt": 0})
-    tau_error: float = field(default=5.0, metadata={"gt": 0})
-    tau_deep: float = field(default=10.0, metadata={"gt": 0})
-    tau_inh: float = field(default=5.0, metadata={"gt": 0})
-    interneurons: bool = False
-    deep_leak: float = field(default=0.0, metadata={"ge": 0})
-    prior_rate: float = field(default=0.01, metadata={"ge": 0})
-    noise: float = field(default=0.0, metadata={"ge": 0})
 
     def __post_init__(self):
+        super().__post_init__()
         if len(self.precisions) not in (1, self.areas):
             raise ValueError(f"precisions must have 1 or {self.areas} (= areas) entries, got {len(self.precisions)}")
-        self.params()  # CircuitParams checks dt against the fastest time constant
 
     def params(self) -> CircuitParams:
         """The :class:`CircuitParams` of this section."""
-        return CircuitParams(dt=self.dt, tau_l4=self.tau_l4, tau_error=self.tau_error, tau_deep=self.tau_deep,
-                             tau_inh=self.tau_inh, interneurons=self.interneurons, deep_leak=self.deep_leak,
-                             prior_rate=self.prior_rate, noise=self.noise)
+        return self.circuit_params()
 
     @property
     def area_names(self) -> list[str]:
@@ -49,10 +41,19 @@ class CircuitSection:
         return ["input"] + [f"area{a}" for a in range(1, self.areas)]
 
     def check_area(self, name: str, key: str) -> str:
-        """``name`` if it is a cortical area of this circuit, else a ValueError naming ``key``."""
+        """``name`` if it is a cortical area of this circuit, else a ValueError naming ``key``
+        (a config's ``__post_init__`` calls it, so the error reaches the user as a ConfigError)."""
         if name not in self.area_names[1:]:
-            raise ValueError(f"{key} {name!r} is not a cortical area of the circuit ({', '.join(self.area_names[1:])})")
+            raise ValueError(f"key '{key}': {name!r} is not a cortical area of the circuit "
+                             f"({', '.join(self.area_names[1:])})")
         return name
+
+    def check_record_every(self, every_ms: float, key: str) -> float:
+        """``every_ms`` if it is a whole number of Euler steps ``dt``, else a ValueError naming ``key``."""
+        k = round(every_ms / self.dt)
+        if k < 1 or abs(k * self.dt - every_ms) > 1e-6 * every_ms:
+            raise ValueError(f"key '{key}': {every_ms} ms must be a positive multiple of circuit.dt ({self.dt} ms)")
+        return every_ms
 
     def build(self, device: str = "cpu") -> LaminarCircuit:
         """The :class:`LaminarCircuit` (identity feedback weights, linear transfer) on ``device``."""
@@ -60,3 +61,11 @@ class CircuitSection:
         precs = list(self.precisions) * (self.areas if len(self.precisions) == 1 else 1)
         return LaminarCircuit((n,) * self.areas, [np.eye(n)] * (self.areas - 1), activations="linear",
                               precisions=precs, area_names=self.area_names, params=self.params(), device=device)
+
+
+def engine_object(section: Any, cls: type, **given: Any) -> Any:
+    """The ``cls`` instance (an engine or paradigm dataclass that ``section`` derives from)
+    holding the section's values of every ``cls`` field, except those in ``given`` (fields
+    the section leaves to another table, e.g. a tone sequence's ``n_channels``, which is the
+    circuit's)."""
+    return cls(**{f.name: getattr(section, f.name) for f in fields(cls) if f.init and f.name not in given}, **given)

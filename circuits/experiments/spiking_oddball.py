@@ -8,7 +8,7 @@ the learned prior integrated from spikes). Two claims are measured:
 
 - **Fidelity.** For every population, the Pearson correlation over a block (all times and
   units) between the spiking population activity and the rate circuit's activity, both
-  smoothed with the same Gaussian (``analysis.smooth_ms``). It is validated against
+  smoothed with the same Gaussian (``spiking.smooth_ms``). It is validated against
   ``analysis.min_correlation`` on the populations whose rate-circuit activity varies by at
   least ``analysis.min_sd`` rate units: a population that barely moves (in the oddball circuit,
   the L2/3 negative errors of area 1 vary by ~0.01) sits below the resolution of ``N``
@@ -26,7 +26,7 @@ always uses the very same circuit, so the comparison is like for like.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import numpy as np
@@ -36,77 +36,64 @@ from pcsim.config import ExperimentConfig
 from pcsim.registry import ExperimentResult, RunContext
 
 from ..measures import population_activity, window_mean
-from ..paradigms import Oddball
 from ..epochs import cut_epochs
+from ..paradigms import Oddball
 from ..spiking import SpikingCircuit, SpikingParams
-from .sections import CircuitSection
+from .sections import CircuitSection, engine_object
 
 
 @dataclass(frozen=True, kw_only=True)
-class StimulusSection:
-    """Oddball blocks (one per seed): tones (Gaussian bumps ``width`` channels wide, peak
-    ``amplitude``) of ``duration_ms`` every ``soa_ms``, the first at ``lead_ms``; tone
-    ``standard`` (channel), deviants ``deviance`` channels above it with probability
-    ``p_deviant``, never in the first ``lead_standards`` slots; ``n_tones`` per block."""
+class StimulusSection(Oddball):
+    """Oddball blocks (one per seed): every field of :class:`~circuits.paradigms.Oddball`
+    (tones ``width`` channels wide, peak ``amplitude``, of ``duration_ms`` every ``soa_ms``,
+    the first at ``lead_ms``; tone ``standard``, deviants ``deviances`` channels above it with
+    probability ``p_deviants``, never in the first ``lead_standards`` slots; ``n_tones`` per
+    block), declared there once, on the circuit's tonotopic map (``circuit.n_channels``).
+    This experiment compares one condition: one deviance and one deviant probability."""
 
-    standard: float = field(default=2.0, metadata={"ge": 0})
-    deviance: float = field(default=4.0, metadata={"gt": 0})
-    p_deviant: float = field(default=0.2, metadata={"gt": 0, "le": 0.5})
-    n_tones: int = field(default=40, metadata={"ge": 2})
-    duration_ms: float = field(default=100.0, metadata={"gt": 0})
-    soa_ms: float = field(default=300.0, metadata={"gt": 0})
-    lead_ms: float = field(default=50.0, metadata={"ge": 0})
-    lead_standards: int = field(default=10, metadata={"ge": 0})
-    width: float = field(default=1.5, metadata={"gt": 0})
-    amplitude: float = field(default=1.0, metadata={"gt": 0})
-    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"ge": 0, "nonempty": True})
+    n_channels: int = field(default=0, init=False, repr=False)  # the circuit's
 
     def __post_init__(self):
         if self.soa_ms < self.duration_ms:
             raise ValueError(f"soa_ms ({self.soa_ms}) must be >= duration_ms ({self.duration_ms})")
+        if len(self.deviances) != 1 or len(self.p_deviants) != 1:
+            raise ValueError("deviances and p_deviants take one value each here (one oddball condition), got "
+                             f"{list(self.deviances)} and {list(self.p_deviants)}")
+
+    @property
+    def deviant(self) -> float:
+        """The deviant's channel."""
+        return self.standard + self.deviances[0]
 
 
 @dataclass(frozen=True, kw_only=True)
-class SpikingSection:
-    """The translation (:class:`~circuits.spiking.SpikingParams`) and how it runs: Brian2
+class SpikingSection(SpikingParams):
+    """The translation and how it runs: every field of :class:`~circuits.spiking.SpikingParams`
+    (``neurons_per_unit``, ``dt_ms``, ``update_ms``, ``tau_m_ms``, ``refractory_ms``, membrane
+    ``noise``, ``floor_hz``, ``gain_hz``, ``lag_ms``, and ``smooth_ms``, the Gaussian applied
+    to both circuits' rates before they are compared), declared there once, plus the Brian2
     ``target`` ('cython': compiled once, ~30 s, then cached; 'numpy': no compiler, ~2x
-    slower on this network; 'cpp_standalone': a C++ build per run), ``neurons_per_unit``,
-    time step ``dt_ms`` and input/noise refresh ``update_ms`` (ms), membrane ``tau_m_ms`` and
-    ``refractory_ms``, membrane ``noise`` (threshold units), the rate code (``floor_hz`` at
-    rest, ``gain_hz`` per rate unit), the LIF lag ``lag_ms`` taken off the synaptic time
-    constants, and ``spike_neurons``: neurons per unit whose spike times are saved."""
+    slower on this network; 'cpp_standalone': a C++ build per run) and ``spike_neurons``:
+    neurons per unit whose spike times are saved."""
 
     target: Literal["numpy", "cython", "cpp_standalone"] = "cython"
-    neurons_per_unit: int = field(default=40, metadata={"ge": 1})
-    dt_ms: float = field(default=0.1, metadata={"gt": 0})
-    update_ms: float = field(default=0.5, metadata={"gt": 0})
-    tau_m_ms: float = field(default=10.0, metadata={"gt": 0})
-    refractory_ms: float = field(default=0.5, metadata={"ge": 0})
-    noise: float = field(default=0.15, metadata={"gt": 0})
-    floor_hz: float = field(default=2.0, metadata={"gt": 0})
-    gain_hz: float = field(default=200.0, metadata={"gt": 0})
-    lag_ms: float = field(default=1.0, metadata={"ge": 0})
     spike_neurons: int = field(default=4, metadata={"ge": 0})
 
-    def params(self, smooth_ms: float) -> SpikingParams:
-        """The :class:`SpikingParams` of this section (population rates smoothed by ``smooth_ms``)."""
-        return SpikingParams(neurons_per_unit=self.neurons_per_unit, dt_ms=self.dt_ms, update_ms=self.update_ms,
-                             tau_m_ms=self.tau_m_ms, refractory_ms=self.refractory_ms, noise=self.noise,
-                             floor_hz=self.floor_hz, gain_hz=self.gain_hz, lag_ms=self.lag_ms, smooth_ms=smooth_ms)
+    def params(self) -> SpikingParams:
+        """The :class:`SpikingParams` fields of this section."""
+        return SpikingParams(**{f.name: getattr(self, f.name) for f in fields(SpikingParams)})
 
 
 @dataclass(frozen=True, kw_only=True)
 class AnalysisSection:
-    """``record_every_ms``: sampling of the saved rates; ``smooth_ms``: standard deviation of
-    the Gaussian applied to both circuits' rates before they are compared (the saved ``rate``
-    holds both, smoothed; group firing rates in Hz are left out to keep the file small, the
-    saved spike times and ``SpikingCircuit.run`` give them); ``min_sd``: rate
+    """``record_every_ms``: sampling of the saved rates (the saved ``rate`` holds both
+    circuits, smoothed by ``spiking.smooth_ms``; group firing rates in Hz are left out to keep
+    the file small, the saved spike times and ``SpikingCircuit.run`` give them); ``min_sd``: rate
     circuit activity standard deviation (rate units) a population needs to be validated;
     ``min_correlation``: the fidelity claim; ``window``: post-onset window (ms) of the MMN;
     ``skip_tones``: first tones left out of the MMN (the prior is still learning)."""
 
     record_every_ms: float = field(default=2.0, metadata={"gt": 0})
-    smooth_ms: float = field(default=10.0, metadata={"gt": 0})
     min_sd: float = field(default=0.02, metadata={"ge": 0})
     min_correlation: float = field(default=0.9, metadata={"ge": -1, "le": 1})
     window: tuple[float, ...] = field(default=(50.0, 250.0))
@@ -127,18 +114,24 @@ class Config(ExperimentConfig):
     """The ``spiking_oddball`` experiment."""
 
     circuit: CircuitSection = field(default_factory=_default_circuit)
-    stimulus: StimulusSection = field(default_factory=StimulusSection)
-    spiking: SpikingSection = field(default_factory=SpikingSection)
+    stimulus: StimulusSection = field(default_factory=lambda: StimulusSection(
+        standard=2.0, deviances=(4.0,), p_deviants=(0.2,), n_tones=40, duration_ms=100.0, soa_ms=300.0, seeds=(0, 1, 2)))
+    spiking: SpikingSection = field(default_factory=lambda: SpikingSection(smooth_ms=10.0))
     analysis: AnalysisSection = field(default_factory=AnalysisSection)
 
     def __post_init__(self):
-        c, s, a = self.circuit, self.stimulus, self.analysis
+        c, s, a, sp = self.circuit, self.stimulus, self.analysis, self.spiking
+        c.check_record_every(a.record_every_ms, "analysis.record_every_ms")
+        fastest = min(c.tau_l4, c.tau_error, c.tau_inh if c.interneurons else c.tau_error)
+        if sp.lag_ms > fastest / 2:
+            raise ValueError(f"key 'spiking.lag_ms': {sp.lag_ms} ms must be at most half the fastest circuit time "
+                             f"constant ({fastest} ms)")
         if c.noise > 0:
             raise ValueError("table 'circuit': noise must be 0 (the spiking network has its own noise; a noisy rate "
                              "reference would not be comparable)")
-        if s.standard + s.deviance >= c.n_channels:
-            raise ValueError(f"table 'stimulus': the deviant (channel {s.standard + s.deviance}) is off the "
-                             f"{c.n_channels}-channel tonotopic map")
+        if s.deviant >= c.n_channels:
+            raise ValueError(f"key 'stimulus.deviances': the deviant (channel {s.deviant}) is off the "
+                             f"{c.n_channels}-channel tonotopic map (circuit.n_channels)")
         if a.window[1] > s.soa_ms:
             raise ValueError(f"table 'analysis': window must end before the next tone ({s.soa_ms} ms)")
         if a.skip_tones >= s.n_tones:
@@ -147,9 +140,7 @@ class Config(ExperimentConfig):
 
 def build_stimulus(s: StimulusSection, n_channels: int):
     """The oddball :class:`~circuits.paradigms.Stimulus` of ``s`` on ``n_channels`` channels."""
-    return Oddball(n_channels=n_channels, standard=s.standard, deviances=(s.deviance,), p_deviants=(s.p_deviant,),
-                   n_tones=s.n_tones, duration_ms=s.duration_ms, soa_ms=s.soa_ms, lead_ms=s.lead_ms,
-                   lead_standards=s.lead_standards, seeds=s.seeds, width=s.width, amplitude=s.amplitude).build()
+    return engine_object(s, Oddball, n_channels=n_channels).build()
 
 
 def fidelity(spiking: xr.DataArray, reference: xr.DataArray, min_sd: float) -> xr.Dataset:
@@ -196,12 +187,12 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     ref = circ.run(stim, record_every_ms=an.record_every_ms, seed=config.seed)
     steps.update()
     steps.set_postfix_str(f"spiking circuit ({sp.target})")
-    spk_circ = SpikingCircuit(circ, sp.params(an.smooth_ms))
+    spk_circ = SpikingCircuit(circ, sp.params())
     spk = spk_circ.run(stim, target=sp.target, seed=config.seed, record_every_ms=an.record_every_ms,
                        count_bin_ms=None, spike_neurons=sp.spike_neurons, progress=ctx.progress)
     steps.update()
     steps.set_postfix_str("analysis")
-    sigma = an.smooth_ms / an.record_every_ms
+    sigma = sp.smooth_ms / an.record_every_ms
     T = spk.sizes["time"]
     ref = ref.isel(time=slice(0, T))
     if ref.sizes["time"] != T or not np.allclose(ref.time.values, spk.time.values):
@@ -225,7 +216,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     dev, std = np.flatnonzero(kind == "deviant"), np.flatnonzero(kind == "standard")
     if dev.size == 0 or std.size == 0:
         raise ValueError(f"no deviant or no standard after analysis.skip_tones = {an.skip_tones}: lengthen "
-                         "stimulus.n_tones or raise stimulus.p_deviant")
+                         "stimulus.n_tones or raise stimulus.p_deviants")
     erp = xr.concat([err.isel(trial=std).mean("trial"), err.isel(trial=dev).mean("trial")],
                     dim=xr.DataArray(["standard", "deviant"], dims="kind", name="kind")).rename(time="epoch_time")
     erp = bare(erp).assign_coords(epoch_time=("epoch_time", err.time.values,
@@ -235,7 +226,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
 
     ds = xr.Dataset({
         "rate": rate.astype(np.float32).assign_attrs(
-            units="rate units", long_name=f"population activity, Gaussian-smoothed ({an.smooth_ms:g} ms)"),
+            units="rate units", long_name=f"population activity, Gaussian-smoothed ({sp.smooth_ms:g} ms)"),
         "stimulus": bare(spk.stimulus).astype(np.float32).assign_attrs(spk.stimulus.attrs),
         "cue": bare(spk.cue).astype(np.float32),
         "correlation": fid.correlation, "reference_sd": fid.reference_sd, "validated": fid.validated,
@@ -254,9 +245,9 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
         if ds[k].dtype == object:
             ds = ds.assign_coords({k: ds[k].astype(str)})
     ds.attrs.update({k: v for k, v in spk.attrs.items() if isinstance(v, (int, float, str))})
-    ds.attrs.update(smooth_ms=an.smooth_ms, min_sd=an.min_sd, min_correlation=an.min_correlation,
+    ds.attrs.update(smooth_ms=sp.smooth_ms, min_sd=an.min_sd, min_correlation=an.min_correlation,
                     window_ms=list(an.window), skip_tones=an.skip_tones, stimulus_duration_ms=s.duration_ms,
-                    soa_ms=s.soa_ms, standard_channel=s.standard, deviant_channel=s.standard + s.deviance,
+                    soa_ms=s.soa_ms, standard_channel=s.standard, deviant_channel=s.deviant,
                     n_deviants=int(dev.size), n_standards=int(std.size))
     steps.update()
     steps.close()
@@ -292,10 +283,8 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
 def plot(ds: xr.Dataset) -> dict:
     """Rate vs spiking traces around a deviant, correlation per population, error ERPs of both
     circuits (standard vs deviant), and a spike raster."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     figs = {}
     # --- traces: block 0, the standard's channel, around the first deviant after the skipped tones
@@ -314,7 +303,8 @@ def plot(ds: xr.Dataset) -> dict:
               if bool(np.isfinite(ds.correlation.sel(area=a, population=q)))]
     ncol = 4
     nrow = int(np.ceil(len(panels) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.2 * nrow), sharex=True, squeeze=False)
+    fig = Figure(figsize=(3.4 * ncol, 2.2 * nrow))
+    axes = fig.subplots(nrow, ncol, sharex=True, squeeze=False)
     for ax, (a, q) in zip(axes.ravel(), panels):
         for model, col, lw in (("rate", "k", 1.4), ("spiking", "C3", 0.9)):
             y = ds.rate.sel(model=model, area=a, population=q).isel(trial=0, unit=std_ch).values[sel]
@@ -331,7 +321,8 @@ def plot(ds: xr.Dataset) -> dict:
     figs["traces"] = fig
 
     # --- correlation per population
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(panels) + 1), 3.2))
+    fig = Figure(figsize=(max(5, 0.5 * len(panels) + 1), 3.2))
+    ax = fig.subplots()
     names = [f"{a}\n{q}" for a, q in panels]
     vals = [float(ds.correlation.sel(area=a, population=q)) for a, q in panels]
     cols = ["C0" if bool(ds.validated.sel(area=a, population=q)) else "0.7" for a, q in panels]
@@ -345,7 +336,8 @@ def plot(ds: xr.Dataset) -> dict:
 
     # --- ERPs
     areas = list(ds.area.values)
-    fig, axes = plt.subplots(2, len(areas), figsize=(3.4 * len(areas), 5.0), sharex=True, squeeze=False)
+    fig = Figure(figsize=(3.4 * len(areas), 5.0))
+    axes = fig.subplots(2, len(areas), sharex=True, squeeze=False)
     for i, model in enumerate(("rate", "spiking")):
         for j, a in enumerate(areas):
             ax = axes[i, j]
@@ -364,7 +356,8 @@ def plot(ds: xr.Dataset) -> dict:
 
     # --- raster of the saved spikes, block 0, around the same deviant
     if "spike_time" in ds and ds.sizes.get("spike", 0):
-        fig, ax = plt.subplots(figsize=(8, 5))
+        fig = Figure(figsize=(8, 5))
+        ax = fig.subplots()
         keep = ds.spike_trial.values == 0
         ts = ds.spike_time.values[keep] * 1000.0
         g = ds.spike_group.values[keep]
@@ -375,7 +368,7 @@ def plot(ds: xr.Dataset) -> dict:
         units = ds.group_units.values
         offsets = np.concatenate([[0], np.cumsum(units * per_unit)])
         row = offsets[g] + (nrn // N) * per_unit + (nrn % N)
-        cmap = plt.get_cmap("tab20")
+        cmap = colormaps.get_cmap("tab20")
         ax.scatter(ts[win], row[win], s=0.6, c=[cmap(int(x) % 20) for x in g[win]], marker="|")
         ax.set_yticks((offsets[:-1] + offsets[1:]) / 2, ds.group.values, fontsize=5)
         ax.set(xlabel="time (ms)", xlim=(lo, hi), title=f"spikes of {per_unit} neurons per unit, block 0")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["SpikingParams"]
 
 
 @dataclass(frozen=True)
 class SpikingParams:
-    """How rate units become LIF neurons (see the module docstring).
+    """How rate units become LIF neurons (see :mod:`circuits.spiking`); also the ``[spiking]``
+    table of a config, its field metadata giving ranges and units.
 
     ``neurons_per_unit``: ``N`` neurons per group. ``dt_ms``: Brian2 time step (ms).
     ``update_ms``: interval (ms, a multiple of ``dt_ms``) at which the membrane noise kicks
@@ -28,16 +29,16 @@ class SpikingParams:
     counts into population rates.
     """
 
-    neurons_per_unit: int = 40
-    dt_ms: float = 0.1
-    update_ms: float = 0.5
-    tau_m_ms: float = 10.0
-    refractory_ms: float = 0.5
-    noise: float = 0.15
-    floor_hz: float = 2.0
-    gain_hz: float = 200.0
-    lag_ms: float = 1.0
-    smooth_ms: float = 5.0
+    neurons_per_unit: int = field(default=40, metadata={"ge": 1})
+    dt_ms: float = field(default=0.1, metadata={"gt": 0, "units": "ms"})
+    update_ms: float = field(default=0.5, metadata={"gt": 0, "units": "ms"})
+    tau_m_ms: float = field(default=10.0, metadata={"gt": 0, "units": "ms"})
+    refractory_ms: float = field(default=0.5, metadata={"ge": 0, "units": "ms"})
+    noise: float = field(default=0.15, metadata={"gt": 0, "units": "threshold units"})
+    floor_hz: float = field(default=2.0, metadata={"gt": 0, "units": "Hz"})
+    gain_hz: float = field(default=200.0, metadata={"gt": 0, "units": "Hz per rate unit"})
+    lag_ms: float = field(default=1.0, metadata={"ge": 0, "units": "ms"})
+    smooth_ms: float = field(default=5.0, metadata={"gt": 0, "units": "ms"})
 
     def __post_init__(self):
         if not (isinstance(self.neurons_per_unit, int) and not isinstance(self.neurons_per_unit, bool)

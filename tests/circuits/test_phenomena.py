@@ -61,7 +61,7 @@ def test_mmn_figures_draw_from_the_dataset(mmn):
 def test_repetition_suppresses_errors_but_not_predictions(tmp_path):
     cfg = repetition_suppression.Config(
         experiment="circuits.experiments.repetition_suppression", circuit=FAST,
-        repetition=repetition_suppression.RepetitionSection(frequencies=(3.0, 8.0, 13.0), n_repeats=6, n_trains=6,
+        repetition=repetition_suppression.RepetitionSection(frequencies=(3.0, 8.0, 13.0), n_repeats=6, n_trains=6, duration_ms=100.0,
                                                             soa_ms=300.0, window=(50.0, 200.0), seeds=(0, 1)))
     s = repetition_suppression.run(cfg, ctx(tmp_path)).summary
     e, p = np.array(s["error_by_repetition"]), np.array(s["prediction_by_repetition"])

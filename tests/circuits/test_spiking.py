@@ -322,7 +322,7 @@ def test_spiking_oddball_experiment_runs_and_replots(tmp_path):
     assert cfg.spiking.target in ("cython", "numpy") and cfg.circuit.tau_deep == 20.0
     small = load_config(ROOT / "configs" / "spiking_oddball.toml", overrides=[
         "spiking.target=numpy", "spiking.neurons_per_unit=8", "stimulus.n_tones=10", "stimulus.seeds=[0]",
-        "stimulus.lead_standards=3", "stimulus.p_deviant=0.3", "analysis.skip_tones=3"])
+        "stimulus.lead_standards=3", "stimulus.p_deviants=[0.3]", "analysis.skip_tones=3"])
     res = exp.run(small, RunContext(tmp_path, "cpu", progress=False))
     s = res.summary
     assert set(s["correlation"]) == {"input", "area1", "area2"} and "l56" in s["correlation"]["area1"]
@@ -334,7 +334,7 @@ def test_spiking_oddball_experiment_runs_and_replots(tmp_path):
     figs = exp.plot(ds)
     assert {"traces", "correlation", "mmn", "raster"} <= set(figs)
     with pytest.raises(Exception, match="off the"):
-        load_config(ROOT / "configs" / "spiking_oddball.toml", overrides=["stimulus.deviance=9.0"])
+        load_config(ROOT / "configs" / "spiking_oddball.toml", overrides=["stimulus.deviances=[9.0]"])
 
 
 def test_benchmark_reports_the_real_time_factor():
