@@ -44,6 +44,7 @@ import torch
 import xarray as xr
 
 from pcsim.activations import get_activation
+from pcsim.config import check_ranges
 from pcsim.network import PCNetwork
 
 from .graph import LFP_LAYERS, CircuitGraph, PackedGraph, Population, Projection
@@ -93,13 +94,10 @@ class CircuitParams:
     noise: float = _knob(0.0, "rate units", ge=0)
 
     def __post_init__(self):
-        # the field ranges again, for circuits built in Python rather than from a config
-        for f in fields(CircuitParams):
-            v = getattr(self, f.name)
-            if f.type in (float, "float") and not (isinstance(v, (int, float)) and math.isfinite(v)
-                                                   and all(_HOLDS[k](v, f.metadata[k]) for k in _HOLDS if k in f.metadata)):
-                bounds = " and ".join(f"{_SYMBOL[k]} {f.metadata[k]}" for k in _HOLDS if k in f.metadata)
-                raise ValueError(f"CircuitParams.{f.name} must be a finite number {bounds}, got {v!r}")
+        check_ranges(self)  # the fields' metadata, for circuits built in Python rather than from a config
+        for f in fields(self):
+            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+                raise ValueError(f"CircuitParams.{f.name} must be a finite number, got {getattr(self, f.name)!r}")
         fastest = min(self.tau_l4, self.tau_error, self.tau_inh if self.interneurons else math.inf)
         if self.dt > fastest / 2:
             raise ValueError(
@@ -111,8 +109,6 @@ class CircuitParams:
         return CircuitParams(**{f.name: getattr(self, f.name) for f in fields(CircuitParams)})
 
 
-_HOLDS = {"gt": lambda v, b: v > b, "ge": lambda v, b: v >= b, "lt": lambda v, b: v < b, "le": lambda v, b: v <= b}
-_SYMBOL = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
 def _vec(x, n: int, name: str, device, dtype) -> Tensor:

@@ -41,6 +41,7 @@ from pcsim.errors import ConfigError
 __all__ = [
     "ExperimentConfig",
     "check_device",
+    "check_ranges",
     "config_to_dict",
     "config_to_toml",
     "from_dict",
@@ -185,12 +186,35 @@ def _check(value: Any, hint: Any, meta: Mapping[str, Any], key: str, source: str
         raise ConfigError(
             f"{_where(source)}key '{key}' must be {_type_name(hint)}, got {_describe(value)}"
         )
+    problem = _range_problem(value, meta)
+    if problem:
+        raise ConfigError(f"{_where(source)}key '{key}' {problem}")
+    return value
+
+
+def _range_problem(value: Any, meta: Mapping[str, Any]) -> str | None:
+    """What is wrong with the scalar ``value`` under the range metadata ``meta`` ("must be > 0,
+    got -1"), or None. NaN fails every bound (every comparison with it is false)."""
     for name, (holds, symbol) in _RANGES.items():
         if name in meta and not isinstance(value, (bool, str)) and not holds(value, meta[name]):
-            raise ConfigError(
-                f"{_where(source)}key '{key}' must be {symbol} {meta[name]!r}, got {value!r}"
-            )
-    return value
+            return f"must be {symbol} {meta[name]!r}, got {value!r}"
+    return None
+
+
+def check_ranges(obj: Any) -> None:
+    """Check every field of the dataclass instance ``obj`` against its range metadata (``ge``,
+    ``gt``, ``le``, ``lt``, applied to a number or to each element of a tuple/list); raise
+    ValueError naming ``Class.field``. The engine's dataclasses call it in ``__post_init__`` so
+    that objects built in Python obey the same ranges a config file is validated against (one
+    statement of each range: the field's metadata)."""
+    for fld in dataclasses.fields(obj):
+        value = getattr(obj, fld.name)
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        for item in items:
+            if isinstance(item, (int, float)):
+                problem = _range_problem(item, fld.metadata)
+                if problem:
+                    raise ValueError(f"{type(obj).__name__}.{fld.name} {problem}")
 
 
 @cache

@@ -20,6 +20,7 @@ import torch
 
 from . import energy as pc
 from . import relaxation
+from .config import check_ranges
 from .errors import DataError, InferenceDivergenceError
 from .network import NetworkSpec, PCNetwork
 from .parallel import threads_for
@@ -56,12 +57,7 @@ class InferenceConfig:
     precondition: bool = False
 
     def __post_init__(self):
-        if self.steps < 0 or self.dt <= 0 or self.tau <= 0 or not 0 <= self.momentum < 1 or self.tol < 0 \
-                or self.max_growth <= 1 or self.check_every < 0:
-            raise ValueError(
-                "InferenceConfig needs steps >= 0, dt > 0, tau > 0, 0 <= momentum < 1, tol >= 0, max_growth > 1, "
-                f"check_every >= 0; got steps={self.steps}, dt={self.dt}, tau={self.tau}, momentum={self.momentum}, "
-                f"tol={self.tol}, max_growth={self.max_growth}, check_every={self.check_every}")
+        check_ranges(self)  # the ranges are the fields' metadata, as in a config file
 
     @property
     def step_size(self) -> float:

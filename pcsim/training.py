@@ -23,6 +23,7 @@ import xarray as xr
 from .alignment import gradient_alignment
 from .data import Classification, epoch_batches
 from .energy import output_loss
+from .config import check_ranges
 from .errors import InferenceDivergenceError
 from .inference import InferenceConfig
 from .network import PCNetwork
@@ -46,8 +47,7 @@ class TrainConfig:
     nudge: float = field(default=1.0, metadata={"gt": 0})
 
     def __post_init__(self):
-        if not (self.epochs >= 1 and self.batch_size >= 1 and self.lr > 0 and 0 <= self.momentum < 1 and self.nudge > 0):
-            raise ValueError(f"TrainConfig needs epochs >= 1, batch_size >= 1, lr > 0, 0 <= momentum < 1, nudge > 0; got {self}")
+        check_ranges(self)
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
 

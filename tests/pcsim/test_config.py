@@ -290,3 +290,26 @@ def test_missing_file_and_missing_experiment_key(tmp_path, write_config):
         load_config(tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match="missing required key 'experiment'"):
         load_config(write_config("seed = 1\n"))
+
+
+def test_check_ranges_applies_the_field_metadata_to_objects_built_in_python():
+    """The engine's dataclasses state each range once, as field metadata: a config file and a
+    Python constructor are refused by the same bound, and NaN fails every bound."""
+    from pcsim.config import check_ranges
+    from pcsim.inference import InferenceConfig
+    from pcsim.training import TrainConfig
+
+    for cls, name, bad in [(InferenceConfig, "dt", -1.0), (InferenceConfig, "dt", float("nan")),
+                           (InferenceConfig, "momentum", 1.0), (InferenceConfig, "steps", -1),
+                           (TrainConfig, "lr", 0.0), (TrainConfig, "epochs", 0)]:
+        with pytest.raises(ValueError, match=rf"{cls.__name__}\.{name} must be"):
+            cls(**{name: bad})
+        cls()  # the defaults obey their own ranges
+
+    @dataclass(frozen=True)
+    class Widths:
+        sizes: tuple[int, ...] = field(default=(1, 2), metadata={"ge": 1})
+
+    check_ranges(Widths())
+    with pytest.raises(ValueError, match=r"Widths\.sizes must be >= 1, got 0"):
+        check_ranges(Widths(sizes=(3, 0)))
