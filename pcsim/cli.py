@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,12 +41,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit status is 0 on success, 2 for a usage error or an invalid config/data/diverging
     run (reported on stderr as ``pcsim: error: ...``), 130 when interrupted.
     """
-    # OpenMP threads that spin while they wait for work burn the cores another process needs
-    # (a shared cluster node) and then wait on it at every barrier; sleeping threads cost a
-    # wake-up per parallel region instead (measured in pcsim/parallel.py). OpenMP reads the
-    # policy once, when torch loads, so it is set here, before any subcommand imports torch;
-    # a user's own OMP_WAIT_POLICY wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = _build_parser()
     try:
         args, extra = parser.parse_known_args(argv)

@@ -11,38 +11,60 @@ small case 5-30x slower on a shared machine (measured: matrix products alone, 2 
 under load: 1.0-1.6 vs 9 GFLOP/s; ``OMP_WAIT_POLICY=passive`` alone recovers most of it,
 which identifies the spinning barrier as the cause).
 
-The cure is to not fork a team for work too small to need one: products below
-:data:`SERIAL_WORK` multiply-adds (about a tenth of a millisecond on one core) run on the
-calling thread only, where no barrier can wait for a descheduled thread; large products
-keep every thread. The choice is made per computation (the relaxation loop, the fused
-training step, the backprop twin's step) from its shapes, applied for its duration only by
-:func:`threads` and baked into the kernels it compiles.
-
-Large products keep the whole team, and with it the spinning barrier: on a shared machine
-they still lose time to it. OpenMP reads its wait policy only when it starts, before any
-library code runs, so it cannot be set from here: the ``pcsim`` command line sets
-``OMP_WAIT_POLICY=PASSIVE`` (unless the user set it) before torch loads, so idle team threads
-sleep instead (measured on the wide case beside a competing process: 10.8 -> 2.1 s per
-epoch); a Python user gets the same by exporting it before starting Python.
+The cure is to never fork a team wider than the cores that are free *now*: the thread
+count of a computation is the smaller of what its size can use (products below
+:data:`SERIAL_WORK` multiply-adds run on the calling thread) and :func:`free_cores`, the
+cores not taken by other running processes at the moment it starts (Linux: the
+instantaneous count of runnable tasks in ``/proc/loadavg`` less this process's own running
+threads). On a quiet machine a small network keeps both cores (measured, small case:
+32 ms per epoch with 2 threads against 47 ms with 1); beside a CPU-bound process it runs on
+one, where no barrier can wait for a descheduled thread. The choice is made per computation
+(the relaxation loop, the fused training step, the backprop twin's step), applied for its
+duration only by :func:`threads` and baked into the kernels it compiles (one compiled
+variant per thread count, made when first needed).
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
 
 #: matrix products smaller than this many multiply-adds run single-threaded
-SERIAL_WORK = 1 << 22
+SERIAL_WORK = 1 << 16
+
+
+def free_cores() -> int:
+    """The CPU cores this process may use that no other process is running on at this moment
+    (at least 1): its CPU affinity less the runnable tasks of other processes, read from
+    ``/proc/loadavg`` (running tasks system-wide) and ``/proc/self/task/*/stat`` (this
+    process's running threads). Where ``/proc`` is not there, every allowed core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/proc/loadavg") as fh:
+            running = int(fh.read().split()[3].split("/")[0])
+        own = 0
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/stat") as fh:
+                    own += fh.read().rsplit(")", 1)[1].split()[0] == "R"
+            except OSError:  # the thread ended meanwhile
+                pass
+    except (OSError, ValueError, IndexError):
+        return cores
+    return max(1, cores - max(0, running - max(own, 1)))
 
 
 def threads_for(sizes: Sequence[int], batch: int, ensemble: int = 1) -> int:
     """Threads for a network of widths ``sizes`` on ``batch`` samples and ``ensemble`` members:
     1 when its largest layer product (``ensemble * batch * n_{l-1} * n_l`` multiply-adds) is
-    below :data:`SERIAL_WORK`, else ``torch.get_num_threads()``."""
+    below :data:`SERIAL_WORK`, else ``torch.get_num_threads()`` capped at :func:`free_cores`."""
     work = max(ensemble * batch * a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    return 1 if work < SERIAL_WORK else torch.get_num_threads()
+    if work < SERIAL_WORK:
+        return 1
+    return max(1, min(torch.get_num_threads(), free_cores()))
 
 
 @contextmanager

@@ -543,15 +543,20 @@ def test_empty_batches_and_mismatched_states_are_named():
         relax(net, st)
 
 
-def test_thread_count_follows_the_problem_size_and_is_restored():
-    """Small products run on one thread (pcsim.parallel says why), large ones on all; relax changes
-    the process's thread count only while it runs, also when it raises."""
+def test_thread_count_follows_the_problem_size_and_the_free_cores_and_is_restored(monkeypatch):
+    """Tiny products run on one thread; others on every thread unless other processes hold cores
+    (pcsim.parallel says why); relax changes the process's thread count only while it runs,
+    also when it raises."""
     from pcsim import parallel
 
     before = torch.get_num_threads()
-    assert parallel.threads_for((64, 128, 128, 10), 64) == 1
-    assert parallel.threads_for((64, 512, 512, 10), 256) == before
-    assert parallel.threads_for((64, 128, 128, 10), 64, ensemble=64) == before  # an ensemble multiplies the work
+    assert 1 <= parallel.free_cores() <= len(__import__("os").sched_getaffinity(0))
+    monkeypatch.setattr(parallel, "free_cores", lambda: 64)           # a quiet machine
+    assert parallel.threads_for((4, 16, 16, 2), 8) == 1               # below SERIAL_WORK
+    assert parallel.threads_for((64, 128, 128, 10), 64) == before
+    assert parallel.threads_for((4, 16, 16, 2), 8, ensemble=1024) == before  # an ensemble multiplies the work
+    monkeypatch.setattr(parallel, "free_cores", lambda: 1)            # another process holds the other cores
+    assert parallel.threads_for((64, 512, 512, 10), 256) == 1
     seen = []
     net = PCNetwork.init([3, 4, 2], "tanh", seed=0, dtype=F64)
     relax(net, training_state(net, 3, 0), InferenceConfig(steps=2), on_step=lambda s: seen.append(torch.get_num_threads()))
