@@ -191,6 +191,21 @@ def parameter_gradients(net: TemporalPCNetwork, x: Tensor, y, mask=None) -> list
 
 
 # --------------------------------------------------------------------------- curvature
+def _dynamics_jacobian(net: TemporalPCNetwork, x: Tensor, er: TemporalErrors) -> tuple[Tensor, Tensor]:
+    """``J_t = I + A^T diag(f'(x_t))`` ``(E, B, T-1, D, D)``, the column-vector Jacobian of ``g`` at ``x_t`` (``t < T``), and the slopes ``f'(x_t)`` ``(E, B, T-1, D)``."""
+    E, B, T, D = x.shape
+    slope = get_activation(net.activation).df(x[:, :, :-1], er.fx[:, :, :-1])
+    At = net.dynamics_weights.transpose(1, 2).reshape(E, 1, 1, D, D)
+    J = torch.eye(D, dtype=x.dtype, device=x.device) + At * slope.unsqueeze(-2)       # J[j,i] = d+A[i,j] f'_i
+    return J, slope
+
+
+def _readout_outer(net: TemporalPCNetwork) -> Tensor:
+    """The outer products ``c_n c_n^T`` of the readout columns, ``(E, D*D, N)``, so that ``sum_n w_n c_n c_n^T`` is one matrix product."""
+    C = net.readout_weights                                                            # (E, D, N)
+    return (C.unsqueeze(1) * C.unsqueeze(2)).reshape(C.shape[0], C.shape[1] ** 2, -1)
+
+
 def _curvature(net: TemporalPCNetwork, x: Tensor, obs: Observations, er: TemporalErrors, damping: float):
     """Gauss-Newton curvature of E in one trial's latents, block tridiagonal in time.
 
@@ -199,20 +214,14 @@ def _curvature(net: TemporalPCNetwork, x: Tensor, obs: Observations, er: Tempora
     non-linear ``f`` the term with ``f''`` is dropped, which keeps ``H`` positive definite.
     """
     E, B, T, D = x.shape
-    act = get_activation(net.activation)
     eye = torch.eye(D, dtype=x.dtype, device=x.device)
     pix = net.dynamics_log_precision.exp().reshape(E, 1, 1, -1) * torch.ones(D, dtype=x.dtype, device=x.device)  # (E,1,1,D)
     pi0 = net.prior_log_precision.exp().reshape(E, 1, -1) * torch.ones(D, dtype=x.dtype, device=x.device)        # (E,1,D)
-    C = net.readout_weights                                                            # (E, D, N)
     w = obs.mask * (er.rate if net.observation == "poisson" else net.observation_log_precision.exp().unsqueeze(1))
     w = w.expand(E, B, T, net.n_obs)
     # observation: C diag(w_t) C^T = sum_n w_tn c_n c_n^T, one matrix product over the outer products
-    outer = (C.unsqueeze(1) * C.unsqueeze(2)).reshape(E, D * D, -1)                  # (E, D*D, N)
-    diag = torch.bmm(w.reshape(E, B * T, -1), outer.transpose(1, 2)).reshape(E, B, T, D, D)
-    # J_t = I + A^T diag(f'(x_t)) (column-vector Jacobian of g at x_t)
-    slope = act.df(x[:, :, :-1], er.fx[:, :, :-1])                                    # (E,B,T-1,D)
-    At = net.dynamics_weights.transpose(1, 2).reshape(E, 1, 1, D, D)
-    J = eye + At * slope.unsqueeze(-2)                                                 # J[j,i] = d+A[i,j] f'_i
+    diag = torch.bmm(w.reshape(E, B * T, -1), _readout_outer(net).transpose(1, 2)).reshape(E, B, T, D, D)
+    J, _ = _dynamics_jacobian(net, x, er)
     PJ = pix.unsqueeze(-1) * J                                                         # Pi_x J
     diag[:, :, 1:] += torch.diag_embed(pix.expand(E, B, T - 1, D))
     diag[:, :, :-1] += J.transpose(-1, -2) @ PJ

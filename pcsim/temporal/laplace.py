@@ -14,11 +14,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..activations import get_activation
 from ..errors import DataError
 from .blocktridiagonal import block_tridiagonal_inverse
-from .energy import (TemporalErrors, _curvature, _errors, _parameter_gradients, _precision_gradient,
-                     _term_energies)
+from .energy import (TemporalErrors, _curvature, _dynamics_jacobian, _errors, _parameter_gradients,
+                     _precision_gradient, _readout_outer, _term_energies)
 from .network import Observations, TemporalPCNetwork, check_latents, observations
 
 Tensor = torch.Tensor
@@ -97,16 +96,11 @@ def _expected(net: TemporalPCNetwork, q: LaplacePosterior, obs: Observations) ->
     x = q.mean
     E, B, T, D = x.shape
     er = _errors(net, x, obs)
-    act = get_activation(net.activation)
-    slope = act.df(x[:, :, :-1], er.fx[:, :, :-1])
-    At = net.dynamics_weights.transpose(1, 2).reshape(E, 1, 1, D, D)
-    J = torch.eye(D, dtype=x.dtype, device=x.device) + At * slope.unsqueeze(-2)
+    J, slope = _dynamics_jacobian(net, x, er)
     # eps_t = x_t - g(x_{t-1}) ~ linear: Cov = S_tt - J S_{t-1,t} - S_{t,t-1} J' + J S_{t-1,t-1} J'
     JX = J @ q.cross                                                         # J Cov(x_{t-1}, x_t)
     dyn_cov = q.cov[:, :, 1:] - JX - JX.transpose(-1, -2) + J @ q.cov[:, :, :-1] @ J.transpose(-1, -2)
-    C = net.readout_weights
-    CC = (C.unsqueeze(1) * C.unsqueeze(2)).reshape(E, D * D, -1)             # (E, D*D, N): c_n c_n'
-    obs_var = torch.bmm(q.cov.reshape(E, B * T, D * D), CC).reshape(E, B, T, -1)
+    obs_var = torch.bmm(q.cov.reshape(E, B * T, D * D), _readout_outer(net)).reshape(E, B, T, -1)
     if net.observation == "poisson":
         rate = (er.eta + 0.5 * obs_var).exp()                                # E[exp(eta)], eta Gaussian
         err = obs.mask * (obs.y - rate)
