@@ -123,8 +123,7 @@ class Relaxation:
         T1 = self.trace["energy"].shape[0]
         ds = xr.Dataset(
             coords={
-                "step": ("step", np.arange(T1), {"long_name": "inference step"}),
-                "time": ("step", np.arange(T1) * self.dt, {"units": "ms", "long_name": "relaxation time"}),
+                **relaxation.step_coords(T1, self.dt),
                 "layer": ("layer", np.arange(net.depth + 1), {"long_name": "value-node layer (0 = bottom of the chain)"}),
             }
         )

@@ -180,3 +180,10 @@ def _run(system, carry, steps, max_growth, tol, record, check_every, compile, on
             prev = total
     out = {k: np.stack(v) for k, v in trace.items()} if trace is not None else None
     return LoopResult(carry, en, t, out)
+
+
+def step_coords(n_states: int, dt: float) -> dict:
+    """The coordinates of a recorded relaxation's ``step`` axis for ``n_states`` states (step 0
+    is the start): ``step`` (index) and ``time`` (``step * dt``, ms), as xarray coordinate tuples."""
+    return {"step": ("step", np.arange(n_states), {"long_name": "inference step"}),
+            "time": ("step", np.arange(n_states) * dt, {"units": "ms", "long_name": "relaxation time"})}

@@ -97,9 +97,7 @@ class TemporalRelaxation(relaxation.LoopResult):
         return xr.Dataset(
             {"energy": (("step", "ensemble", "trial", "term"), self.trace["energy"],
                         {"long_name": "predictive-coding energy", "units": "1"})},
-            coords={"step": ("step", np.arange(S1), {"long_name": "inference step"}),
-                    "time": ("step", np.arange(S1) * self.dt, {"units": "ms", "long_name": "relaxation time"}),
-                    "term": ("term", list(TERMS))},
+            coords={**relaxation.step_coords(S1, self.dt), "term": ("term", list(TERMS))},
         )
 
 
