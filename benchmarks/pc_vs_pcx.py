@@ -13,7 +13,7 @@ parameters at the end of each epoch.
 
 ``--load`` starts one CPU-bound competing process (a Python busy loop ``while True: pass``)
 for the duration of the measurement and stops it afterwards, exactly as
-``python -m pcsim bench pc-vs-bp --load`` does (``pcsim.bench.competing_process``).
+``python -m pcsim bench pc-vs-bp --load`` does (``pcsim.contention.competing_process``).
 
 Run it in its own virtual environment, not pcsim's: pcx needs jax/jaxlib, optax and equinox,
 which pull numpy >= 2.4, while pcsim's environment keeps numpy < 2.4 for brian2::
@@ -33,10 +33,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -49,23 +48,12 @@ import pcx.nn as pxnn
 import pcx.predictive_coding as pxc
 import pcx.utils as pxu
 
+# the same load as `pcsim bench --load`; pcsim.contention imports no torch, so it loads here too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pcsim.contention import competing_process  # noqa: E402
+
 SIZES = (64, 128, 128, 10)
 BATCH = 64
-
-
-@contextmanager
-def competing_process(on: bool):
-    """A CPU-bound process (a Python busy loop) running beside the body, stopped afterwards (as in pcsim.bench)."""
-    if not on:
-        yield
-        return
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.5)  # let it reach the run queue
-        yield
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 class MLP(pxc.EnergyModule):

@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
 
 import torch
 
 from . import parallel
+from .contention import competing_process
 from .data import epoch_batches, load_digits
 from .inference import InferenceConfig
 from .network import PCNetwork
@@ -43,21 +41,6 @@ def _seconds(fn) -> tuple[float, float]:
     t0, c0 = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - t0, time.process_time() - c0
-
-
-@contextmanager
-def competing_process(on: bool):
-    """A CPU-bound process (a Python busy loop) running beside the body, stopped afterwards."""
-    if not on:
-        yield
-        return
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.5)  # let it reach the run queue
-        yield
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def pc_matmuls(sizes: tuple[int, ...], batch: int, steps: int) -> list[tuple[int, int, int, bool]]:
