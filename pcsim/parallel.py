@@ -27,6 +27,7 @@ variant per thread count, made when first needed).
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -36,11 +37,28 @@ import torch
 SERIAL_WORK = 1 << 16
 
 
+#: seconds a reading of :func:`free_cores` is reused: reading /proc costs ~0.1 ms, a small
+#: training step ~1.5 ms, and load changes on the scale of seconds
+READING_AGE = 0.1
+# (time.monotonic() of the last reading, the last two readings): a cache, not a setting
+_reading: list = [-1.0, [1, 1]]
+
+
 def free_cores() -> int:
     """The CPU cores this process may use that no other process is running on at this moment
     (at least 1): its CPU affinity less the runnable tasks of other processes, read from
     ``/proc/loadavg`` (running tasks system-wide) and ``/proc/self/task/*/stat`` (this
-    process's running threads). Where ``/proc`` is not there, every allowed core."""
+    process's running threads), read at most every :data:`READING_AGE` seconds; a core counts
+    as taken once two successive readings say so. Where ``/proc`` is not there, every allowed core."""
+    now = time.monotonic()
+    if now - _reading[0] > READING_AGE:
+        _reading[:] = [now, [_reading[1][1], _read_free_cores()]]
+    # the larger of the last two readings: a core counts as taken once two readings agree, so
+    # a thread of our own caught between spinning and sleeping does not halve a quiet run
+    return max(_reading[1])
+
+
+def _read_free_cores() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
         with open("/proc/loadavg") as fh:
