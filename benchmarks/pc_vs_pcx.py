@@ -23,7 +23,8 @@ which pull numpy >= 2.4, while pcsim's environment keeps numpy < 2.4 for brian2:
     /tmp/peer/bin/python benchmarks/pc_vs_pcx.py --load     # beside one CPU-bound process
 
 It prints one JSON object: ``pcx_s_per_epoch`` (median), every epoch time, ``load``, versions.
-pcsim is not imported (it is not installed in that environment); without scikit-learn the data
+Of pcsim only the torch-free ``pcsim.contention`` is imported (from this checkout, by path; pcsim
+is not installed in that environment); without scikit-learn the data
 are random arrays of the same shapes (the timing does not depend on the values).
 """
 
