@@ -133,14 +133,11 @@ def evaluate(net: PCNetwork, x: torch.Tensor, y: torch.Tensor, labels: torch.Ten
     return loss.cpu().numpy(), acc.cpu().numpy()
 
 
-_train_loop = train  # compare_rules' argument `train` shadows the loop's name
-
-
 def compare_rules(
     net0: PCNetwork,
     data: Classification,
     rules: Sequence[str],
-    train: TrainConfig = TrainConfig(),
+    training: TrainConfig = TrainConfig(),
     inference: InferenceConfig = InferenceConfig(),
     *,
     probe_size: int = 256,
@@ -151,7 +148,7 @@ def compare_rules(
     """Train a copy of ``net0`` with each rule in ``rules`` and return the learning curves.
 
     Every rule sees the same batches (shuffled by a generator seeded with ``seed``) and a
-    fresh optimiser of ``train``'s kind. Alignment is measured each epoch on the first
+    fresh optimiser of ``training``'s kind. Alignment is measured each epoch on the first
     ``probe_size`` training samples at output nudge ``alignment_nudge``.
 
     Dims ``(rule, epoch, ensemble, layer)``; epoch 0 is the untrained network. Variables:
@@ -163,10 +160,10 @@ def compare_rules(
     E, L = net0.ensemble, net0.depth
     n = data.x_train.shape[0]
     gen = torch.Generator().manual_seed(seed)
-    orders = [epoch_batches(n, train.batch_size, gen) for _ in range(train.epochs)]
+    orders = [epoch_batches(n, training.batch_size, gen) for _ in range(training.epochs)]
     probe = slice(0, min(probe_size, n))
     px, py = data.x_train[probe], data.y_train[probe]
-    shape = (len(rules), train.epochs + 1)
+    shape = (len(rules), training.epochs + 1)
     loss = np.zeros(shape + (E,))
     acc = np.zeros(shape + (E,))
     secs = np.zeros(shape)
@@ -174,9 +171,9 @@ def compare_rules(
     rel = np.zeros(shape + (E, L))
     for i, name in enumerate(rules):
         net = net0.clone()
-        opt = make_optimizer(train.optimizer, train.lr, train.momentum)
+        opt = make_optimizer(training.optimizer, training.lr, training.momentum)
         twin = BackpropTwin(net) if name == "bp" else None
-        rule = None if name == "bp" else make_rule(name, inference, train.nudge)
+        rule = None if name == "bp" else make_rule(name, inference, training.nudge)
 
         def step(idx):
             xb, yb = data.x_train[idx], data.y_train[idx]
@@ -191,11 +188,11 @@ def compare_rules(
             cos[i, ep], rel[i, ep] = al.cosine.values, al.rel_error.values
             return {"test_acc": f"{acc[i, ep].mean():.3f}"}
 
-        _train_loop(step, lambda ep: orders[ep - 1], train.epochs, on_epoch=measure, initial=True,
-                      progress=progress, desc=f"{name:>4}")
+        train(step, lambda ep: orders[ep - 1], training.epochs, on_epoch=measure, initial=True,
+              progress=progress, desc=f"{name:>4}")
     coords = {
         "rule": ("rule", list(rules), {"long_name": "learning rule"}),
-        "epoch": ("epoch", np.arange(train.epochs + 1), {"long_name": "training epoch (0 = untrained)"}),
+        "epoch": ("epoch", np.arange(training.epochs + 1), {"long_name": "training epoch (0 = untrained)"}),
         "layer": ("layer", np.arange(1, L + 1), {"long_name": "prediction layer l (weights W_l)"}),
         "ensemble": ("ensemble", np.arange(E), {"long_name": "ensemble member"}),
     }
