@@ -116,7 +116,13 @@ def _from_mapping(cls: type[C], data: Mapping[str, Any], source: str, prefix: st
     for name, fld in fields.items():
         dotted = prefix + name
         if name in data:
-            values[name] = _check(data[name], hints[name], fld.metadata, dotted, source)
+            value = data[name]
+            default = _default_section(fld)
+            if default is not None and isinstance(value, Mapping):
+                # a partial table fills the rest from the experiment's own default section
+                # (its default_factory), not from the section class's defaults
+                value = _deep_merge(config_to_dict(default), value)
+            values[name] = _check(value, hints[name], fld.metadata, dotted, source)
         elif _is_required(fld):
             if not _is_optional(hints[name]):
                 raise ConfigError(f"{_where(source)}missing required key '{dotted}'")
@@ -126,6 +132,28 @@ def _from_mapping(cls: type[C], data: Mapping[str, Any], source: str, prefix: st
     except ValueError as exc:  # a __post_init__ cross-field check (ConfigError included)
         table = f"table '{prefix[:-1]}': " if prefix else ""
         raise ConfigError(f"{_where(source)}{table}{exc}") from exc
+
+
+def _default_section(fld: dataclasses.Field[Any]) -> Any:
+    """The default of ``fld`` when it is a dataclass instance (a config section), else None."""
+    if fld.default_factory is not dataclasses.MISSING:
+        default = fld.default_factory()
+    elif fld.default is not dataclasses.MISSING:
+        default = fld.default
+    else:
+        return None
+    return default if dataclasses.is_dataclass(default) and not isinstance(default, type) else None
+
+
+def _deep_merge(base: Mapping[str, Any], table: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``table``'s keys put over it, nested tables merged key by key."""
+    out = dict(base)
+    for key, value in table.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _check(value: Any, hint: Any, meta: Mapping[str, Any], key: str, source: str) -> Any:

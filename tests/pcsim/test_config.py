@@ -313,3 +313,30 @@ def test_check_ranges_applies_the_field_metadata_to_objects_built_in_python():
     check_ranges(Widths())
     with pytest.raises(ValueError, match=r"Widths\.sizes must be >= 1, got 0"):
         check_ranges(Widths(sizes=(3, 0)))
+
+
+def test_a_partial_table_keeps_the_experiments_own_section_defaults():
+    """An experiment may default a section to other values than the section class's own
+    (default_factory); a table giving some keys keeps those values for the keys it leaves out,
+    nested tables merged key by key, and the result equals the fully written-out config."""
+
+    @dataclass(frozen=True)
+    class Inner:
+        a: int = 1
+        b: float = 2.0
+
+    @dataclass(frozen=True)
+    class Section:
+        x: int = 0
+        y: str = "class"
+        inner: Inner = field(default_factory=Inner)
+
+    @dataclass(frozen=True)
+    class Top:
+        sec: Section = field(default_factory=lambda: Section(x=5, y="experiment", inner=Inner(a=7, b=9.0)))
+
+    got = from_dict(Top, {"sec": {"x": 6, "inner": {"b": 3.0}}}, source="t.toml")
+    assert got.sec == Section(x=6, y="experiment", inner=Inner(a=7, b=3.0))
+    assert from_dict(Top, {}, source="t.toml") == Top()
+    with pytest.raises(ConfigError, match=r"t\.toml: key 'sec\.inner\.a' must be an integer"):
+        from_dict(Top, {"sec": {"inner": {"a": "seven"}}}, source="t.toml")
