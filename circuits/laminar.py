@@ -94,10 +94,7 @@ class CircuitParams:
     noise: float = _knob(0.0, "rate units", ge=0)
 
     def __post_init__(self):
-        check_ranges(self)  # the fields' metadata, for circuits built in Python rather than from a config
-        for f in fields(self):
-            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
-                raise ValueError(f"CircuitParams.{f.name} must be a finite number, got {getattr(self, f.name)!r}")
+        check_ranges(self, finite=True)  # the fields' metadata, for circuits built in Python rather than from a config
         fastest = min(self.tau_l4, self.tau_error, self.tau_inh if self.interneurons else math.inf)
         if self.dt > fastest / 2:
             raise ValueError(

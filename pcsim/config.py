@@ -229,20 +229,27 @@ def _range_problem(value: Any, meta: Mapping[str, Any]) -> str | None:
     return None
 
 
-def check_ranges(obj: Any) -> None:
+def check_ranges(obj: Any, *, finite: bool = False) -> None:
     """Check every field of the dataclass instance ``obj`` against its range metadata (``ge``,
     ``gt``, ``le``, ``lt``, applied to a number or to each element of a tuple/list); raise
-    ValueError naming ``Class.field``. The engine's dataclasses call it in ``__post_init__`` so
-    that objects built in Python obey the same ranges a config file is validated against (one
+    ValueError naming ``Class.field``. A field with a range must hold numbers; with ``finite``
+    they must also be finite. The engine's dataclasses call it in ``__post_init__`` so that
+    objects built in Python obey the same ranges a config file is validated against (one
     statement of each range: the field's metadata)."""
     for fld in dataclasses.fields(obj):
+        if not any(key in fld.metadata for key in _RANGES):
+            continue
         value = getattr(obj, fld.name)
         items = value if isinstance(value, (tuple, list)) else (value,)
         for item in items:
-            if isinstance(item, (int, float)):
-                problem = _range_problem(item, fld.metadata)
-                if problem:
-                    raise ValueError(f"{type(obj).__name__}.{fld.name} {problem}")
+            where = f"{type(obj).__name__}.{fld.name}"
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                raise ValueError(f"{where} must be a number, got {item!r}")
+            if finite and not math.isfinite(item):
+                raise ValueError(f"{where} must be a finite number, got {item!r}")
+            problem = _range_problem(item, fld.metadata)
+            if problem:
+                raise ValueError(f"{where} {problem}")
 
 
 @cache

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+
+from pcsim.config import check_ranges
 
 __all__ = ["SpikingParams"]
 
@@ -44,14 +45,7 @@ class SpikingParams:
         if not (isinstance(self.neurons_per_unit, int) and not isinstance(self.neurons_per_unit, bool)
                 and self.neurons_per_unit >= 1):
             raise ValueError(f"SpikingParams.neurons_per_unit must be an integer >= 1, got {self.neurons_per_unit!r}")
-        for name in ("dt_ms", "update_ms", "tau_m_ms", "noise", "floor_hz", "gain_hz", "smooth_ms"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"SpikingParams.{name} must be a finite number > 0, got {v!r}")
-        for name in ("refractory_ms", "lag_ms"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"SpikingParams.{name} must be a finite number >= 0, got {v!r}")
+        check_ranges(self, finite=True)  # the fields' metadata, as a config file is checked
         ratio = self.update_ms / self.dt_ms
         if abs(ratio - round(ratio)) > 1e-6:
             raise ValueError(f"SpikingParams.update_ms ({self.update_ms}) must be a multiple of dt_ms ({self.dt_ms})")
