@@ -167,8 +167,7 @@ def value_gradients(net: "PCNetwork", x: Sequence[Tensor]) -> list[Tensor]:
     for l in range(L + 1):
         if l < L:
             act = net.activation(l)
-            f = fx[l] if fx[l] is not None else act.f(x[l])
-            out.append(node_gradient(peps[l], peps[l + 1], net.weights[l], act.df(x[l], f), x[l]))
+            out.append(node_gradient(peps[l], peps[l + 1], net.weights[l], act.df(x[l], fx[l]), x[l]))
         else:
             out.append(node_gradient(peps[l], None, None, None, x[l]))
     return out

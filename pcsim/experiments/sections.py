@@ -38,7 +38,8 @@ class NetworkSection:
     ensemble: int = _init_default("ensemble")
 
     def __post_init__(self):
-        self.build(1, 1, seed=0, device="cpu")  # PCNetwork.init's own checks, on a tiny network
+        # PCNetwork.init's own checks, on a network of width-1 layers (no weights worth allocating)
+        PCNetwork.init((1,) * (len(self.hidden) + 2), seed=0, **self._keywords())
 
     def _keywords(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "hidden"}
