@@ -17,7 +17,6 @@ them out (``Recording.observed`` travels with the counts).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +25,7 @@ import xarray as xr
 
 from pcsim.errors import DataError
 
-__all__ = ["DIMS", "Recording", "as_recording", "check_bin_width", "check_counts", "split_recording", "validate_recording"]
+__all__ = ["DIMS", "Recording", "as_recording", "check_bin_width", "check_counts", "split_recording"]
 
 DIMS = ("trial", "time", "neuron")
 
@@ -198,10 +197,6 @@ def as_recording(recording: Any, split: str | None = None, *, name: str = "recor
     # unobserved bins hold 0, so that nothing downstream can depend on what they held
     rec = Recording(np.where(observed, values, 0).astype(np.float64), observed, heldout, bin_width, recording)
     return rec.select(split, name=name)
-
-
-validate_recording = as_recording
-"""The former name of :func:`as_recording`."""
 
 
 def split_recording(recording: xr.Dataset, *, heldout: Any | None = None, heldout_fraction: float = 0.25,

@@ -11,12 +11,12 @@ co-smoothing bits per spike on held-out neurons (see :mod:`analysis` for the dat
   (:mod:`pcsim.temporal`), latents relaxed per trial, weights learned by local rules.
 """
 
-from analysis.models.base import Inference, LatentModel, PoissonGLM, config_section, validate_recording
+from analysis.models.base import Inference, LatentModel, PoissonGLM, config_section
 from analysis.models.fa import FactorAnalysisModel, factor_analysis
 from analysis.models.gpfa import GPFA, gpfa_em, gpfa_posterior
 from analysis.models.pc_latent import PCLatentModel
 from analysis.models.smoothing import SmoothingModel, smooth_counts
 
-__all__ = ["Inference", "LatentModel", "PoissonGLM", "config_section", "validate_recording", "SmoothingModel", "smooth_counts",
+__all__ = ["Inference", "LatentModel", "PoissonGLM", "config_section", "SmoothingModel", "smooth_counts",
            "FactorAnalysisModel", "factor_analysis", "GPFA", "gpfa_em", "gpfa_posterior",
            "PCLatentModel"]

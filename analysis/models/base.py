@@ -37,11 +37,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from analysis.glm import PoissonGLM
 from analysis.metrics import co_bps
-from analysis.recording import DIMS, Recording, as_recording, validate_recording
+from analysis.recording import DIMS, Recording, as_recording
 from pcsim.errors import DataError
 
-__all__ = ["Inference", "LatentModel", "PoissonGLM", "Recording", "as_recording", "config_section",
-           "validate_recording"]
+__all__ = ["Inference", "LatentModel", "PoissonGLM", "Recording", "as_recording", "config_section"]
 
 
 class Inference:

@@ -33,7 +33,7 @@ import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from pcsim.activations import ACTIVATIONS
-from analysis.models.base import LatentModel, validate_recording
+from analysis.models.base import LatentModel
 from pcsim.training import train
 from pcsim.optim import Adam
 from pcsim.temporal import (TemporalInferenceConfig, TemporalPCNetwork, expected_parameter_gradients, free_energy,
