@@ -24,12 +24,21 @@ class Activation:
     df: Callable[[Tensor, Tensor], Tensor]
 
 
+def _tanh(x: Tensor) -> Tensor:
+    """``tanh``; inside a compiled graph as ``2 sigmoid(2x) - 1`` (absolute error below 2e-7 in
+    float32), whose vectorised exponential costs about half of the compiled ``tanh`` kernel:
+    tanh is the largest elementwise cost of a compiled PC step (two per hidden layer and step)."""
+    if torch.compiler.is_compiling():
+        return 2.0 * torch.sigmoid(2.0 * x) - 1.0
+    return torch.tanh(x)
+
+
 def _relu_df(x: Tensor, fx: Tensor) -> Tensor:
     return (x > 0).to(x.dtype)
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "tanh": Activation("tanh", torch.tanh, lambda x, fx: 1.0 - fx * fx),
+    "tanh": Activation("tanh", _tanh, lambda x, fx: 1.0 - fx * fx),
     "relu": Activation("relu", torch.relu, _relu_df),
     "sigmoid": Activation("sigmoid", torch.sigmoid, lambda x, fx: fx * (1.0 - fx)),
     "linear": Activation("linear", lambda x: x, lambda x, fx: torch.ones_like(x)),

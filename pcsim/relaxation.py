@@ -116,9 +116,12 @@ def compiled(fn: Callable, threads: int) -> Callable:
     return _COMPILED[key]
 
 
-def check(system: RelaxingSystem, t0: int, energies: Tensor, start: Tensor, max_growth: float) -> None:
-    """Raise the system's divergence error for the first bad step of a chunk whose steps are ``t0 .. t0+n-1``."""
-    bad = bad_steps(system, energies, start, max_growth)
+def check(system: RelaxingSystem, t0: int, energies: Tensor, start: Tensor, max_growth: float,
+          bad: Tensor | None = None) -> None:
+    """Raise the system's divergence error for the first bad step of a chunk whose steps are ``t0 .. t0+n-1``
+    (``bad``: :func:`bad_steps` of these energies when a compiled graph has already computed it)."""
+    if bad is None:
+        bad = bad_steps(system, energies, start, max_growth)
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0, 0])
         raise system.diverged(t0 + i, energies[i], start)

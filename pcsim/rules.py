@@ -124,10 +124,10 @@ def _run_fused(plan: StepPlan, cfg: InferenceConfig, clamped, net: PCNetwork, op
     state = optimizer.state if optimizer.state is not None else adam_init(params)
     count = torch.tensor(float(state.step), dtype=torch.float64)  # a tensor: one graph for every step count
     fixed_lps = [] if net.learn_precision else net.log_precision
-    carry, e0, ens, new, m, v = step(plan, cfg.steps, x0, y, params, AdamState(count, state.m, state.v),
-                                     optimizer.lr, optimizer.betas, optimizer.eps, fixed_lps)
+    carry, ens, bad, new, m, v = step(plan, cfg.steps, x0, y, params, AdamState(count, state.m, state.v),
+                                      optimizer.lr, optimizer.betas, optimizer.eps, fixed_lps)
     system = PCDynamics(plan, net.weights, net.biases, net.log_precision, None, None)  # for the checks only
-    relaxation.check(system, 0, torch.cat([e0[None], ens]), e0, cfg.max_growth)  # steps 0..T
+    relaxation.check(system, 0, ens, ens[0], cfg.max_growth, bad)  # steps 0..T
     torch._foreach_copy_(params, new)
     optimizer.state = AdamState(state.step + 1, list(m), list(v))
     return Relaxation(PCState(carry.x, clamped), carry.eps, carry.peps, list(carry.fx), ens[-1], cfg.steps, None, cfg.dt)
@@ -139,8 +139,9 @@ def training_step(plan: StepPlan, steps: int, x0, y, params: list, adam: AdamSta
 
     ``x0`` ``(E, B, n_0)`` clamped input, ``y`` ``(E, B, n_L)`` clamped target, ``params`` as
     ``PCNetwork.parameters()``, ``fixed_lps`` the log-precisions when they are not learned.
-    Returns the relaxed carry, the energies at the start ``(E, B, L+1)`` and after each step
-    ``(T, E, B, L+1)``, the updated parameters and Adam's new moments.
+    Returns the relaxed carry, the energies at steps ``0..T`` ``(T+1, E, B, L+1)``, which of
+    them are bad (:func:`pcsim.relaxation.bad_steps`, ``(T+1,)``), the updated parameters and
+    Adam's new moments.
     """
     spec, L = plan.spec, plan.spec.depth
     W, b = params[:L], params[L:2 * L]
@@ -153,9 +154,11 @@ def training_step(plan: StepPlan, steps: int, x0, y, params: list, adam: AdamSta
     carry = start(system, xs[:-1] + [y])
     e0 = system.energies(carry)
     carry, ens = relaxation.advance(system, carry, steps, True)
+    ens = torch.cat([e0[None], ens])
+    bad = relaxation.bad_steps(system, ens, e0, plan.max_growth)
     grads = pc.parameter_gradients(spec, carry.peps, carry.fx, carry.eps)
     new, state = adam_update(params, grads, adam, lr, betas, adam_eps)
-    return carry, e0, ens, new, state.m, state.v
+    return carry, ens, bad, new, state.m, state.v
 
 
 @dataclass(frozen=True)

@@ -174,3 +174,24 @@ def test_learned_precision_energy_is_the_negative_log_density():
         dist = torch.distributions.Normal(mus[l], var.sqrt())
         nll = -dist.log_prob(x[l]).sum(-1) - 0.5 * net.sizes[l] * np.log(2 * np.pi)
         torch.testing.assert_close(en[..., l], nll, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch,n_in,n_out,ensemble", [(256, 512, 10, 1), (64, 128, 10, 3), (8, 16, 4, 2), (64, 128, 128, 1)])
+def test_prediction_equals_the_plain_affine_map_for_narrow_and_wide_layers(batch, n_in, n_out, ensemble):
+    # narrow layers are computed as a transposed product (energy.predict); the numbers must not change
+    g = torch.Generator().manual_seed(batch + n_out)
+    fx = torch.randn(ensemble, batch, n_in, generator=g, dtype=torch.float64)
+    w = torch.randn(ensemble, n_in, n_out, generator=g, dtype=torch.float64)
+    b = torch.randn(ensemble, 1, n_out, generator=g, dtype=torch.float64)
+    want = torch.einsum("ebi,eio->ebo", fx, w) + b
+    got = energy.predict(fx, w, b)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_tanh_is_tanh_to_float32_rounding():
+    # inside a compiled graph tanh is 2 sigmoid(2x) - 1 (activations._tanh): the same function
+    f = torch.compile(get_activation("tanh").f, dynamic=False)
+    x = torch.cat([torch.linspace(-12, 12, 4001), torch.randn(4000, generator=torch.Generator().manual_seed(0)) * 1e-3])
+    err = (f(x).double() - torch.tanh(x.double())).abs()
+    assert err.max() < 2e-7
