@@ -26,7 +26,7 @@ from pcsim import __version__
 from pcsim.config import ExperimentConfig, config_to_toml
 from pcsim.registry import ExperimentResult, to_jsonable
 
-__all__ = ["load_summary", "netcdf_ready", "open_results", "write_figures", "write_results"]
+__all__ = ["convention_problems", "load_summary", "netcdf_ready", "open_results", "write_figures", "write_results"]
 
 RESULTS_FILE = "results.nc"
 SUMMARY_FILE = "summary.json"
@@ -67,6 +67,35 @@ def write_results(
     # results.nc is renamed last, so its presence marks a complete run.
     writers[RESULTS_FILE] = lambda path: dataset.to_netcdf(path, engine=engine, encoding=_compression(dataset, engine))
     return _write_atomically(out, writers)
+
+
+#: the unit of every time coordinate or variable named ``time`` in pcsim results (SI, as NWB)
+TIME_UNITS = "s"
+
+
+def convention_problems(dataset: xr.Dataset) -> list[str]:
+    """What makes ``dataset`` mislead a reader who reopens it, one sentence each (empty: none).
+
+    The conventions of every pcsim result: each data variable and each coordinate carries the
+    attrs ``units`` (a string; "1" for a dimensionless number, "" only for labels and
+    categories) and ``long_name``; two different data variables never share a long_name; every
+    variable or coordinate whose name is or ends in ``time`` is in :data:`TIME_UNITS` (seconds).
+    """
+    problems = []
+    names: dict[str, str] = {}
+    for kind, items in (("coordinate", dataset.coords.items()), ("variable", dataset.data_vars.items())):
+        for name, var in items:
+            for attr in ("units", "long_name"):
+                if not isinstance(var.attrs.get(attr), str):
+                    problems.append(f"{kind} {name!r} has no {attr!r} attribute")
+            if (str(name) == "time" or str(name).endswith("_time")) and var.attrs.get("units") != TIME_UNITS:
+                problems.append(f"{kind} {name!r} is in {var.attrs.get('units')!r}, not {TIME_UNITS!r}")
+            long_name = var.attrs.get("long_name")
+            if kind == "variable" and isinstance(long_name, str):
+                if long_name in names:
+                    problems.append(f"variables {names[long_name]!r} and {name!r} share the long_name {long_name!r}")
+                names.setdefault(long_name, str(name))
+    return problems
 
 
 def _compression(dataset: xr.Dataset, engine: str) -> dict[str, dict[str, Any]]:
