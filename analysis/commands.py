@@ -33,4 +33,4 @@ def _fit(args: argparse.Namespace, extra: list[str]) -> int:
     path = json.dumps(str(args.recording.resolve()))  # a TOML basic string
     out = args.out if args.out is not None else Path("runs") / args.recording.stem
     return run_config(args.config, out, device=args.device, overrides=[*args.overrides, f"recording.path={path}"],
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, overwrite=args.overwrite)

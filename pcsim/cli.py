@@ -2,10 +2,14 @@
 
 ::
 
-    pcsim run configs/NAME.toml [--out DIR] [--device cpu|cuda] [--set key=value ...]
+    pcsim run configs/NAME.toml [--out DIR] [--overwrite] [--device cpu|cuda] [--set key=value ...]
     pcsim list [--configs DIR]
+    pcsim show configs/NAME.toml [--set key=value ...]
     pcsim replot OUT_DIR
     pcsim bench NAME [--json] [extra args]
+
+Every command that writes a run directory (``run``, ``fit``, ``replot``) goes through the one
+output-directory protocol of :mod:`pcsim.outdir` (lock, manifest, ``--overwrite``).
 
 Further commands (``pcsim fit``) and every benchmark are registered where they are defined,
 as package entry points (pyproject.toml): group ``pcsim.commands`` names functions
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pcsim import __version__
-from pcsim.errors import ConfigError, DataError, PCSimError
+from pcsim.errors import ConfigError, FileFormatError, OutputError, PCSimError
 
 __all__ = ["add_run_options", "main", "run_config"]
 
@@ -75,11 +79,19 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="configs directory (default: ./configs or the shipped one)")
     lister.set_defaults(handler=_cmd_list)
 
+    show = commands.add_parser("show", help="list every key of a config: value, type, range, units, meaning")
+    show.add_argument("config", type=Path, metavar="CONFIG.toml")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="show the config with this override applied (repeatable)")
+    show.set_defaults(handler=_cmd_show)
+
     replot = commands.add_parser("replot", help="redraw a finished run's figures")
     replot.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     replot.set_defaults(handler=_cmd_replot)
 
-    bench = commands.add_parser("bench", help="run a named benchmark (extra args pass through)")
+    bench = commands.add_parser("bench", help="run a named benchmark (extra args pass through)",
+                                epilog=_benchmarks_epilog(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("name", metavar="NAME")
     bench.add_argument("--json", action="store_true", help="print results as JSON")
     bench.set_defaults(handler=_cmd_bench)
@@ -89,8 +101,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, default_out: str) -> None:
-    """The options of every command that runs a config: ``--out``, ``--device``, ``--set``, ``--no-progress``."""
+    """The options of every command that runs a config: ``--out``, ``--overwrite``, ``--device``,
+    ``--set``, ``--no-progress``."""
     parser.add_argument("--out", type=Path, help=f"output directory (default: {default_out})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a complete earlier run in --out (only the files pcsim wrote there)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="override the config's device")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -108,35 +123,47 @@ def _entry_points(group: str) -> list:
 
 def _cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     out = args.out if args.out is not None else Path("runs") / args.config.stem
-    return run_config(args.config, out, device=args.device, overrides=args.overrides, progress=not args.no_progress)
+    return run_config(args.config, out, device=args.device, overrides=args.overrides,
+                      progress=not args.no_progress, overwrite=args.overwrite)
 
 
 def run_config(config_path: Path, out_dir: Path, *, device: str | None = None, overrides: Sequence[str] = (),
-               progress: bool = True) -> int:
+               progress: bool = True, overwrite: bool = False) -> int:
     """Validate the config at ``config_path`` (with ``overrides``, ``"key=value"`` strings, and
     ``device``), run its experiment, write the results into ``out_dir`` and print the summary
-    table; returns the exit status 0. Input errors raise :class:`~pcsim.errors.PCSimError`."""
+    table; returns the exit status 0. Input errors raise :class:`~pcsim.errors.PCSimError`.
+
+    The config is validated before ``out_dir`` is touched; ``out_dir`` is then held for the
+    whole run under the protocol of :mod:`pcsim.outdir` (a complete earlier run is replaced
+    only with ``overwrite``; a failed run leaves no directory it created).
+    """
     from pcsim.config import check_device, load_experiment
+    from pcsim.outdir import RunDirectory
     from pcsim.registry import ExperimentResult, RunContext
-    from pcsim.results import write_results
+    from pcsim.results import FIXED_FILES, write_results
 
     source = str(config_path)
     module, config = load_experiment(config_path, overrides, device=device)
     check_device(config.device, source=source)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(out_dir=out_dir, device=config.device, progress=progress, config_source=source)
-    result = module.run(config, ctx)
-    if not isinstance(result, ExperimentResult):
-        raise TypeError(f"{config.experiment}.run returned {type(result).__name__}, "
-                        "not an ExperimentResult")
-    figures = module.plot(result.dataset)
-    try:
-        paths = write_results(result, figures, out_dir, config)
-    finally:
-        _close(figures)
+    with RunDirectory(out_dir, experiment=config.experiment, overwrite=overwrite, command="run",
+                      config_source=source, names=FIXED_FILES) as run:
+        _note_previous(run)
+        ctx = RunContext(out_dir=out_dir, device=config.device, progress=progress, config_source=source)
+        result = module.run(config, ctx)
+        if not isinstance(result, ExperimentResult):
+            raise TypeError(f"{config.experiment}.run returned {type(result).__name__}, "
+                            "not an ExperimentResult")
+        paths = write_results(result, module.plot(result.dataset), run, config)
     _print_table(_flatten(result.summary), title=f"{config.experiment} (seed {config.seed})")
     _print_paths(paths)
     return 0
+
+
+def _note_previous(run: Any) -> None:
+    """Say on stderr when a run replaces an earlier run directory's content."""
+    previous = run.previous
+    if previous is not None:
+        print(f"pcsim: note: {run.path} held {previous.describe()}; replacing it", file=sys.stderr)
 
 
 def _cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
@@ -155,26 +182,52 @@ def _cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_replot(args: argparse.Namespace, extra: list[str]) -> int:
+    from pcsim.outdir import RunDirectory
     from pcsim.registry import get_experiment
     from pcsim.results import RESULTS_FILE, open_results, write_figures
 
     out_dir: Path = args.out_dir
     results_path = out_dir / RESULTS_FILE
-    if not results_path.is_file():
-        raise DataError(f"{results_path}: no such results file (is {out_dir} a pcsim run?)")
-    dataset = open_results(out_dir)
-    experiment = dataset.attrs.get("experiment")
-    if not isinstance(experiment, str):
-        raise DataError(f"{results_path}: attribute 'experiment' is missing, so the "
-                        "experiment that can plot it is unknown")
-    module = get_experiment(experiment, source=str(results_path))
-    figures = module.plot(dataset)
-    try:
-        paths = write_figures(figures, out_dir)
-    finally:
-        _close(figures)
+    if not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: no such run directory")
+    with RunDirectory(out_dir, experiment="", command="replot") as run:
+        dataset = open_results(out_dir)
+        experiment = dataset.attrs.get("experiment")
+        if not isinstance(experiment, str):
+            raise FileFormatError(f"{results_path}: attribute 'experiment' is missing, so the "
+                                  "experiment that can plot it is unknown")
+        module = get_experiment(experiment, source=str(results_path))
+        paths = write_figures(module.plot(dataset), run)
     _print_paths(paths)
     return 0
+
+
+def _cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
+    from pcsim.config import config_fields, load_config
+
+    config = load_config(args.config, args.overrides)
+    rows = [(f.key, _shorten(f.value), f.type, f.constraint, f.doc) for f in config_fields(config)]
+    header = ("KEY", "VALUE", "TYPE", "RANGE/UNITS", "MEANING")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(f"{cell:<{width}}" for cell, width in zip(row, (*widths, 0))).rstrip())
+    return 0
+
+
+def _shorten(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _benchmarks_epilog() -> str:
+    """The ``pcsim bench --help`` list of installed benchmarks, one line each from its module."""
+    from pcsim.registry import benchmark_summary
+
+    entries = _entry_points("pcsim.benchmarks")
+    if not entries:
+        return "no benchmarks installed"
+    width = max(len(e.name) for e in entries)
+    lines = [f"  {e.name:<{width}}  {benchmark_summary(e.name, e.module)}".rstrip() for e in entries]
+    return "benchmarks:\n" + "\n".join(lines)
 
 
 def _cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
@@ -188,14 +241,6 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
         raise ConfigError(f"benchmark {args.name!r} is not available: {entry.value} cannot be imported ({exc})") from None
     status = bench(args.name, args.json, list(extra))
     return status if isinstance(status, int) else 0
-
-
-def _close(figures: Mapping[str, Any]) -> None:
-    """Release pyplot-managed figures (a no-op for Figures made without pyplot)."""
-    import matplotlib.pyplot as plt
-
-    for figure in figures.values():
-        plt.close(figure)
 
 
 def _flatten(summary: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

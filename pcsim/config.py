@@ -42,6 +42,8 @@ __all__ = [
     "ExperimentConfig",
     "check_device",
     "check_ranges",
+    "ConfigField",
+    "config_fields",
     "config_to_dict",
     "config_to_toml",
     "from_dict",
@@ -601,3 +603,94 @@ def _toml_string(text: str) -> str:
         else:
             chars.append(ch)
     return '"' + "".join(chars) + '"'
+
+
+# --------------------------------------------------------------------------- describing
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One settable key of a config, as ``pcsim show`` prints it: the dotted ``key``, its
+    ``value`` written as TOML (``""`` when unset), its ``type`` in words, its ``constraint``
+    (range from the field metadata, choices, units) and a one-line ``doc``."""
+
+    key: str
+    value: str
+    type: str
+    constraint: str
+    doc: str
+
+
+def config_fields(cfg: Any) -> list[ConfigField]:
+    """Every key of the config dataclass instance ``cfg`` (nested sections as dotted keys, in
+    field order), derived from the dataclasses themselves: type from the type hint, range and
+    units from the field metadata (``ge``/``gt``/``le``/``lt``, ``nonempty``, ``units``), the doc
+    from the metadata key ``doc`` or else from the section's docstring (the sentence after
+    ``name``:), so every key a ``--set`` accepts is listed and nothing is kept by hand."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"config_fields needs a config dataclass instance, got {cfg!r}")
+    rows: list[ConfigField] = []
+    _describe_fields(cfg, "", rows)
+    return rows
+
+
+def _describe_fields(cfg: Any, prefix: str, rows: list[ConfigField]) -> None:
+    cls = type(cfg)
+    hints = _field_hints(cls)
+    for name, fld in _init_fields(cls).items():
+        value = getattr(cfg, name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            _describe_fields(value, f"{prefix}{name}.", rows)
+            continue
+        kind = _kind_name(hints[name])
+        limits = [f"{symbol} {fld.metadata[key]!r}" for key, (_, symbol) in _RANGES.items()
+                  if key in fld.metadata]
+        if fld.metadata.get("nonempty"):
+            limits.append("non-empty")
+        if "units" in fld.metadata:
+            limits.append(f"[{fld.metadata['units']}]")
+        shown = "" if value is None else _toml_value(_plain(value))
+        rows.append(ConfigField(key=prefix + name, value=shown, type=kind, constraint=" ".join(limits),
+                                doc=fld.metadata.get("doc") or _docstring_entry(cls, name)))
+
+
+def _kind_name(hint: Any) -> str:
+    """A field's type in words for ``pcsim show``: "number", "array of integers",
+    "one of 'a', 'b'", "integer (optional)"."""
+    if _is_optional(hint):
+        return _kind_name(_optional_inner(hint)) + " (optional)"
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
+    if typing.get_origin(hint) in (list, tuple):
+        element = _element_type(hint)
+        if typing.get_origin(element) is Literal:
+            return "array, each " + _kind_name(element)
+    return _type_name(hint).split(" ", 1)[-1]
+
+
+def _docstring_entry(cls: type, name: str) -> str:
+    """The sentence a class docstring gives ``name``, in the house style "``name``: text."
+    (or "``a``, ``b``: text." for several fields), or "" when it says nothing in that form.
+    The sentence ends at the first '.' or ';' outside parentheses and code spans."""
+    doc = " ".join((cls.__doc__ or "").split())
+    for match in re.finditer(r"((?:``\w+``(?:\s*(?:,|and|/)\s*)?)+)(?:\s*\([^)]*\))?:\s", doc):
+        if name in re.findall(r"``(\w+)``", match.group(1)):
+            text = doc[match.end():]
+            depth, code, end = 0, False, len(text)
+            for i, ch in enumerate(text):
+                if text.startswith("``", i):
+                    code = not code
+                elif not code and ch in "([":
+                    depth += 1
+                elif not code and ch in ")]":
+                    if depth == 0:  # the docstring's own parenthesis around the entry closes
+                        end = i
+                        break
+                    depth -= 1
+                elif (not code and depth == 0 and ch in ".;" and text[i + 1:i + 2] in ("", " ")
+                      and not text[max(i - 3, 0):i + 1].endswith(("e.g.", "i.e."))):
+                    end = i
+                    break
+            text = text[:end]
+            return re.sub(r":\w+:`~?([^`<]+?)(?:\s*<[^>]*>)?`", r"\1", text).replace("``", "")
+    return ""

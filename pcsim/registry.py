@@ -18,6 +18,7 @@ import ast
 import importlib.util
 import math
 import os
+import re
 import tomllib
 import types
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from pcsim.errors import ConfigError
 __all__ = [
     "ExperimentResult",
     "RunContext",
+    "benchmark_summary",
     "default_config_dir",
     "get_experiment",
     "list_experiments",
@@ -133,8 +135,11 @@ def list_experiments(config_dir: str | Path | None = None) -> list[tuple[str, st
     Every ``*.toml`` below the directory (default: :func:`default_config_dir`) is one row;
     the file is named relative to the directory. The description is the config's
     ``description`` key, or else the first line of the module's docstring, read from its
-    source without importing it (so listing never loads torch or brian2). Broken files are
-    listed with the problem as their description rather than stopping the listing.
+    source without importing it (so listing never loads torch or brian2). A config that
+    names a file which does not exist (a key ``path`` or ``*_path``/``*_file``, as the
+    placeholder of ``fit_recording.toml``) gets the suffix ``(needs --set KEY=FILE)``, derived
+    from the config itself. Broken files are listed with the problem as their description
+    rather than stopping the listing.
     """
     root = Path(config_dir) if config_dir is not None else default_config_dir()
     if not root.is_dir():
@@ -154,12 +159,55 @@ def list_experiments(config_dir: str | Path | None = None) -> list[tuple[str, st
         description = data.get("description")
         if not isinstance(description, str) or not description.strip():
             description = _module_summary(experiment)
-        rows.append((name, experiment, (description.strip().splitlines() or [""])[0]))
+        description = (description.strip().splitlines() or [""])[0]
+        needs = _missing_files(data, path.parent)
+        if needs:
+            description += f" (needs {' '.join(f'--set {key}=FILE' for key in needs)})"
+        rows.append((name, experiment, description.strip()))
     return rows
+
+
+def _missing_files(table: Mapping[str, Any], config_dir: Path, prefix: str = "") -> list[str]:
+    """Dotted keys of ``table`` that name a file (``path``, ``*_path``, ``*_file``) which exists
+    neither as given (relative to the working directory) nor relative to ``config_dir``."""
+    missing = []
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            missing += _missing_files(value, config_dir, prefix=dotted + ".")
+        elif (isinstance(value, str) and (key == "path" or key.endswith(("_path", "_file")))
+              and not Path(value).exists() and not (config_dir / value).exists()):
+            missing.append(dotted)
+    return missing
+
+
+def benchmark_summary(name: str, module: str) -> str:
+    """One line describing benchmark ``name`` implemented in ``module``, from the module's
+    docstring (read from source, not imported): the text of a bullet ``- ``name``: ...`` when
+    the module serves several benchmarks, else the docstring's first line."""
+    doc = _module_docstring(module)
+    if doc.startswith("("):
+        return doc
+    flat = " ".join(doc.split())
+    bullet = re.search(rf"- ``{re.escape(name)}``: (.+?)(?=\s- ``|$)", flat)
+    if bullet:
+        text = bullet.group(1)
+        end = re.search(r"[.;:](\s|$)", text)
+        text = text[: end.start()] if end else text
+    else:
+        text = (doc.strip().splitlines() or [""])[0]
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")  # reST markup, for a terminal
 
 
 def _module_summary(name: str) -> str:
     """First docstring line of module ``name``, parsed from its source file."""
+    doc = _module_docstring(name)
+    return doc.strip().splitlines()[0] if doc and doc.strip() else ""
+
+
+def _module_docstring(name: str) -> str:
+    """The docstring of module ``name``, parsed from its source file without importing it, or
+    a parenthesised problem ("(module not found)")."""
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError) as exc:
@@ -170,5 +218,4 @@ def _module_summary(name: str) -> str:
         tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:
         return f"(cannot read module: {exc})"
-    doc = ast.get_docstring(tree)
-    return doc.strip().splitlines()[0] if doc and doc.strip() else ""
+    return ast.get_docstring(tree) or ""

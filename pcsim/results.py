@@ -1,7 +1,8 @@
 """Writing and reopening a run's output: ``results.nc``, ``summary.json``, ``config.toml``, PNGs.
 
-Every file is first written under a temporary name in the output directory and renamed
-into place only once *all* of them were written, so a failed run (a plot that raises, a
+What is written lives here; how it is written (lock, manifest, temporary names renamed into
+place only once *all* files were written, ownership of files, cleanup of failed runs) is the
+output-directory protocol of :mod:`pcsim.outdir`, so a failed run (a plot that raises, a
 full disk) leaves neither half-written files nor a mix of old and new results. The netCDF
 file carries the config that produced it in its attrs, so it is self-describing:
 ``xarray.open_dataset("runs/x/results.nc").attrs["config"]`` is the TOML text.
@@ -13,7 +14,6 @@ import importlib.util
 import json
 import os
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 
 from pcsim import __version__
 from pcsim.config import ExperimentConfig, config_to_toml
+from pcsim.errors import FileFormatError
+from pcsim.outdir import RunDirectory
 from pcsim.registry import ExperimentResult, to_jsonable
 
 __all__ = ["convention_problems", "load_summary", "netcdf_ready", "open_results", "write_figures", "write_results"]
@@ -31,6 +33,8 @@ __all__ = ["convention_problems", "load_summary", "netcdf_ready", "open_results"
 RESULTS_FILE = "results.nc"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.toml"
+#: the files every run writes besides its figures
+FIXED_FILES = (RESULTS_FILE, SUMMARY_FILE, CONFIG_FILE)
 FIGURE_DPI = 120
 
 _FIGURE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -39,20 +43,27 @@ _FIGURE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 def write_results(
     result: ExperimentResult,
     figures: Mapping[str, Figure],
-    out_dir: str | Path,
+    out_dir: str | Path | RunDirectory,
     config: ExperimentConfig,
+    *,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write a run's dataset, summary, config and figures into ``out_dir``, atomically.
 
-    Creates ``out_dir`` and writes ``results.nc`` (the dataset, with the config's TOML,
-    the pcsim version and the experiment module in its attrs; attrs made
-    netCDF-serialisable), ``summary.json`` (indent 2, sorted keys), ``config.toml`` and
-    ``NAME.png`` for each figure (dpi 120). Nothing is renamed into place until every file
-    was written; on any error the temporary files are removed and the error re-raised.
+    Writes ``results.nc`` (the dataset, with the config's TOML, the pcsim version and the
+    experiment module in its attrs; attrs made netCDF-serialisable), ``summary.json`` (indent
+    2, sorted keys), ``config.toml`` and ``NAME.png`` for each figure (dpi 120). ``out_dir`` is
+    a :class:`~pcsim.outdir.RunDirectory` the caller holds (the CLI holds one for the whole
+    run), or a path, which is then held for the write alone under the same protocol (lock,
+    manifest, ``overwrite`` to replace a complete run, never a file pcsim did not write).
+    Nothing is renamed into place until every file was written; on any error the temporary
+    files are removed and the error re-raised (an OSError as OutputError naming the file).
     Returns ``{file name: path}`` for the files written.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if not isinstance(out_dir, RunDirectory):
+        with RunDirectory(out_dir, experiment=config.experiment, overwrite=overwrite,
+                          names=FIXED_FILES) as run:
+            return write_results(result, figures, run, config)
     toml_text = config_to_toml(config)
     dataset = netcdf_ready(result.dataset)
     dataset.attrs.update(
@@ -64,9 +75,8 @@ def write_results(
     writers = _figure_writers(figures)
     writers[CONFIG_FILE] = lambda path: path.write_text(toml_text, encoding="utf-8")
     writers[SUMMARY_FILE] = lambda path: path.write_text(summary, encoding="utf-8")
-    # results.nc is renamed last, so its presence marks a complete run.
     writers[RESULTS_FILE] = lambda path: dataset.to_netcdf(path, engine=engine, encoding=_compression(dataset, engine))
-    return _write_atomically(out, writers)
+    return out_dir.write(writers)
 
 
 #: the unit of every time coordinate or variable named ``time`` in pcsim results (SI, as NWB)
@@ -107,31 +117,45 @@ def _compression(dataset: xr.Dataset, engine: str) -> dict[str, dict[str, Any]]:
             if var.dtype.kind in "fiu" and var.nbytes > 2**20}
 
 
-def write_figures(figures: Mapping[str, Figure], out_dir: str | Path) -> dict[str, Path]:
-    """Save each figure as ``out_dir/NAME.png`` (dpi 120), all or none.
+def write_figures(figures: Mapping[str, Figure], out_dir: str | Path | RunDirectory) -> dict[str, Path]:
+    """Save each figure as ``out_dir/NAME.png`` (dpi 120), all or none, into a complete run.
 
     Used by ``pcsim replot`` to redraw a finished run's figures from its ``results.nc``.
-    Names must be plain file stems (letters, digits, ``_``, ``-``, ``.``). Returns
-    ``{file name: path}``.
+    ``out_dir`` is a complete run's directory (or a ``RunDirectory(..., command="replot")``
+    held by the caller): the figures replace the run's own PNGs, PNGs of the run that the
+    experiment no longer draws are removed, a file pcsim did not write is never replaced, and
+    the manifest's file list is updated. Names must be plain file stems (letters, digits,
+    ``_``, ``-``, ``.``). Returns ``{file name: path}``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return _write_atomically(out, _figure_writers(figures))
+    if not isinstance(out_dir, RunDirectory):
+        with RunDirectory(out_dir, experiment="", command="replot") as run:
+            return write_figures(figures, run)
+    paths = out_dir.write(_figure_writers(figures))
+    out_dir.remove([name for name in out_dir.files if name.endswith(".png") and name not in paths])
+    return paths
 
 
 def open_results(out_dir: str | Path) -> xr.Dataset:
     """Load a run's ``results.nc`` fully into memory and close the file.
 
     ``out_dir`` is a run directory (or the ``.nc`` file itself). Loading eagerly means the
-    file is not held open, so the run can be rewritten or deleted afterwards.
+    file is not held open, so the run can be rewritten or deleted afterwards. A missing,
+    truncated or non-netCDF file raises :class:`~pcsim.errors.FileFormatError` naming it.
     """
     path = Path(out_dir)
     if path.is_dir() or path.suffix != ".nc":
         path = path / RESULTS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such results file (is {out_dir} a pcsim run?)")
-    with xr.open_dataset(path) as dataset:
-        return dataset.load()
+        raise FileFormatError(f"{path}: no such results file (is {out_dir} a pcsim run?)")
+    try:
+        with xr.open_dataset(path) as dataset:
+            return dataset.load()
+    except (OSError, ValueError, RuntimeError, KeyError, IndexError, TypeError) as exc:
+        # netCDF4/HDF5 say "NetCDF: HDF error", xarray "did not find a match in any of
+        # xarray's currently installed IO backends": the file is not (all) netCDF
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FileFormatError(f"{path}: cannot be read as a pcsim results file (truncated or "
+                              f"not netCDF): {reason}") from None
 
 
 def load_summary(out_dir: str | Path) -> dict[str, Any]:
@@ -200,20 +224,3 @@ def _figure_writers(figures: Mapping[str, Figure]) -> dict[str, Callable[[Path],
             path, format="png", dpi=FIGURE_DPI
         )
     return writers
-
-
-def _write_atomically(out: Path, writers: Mapping[str, Callable[[Path], None]]) -> dict[str, Path]:
-    """Run each writer on a temporary path in ``out``, then rename all into place."""
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for name, write in writers.items():
-            temporary = out / f".{name}.{uuid.uuid4().hex[:12]}.tmp"
-            staged.append((temporary, out / name))
-            write(temporary)
-        for temporary, final in staged:
-            os.replace(temporary, final)
-    except BaseException:
-        for temporary, _ in staged:
-            temporary.unlink(missing_ok=True)
-        raise
-    return {final.name: final for _, final in staged}

@@ -33,7 +33,10 @@ def test_run_writes_results_and_prints_summary(config_path, tmp_path, capsys):
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.toml", "loss.png", "results.nc", "summary.json"]
+        "config.toml", "loss.png", "pcsim_run.json", "results.nc", "summary.json"]
+    manifest = json.loads((out / "pcsim_run.json").read_text())
+    assert manifest["state"] == "complete"
+    assert sorted(manifest["files"]) == ["config.toml", "loss.png", "results.nc", "summary.json"]
 
     with xr.open_dataset(out / "results.nc") as results:
         assert results.sizes["epoch"] == 6  # the override reached the run
@@ -88,7 +91,8 @@ def test_replot_redraws_from_results(config_path, tmp_path, capsys):
     assert main(["replot", str(out)]) == 0
     assert (out / "loss.png").read_bytes().startswith(b"\x89PNG")
     assert main(["replot", str(tmp_path / "nowhere")]) == 2
-    assert "no such results file" in capsys.readouterr().err
+    assert f"{tmp_path / 'nowhere'}: no such run directory" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_list_shows_configs(tiny_experiment, tmp_path, capsys):

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from pcsim import __version__
 from pcsim.config import ExperimentConfig, config_to_dict, from_dict
+from pcsim.errors import FileFormatError, OutputError
 from pcsim.registry import ExperimentResult, to_jsonable
 from pcsim.results import load_summary, open_results, write_figures, write_results
 
@@ -71,7 +72,10 @@ def test_write_results_files_and_reopen(tmp_path):
     paths = write_results(result, {"energy": make_figure()}, out, CONFIG)
 
     assert set(paths) == {"results.nc", "summary.json", "config.toml", "energy.png"}
-    assert sorted(p.name for p in out.iterdir()) == sorted(paths)  # no temporary files left
+    # no temporary files left, no lock; the manifest lists exactly the files written
+    assert sorted(p.name for p in out.iterdir()) == sorted([*paths, "pcsim_run.json"])
+    manifest = json.loads((out / "pcsim_run.json").read_text())
+    assert manifest["state"] == "complete" and sorted(manifest["files"]) == sorted(paths)
     assert paths["energy.png"].read_bytes().startswith(b"\x89PNG")
 
     with xr.open_dataset(paths["results.nc"]) as reopened:
@@ -101,32 +105,48 @@ def test_write_results_files_and_reopen(tmp_path):
     assert float(loaded["energy"].sum()) == 15.0
 
 
-def test_failed_figure_leaves_no_results(tmp_path):
-    out = tmp_path / "run"
+def test_failed_figure_leaves_no_directory_it_created(tmp_path):
+    out = tmp_path / "new" / "run"
     figures = {"good": make_figure(), "bad": BrokenFigure()}
     with pytest.raises(RuntimeError, match="disk full"):
         write_results(make_result(), figures, out, CONFIG)
-    assert list(out.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # neither run/ nor the parent new/ it made
 
 
-def test_failed_rewrite_keeps_the_previous_run(tmp_path):
+def test_rewrite_is_refused_without_overwrite_and_a_failed_one_says_so(tmp_path):
     out = tmp_path / "run"
     write_results(make_result(), {"energy": make_figure()}, out, CONFIG)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     other = Config(experiment="tests.fake_experiment", seed=99)
-    with pytest.raises(RuntimeError):
-        write_results(make_result(), {"energy": BrokenFigure()}, out, other)
+    with pytest.raises(OutputError, match="already holds a complete run of tests.fake_experiment.*--overwrite"):
+        write_results(make_result(), {"energy": make_figure()}, out, other)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError):
+        write_results(make_result(), {"energy": BrokenFigure()}, out, other, overwrite=True)
+    # the old run's files are gone (it was replaced), the user's file is kept, the status says why
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "pcsim_run.json"]
+    manifest = json.loads((out / "pcsim_run.json").read_text())
+    assert manifest["state"] == "failed" and "disk full" in manifest["error"]
 
 
-def test_write_figures_checks_names(tmp_path):
+def test_write_figures_checks_names_and_updates_the_run(tmp_path):
+    out = tmp_path / "run"
+    write_results(make_result(), {"energy": make_figure()}, out, CONFIG)
     with pytest.raises(ValueError, match="not a plain file stem"):
-        write_figures({"../escape": make_figure()}, tmp_path)
-    paths = write_figures({"a": make_figure(), "b": make_figure()}, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
-    assert paths["a.png"] == tmp_path / "a.png"
+        write_figures({"../escape": make_figure()}, out)
+    paths = write_figures({"a": make_figure(), "b": make_figure()}, out)
+    # energy.png was the run's own and is no longer drawn: removed; the manifest follows
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png"]
+    assert paths["a.png"] == out / "a.png"
+    manifest = json.loads((out / "pcsim_run.json").read_text())
+    assert manifest["state"] == "complete"
+    assert sorted(manifest["files"]) == ["a.png", "b.png", "config.toml", "results.nc", "summary.json"]
+    with pytest.raises(OutputError, match="no pcsim_run.json"):
+        write_figures({"a": make_figure()}, tmp_path)  # not a run directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_open_results_on_missing_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match="results.nc"):
+    with pytest.raises(FileFormatError, match="results.nc"):
         open_results(tmp_path)
