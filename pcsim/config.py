@@ -5,7 +5,7 @@ An experiment declares its settings as a frozen dataclass deriving from
 the type hints, so the dataclass is the single statement of what a config may hold:
 
 - scalars: ``int`` (a boolean is not an integer), ``float`` (integers are accepted and
-  converted; NaN is refused), ``str``, ``bool``;
+  converted; NaN is refused, and so is ±inf where the field has a range), ``str``, ``bool``;
 - arrays: ``tuple[int, ...]``, ``tuple[float, ...]``, ``tuple[str, ...]`` (``list[...]`` is
   accepted as a spelling too); values are stored as tuples so the config stays hashable;
 - ``typing.Literal[...]`` choices, ``X | None`` (absent from the file means ``None``, so
@@ -206,6 +206,9 @@ def _check(value: Any, hint: Any, meta: Mapping[str, Any], key: str, source: str
             value = float(value)
             if math.isnan(value):
                 raise ConfigError(f"{_where(source)}key '{key}' must be a number, got nan")
+            if math.isinf(value) and any(bound in meta for bound in _RANGES):
+                # a range bounds a quantity; infinity is no value of one (lr=inf passed before)
+                raise ConfigError(f"{_where(source)}key '{key}' must be a finite number, got {value!r}")
     elif hint is str:
         ok = isinstance(value, str)
         if ok and meta.get("nonempty") and not value:
