@@ -3,6 +3,7 @@
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +147,87 @@ def test_commands_and_benchmarks_come_from_the_packages_that_define_them():
     imports += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     for text in strings + imports:
         assert not text.startswith(("analysis.", "circuits.")), text
+
+
+def test_list_marks_configs_that_need_a_file(tiny_experiment, tmp_path, capsys):
+    """The suffix is derived from the config: a path-like key naming a file that is not there."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "data.nwb").write_bytes(b"")
+    (configs / "needs.toml").write_text(f'experiment = "{tiny_experiment}"\ndescription = "fit"\n'
+                                        '[recording]\npath = "placeholder.nwb"\n[extra]\nmask_file = "m.npy"\n')
+    (configs / "has.toml").write_text(f'experiment = "{tiny_experiment}"\ndescription = "fit"\n'
+                                      '[recording]\npath = "data.nwb"\nname = "not-a-path.nwb"\n')
+    assert main(["list", "--configs", str(configs)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["needs.toml"].endswith("fit (needs --set recording.path=FILE --set extra.mask_file=FILE)")
+    assert rows["has.toml"].endswith("fit")  # the file exists beside the config
+
+
+def test_shipped_fit_config_is_listed_as_needing_its_recording(capsys):
+    from pcsim.registry import list_experiments
+
+    rows = {name: text for name, _, text in list_experiments(Path(__file__).resolve().parents[2] / "configs")}
+    assert rows["fit_recording.toml"].endswith("(needs --set recording.path=FILE)")
+    assert not any("needs" in text for name, text in rows.items() if name != "fit_recording.toml")
+
+
+def test_bench_help_lists_every_installed_benchmark_with_its_docstring(capsys):
+    from importlib.metadata import entry_points
+
+    from pcsim.registry import benchmark_summary
+
+    assert main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    listed = out.split("benchmarks:\n", 1)[1].splitlines()
+    names = sorted(e.name for e in entry_points(group="pcsim.benchmarks"))
+    assert [line.split()[0] for line in listed] == names
+    for line, name in zip(listed, names):
+        assert len(line.split(maxsplit=1)) == 2, line  # every benchmark has a description
+    # a module serving several benchmarks: the docstring's bullet for each, not one shared line
+    assert benchmark_summary("gpfa", "analysis.bench") != benchmark_summary("latents", "analysis.bench")
+
+
+def test_benchmark_summary_from_docstring(write_module):
+    module = write_module('"""Benchmarks of x.\n\n- ``fast``: the quick one. More.\n- ``slow``: the long one\n"""\n')
+    from pcsim.registry import benchmark_summary
+
+    assert benchmark_summary("fast", module) == "the quick one"
+    assert benchmark_summary("slow", module) == "the long one"
+    assert benchmark_summary("other", module) == "Benchmarks of x."
+    assert benchmark_summary("x", "no_such_module_here").startswith("(module not found")
+
+
+def test_show_prints_every_key_with_type_range_units_and_doc(write_module, write_config, capsys):
+    module = write_module('''
+        from dataclasses import dataclass, field
+        from typing import Literal
+        from pcsim.config import ExperimentConfig
+
+        @dataclass(frozen=True, kw_only=True)
+        class Timing:
+            """Integration. ``dt``: Euler step (e.g. 0.1 ms). ``mode``: which solver; more."""
+            dt: float = field(default=0.5, metadata={"gt": 0, "le": 2, "units": "ms"})
+            mode: Literal["euler", "rk4"] = "euler"
+            steps: tuple[int, ...] = field(default=(1, 2), metadata={"ge": 1, "doc": "steps to record"})
+            clip: float | None = None
+
+        @dataclass(frozen=True, kw_only=True)
+        class Config(ExperimentConfig):
+            timing: Timing = field(default_factory=Timing)
+
+        def run(config, ctx): ...
+        def plot(results): ...
+    ''')
+    path = write_config(f'experiment = "{module}"\n[timing]\ndt = 0.25\n')
+    assert main(["show", str(path), "--set", "timing.mode=rk4"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert list(rows) == ["KEY", "experiment", "seed", "device", "description",
+                          "timing.dt", "timing.mode", "timing.steps", "timing.clip"]
+    assert rows["timing.dt"].split(None, 5) == ["timing.dt", "0.25", "number", ">", "0", "<= 2 [ms]  Euler step (e.g. 0.1 ms)"]
+    assert " \"rk4\" " in rows["timing.mode"] and "one of 'euler', 'rk4'" in rows["timing.mode"]
+    assert rows["timing.mode"].endswith("which solver")
+    assert "array of integers" in rows["timing.steps"] and rows["timing.steps"].split()[-4:] == [">=", "1", "steps", "to", "record"][-4:]
+    assert "number (optional)" in rows["timing.clip"]
+    assert main(["show", str(path), "--set", "timing.dt=3"]) == 2  # validated like run
+    assert "key 'timing.dt' must be <= 2" in capsys.readouterr().err
