@@ -25,6 +25,7 @@ SOURCE = "configs/x.toml"
 class Solver:
     tolerance: float = field(default=1e-6, metadata={"gt": 0})
     method: str = "euler"
+    max_step: float = 1.0  # no range: infinity is a value ("no limit")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +84,11 @@ def test_defaults_and_conversions():
         ({"training": {"sizes": 3}}, ["key 'training.sizes' must be an array of integers"]),
         ({"training": {"lr": -0.1}}, ["key 'training.lr' must be > 0, got -0.1"]),
         ({"training": {"lr": float("nan")}}, ["key 'training.lr' must be a number, got nan"]),
+        ({"training": {"lr": float("inf")}}, ["key 'training.lr' must be a finite number, got inf"]),
+        ({"training": {"weights": [1.0, float("inf")]}},
+         ["key 'training.weights[1]' must be a finite number, got inf"]),
+        ({"training": {"solver": {"max_step": float("nan")}}},
+         ["key 'training.solver.max_step' must be a number, got nan"]),
         ({"training": {"epochs": 1001}}, ["key 'training.epochs' must be <= 1000, got 1001"]),
         ({"training": {"momentum": 1.0}}, ["key 'training.momentum' must be < 1, got 1.0"]),
         ({"training": {"sizes": [4, 0]}}, ["key 'training.sizes[1]' must be >= 1, got 0"]),
@@ -141,7 +147,7 @@ def test_round_trip_of_a_hand_written_config():
         "seed": 7,
         "description": 'quotes " and \\ and\nnewline',
         "training": {"momentum": 0.9, "labels": ["a b", "ü"], "weights": [], "lr": 1e-5,
-                     "solver": {"tolerance": float("inf"), "method": "rk4"}},
+                     "solver": {"tolerance": 1e300, "max_step": float("inf"), "method": "rk4"}},
     })
     assert from_dict(Config, config_to_dict(cfg), source=SOURCE) == cfg
     text = config_to_toml(cfg)
@@ -153,18 +159,19 @@ def test_round_trip_of_a_hand_written_config():
 @st.composite
 def configs(draw):
     solver = Solver(
-        tolerance=draw(st.floats(min_value=0, exclude_min=True, allow_nan=False)),
+        tolerance=draw(st.floats(min_value=0, exclude_min=True, allow_nan=False, allow_infinity=False)),
         method=draw(st.text(max_size=20)),
+        max_step=draw(st.floats(allow_nan=False)),
     )
     training = Training(
-        lr=draw(st.floats(min_value=0, exclude_min=True, allow_nan=False)),
+        lr=draw(st.floats(min_value=0, exclude_min=True, allow_nan=False, allow_infinity=False)),
         epochs=draw(st.integers(1, 1000)),
         batch_size=draw(st.integers(1, 2**63 - 1)),
         shuffle=draw(st.booleans()),
         optimizer=draw(st.sampled_from(["sgd", "adam"])),
         momentum=draw(st.none() | st.floats(0, 1, exclude_max=True)),
         sizes=tuple(draw(st.lists(st.integers(1, 10**6), min_size=1, max_size=5))),
-        weights=tuple(draw(st.lists(st.floats(min_value=0, allow_nan=False), max_size=5))),
+        weights=tuple(draw(st.lists(st.floats(min_value=0, allow_nan=False, allow_infinity=False), max_size=5))),
         labels=tuple(draw(st.lists(st.text(max_size=10), max_size=4))),
         solver=solver,
     )
