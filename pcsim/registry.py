@@ -29,7 +29,7 @@ from typing import Any
 import xarray as xr
 
 from pcsim.config import import_experiment_module
-from pcsim.errors import ConfigError
+from pcsim.errors import ConfigError, DataError
 
 __all__ = [
     "ExperimentResult",
@@ -71,12 +71,12 @@ class ExperimentResult:
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, xr.Dataset):
-            raise TypeError(
+            raise DataError(
                 f"ExperimentResult.dataset must be an xarray.Dataset, "
                 f"got {type(self.dataset).__name__}"
             )
         if not isinstance(self.summary, Mapping):
-            raise TypeError(
+            raise DataError(
                 f"ExperimentResult.summary must be a dict, got {type(self.summary).__name__}"
             )
         self.summary = to_jsonable(self.summary, name="summary")
@@ -87,8 +87,8 @@ def to_jsonable(obj: Any, *, name: str = "value") -> Any:
 
     Numpy/torch scalars and arrays are converted through their ``tolist()``; tuples become
     lists, paths become strings, mapping keys become strings, and NaN/±Inf become ``None``
-    (strict JSON has no spelling for them). Anything else raises TypeError naming the
-    offending entry as ``name['key'][index]``.
+    (strict JSON has no spelling for them). Anything else raises
+    :class:`~pcsim.errors.DataError` naming the offending entry as ``name['key'][index]``.
     """
     if obj is None or isinstance(obj, (bool, str)):
         return obj
@@ -105,7 +105,7 @@ def to_jsonable(obj: Any, *, name: str = "value") -> Any:
     tolist = getattr(obj, "tolist", None)  # numpy and torch, without importing torch
     if callable(tolist):
         return to_jsonable(tolist(), name=name)
-    raise TypeError(
+    raise DataError(
         f"{name} has type {type(obj).__name__}, which is not JSON-serialisable; "
         "store a number, string, list or dict instead"
     )

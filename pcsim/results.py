@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from pcsim import __version__
 from pcsim.config import ExperimentConfig, config_to_toml
-from pcsim.errors import FileFormatError
+from pcsim.errors import ConfigError, FileFormatError
 from pcsim.outdir import RunDirectory
 from pcsim.registry import ExperimentResult, to_jsonable
 
@@ -159,10 +159,17 @@ def open_results(out_dir: str | Path) -> xr.Dataset:
 
 
 def load_summary(out_dir: str | Path) -> dict[str, Any]:
-    """Return the ``summary.json`` of the run in ``out_dir`` as a dict."""
+    """Return the ``summary.json`` of the run in ``out_dir`` as a dict (a missing or
+    unreadable file raises :class:`~pcsim.errors.FileFormatError` naming it)."""
     path = Path(out_dir) / SUMMARY_FILE
-    with path.open(encoding="utf-8") as fh:
-        summary: dict[str, Any] = json.load(fh)
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileFormatError(f"{path}: no such summary file (is {out_dir} a pcsim run?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FileFormatError(f"{path}: cannot be read as a pcsim summary ({exc})") from None
+    if not isinstance(summary, dict):
+        raise FileFormatError(f"{path}: a pcsim summary is a JSON object, got {type(summary).__name__}")
     return summary
 
 
@@ -216,9 +223,9 @@ def _figure_writers(figures: Mapping[str, Figure]) -> dict[str, Callable[[Path],
     writers: dict[str, Callable[[Path], None]] = {}
     for name, figure in figures.items():
         if not isinstance(name, str) or not _FIGURE_NAME.fullmatch(name):
-            raise ValueError(f"figure name {name!r} is not a plain file stem")
+            raise ConfigError(f"figures: figure name {name!r} is not a plain file stem")
         if not callable(getattr(figure, "savefig", None)):
-            raise TypeError(f"figure {name!r} is a {type(figure).__name__}, not a Figure")
+            raise ConfigError(f"figures[{name!r}] is a {type(figure).__name__}, not a Figure")
         # Bind figure now: a lambda closing over the loop variable would save the last one.
         writers[f"{name}.png"] = lambda path, fig=figure: fig.savefig(
             path, format="png", dpi=FIGURE_DPI

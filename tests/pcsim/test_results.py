@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from pcsim import __version__
 from pcsim.config import ExperimentConfig, config_to_dict, from_dict
-from pcsim.errors import FileFormatError, OutputError
+from pcsim.errors import ConfigError, DataError, FileFormatError, OutputError
 from pcsim.registry import ExperimentResult, to_jsonable
 from pcsim.results import load_summary, open_results, write_figures, write_results
 
@@ -62,7 +62,7 @@ def test_summary_is_converted_to_json_types():
     summary = make_result().summary
     assert summary == {"accuracy": 0.75, "per_layer": [1.0, None], "nested": {"count": 3}}
     assert type(summary["nested"]["count"]) is int
-    with pytest.raises(TypeError, match=r"summary\['bad'\] has type object"):
+    with pytest.raises(DataError, match=r"summary\['bad'\] has type object"):
         to_jsonable({"bad": object()}, name="summary")
 
 
@@ -133,8 +133,10 @@ def test_rewrite_is_refused_without_overwrite_and_a_failed_one_says_so(tmp_path)
 def test_write_figures_checks_names_and_updates_the_run(tmp_path):
     out = tmp_path / "run"
     write_results(make_result(), {"energy": make_figure()}, out, CONFIG)
-    with pytest.raises(ValueError, match="not a plain file stem"):
+    with pytest.raises(ConfigError, match="not a plain file stem"):
         write_figures({"../escape": make_figure()}, out)
+    with pytest.raises(ConfigError, match=r"figures\['x'\] is a str, not a Figure"):
+        write_figures({"x": "not a figure"}, out)
     paths = write_figures({"a": make_figure(), "b": make_figure()}, out)
     # energy.png was the run's own and is no longer drawn: removed; the manifest follows
     assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png"]
@@ -150,3 +152,12 @@ def test_write_figures_checks_names_and_updates_the_run(tmp_path):
 def test_open_results_on_missing_run(tmp_path):
     with pytest.raises(FileFormatError, match="results.nc"):
         open_results(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["", "{truncated", "[1, 2]"])
+def test_load_summary_of_a_broken_file_names_it(tmp_path, text):
+    with pytest.raises(FileFormatError, match="summary"):
+        load_summary(tmp_path)  # missing
+    (tmp_path / "summary.json").write_text(text)
+    with pytest.raises(FileFormatError, match=str(tmp_path / "summary.json")):
+        load_summary(tmp_path)
