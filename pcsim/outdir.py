@@ -119,7 +119,7 @@ class RunDirectory:
         self.overwrite = overwrite
         self.command = command
         self.config_source = config_source
-        self._created: Path | None = None  # top-most directory this run created
+        self._created: list[Path] = []  # directories this run created, top-most first
         self._lock_fd: int | None = None
         self._manifest: dict[str, Any] = {}
         self._previous: RunStatus | None = None
@@ -159,11 +159,31 @@ class RunDirectory:
             raise OutputError(f"output directory {path} cannot be created: {blocker} is a file")
         if self.command == "replot" and missing:
             raise OutputError(f"{path}: no such run directory")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _output_error(exc, f"output directory {path} cannot be created") from None
-        self._created = missing[-1] if missing else None
+        for directory in reversed(missing):  # top-most first
+            try:
+                directory.mkdir()
+            except FileExistsError:
+                continue  # another process made it meanwhile: not ours to remove
+            except OSError as exc:
+                self._remove_created()
+                raise _output_error(exc, f"output directory {path} cannot be created") from None
+            self._created.append(directory)
+        if not path.is_dir():
+            self._remove_created()
+            raise OutputError(f"output directory {path} cannot be created: a file took its place")
+
+    def _remove_created(self) -> None:
+        """Remove the directories this run created: the run directory with its content only
+        while we hold its lock (else it may be another writer's by now), parents only if empty."""
+        for directory in reversed(self._created):  # deepest first
+            if directory == self.path and self._lock_fd is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+            else:
+                try:
+                    directory.rmdir()
+                except OSError:
+                    pass  # not empty: someone else's files are in it now
+        self._created = []
 
     def _lock(self) -> None:
         lock_path = self.path / LOCK_FILE
@@ -310,10 +330,18 @@ class RunDirectory:
             self._unlock()
 
     def _abandon(self, error: BaseException | None = None) -> None:
-        """Undo a run that failed: remove what it created, else mark it failed."""
-        if self._created is not None:
-            shutil.rmtree(self._created, ignore_errors=True)
-        elif self._manifest and self.command != "replot" and self._lock_fd is not None:
+        """Undo a run that failed: remove what it created, else mark it failed (a failed
+        replot leaves the complete run as it was, its manifest listing the files that exist)."""
+        if self._created:
+            self._remove_created()
+        elif self.command == "replot" and self._manifest and self._lock_fd is not None:
+            self._files = [name for name in self._files if (self.path / name).exists()]
+            self._manifest["files"] = list(self._files)
+            try:
+                self._save_manifest()
+            except OutputError:
+                pass
+        elif self._manifest and self._lock_fd is not None:
             for name in self._files:
                 (self.path / name).unlink(missing_ok=True)
             message = (str(error) or type(error).__name__) if error is not None else "unknown error"

@@ -359,3 +359,23 @@ def test_sigkill_during_the_write_phase(config, tmp_path, capsys):
     assert run(config, out) == 0
     assert "held an interrupted run of killed" in capsys.readouterr().err
     assert listing(out) == ["config.toml", "loss.png", MANIFEST_FILE, "results.nc", "summary.json"]
+
+
+def test_refused_writer_never_removes_the_directory_it_raced_to_create(tmp_path, monkeypatch):
+    """B creates out/, A takes the lock before B does: B is refused and must leave out/ (now
+    A's run) alone, although B made the directory."""
+    out = tmp_path / "out"
+    first = RunDirectory(out, experiment="a")
+    real_lock = RunDirectory._lock
+
+    def lock_after_the_other_writer(self):
+        if self is not first:
+            first.__enter__()  # out/ exists now (B made it): A does not own it, but locks it
+        real_lock(self)
+
+    monkeypatch.setattr(RunDirectory, "_lock", lock_after_the_other_writer)
+    with pytest.raises(OutputError, match="in use by another pcsim process"):
+        RunDirectory(out, experiment="b").__enter__()
+    assert run_status(out).state == "running" and run_status(out).manifest["experiment"] == "a"
+    first.__exit__(None, None, None)
+    assert run_status(out).state == "complete" and listing(out) == [MANIFEST_FILE]
