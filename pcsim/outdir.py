@@ -103,8 +103,8 @@ class RunDirectory:
     ``path`` if needed (remembering which directories it created), takes the lock, removes
     stale temporaries, checks that the directory may take the run (see the module docstring;
     ``names`` are file names the run will write, checked now, before a long computation) and
-    writes the ``"running"`` manifest; ``config_source`` (the config file) goes into it. :meth:`claim` checks further file names before a long
-    computation writes them; :meth:`write` writes files atomically. Leaving the block
+    writes the ``"running"`` manifest; ``config_source`` (the config file) goes into it.
+    :meth:`claim` checks further file names; :meth:`write` writes files atomically. Leaving the block
     normally completes the manifest; leaving it by an exception marks the run failed (or
     removes the directories it created) and re-raises. ``command="replot"`` instead updates a
     complete run in place: the run's manifest stays ``"complete"``, and its figure files may
@@ -198,10 +198,10 @@ class RunDirectory:
                 holder = _read_lock(fd)
                 os.close(fd)
                 status = run_status_or_none(self.path)
-                what = f" ({status.describe()})" if status is not None and status.state == "running" else ""
+                what = status.describe() if status is not None and status.state == "running" else f"pid {holder}"
                 raise OutputError(
                     f"output directory {self.path} is in use by another pcsim process "
-                    f"(pid {holder}){what}; wait for it to finish or choose another --out") from None
+                    f"({what}); wait for it to finish or choose another --out") from None
             # The holder before us may have removed the lock file after we opened it: then
             # our lock is on a file nobody else will see. Try again on the current file.
             try:
@@ -237,10 +237,13 @@ class RunDirectory:
             raise OutputError(
                 f"output directory {self.path} already holds {previous.describe()}; "
                 "pass --overwrite to replace it, or choose another --out")
-        if previous is not None:  # pcsim's own files: the previous run's, per its manifest
-            for name in _listed_files(previous.manifest):
-                (self.path / name).unlink(missing_ok=True)
+        # the previous run's files (per its manifest) are pcsim's own: they may be replaced,
+        # but are removed only once every name of this run is known to be free of user files
+        self._files = _listed_files(previous.manifest) if previous is not None else []
         self.claim(self.names)
+        for name in self._files:
+            (self.path / name).unlink(missing_ok=True)
+        self._files = []
 
     def _adopt_complete_run(self) -> None:
         previous = self._previous

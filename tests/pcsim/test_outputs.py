@@ -379,3 +379,16 @@ def test_refused_writer_never_removes_the_directory_it_raced_to_create(tmp_path,
     assert run_status(out).state == "running" and run_status(out).manifest["experiment"] == "a"
     first.__exit__(None, None, None)
     assert run_status(out).state == "complete" and listing(out) == [MANIFEST_FILE]
+
+
+def test_refused_overwrite_keeps_the_previous_run(config, tmp_path, capsys):
+    """--overwrite refused for a user file must not have removed the previous run first."""
+    out = tmp_path / "out"
+    assert run(config, out) == 0
+    m = manifest(out)
+    m["files"].remove("config.toml")  # as if config.toml were the user's own
+    (out / MANIFEST_FILE).write_text(json.dumps(m))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert run(config, out, "--overwrite") == 2
+    assert "config.toml exists and was not written by pcsim" in one_line(capsys.readouterr().err)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
