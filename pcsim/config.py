@@ -650,10 +650,11 @@ def _describe_fields(cfg: Any, prefix: str, rows: list[ConfigField]) -> None:
                   if key in fld.metadata]
         if fld.metadata.get("nonempty"):
             limits.append("non-empty")
+        constraint = ", ".join(limits)
         if "units" in fld.metadata:
-            limits.append(f"[{fld.metadata['units']}]")
+            constraint = f"{constraint} [{fld.metadata['units']}]".strip()
         shown = "" if value is None else _toml_value(_plain(value))
-        rows.append(ConfigField(key=prefix + name, value=shown, type=kind, constraint=" ".join(limits),
+        rows.append(ConfigField(key=prefix + name, value=shown, type=kind, constraint=constraint,
                                 doc=fld.metadata.get("doc") or _docstring_entry(cls, name)))
 
 

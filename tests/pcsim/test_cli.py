@@ -224,7 +224,7 @@ def test_show_prints_every_key_with_type_range_units_and_doc(write_module, write
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert list(rows) == ["KEY", "experiment", "seed", "device", "description",
                           "timing.dt", "timing.mode", "timing.steps", "timing.clip"]
-    assert rows["timing.dt"].split(None, 5) == ["timing.dt", "0.25", "number", ">", "0", "<= 2 [ms]  Euler step (e.g. 0.1 ms)"]
+    assert rows["timing.dt"].split(None, 5) == ["timing.dt", "0.25", "number", ">", "0,", "<= 2 [ms]  Euler step (e.g. 0.1 ms)"]
     assert " \"rk4\" " in rows["timing.mode"] and "one of 'euler', 'rk4'" in rows["timing.mode"]
     assert rows["timing.mode"].endswith("which solver")
     assert "array of integers" in rows["timing.steps"] and rows["timing.steps"].split()[-4:] == [">=", "1", "steps", "to", "record"][-4:]
