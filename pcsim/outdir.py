@@ -132,7 +132,7 @@ class RunDirectory:
         try:
             self._lock()
             self._remove_stale_temporaries()
-            self._previous = self._status_under_lock()
+            self._previous = _status_under_lock(self.path)
             if self.command == "replot":
                 self._adopt_complete_run()
             else:
@@ -197,7 +197,7 @@ class RunDirectory:
             except BlockingIOError:
                 holder = _read_lock(fd)
                 os.close(fd)
-                status = run_status_or_none(self.path)
+                status = run_status(self.path)
                 what = status.describe() if status is not None and status.state == "running" else f"pid {holder}"
                 raise OutputError(
                     f"output directory {self.path} is in use by another pcsim process "
@@ -222,9 +222,6 @@ class RunDirectory:
         for entry in self.path.iterdir():
             if _TEMPORARY.fullmatch(entry.name) and entry.is_file():
                 entry.unlink(missing_ok=True)
-
-    def _status_under_lock(self) -> RunStatus | None:
-        return run_status_or_none(self.path, locked=True)
 
     @property
     def previous(self) -> RunStatus | None:
@@ -263,8 +260,8 @@ class RunDirectory:
             target = self.path / name
             if name not in self._files and (target.exists() or target.is_symlink()):
                 raise OutputError(
-                    f"{target} exists and was not written by pcsim; pcsim will not replace it "
-                    "(move it away or choose another --out)")
+                    f"{target} exists and was not written by pcsim (no {MANIFEST_FILE} lists it); "
+                    "pcsim will not replace it (move it away or choose another --out)")
 
     def write(self, writers: Mapping[str, Callable[[Path], None]]) -> dict[str, Path]:
         """Run each ``writers[name](temporary_path)``, then rename every temporary file to
@@ -378,11 +375,9 @@ class RunDirectory:
 # --------------------------------------------------------------------------- helpers
 
 
-def run_status_or_none(directory: Path, *, locked: bool = False) -> RunStatus | None:
-    """:func:`run_status`, where ``locked`` says the caller holds the lock (so a "running"
-    manifest cannot belong to a live writer)."""
-    if not locked:
-        return run_status(directory)
+def _status_under_lock(directory: Path) -> RunStatus | None:
+    """:func:`run_status` for a caller that holds the directory's lock: a "running" manifest
+    then cannot belong to a live writer."""
     manifest = _read_manifest(directory)
     if manifest is None:
         return None

@@ -108,7 +108,7 @@ def test_user_file_with_a_pcsim_name_is_never_replaced(config, tmp_path, capsys,
     for extra in ((), ("--overwrite",)):
         assert run(config, ".", *extra) == 2
         line = one_line(capsys.readouterr().err)
-        assert "config.toml exists and was not written by pcsim" in line
+        assert "config.toml exists and was not written by pcsim (no pcsim_run.json lists it)" in line
         assert own.read_text() == "# my commented config\nseed = 3\n"
         assert listing(tmp_path) == before  # no manifest, lock or temporary left behind
 
@@ -390,5 +390,5 @@ def test_refused_overwrite_keeps_the_previous_run(config, tmp_path, capsys):
     (out / MANIFEST_FILE).write_text(json.dumps(m))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert run(config, out, "--overwrite") == 2
-    assert "config.toml exists and was not written by pcsim" in one_line(capsys.readouterr().err)
+    assert "config.toml exists and was not written by pcsim (no pcsim_run.json lists it)" in one_line(capsys.readouterr().err)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
