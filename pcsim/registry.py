@@ -46,8 +46,9 @@ __all__ = [
 class RunContext:
     """What a run needs besides its config: where to write, on which device, how verbosely.
 
-    ``out_dir`` exists when ``run`` is called (checkpoints may go there); ``progress``
-    says whether to show progress bars (``tqdm(..., disable=not ctx.progress)``);
+    ``out_dir`` exists when ``run`` is called and is held by the run under the protocol of
+    :mod:`pcsim.outdir`; an experiment writes no files there itself (the CLI writes what
+    ``run`` returns, so the manifest lists every file of the run); ``progress`` says whether to show progress bars (``tqdm(..., disable=not ctx.progress)``);
     ``config_source`` is the config file's path, for messages.
     """
 
