@@ -231,3 +231,20 @@ def test_show_prints_every_key_with_type_range_units_and_doc(write_module, write
     assert "number (optional)" in rows["timing.clip"]
     assert main(["show", str(path), "--set", "timing.dt=3"]) == 2  # validated like run
     assert "key 'timing.dt' must be <= 2" in capsys.readouterr().err
+
+
+def test_every_run_command_takes_overwrite_and_passes_it_on(tmp_path, monkeypatch, capsys):
+    """`add_run_options` is shared: `pcsim fit` (registered by analysis) gets --overwrite too,
+    and hands it to the one run_config."""
+    import pcsim.cli
+
+    calls = []
+    monkeypatch.setattr(pcsim.cli, "run_config", lambda *a, **kw: calls.append(kw) or 0)
+    recording = tmp_path / "rec.nwb"
+    recording.write_bytes(b"")
+    for argv in (["run", "x.toml"], ["fit", str(recording), "--config", "x.toml"]):
+        assert main([argv[0], "--help"]) == 0
+        assert "--overwrite" in capsys.readouterr().out
+        calls.clear()
+        assert main([*argv, "--overwrite"]) == 0 and calls[-1]["overwrite"] is True
+        assert main(argv) == 0 and calls[-1]["overwrite"] is False
