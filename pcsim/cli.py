@@ -29,10 +29,13 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pcsim import __version__
 from pcsim.errors import ConfigError, FileFormatError, OutputError, PCSimError
+
+if TYPE_CHECKING:
+    from pcsim.outdir import RunDirectory
 
 __all__ = ["add_run_options", "main", "run_config"]
 
@@ -146,7 +149,7 @@ def run_config(config_path: Path, out_dir: Path, *, device: str | None = None, o
     module, config = load_experiment(config_path, overrides, device=device)
     check_device(config.device, source=source)
     with RunDirectory(out_dir, experiment=config.experiment, overwrite=overwrite, command="run",
-                      config_source=source, names=FIXED_FILES) as run:
+                      config_source=str(Path(source).resolve()), names=FIXED_FILES) as run:
         _note_previous(run)
         ctx = RunContext(out_dir=out_dir, device=config.device, progress=progress, config_source=source)
         result = module.run(config, ctx)
@@ -159,7 +162,7 @@ def run_config(config_path: Path, out_dir: Path, *, device: str | None = None, o
     return 0
 
 
-def _note_previous(run: Any) -> None:
+def _note_previous(run: RunDirectory) -> None:
     """Say on stderr when a run replaces an earlier run directory's content."""
     previous = run.previous
     if previous is not None:
