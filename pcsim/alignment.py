@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from .errors import ConfigError
 from .inference import InferenceConfig, InferenceStep, relax
 from .network import PCNetwork
 from .energy import parameter_gradients
@@ -73,7 +74,7 @@ def gradient_alignment(
     ``rel_error`` over dims ``(ensemble, layer)``; layer ``l = 1..L`` is the prediction layer.
     """
     if rule not in ("pc", "fpa"):
-        raise ValueError(f"gradient_alignment compares rule 'pc' or 'fpa' with backprop, got {rule!r}")
+        raise ConfigError(f"gradient_alignment compares rule 'pc' or 'fpa' with backprop, got {rule!r}")
     r = StandardPC(inference, nudge) if rule == "pc" else FixedPredictionPC(None, nudge)
     pc, _ = r.gradients(net, inputs, target)
     bp = BackpropTwin(net).gradients(inputs, target)

@@ -21,7 +21,7 @@ import torch
 from . import energy as pc
 from . import relaxation
 from .config import check_ranges
-from .errors import DataError, InferenceDivergenceError
+from .errors import ConfigError, DataError, InferenceDivergenceError
 from .network import NetworkSpec, PCNetwork
 from .parallel import threads_for
 
@@ -119,7 +119,7 @@ class Relaxation:
         import xarray as xr
 
         if self.trace is None:
-            raise ValueError("relaxation was not recorded: set InferenceConfig(record=True)")
+            raise ConfigError("relaxation was not recorded: set InferenceConfig(record=True) (record=False)")
         T1 = self.trace["energy"].shape[0]
         ds = xr.Dataset(
             coords={
@@ -140,8 +140,15 @@ class Relaxation:
 # --------------------------------------------------------------------------- state setup
 def _as_batch(net: PCNetwork, a: Tensor, name: str, width: int) -> Tensor:
     """Validate ``a`` (``(B, n)`` or ``(E, B, n)``) and return it as ``(E, B, n)`` on the network's device."""
+    if a is None:
+        raise DataError(f"{name} is missing (None); expected an array of shape (batch, {width})")
     if not isinstance(a, torch.Tensor):
-        a = torch.as_tensor(np.asarray(a))
+        try:
+            a = torch.as_tensor(np.asarray(a, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name} must be a numeric array of shape (batch, {width}), got {type(a).__name__}: {exc}") from None
+    if a.dtype == torch.bool or a.is_complex():
+        raise DataError(f"{name} must hold real numbers, got dtype {a.dtype}")
     if a.dim() == 2:
         a = a.unsqueeze(0).expand(net.ensemble, -1, -1)
     if a.dim() != 3 or a.shape[0] != net.ensemble or a.shape[-1] != width:

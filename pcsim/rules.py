@@ -30,9 +30,10 @@ import torch
 
 from . import energy as pc
 from . import relaxation
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .inference import (FixedPredictions, InferenceConfig, InferenceStep, PCDynamics, PCState, Relaxation, StepPlan,
                         _as_batch, freeze_predictions, init_state, relax, start)
+from .arguments import check_number
 from .network import PCNetwork
 from .optim import Adam, AdamState, adam_init, adam_update
 from .parallel import threads, threads_for
@@ -48,12 +49,12 @@ def nudged(net: PCNetwork, nudge: float) -> PCNetwork:
     standard-PC update divided by ``beta`` tends to the backprop gradient (Whittington &
     Bogacz 2017). The view shares the weight tensors, so updates reach ``net``.
     """
+    nudge = check_number("nudge", nudge, gt=0)
     if nudge == 1.0:
         return net
-    if nudge <= 0:
-        raise ValueError(f"nudge must be > 0, got {nudge}")
     if net.learn_precision:
-        raise ValueError("nudging rescales the output precision; it cannot be combined with precision learning")
+        raise ConfigError(f"nudge={nudge:g}: nudging rescales the output precision; it cannot be combined with "
+                          "precision learning (learn_precision=True)")
     return replace(net, log_precision=net.log_precision[:-1] + [net.log_precision[-1] + math.log(nudge)])
 
 
@@ -67,6 +68,20 @@ def _training_state(net: PCNetwork, inputs, target, data) -> PCState:
     return init_state(net, data=data)
 
 
+def _check_rule(rule, optional_inference: bool = False) -> None:
+    """The arguments every rule takes, checked once at construction: ``inference`` an
+    :class:`InferenceConfig` (or None where the rule has a default), ``nudge`` a finite number > 0."""
+    cls = type(rule).__name__
+    if not (isinstance(rule.inference, InferenceConfig) or (optional_inference and rule.inference is None)):
+        raise ConfigError(f"{cls}.inference must be an InferenceConfig, got {rule.inference!r}")
+    check_number(f"{cls}.nudge", rule.nudge, gt=0)
+
+
+def _check_optimizer(optimizer) -> None:
+    if not callable(getattr(optimizer, "step", None)):
+        raise ConfigError(f"optimizer must be an optimiser with step(params, grads) (pcsim.optim), got {optimizer!r}")
+
+
 @dataclass(frozen=True)
 class StandardPC:
     """Inference learning: relax T steps with the weights fixed, then one local update."""
@@ -74,6 +89,9 @@ class StandardPC:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     nudge: float = 1.0
     name: Literal["pc"] = "pc"
+
+    def __post_init__(self):
+        _check_rule(self)
 
     def gradients(self, net: PCNetwork, inputs=None, target=None, *, data=None) -> tuple[list[Tensor], Relaxation]:
         """Relax on one batch (inputs ``(B, n_0)``, target ``(B, n_L)`` or generative ``data``) and return ``(dE/dtheta, relaxation)``."""
@@ -87,6 +105,7 @@ class StandardPC:
         ``inputs`` ``(B, n_0)`` or ``(E, B, n_0)`` and ``target`` ``(.., n_L)`` in discriminative
         mode, ``data`` ``(.., n_L)`` in generative mode; returns the relaxation.
         """
+        _check_optimizer(optimizer)
         if _can_fuse(self, net, optimizer, data):
             return _fused_step(self, net, optimizer, inputs, target)
         grads, r = self.gradients(net, inputs, target, data=data)
@@ -169,12 +188,16 @@ class IncrementalPC:
     nudge: float = 1.0
     name: Literal["ipc"] = "ipc"
 
+    def __post_init__(self):
+        _check_rule(self)
+
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
         """One training step: T inference steps, each followed by a weight update from the same errors.
 
         ``inputs`` ``(B, n_0)`` or ``(E, B, n_0)`` and ``target`` ``(.., n_L)`` in discriminative
         mode, ``data`` ``(.., n_L)`` in generative mode; returns the relaxation.
         """
+        _check_optimizer(optimizer)
         params = net.parameters()
         view = nudged(net, self.nudge)
 
@@ -198,6 +221,9 @@ class FixedPredictionPC:
     nudge: float = 1.0
     name: Literal["fpa"] = "fpa"
 
+    def __post_init__(self):
+        _check_rule(self, optional_inference=True)
+
     def _config(self, net: PCNetwork) -> InferenceConfig:
         return self.inference or InferenceConfig(steps=max(net.depth - 1, 0), dt=1.0, tau=1.0, precondition=True)
 
@@ -211,6 +237,7 @@ class FixedPredictionPC:
 
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
         """One training step with the fixed-prediction update (shapes as :meth:`StandardPC.step`)."""
+        _check_optimizer(optimizer)
         grads, r = self.gradients(net, inputs, target, data=data)
         optimizer.step(net.parameters(), grads)
         return r
@@ -222,7 +249,7 @@ RULES = {"pc": StandardPC, "ipc": IncrementalPC, "fpa": FixedPredictionPC}
 def make_rule(name: str, inference: InferenceConfig, nudge: float = 1.0):
     """The learning rule called ``name`` (``"pc"``, ``"ipc"`` or ``"fpa"``) with the given inference settings."""
     if name not in RULES:
-        raise ValueError(f"unknown learning rule {name!r}; known: {', '.join(RULES)}")
+        raise ConfigError(f"unknown learning rule {name!r}; known: {', '.join(RULES)}")
     if name == "fpa":
         return FixedPredictionPC(None, nudge)
     return RULES[name](inference, nudge)

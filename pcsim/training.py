@@ -24,7 +24,7 @@ from .alignment import gradient_alignment
 from .data import Classification, epoch_batches
 from .energy import output_loss
 from .config import check_ranges
-from .errors import InferenceDivergenceError
+from .errors import ConfigError, InferenceDivergenceError, LearningDivergenceError
 from .inference import InferenceConfig
 from .network import PCNetwork
 from .optim import make_optimizer
@@ -49,7 +49,7 @@ class TrainConfig:
     def __post_init__(self):
         check_ranges(self)
         if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def train(
     from tqdm.auto import tqdm
 
     if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+        raise ConfigError(f"epochs must be >= 0, got {epochs}")
     seconds = np.zeros(epochs)
     total = None
     first = batches(1) if epochs else []

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import relaxation
-from ..errors import InferenceDivergenceError
+from ..errors import ConfigError, InferenceDivergenceError
 from ..inference import InferenceConfig
 from .blocktridiagonal import solve_block_tridiagonal
 from .energy import TERMS, TemporalErrors, _curvature, _errors, _term_energies, _value_gradients
@@ -55,12 +55,12 @@ class TemporalInferenceConfig(InferenceConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.preconditioner not in ("none", "gauss-newton"):
-            raise ValueError(f"preconditioner must be 'none' or 'gauss-newton', got {self.preconditioner!r}")
+            raise ConfigError(f"preconditioner must be 'none' or 'gauss-newton', got {self.preconditioner!r}")
         if self.damping < 0 or self.backtrack < 0:
-            raise ValueError(f"TemporalInferenceConfig needs damping >= 0 and backtrack >= 0; "
+            raise ConfigError(f"TemporalInferenceConfig needs damping >= 0 and backtrack >= 0; "
                              f"got damping={self.damping}, backtrack={self.backtrack}")
         if self.compile or self.precondition:
-            raise ValueError("TemporalInferenceConfig does not support compile=True or precondition=True "
+            raise ConfigError(f"TemporalInferenceConfig does not support compile=True or precondition=True (got compile={self.compile}, precondition={self.precondition}) "
                              "(use preconditioner='gauss-newton' for a preconditioned relaxation)")
 
 
@@ -92,7 +92,7 @@ class TemporalRelaxation(relaxation.LoopResult):
         import xarray as xr
 
         if self.trace is None:
-            raise ValueError("relaxation was not recorded: set TemporalInferenceConfig(record=True)")
+            raise ConfigError("relaxation was not recorded: set TemporalInferenceConfig(record=True) (record=False)")
         S1 = self.trace["energy"].shape[0]
         return xr.Dataset(
             {"energy": (("step", "ensemble", "trial", "term"), self.trace["energy"],
