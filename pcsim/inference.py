@@ -36,7 +36,11 @@ class InferenceConfig:
     constant in ms (step size ``dt/tau``). ``momentum``: heavy-ball coefficient in [0, 1).
     ``tol``: stop early once the relative change of every member's total energy in one step
     is below ``tol`` (0 disables). ``max_growth``: the energy may not exceed ``max_growth``
-    times its initial value (divergence). ``record``: keep every node, error and layer
+    times its initial value (divergence). ``check_descent``: a relaxation that ends with a
+    higher total energy than it started with (by more than
+    :data:`pcsim.relaxation.RISE_RTOL`) diverged too: it catches a slow blow-up from an energy
+    already huge at step 0, which the relative ``max_growth`` bound misses (off: only
+    NaN/Inf and ``max_growth`` count). ``record``: keep every node, error and layer
     energy at every step. ``check_every``: check for divergence every k steps (0: only at
     the end, unless ``record`` or ``tol`` make the energy available at every step anyway).
     ``compile``: run the steps as ``torch.compile``d chunks (all T steps in one graph when
@@ -51,6 +55,7 @@ class InferenceConfig:
     momentum: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
     tol: float = field(default=0.0, metadata={"ge": 0})
     max_growth: float = field(default=10.0, metadata={"gt": 1})
+    check_descent: bool = True
     record: bool = False
     check_every: int = field(default=0, metadata={"ge": 0})
     compile: bool = False
@@ -335,6 +340,12 @@ class PCDynamics:
             out.append(g)
         return out
 
+    @property
+    def descends(self) -> bool:
+        """Whether a step descends the energy (:mod:`pcsim.relaxation`, criterion 3): not with frozen
+        slopes, the fixed-prediction rule's dynamics, whose errors rise from zero to backprop's deltas."""
+        return self.slopes is None
+
     def _precisions(self) -> list | None:
         return [lp.exp() for lp in self.log_precision] if self.plan.spec.learn_precision else self.precisions
 
@@ -360,22 +371,31 @@ class PCDynamics:
         return energies.sum((-2, -1))
 
     def diverged(self, t: int, en: Tensor, start: Tensor) -> InferenceDivergenceError:
-        """The error for energies ``en`` ``(E, B, L+1)`` at step ``t``, naming the layer and member."""
-        L, eta, growth = self.plan.spec.depth, self.plan.eta, self.plan.max_growth
+        """The error for energies ``en`` ``(E, B, L+1)`` at step ``t``, naming the layer and member
+        and the likely cause (:func:`pcsim.relaxation.step_cause`: the precision when ``dt/tau``
+        times the largest precision is at least 1, else the step size)."""
+        L, growth = self.plan.spec.depth, self.plan.max_growth
         finite = torch.isfinite(en)
         if not bool(finite.all()):
             layer = int(torch.nonzero(~finite.reshape(-1, L + 1).all(0))[0, 0])
             member = int(torch.nonzero(~finite.reshape(en.shape[0], -1).all(1))[0, 0])
-            return InferenceDivergenceError(
-                f"inference diverged: energy of layer {layer} became NaN/Inf at step {t} (ensemble member {member}); "
-                f"reduce dt/tau (now {eta:g}) or the momentum", step=t, layer=layer)
-        tot, tot0 = self.totals(en), self.totals(start)
-        member = int(torch.nonzero(tot > growth * tot0.abs() + 1e-6)[0, 0])
-        layer = int(torch.argmax((en - start)[member].sum(0)))
-        return InferenceDivergenceError(
-            f"inference diverged: energy grew from {float(tot0[member]):.4g} to {float(tot[member]):.4g} "
-            f"(more than max_growth={growth:g} times) by step {t}, mostly in layer {layer} "
-            f"(ensemble member {member}); reduce dt/tau (now {eta:g}) or the momentum", step=t, layer=layer)
+            what = f"energy of layer {layer} became NaN/Inf at step {t} (ensemble member {member})"
+        else:
+            (member,) = relaxation.worst(self, en, start)
+            layer = int(torch.argmax((en - start)[member].sum(0)))
+            tot, tot0 = float(self.totals(en)[member]), float(self.totals(start)[member])
+            what = f"{relaxation.growth_what(tot0, tot, t, growth)}, mostly in layer {layer} (ensemble member {member})"
+        return InferenceDivergenceError(relaxation.divergence_message(what, self._cause()), step=t, layer=layer)
+
+    def _cause(self) -> str:
+        """:func:`pcsim.relaxation.step_cause` with this system's step, momentum and largest precision per layer."""
+        pis = self._precisions()
+        named = {}
+        if pis is not None:
+            named = {f"Pi_{l}": float(p.max()) for l, p in enumerate(pis, start=1) if torch.isfinite(p).all()}
+        if self.prior is not None and torch.isfinite(self.prior[1]).all():
+            named["Pi_0 (prior)"] = float(self.prior[1].max())
+        return relaxation.step_cause(self.plan.eta, self.plan.momentum, named or None)
 
     def observe(self, carry: PCCarry, energies: Tensor) -> dict[str, Tensor]:
         """A recorded step: ``energy`` ``(E, B, L+1)``, ``x{l}`` and ``eps{l}`` ``(E, B, n_l)`` (zeros where no error)."""
@@ -461,7 +481,7 @@ def relax(
     E, B = state.x[-1].shape[:2]
     out = relaxation.run(system, start(system, state.x), config.steps, max_growth=config.max_growth, tol=config.tol,
                          record=config.record, check_every=config.check_every, compile=config.compile, on_step=hook,
-                         threads=threads_for(net.sizes, B, E))
+                         threads=threads_for(net.sizes, B, E), check_descent=config.check_descent)
     c: PCCarry = out.carry
     grads = pc.parameter_gradients(net.spec, c.peps, c.fx, c.eps) if gradients else None
     state.x[:] = c.x

@@ -147,6 +147,7 @@ def _run_fused(plan: StepPlan, cfg: InferenceConfig, clamped, net: PCNetwork, op
                                       optimizer.lr, optimizer.betas, optimizer.eps, fixed_lps)
     system = PCDynamics(plan, net.weights, net.biases, net.log_precision, None, None)  # for the checks only
     relaxation.check(system, 0, ens, ens[0], cfg.max_growth, bad)  # steps 0..T
+    relaxation.check_end(system, cfg.steps, ens[-1], ens[0], cfg.check_descent)
     torch._foreach_copy_(params, new)
     optimizer.state = AdamState(state.step + 1, list(m), list(v))
     return Relaxation(PCState(carry.x, clamped), carry.eps, carry.peps, list(carry.fx), ens[-1], cfg.steps, None, cfg.dt)
