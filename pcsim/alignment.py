@@ -37,13 +37,23 @@ def _per_layer(net: PCNetwork, grads: list[Tensor]) -> list[Tensor]:
 
 
 def compare_gradients(net: PCNetwork, pc_grads: list[Tensor], bp_grads: list[Tensor], nudge: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarity and relative error per member and layer, each ``(E, L)``, of ``pc_grads / nudge`` against ``bp_grads``."""
+    """Cosine similarity and relative error per member and layer, each ``(E, L)``, of ``pc_grads / nudge`` against ``bp_grads``.
+
+    Both are undefined where a gradient is zero and come back NaN there, never a number: a
+    saturated network whose PC update and backprop gradient both vanish has relative error
+    0/0, not 0 ("perfect agreement"); a zero backprop gradient with a non-zero PC update has
+    relative error inf; the cosine needs both vectors non-zero.
+    """
     cos, rel = [], []
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
     for a, b in zip(_per_layer(net, pc_grads), _per_layer(net, bp_grads)):
         a = a.double() / nudge
         b = b.double()
-        cos.append(torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-30))
-        rel.append((a - b).norm(dim=1) / b.norm(dim=1).clamp_min(1e-30))
+        na, nb = a.norm(dim=1), b.norm(dim=1)
+        c = (a * b).sum(1) / (na * nb)
+        cos.append(torch.where((na > 0) & (nb > 0), c, nan.to(c.device)))
+        diff = (a - b).norm(dim=1)
+        rel.append(torch.where(nb > 0, diff / nb, torch.where(diff > 0, torch.inf, nan.to(diff.device))))
     return torch.stack(cos, 1).cpu().numpy(), torch.stack(rel, 1).cpu().numpy()
 
 

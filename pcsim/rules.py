@@ -30,7 +30,7 @@ import torch
 
 from . import energy as pc
 from . import relaxation
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, InferenceDivergenceError
 from .inference import (FixedPredictions, InferenceConfig, InferenceStep, PCDynamics, PCState, Relaxation, StepPlan,
                         _as_batch, freeze_predictions, init_state, relax, start)
 from .arguments import check_number
@@ -56,6 +56,22 @@ def nudged(net: PCNetwork, nudge: float) -> PCNetwork:
         raise ConfigError(f"nudge={nudge:g}: nudging rescales the output precision; it cannot be combined with "
                           "precision learning (learn_precision=True)")
     return replace(net, log_precision=net.log_precision[:-1] + [net.log_precision[-1] + math.log(nudge)])
+
+
+def _relax_nudged(view: PCNetwork, state: PCState, config: InferenceConfig, nudge: float, **kw) -> Relaxation:
+    """:func:`relax` of a rule's nudged view; the one place every rule relaxes. A divergence at the
+    output end (the top two layers) with ``nudge > 1`` names the nudge as its likely cause: it
+    multiplies the output precision, and with it the curvature the step must stay below."""
+    try:
+        return relax(view, state, config, **kw)
+    except InferenceDivergenceError as exc:
+        if nudge <= 1.0 or exc.layer < view.depth - 1:
+            raise
+        what, _, cause = str(exc).partition(relaxation.CAUSE)
+        raise InferenceDivergenceError(
+            f"{what}{relaxation.CAUSE}the nudge (nudge={nudge:g}) scales the output precision Pi_{view.depth} to "
+            f"{float(view.log_precision[-1].exp().max()):.4g}; lower the nudge (else: {cause})",
+            step=exc.step, layer=exc.layer) from exc
 
 
 def _training_state(net: PCNetwork, inputs, target, data) -> PCState:
@@ -96,7 +112,7 @@ class StandardPC:
     def gradients(self, net: PCNetwork, inputs=None, target=None, *, data=None) -> tuple[list[Tensor], Relaxation]:
         """Relax on one batch (inputs ``(B, n_0)``, target ``(B, n_L)`` or generative ``data``) and return ``(dE/dtheta, relaxation)``."""
         view = nudged(net, self.nudge)
-        r = relax(view, _training_state(view, inputs, target, data), self.inference, gradients=True)
+        r = _relax_nudged(view, _training_state(view, inputs, target, data), self.inference, self.nudge, gradients=True)
         return r.gradients, r
 
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
@@ -205,7 +221,7 @@ class IncrementalPC:
         def update(step: InferenceStep) -> None:
             optimizer.step(params, pc.parameter_gradients(net.spec, step.peps, step.fx, step.eps))
 
-        return relax(view, _training_state(view, inputs, target, data), self.inference, on_step=update)
+        return _relax_nudged(view, _training_state(view, inputs, target, data), self.inference, self.nudge, on_step=update)
 
 
 @dataclass(frozen=True)
@@ -233,7 +249,7 @@ class FixedPredictionPC:
         view = nudged(net, self.nudge)
         state = _training_state(view, inputs, target, data)
         fixed: FixedPredictions = freeze_predictions(view, state)
-        r = relax(view, state, self._config(view), fixed=fixed, gradients=True)
+        r = _relax_nudged(view, state, self._config(view), self.nudge, fixed=fixed, gradients=True)
         return r.gradients, r
 
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
