@@ -57,6 +57,11 @@ def compare_gradients(net: PCNetwork, pc_grads: list[Tensor], bp_grads: list[Ten
     return torch.stack(cos, 1).cpu().numpy(), torch.stack(rel, 1).cpu().numpy()
 
 
+def _layer_coord(net: PCNetwork) -> tuple:
+    """The ``layer`` coordinate ``l = 1..L`` of per-layer alignment (the prediction layer, weights ``W_l``)."""
+    return ("layer", np.arange(1, net.depth + 1), {"long_name": "prediction layer l (weights W_l)", "units": "1"})
+
+
 def _dataset(cos: np.ndarray, rel: np.ndarray, dims: tuple[str, ...], coords: dict) -> xr.Dataset:
     ds = xr.Dataset(
         {
@@ -89,7 +94,7 @@ def gradient_alignment(
     pc, _ = r.gradients(net, inputs, target)
     bp = BackpropTwin(net).gradients(inputs, target)
     cos, rel = compare_gradients(net, pc, bp, nudge)
-    return _dataset(cos, rel, ("ensemble", "layer"), {"layer": np.arange(1, net.depth + 1)})
+    return _dataset(cos, rel, ("ensemble", "layer"), {"layer": _layer_coord(net)})
 
 
 def alignment_sweep(
@@ -126,5 +131,7 @@ def alignment_sweep(
         got[steps[-1]] = parameter_gradients(weights_only.spec, r.peps, r.fx)
         for s, j in wanted.items():
             cos[i, j], rel[i, j] = compare_gradients(net, got[s], bp, float(beta))
-    coords = {"nudge": np.asarray(nudges, float), "steps": np.asarray(steps), "layer": np.arange(1, net.depth + 1)}
+    coords = {"nudge": ("nudge", np.asarray(nudges, float), {"long_name": "output precision scale beta (nudge)", "units": "1"}),
+              "steps": ("steps", np.asarray(steps), {"long_name": "inference steps T", "units": "1"}),
+              "layer": _layer_coord(net)}
     return _dataset(cos, rel, ("nudge", "steps", "ensemble", "layer"), coords)

@@ -120,7 +120,13 @@ class Relaxation:
     gradients: list[Tensor] | None = None
 
     def to_dataset(self, net: PCNetwork):
-        """The recorded trace as an ``xarray.Dataset`` with dims (step, ensemble, trial, layer, unit_l{l})."""
+        """The recorded trace as an ``xarray.Dataset`` with dims (step, ensemble, trial, layer, unit_l{l}).
+
+        ``energy`` ``(step, ensemble, trial, layer)``; ``x{l}``, ``eps{l}`` ``(step, ensemble,
+        trial, unit_l{l})`` (dimensionless, in the units of the value nodes); ``time`` in s;
+        ``clamped`` ``(layer,)``: 1 where the layer was held fixed (input, clamped target or
+        data), whose ``x{l}`` is constant by construction and carries ``clamped = 1``.
+        """
         import xarray as xr
 
         if self.trace is None:
@@ -129,15 +135,20 @@ class Relaxation:
         ds = xr.Dataset(
             coords={
                 **relaxation.step_coords(T1, self.dt),
-                "layer": ("layer", np.arange(net.depth + 1), {"long_name": "value-node layer (0 = bottom of the chain)"}),
+                "layer": ("layer", np.arange(net.depth + 1), {"long_name": "value-node layer (0 = bottom of the chain)",
+                                                              "units": "1"}),
+                "clamped": ("layer", np.asarray(self.state.clamped, dtype=np.int8),
+                            {"long_name": "layer clamped during the relaxation (1) or free (0)", "units": "1"}),
             }
         )
         ds["energy"] = (("step", "ensemble", "trial", "layer"), self.trace["energy"], {"long_name": "prediction-error energy", "units": "1"})
         for l in range(net.depth + 1):
             dim = f"unit_l{l}"
-            ds[f"x{l}"] = (("step", "ensemble", "trial", dim), self.trace[f"x{l}"], {"long_name": f"value nodes of layer {l}"})
+            ds[f"x{l}"] = (("step", "ensemble", "trial", dim), self.trace[f"x{l}"],
+                           {"long_name": f"value nodes of layer {l}", "units": "1", "clamped": int(self.state.clamped[l])})
             if f"eps{l}" in self.trace:
-                ds[f"eps{l}"] = (("step", "ensemble", "trial", dim), self.trace[f"eps{l}"], {"long_name": f"prediction error of layer {l}"})
+                ds[f"eps{l}"] = (("step", "ensemble", "trial", dim), self.trace[f"eps{l}"],
+                                 {"long_name": f"prediction error of layer {l}", "units": "1"})
         ds.attrs.update(mode=net.mode, sizes=list(net.sizes), activations=list(net.activations))
         return ds
 

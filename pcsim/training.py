@@ -189,7 +189,7 @@ def _check_energy(value: Any, reference: list, max_growth: float, where: str, lr
             epoch - 1, index)
 
 
-def _training_energy(out) -> torch.Tensor:
+def training_energy(out) -> torch.Tensor:
     """The training energy of a step's output, one per member ``(E,)``: a relaxation's energy summed over
     layers, batch mean (PC rules), or the backprop twin's loss."""
     if isinstance(out, Relaxation):
@@ -263,12 +263,12 @@ def compare_rules(
 
         train(step, lambda ep: orders[ep - 1], training.epochs, on_epoch=measure, initial=True,
               progress=progress, desc=f"{name:>4}", parameters=twin.params if twin is not None else net.parameters,
-              energy=_training_energy, lr=training.lr)
+              energy=training_energy, lr=training.lr)
     coords = {
-        "rule": ("rule", list(rules), {"long_name": "learning rule"}),
-        "epoch": ("epoch", np.arange(training.epochs + 1), {"long_name": "training epoch (0 = untrained)"}),
-        "layer": ("layer", np.arange(1, L + 1), {"long_name": "prediction layer l (weights W_l)"}),
-        "ensemble": ("ensemble", np.arange(E), {"long_name": "ensemble member"}),
+        "rule": ("rule", list(rules), {"long_name": "learning rule", "units": ""}),
+        "epoch": ("epoch", np.arange(training.epochs + 1), {"long_name": "training epoch (0 = untrained)", "units": "1"}),
+        "layer": ("layer", np.arange(1, L + 1), {"long_name": "prediction layer l (weights W_l)", "units": "1"}),
+        "ensemble": ("ensemble", np.arange(E), {"long_name": "ensemble member", "units": "1"}),
     }
     return xr.Dataset(
         {

@@ -97,7 +97,7 @@ class TemporalRelaxation(relaxation.LoopResult):
         return xr.Dataset(
             {"energy": (("step", "ensemble", "trial", "term"), self.trace["energy"],
                         {"long_name": "predictive-coding energy", "units": "1"})},
-            coords={**relaxation.step_coords(S1, self.dt), "term": ("term", list(TERMS))},
+            coords={**relaxation.step_coords(S1, self.dt), "term": ("term", list(TERMS), {"long_name": "energy term", "units": ""})},
         )
 
 
