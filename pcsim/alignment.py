@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from .arguments import check_number, check_numbers
 from .errors import ConfigError
 from .inference import InferenceConfig, InferenceStep, relax
 from .network import PCNetwork
@@ -88,6 +89,7 @@ def gradient_alignment(
     with ``inference``) or ``"fpa"`` (fixed prediction). Returns a Dataset with ``cosine`` and
     ``rel_error`` over dims ``(ensemble, layer)``; layer ``l = 1..L`` is the prediction layer.
     """
+    nudge = check_number("nudge", nudge, gt=0)
     if rule not in ("pc", "fpa"):
         raise ConfigError(f"gradient_alignment compares rule 'pc' or 'fpa' with backprop, got {rule!r}")
     r = StandardPC(inference, nudge) if rule == "pc" else FixedPredictionPC(None, nudge)
@@ -112,7 +114,10 @@ def alignment_sweep(
     requested step count. Returns ``cosine``/``rel_error`` with dims
     ``(nudge, steps, ensemble, layer)``.
     """
-    steps = sorted(int(s) for s in steps)
+    steps = sorted(check_numbers("steps", steps, integer=True, ge=1))
+    nudges = check_numbers("nudges", nudges, gt=0)
+    if not steps or not nudges:
+        raise ConfigError(f"steps and nudges must not be empty, got steps={steps}, nudges={nudges}")
     bp = BackpropTwin(net).gradients(inputs, target)
     weights_only = replace(net, spec=replace(net.spec, learn_precision=False))  # compare W and b; precisions are not in the twin
     cos = np.zeros((len(nudges), len(steps), net.ensemble, net.depth))

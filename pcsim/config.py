@@ -241,18 +241,28 @@ def check_ranges(obj: Any, *, finite: bool = False) -> None:
     config file). The engine's dataclasses call it in ``__post_init__`` so that
     objects built in Python obey the same ranges a config file is validated against (one
     statement of each range: the field's metadata)."""
+    hints = _field_hints(type(obj))
     for fld in dataclasses.fields(obj):
         if not any(key in fld.metadata for key in _RANGES):
             continue
         value = getattr(obj, fld.name)
         items = value if isinstance(value, (tuple, list)) else (value,)
+        integer = hints.get(fld.name) is int or _element_type_or_none(hints.get(fld.name)) is int
         for item in items:
             where = f"{type(obj).__name__}.{fld.name}"
             if isinstance(item, bool) or not isinstance(item, (int, float)):
                 raise ConfigError(f"{where} must be a number, got {item!r}")
+            if integer and not isinstance(item, int):
+                raise ConfigError(f"{where} must be an integer, got {item!r}")
             problem = _range_problem(item, fld.metadata)
             if problem:
                 raise ConfigError(f"{where} {problem}")
+
+
+def _element_type_or_none(hint: Any) -> Any:
+    """The element type of a ``tuple[X, ...]``/``list[X]`` hint, else None."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (list, tuple) else ()
+    return args[0] if args else None
 
 
 @cache

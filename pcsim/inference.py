@@ -63,6 +63,9 @@ class InferenceConfig:
 
     def __post_init__(self):
         check_ranges(self)  # the ranges are the fields' metadata, as in a config file
+        for name in ("record", "compile", "precondition", "check_descent"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{type(self).__name__}.{name} must be True or False, got {getattr(self, name)!r}")
 
     @property
     def step_size(self) -> float:

@@ -30,7 +30,7 @@ from .inference import InferenceConfig, Relaxation
 from .network import PCNetwork
 from .optim import make_optimizer
 from .relaxation import CAUSE
-from .rules import make_rule
+from .rules import RULES, make_rule
 from .twin import BackpropTwin
 
 
@@ -228,8 +228,23 @@ def compare_rules(
     ``train_loss`` and ``test_accuracy`` (rule, epoch, ensemble), ``epoch_time`` (rule,
     epoch; seconds of training, evaluation excluded), ``cosine``/``rel_error`` (rule, epoch,
     ensemble, layer): standard-PC update vs backprop gradient at that rule's current weights
-    on a fixed probe batch.
+    on a fixed probe batch (NaN where undefined, see :func:`pcsim.alignment.compare_gradients`).
+    Bad arguments raise :class:`~pcsim.errors.ConfigError` naming them; a learning blow-up
+    raises :class:`~pcsim.errors.LearningDivergenceError` (:func:`train`).
     """
+    if not isinstance(net0, PCNetwork):
+        raise ConfigError(f"net0 must be a PCNetwork, got {type(net0).__name__}")
+    if not isinstance(data, Classification):
+        raise ConfigError(f"data must be a pcsim.data.Classification, got {type(data).__name__}")
+    if not isinstance(training, TrainConfig):
+        raise ConfigError(f"training must be a TrainConfig, got {training!r}")
+    if not isinstance(inference, InferenceConfig):
+        raise ConfigError(f"inference must be an InferenceConfig, got {inference!r}")
+    if isinstance(rules, str) or not rules or any(r not in (*RULES, "bp") for r in rules):
+        raise ConfigError(f"rules must be a non-empty list of {', '.join((*RULES, 'bp'))}, got {rules!r}")
+    probe_size = check_number("probe_size", probe_size, integer=True, ge=1)
+    alignment_nudge = check_number("alignment_nudge", alignment_nudge, gt=0)
+    seed = check_number("seed", seed, integer=True, ge=0)
     E, L = net0.ensemble, net0.depth
     n = data.x_train.shape[0]
     gen = torch.Generator().manual_seed(seed)
