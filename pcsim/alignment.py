@@ -114,7 +114,7 @@ def alignment_sweep(
     requested step count. Returns ``cosine``/``rel_error`` with dims
     ``(nudge, steps, ensemble, layer)``.
     """
-    steps = sorted(check_numbers("steps", steps, integer=True, ge=1))
+    steps = sorted(check_numbers("steps", steps, integer=True, ge=0))
     nudges = check_numbers("nudges", nudges, gt=0)
     if not steps or not nudges:
         raise ConfigError(f"steps and nudges must not be empty, got steps={steps}, nudges={nudges}")
