@@ -83,16 +83,18 @@ def step_cause(step_size: float, momentum: float = 0.0, precisions: dict[str, fl
 
     ``precisions`` maps a name (``"Pi_2"``) to the largest precision of that term. Euler steps on
     a term of precision ``Pi`` are stable only while ``dt/tau * Pi`` (times the squared gain of
-    the weights) stays below 2, so when the largest ``dt/tau * Pi`` is at least 1 the precision
-    is named first; else the step size ``dt/tau`` (and the momentum, when used). ``hint`` is
+    the weights) stays below 2, so when a precision above 1 lifts a moderate step (``dt/tau < 1``)
+    to ``dt/tau * Pi >= 1`` the precision is named; else the step size ``dt/tau`` (and the
+    momentum, when used), with the largest precision beside it when it is above 1. ``hint`` is
     appended (e.g. another preconditioner)."""
     name, pi = max((precisions or {"": 0.0}).items(), key=lambda kv: kv[1])
     mom = f" or the momentum (now {momentum:g})" if momentum > 0 else ""
-    if name and step_size * pi >= 1.0:
+    if name and pi > 1.0 and step_size < 1.0 <= step_size * pi:
         text = (f"the precision {name} = {pi:.4g}, which makes the effective step dt/tau * {name} = "
                 f"{step_size * pi:.4g}; lower that precision or dt/tau (now {step_size:g}){mom}")
     else:
-        text = f"the step size dt/tau (now {step_size:g}) is too large for the curvature; reduce it{mom}"
+        beside = f" (with {name} = {pi:.4g})" if name and pi > 1.0 else ""
+        text = f"the step size dt/tau (now {step_size:g}){beside} is too large for the curvature; reduce it{mom}"
     return text + (f", {hint}" if hint else "")
 
 

@@ -189,3 +189,26 @@ def test_summary_json_reports_undefined_alignment_as_null(tmp_path):
 
     res = ExperimentResult(__import__("xarray").Dataset(), {"alignment_rel_error": {"pc": [float("nan"), 0.5]}})
     assert json.loads(json.dumps(res.summary))["alignment_rel_error"]["pc"] == [None, 0.5]
+
+
+@pytest.mark.parametrize("eta, precisions, named", [
+    (3.0, {"Pi_1": 1.0}, "step size"),            # the step alone is unstable
+    (0.1, {"Pi_2": 1e3}, "precision Pi_2"),        # a moderate step made large by a precision
+    (0.1, {"Pi_1": 2.0}, "step size"),             # dt/tau * Pi = 0.2: not the precision
+    (2.0, {"Pi_1": 50.0}, "step size dt/tau (now 2) (with Pi_1 = 50)"),
+])
+def test_the_likely_cause_follows_the_effective_step(eta, precisions, named):
+    from pcsim.relaxation import step_cause
+
+    assert named in step_cause(eta, 0.0, precisions)
+
+
+def test_dynamical_pc_divergence_shares_the_wording():
+    from pcsim import temporal as tp
+
+    net = tp.TemporalPCNetwork.init(2, 3, seed=0, observation="gaussian")
+    y = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(0)) * 3
+    with pytest.raises(InferenceDivergenceError) as info:
+        tp.relax(net, None, y, None, tp.TemporalInferenceConfig(steps=20, dt=5.0, tau=1.0))
+    assert str(info.value).startswith("inference diverged: ") and "; likely cause: " in str(info.value)
+    assert "dt/tau (now 5)" in str(info.value)
