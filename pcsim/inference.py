@@ -386,8 +386,8 @@ class PCDynamics:
 
     def diverged(self, t: int, en: Tensor, start: Tensor) -> InferenceDivergenceError:
         """The error for energies ``en`` ``(E, B, L+1)`` at step ``t``, naming the layer and member
-        and the likely cause (:func:`pcsim.relaxation.step_cause`: the precision when ``dt/tau``
-        times the largest precision is at least 1, else the step size)."""
+        and the likely cause (:func:`pcsim.relaxation.step_cause` decides between the step size
+        and a precision from ``dt/tau`` and the largest precision of each layer)."""
         L, growth = self.plan.spec.depth, self.plan.max_growth
         finite = torch.isfinite(en)
         if not bool(finite.all()):
@@ -454,7 +454,11 @@ OnStep = Callable[[InferenceStep], None]
 
 
 def _check_state(net: PCNetwork, state: PCState) -> None:
-    """Raise DataError naming ``state.x[l]`` when the state does not fit the network."""
+    """Raise DataError naming ``state.x[l]`` when the state does not fit the network (ConfigError when ``net`` is no network)."""
+    if not isinstance(net, PCNetwork):
+        raise ConfigError(f"net must be a PCNetwork, got {type(net).__name__}")
+    if not isinstance(state, PCState):
+        raise DataError(f"state must be a PCState (from init_state), got {type(state).__name__}")
     if len(state.x) != net.depth + 1 or len(state.clamped) != net.depth + 1:
         raise DataError(f"state has {len(state.x)} layers but the network has {net.depth + 1} (sizes {net.sizes})")
     B = state.x[-1].shape[1] if state.x[-1].dim() == 3 else None
@@ -487,6 +491,8 @@ def relax(
     layer when the energy becomes NaN/Inf or exceeds ``max_growth`` times its start.
     """
     _check_state(net, state)
+    if not isinstance(config, InferenceConfig):
+        raise ConfigError(f"config must be an InferenceConfig, got {config!r}")
     system = dynamics(net, state, config, fixed=fixed, hooked=on_step is not None)
     hook = None
     if on_step is not None:

@@ -161,7 +161,8 @@ def _run_fused(plan: StepPlan, cfg: InferenceConfig, clamped, net: PCNetwork, op
     fixed_lps = [] if net.learn_precision else net.log_precision
     carry, ens, bad, new, m, v = step(plan, cfg.steps, x0, y, params, AdamState(count, state.m, state.v),
                                       optimizer.lr, optimizer.betas, optimizer.eps, fixed_lps)
-    system = PCDynamics(plan, net.weights, net.biases, net.log_precision, None, None)  # for the checks only
+    system = PCDynamics(plan, net.weights, net.biases, net.log_precision,  # for the checks (and their message) only
+                        None if plan.unit_precision else net.precision(), None)
     relaxation.check(system, 0, ens, ens[0], cfg.max_growth, bad)  # steps 0..T
     relaxation.check_end(system, cfg.steps, ens[-1], ens[0], cfg.check_descent)
     torch._foreach_copy_(params, new)

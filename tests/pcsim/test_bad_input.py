@@ -238,3 +238,15 @@ def test_rule_step_refuses_bad_arrays_naming_them(rule, which, bad):
         rule(InferenceConfig(steps=2)).step(net, Adam(1e-2), arrays["inputs"], arrays["target"])
     assert which in str(info.value)
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))  # refused before any update
+
+
+@pytest.mark.parametrize("args, name, error", [
+    (lambda net, st_: ("net", st_, InferenceConfig()), "net", ConfigError),
+    (lambda net, st_: (net, [torch.zeros(1, 2, 3)], InferenceConfig()), "state", DataError),
+    (lambda net, st_: (net, st_, {"steps": 3}), "config", ConfigError),
+])
+def test_relax_refuses_wrong_types_naming_them(args, name, error):
+    from pcsim.inference import init_state, relax
+
+    net = PCNetwork.init([3, 4, 2])
+    refused(lambda _: relax(*args(net, init_state(net, torch.zeros(2, 3)))), None, name, error)
