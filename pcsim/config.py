@@ -247,7 +247,8 @@ def check_ranges(obj: Any, *, finite: bool = False) -> None:
             continue
         value = getattr(obj, fld.name)
         items = value if isinstance(value, (tuple, list)) else (value,)
-        integer = hints.get(fld.name) is int or _element_type_or_none(hints.get(fld.name)) is int
+        hint = hints.get(fld.name)
+        integer = hint is int or (typing.get_origin(hint) in (list, tuple) and _element_type(hint) is int)
         for item in items:
             where = f"{type(obj).__name__}.{fld.name}"
             if isinstance(item, bool) or not isinstance(item, (int, float)):
@@ -257,12 +258,6 @@ def check_ranges(obj: Any, *, finite: bool = False) -> None:
             problem = _range_problem(item, fld.metadata)
             if problem:
                 raise ConfigError(f"{where} {problem}")
-
-
-def _element_type_or_none(hint: Any) -> Any:
-    """The element type of a ``tuple[X, ...]``/``list[X]`` hint, else None."""
-    args = typing.get_args(hint) if typing.get_origin(hint) in (list, tuple) else ()
-    return args[0] if args else None
 
 
 @cache
