@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from .errors import ConfigError
+
 Tensor = torch.Tensor
 
 
@@ -46,8 +48,7 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 def get_activation(name: str) -> Activation:
-    """Return the :class:`Activation` called ``name`` (one of ``ACTIVATIONS``); unknown names raise ValueError listing the known ones."""
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}") from None
+    """Return the :class:`Activation` called ``name`` (one of ``ACTIVATIONS``); unknown names raise :class:`~pcsim.errors.ConfigError` listing the known ones."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import xarray as xr
 
+from .arguments import check_number, check_numbers
+from .errors import ConfigError
 from .inference import InferenceConfig, InferenceStep, relax
 from .network import PCNetwork
 from .energy import parameter_gradients
@@ -36,14 +38,29 @@ def _per_layer(net: PCNetwork, grads: list[Tensor]) -> list[Tensor]:
 
 
 def compare_gradients(net: PCNetwork, pc_grads: list[Tensor], bp_grads: list[Tensor], nudge: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarity and relative error per member and layer, each ``(E, L)``, of ``pc_grads / nudge`` against ``bp_grads``."""
+    """Cosine similarity and relative error per member and layer, each ``(E, L)``, of ``pc_grads / nudge`` against ``bp_grads``.
+
+    Both are undefined where a gradient is zero and come back NaN there, never a number: a
+    saturated network whose PC update and backprop gradient both vanish has relative error
+    0/0, not 0 ("perfect agreement"); a zero backprop gradient with a non-zero PC update has
+    relative error inf; the cosine needs both vectors non-zero.
+    """
     cos, rel = [], []
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
     for a, b in zip(_per_layer(net, pc_grads), _per_layer(net, bp_grads)):
         a = a.double() / nudge
         b = b.double()
-        cos.append(torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-30))
-        rel.append((a - b).norm(dim=1) / b.norm(dim=1).clamp_min(1e-30))
+        na, nb = a.norm(dim=1), b.norm(dim=1)
+        c = (a * b).sum(1) / (na * nb)
+        cos.append(torch.where((na > 0) & (nb > 0), c, nan.to(c.device)))
+        diff = (a - b).norm(dim=1)
+        rel.append(torch.where(nb > 0, diff / nb, torch.where(diff > 0, torch.inf, nan.to(diff.device))))
     return torch.stack(cos, 1).cpu().numpy(), torch.stack(rel, 1).cpu().numpy()
+
+
+def _layer_coord(net: PCNetwork) -> tuple:
+    """The ``layer`` coordinate ``l = 1..L`` of per-layer alignment (the prediction layer, weights ``W_l``)."""
+    return ("layer", np.arange(1, net.depth + 1), {"long_name": "prediction layer l (weights W_l)", "units": "1"})
 
 
 def _dataset(cos: np.ndarray, rel: np.ndarray, dims: tuple[str, ...], coords: dict) -> xr.Dataset:
@@ -72,13 +89,14 @@ def gradient_alignment(
     with ``inference``) or ``"fpa"`` (fixed prediction). Returns a Dataset with ``cosine`` and
     ``rel_error`` over dims ``(ensemble, layer)``; layer ``l = 1..L`` is the prediction layer.
     """
+    nudge = check_number("nudge", nudge, gt=0)
     if rule not in ("pc", "fpa"):
-        raise ValueError(f"gradient_alignment compares rule 'pc' or 'fpa' with backprop, got {rule!r}")
+        raise ConfigError(f"gradient_alignment compares rule 'pc' or 'fpa' with backprop, got {rule!r}")
     r = StandardPC(inference, nudge) if rule == "pc" else FixedPredictionPC(None, nudge)
     pc, _ = r.gradients(net, inputs, target)
     bp = BackpropTwin(net).gradients(inputs, target)
     cos, rel = compare_gradients(net, pc, bp, nudge)
-    return _dataset(cos, rel, ("ensemble", "layer"), {"layer": np.arange(1, net.depth + 1)})
+    return _dataset(cos, rel, ("ensemble", "layer"), {"layer": _layer_coord(net)})
 
 
 def alignment_sweep(
@@ -96,7 +114,10 @@ def alignment_sweep(
     requested step count. Returns ``cosine``/``rel_error`` with dims
     ``(nudge, steps, ensemble, layer)``.
     """
-    steps = sorted(int(s) for s in steps)
+    steps = sorted(check_numbers("steps", steps, integer=True, ge=0))
+    nudges = check_numbers("nudges", nudges, gt=0)
+    if not steps or not nudges:
+        raise ConfigError(f"steps and nudges must not be empty, got steps={steps}, nudges={nudges}")
     bp = BackpropTwin(net).gradients(inputs, target)
     weights_only = replace(net, spec=replace(net.spec, learn_precision=False))  # compare W and b; precisions are not in the twin
     cos = np.zeros((len(nudges), len(steps), net.ensemble, net.depth))
@@ -115,5 +136,7 @@ def alignment_sweep(
         got[steps[-1]] = parameter_gradients(weights_only.spec, r.peps, r.fx)
         for s, j in wanted.items():
             cos[i, j], rel[i, j] = compare_gradients(net, got[s], bp, float(beta))
-    coords = {"nudge": np.asarray(nudges, float), "steps": np.asarray(steps), "layer": np.arange(1, net.depth + 1)}
+    coords = {"nudge": ("nudge", np.asarray(nudges, float), {"long_name": "output precision scale beta (nudge)", "units": "1"}),
+              "steps": ("steps", np.asarray(steps), {"long_name": "inference steps T", "units": "1"}),
+              "layer": _layer_coord(net)}
     return _dataset(cos, rel, ("nudge", "steps", "ensemble", "layer"), coords)

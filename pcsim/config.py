@@ -227,7 +227,11 @@ def _check(value: Any, hint: Any, meta: Mapping[str, Any], key: str, source: str
 
 def _range_problem(value: Any, meta: Mapping[str, Any]) -> str | None:
     """What is wrong with the scalar ``value`` under the range metadata ``meta`` ("must be > 0,
-    got -1"), or None. NaN fails every bound (every comparison with it is false)."""
+    got -1"), or None. NaN fails every bound (every comparison with it is false); a ranged
+    number must also be finite (``lr = inf`` satisfies ``gt = 0`` but is no setting)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value) \
+            and any(name in meta for name in _RANGES):
+        return f"must be a finite number, got {value!r}"
     for name, (holds, symbol) in _RANGES.items():
         if name in meta and not isinstance(value, (bool, str)) and not holds(value, meta[name]):
             return f"must be {symbol} {meta[name]!r}, got {value!r}"
@@ -237,24 +241,28 @@ def _range_problem(value: Any, meta: Mapping[str, Any]) -> str | None:
 def check_ranges(obj: Any, *, finite: bool = False) -> None:
     """Check every field of the dataclass instance ``obj`` against its range metadata (``ge``,
     ``gt``, ``le``, ``lt``, applied to a number or to each element of a tuple/list); raise
-    ValueError naming ``Class.field``. A field with a range must hold numbers; with ``finite``
-    they must also be finite. The engine's dataclasses call it in ``__post_init__`` so that
+    :class:`ConfigError` naming ``Class.field``. A field with a range must hold finite numbers
+    (``finite`` is kept for its callers; every ranged number is now checked for it, as in a
+    config file). The engine's dataclasses call it in ``__post_init__`` so that
     objects built in Python obey the same ranges a config file is validated against (one
     statement of each range: the field's metadata)."""
+    hints = _field_hints(type(obj))
     for fld in dataclasses.fields(obj):
         if not any(key in fld.metadata for key in _RANGES):
             continue
         value = getattr(obj, fld.name)
         items = value if isinstance(value, (tuple, list)) else (value,)
+        hint = hints.get(fld.name)
+        integer = hint is int or (typing.get_origin(hint) in (list, tuple) and _element_type(hint) is int)
         for item in items:
             where = f"{type(obj).__name__}.{fld.name}"
             if isinstance(item, bool) or not isinstance(item, (int, float)):
-                raise ValueError(f"{where} must be a number, got {item!r}")
-            if finite and not math.isfinite(item):
-                raise ValueError(f"{where} must be a finite number, got {item!r}")
+                raise ConfigError(f"{where} must be a number, got {item!r}")
+            if integer and not isinstance(item, int):
+                raise ConfigError(f"{where} must be an integer, got {item!r}")
             problem = _range_problem(item, fld.metadata)
             if problem:
-                raise ValueError(f"{where} {problem}")
+                raise ConfigError(f"{where} {problem}")
 
 
 @cache

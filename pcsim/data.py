@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 Tensor = torch.Tensor
 
@@ -114,7 +114,7 @@ def load_digits(test_fraction: float = 0.2, split_seed: int = 0, device: str = "
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True) -> list[Tensor]:
     """Shuffled index batches ``(batch_size,)`` covering ``n`` samples once; the permutation comes from ``generator``."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     perm = torch.randperm(n, generator=generator)
     stop = n - n % batch_size if drop_last else n
     if stop == 0:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     from .network import NetworkSpec, PCNetwork
 
@@ -196,7 +198,7 @@ def parameter_gradients(spec: "NetworkSpec", peps: Sequence, fx: Sequence, eps: 
     grads += [peps[k + 1].mean(1, keepdim=True).neg_() for k in range(L)]
     if spec.learn_precision:
         if eps is None:
-            raise ValueError("precision learning needs the unweighted errors `eps`")
+            raise ConfigError("eps: precision learning needs the unweighted errors `eps`, got None")
         for k in range(L):
             sq = (peps[k + 1] * eps[k + 1]).mean(1, keepdim=True)  # Pi eps^2, batch mean, (E,1,n)
             if spec.scalar_precision[k]:

@@ -21,7 +21,7 @@ import torch
 from . import energy as pc
 from . import relaxation
 from .config import check_ranges
-from .errors import DataError, InferenceDivergenceError
+from .errors import ConfigError, DataError, InferenceDivergenceError
 from .network import NetworkSpec, PCNetwork
 from .parallel import threads_for
 
@@ -36,7 +36,11 @@ class InferenceConfig:
     constant in ms (step size ``dt/tau``). ``momentum``: heavy-ball coefficient in [0, 1).
     ``tol``: stop early once the relative change of every member's total energy in one step
     is below ``tol`` (0 disables). ``max_growth``: the energy may not exceed ``max_growth``
-    times its initial value (divergence). ``record``: keep every node, error and layer
+    times its initial value (divergence). ``check_descent``: a relaxation that ends with a
+    higher total energy than it started with (by more than
+    :data:`pcsim.relaxation.RISE_RTOL`) diverged too: it catches a slow blow-up from an energy
+    already huge at step 0, which the relative ``max_growth`` bound misses (off: only
+    NaN/Inf and ``max_growth`` count). ``record``: keep every node, error and layer
     energy at every step. ``check_every``: check for divergence every k steps (0: only at
     the end, unless ``record`` or ``tol`` make the energy available at every step anyway).
     ``compile``: run the steps as ``torch.compile``d chunks (all T steps in one graph when
@@ -51,6 +55,7 @@ class InferenceConfig:
     momentum: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
     tol: float = field(default=0.0, metadata={"ge": 0})
     max_growth: float = field(default=10.0, metadata={"gt": 1})
+    check_descent: bool = True
     record: bool = False
     check_every: int = field(default=0, metadata={"ge": 0})
     compile: bool = False
@@ -58,6 +63,9 @@ class InferenceConfig:
 
     def __post_init__(self):
         check_ranges(self)  # the ranges are the fields' metadata, as in a config file
+        for name in ("record", "compile", "precondition", "check_descent"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{type(self).__name__}.{name} must be True or False, got {getattr(self, name)!r}")
 
     @property
     def step_size(self) -> float:
@@ -115,24 +123,35 @@ class Relaxation:
     gradients: list[Tensor] | None = None
 
     def to_dataset(self, net: PCNetwork):
-        """The recorded trace as an ``xarray.Dataset`` with dims (step, ensemble, trial, layer, unit_l{l})."""
+        """The recorded trace as an ``xarray.Dataset`` with dims (step, ensemble, trial, layer, unit_l{l}).
+
+        ``energy`` ``(step, ensemble, trial, layer)``; ``x{l}``, ``eps{l}`` ``(step, ensemble,
+        trial, unit_l{l})`` (dimensionless, in the units of the value nodes); ``time`` in s;
+        ``clamped`` ``(layer,)``: 1 where the layer was held fixed (input, clamped target or
+        data), whose ``x{l}`` is constant by construction and carries ``clamped = 1``.
+        """
         import xarray as xr
 
         if self.trace is None:
-            raise ValueError("relaxation was not recorded: set InferenceConfig(record=True)")
+            raise ConfigError("relaxation was not recorded: set InferenceConfig(record=True) (record=False)")
         T1 = self.trace["energy"].shape[0]
         ds = xr.Dataset(
             coords={
                 **relaxation.step_coords(T1, self.dt),
-                "layer": ("layer", np.arange(net.depth + 1), {"long_name": "value-node layer (0 = bottom of the chain)"}),
+                "layer": ("layer", np.arange(net.depth + 1), {"long_name": "value-node layer (0 = bottom of the chain)",
+                                                              "units": "1"}),
+                "clamped": ("layer", np.asarray(self.state.clamped, dtype=np.int8),
+                            {"long_name": "layer clamped during the relaxation (1) or free (0)", "units": "1"}),
             }
         )
         ds["energy"] = (("step", "ensemble", "trial", "layer"), self.trace["energy"], {"long_name": "prediction-error energy", "units": "1"})
         for l in range(net.depth + 1):
             dim = f"unit_l{l}"
-            ds[f"x{l}"] = (("step", "ensemble", "trial", dim), self.trace[f"x{l}"], {"long_name": f"value nodes of layer {l}"})
+            ds[f"x{l}"] = (("step", "ensemble", "trial", dim), self.trace[f"x{l}"],
+                           {"long_name": f"value nodes of layer {l}", "units": "1", "clamped": int(self.state.clamped[l])})
             if f"eps{l}" in self.trace:
-                ds[f"eps{l}"] = (("step", "ensemble", "trial", dim), self.trace[f"eps{l}"], {"long_name": f"prediction error of layer {l}"})
+                ds[f"eps{l}"] = (("step", "ensemble", "trial", dim), self.trace[f"eps{l}"],
+                                 {"long_name": f"prediction error of layer {l}", "units": "1"})
         ds.attrs.update(mode=net.mode, sizes=list(net.sizes), activations=list(net.activations))
         return ds
 
@@ -140,8 +159,15 @@ class Relaxation:
 # --------------------------------------------------------------------------- state setup
 def _as_batch(net: PCNetwork, a: Tensor, name: str, width: int) -> Tensor:
     """Validate ``a`` (``(B, n)`` or ``(E, B, n)``) and return it as ``(E, B, n)`` on the network's device."""
+    if a is None:
+        raise DataError(f"{name} is missing (None); expected an array of shape (batch, {width})")
     if not isinstance(a, torch.Tensor):
-        a = torch.as_tensor(np.asarray(a))
+        try:
+            a = torch.as_tensor(np.asarray(a, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name} must be a numeric array of shape (batch, {width}), got {type(a).__name__}: {exc}") from None
+    if a.dtype == torch.bool or a.is_complex():
+        raise DataError(f"{name} must hold real numbers, got dtype {a.dtype}")
     if a.dim() == 2:
         a = a.unsqueeze(0).expand(net.ensemble, -1, -1)
     if a.dim() != 3 or a.shape[0] != net.ensemble or a.shape[-1] != width:
@@ -328,6 +354,12 @@ class PCDynamics:
             out.append(g)
         return out
 
+    @property
+    def descends(self) -> bool:
+        """Whether a step descends the energy (:mod:`pcsim.relaxation`, criterion 3): not with frozen
+        slopes, the fixed-prediction rule's dynamics, whose errors rise from zero to backprop's deltas."""
+        return self.slopes is None
+
     def _precisions(self) -> list | None:
         return [lp.exp() for lp in self.log_precision] if self.plan.spec.learn_precision else self.precisions
 
@@ -353,22 +385,31 @@ class PCDynamics:
         return energies.sum((-2, -1))
 
     def diverged(self, t: int, en: Tensor, start: Tensor) -> InferenceDivergenceError:
-        """The error for energies ``en`` ``(E, B, L+1)`` at step ``t``, naming the layer and member."""
-        L, eta, growth = self.plan.spec.depth, self.plan.eta, self.plan.max_growth
+        """The error for energies ``en`` ``(E, B, L+1)`` at step ``t``, naming the layer and member
+        and the likely cause (:func:`pcsim.relaxation.step_cause` decides between the step size
+        and a precision from ``dt/tau`` and the largest precision of each layer)."""
+        L, growth = self.plan.spec.depth, self.plan.max_growth
         finite = torch.isfinite(en)
         if not bool(finite.all()):
             layer = int(torch.nonzero(~finite.reshape(-1, L + 1).all(0))[0, 0])
             member = int(torch.nonzero(~finite.reshape(en.shape[0], -1).all(1))[0, 0])
-            return InferenceDivergenceError(
-                f"inference diverged: energy of layer {layer} became NaN/Inf at step {t} (ensemble member {member}); "
-                f"reduce dt/tau (now {eta:g}) or the momentum", step=t, layer=layer)
-        tot, tot0 = self.totals(en), self.totals(start)
-        member = int(torch.nonzero(tot > growth * tot0.abs() + 1e-6)[0, 0])
-        layer = int(torch.argmax((en - start)[member].sum(0)))
-        return InferenceDivergenceError(
-            f"inference diverged: energy grew from {float(tot0[member]):.4g} to {float(tot[member]):.4g} "
-            f"(more than max_growth={growth:g} times) by step {t}, mostly in layer {layer} "
-            f"(ensemble member {member}); reduce dt/tau (now {eta:g}) or the momentum", step=t, layer=layer)
+            what = f"energy of layer {layer} became NaN/Inf at step {t} (ensemble member {member})"
+        else:
+            (member,) = relaxation.worst(self, en, start)
+            layer = int(torch.argmax((en - start)[member].sum(0)))
+            tot, tot0 = float(self.totals(en)[member]), float(self.totals(start)[member])
+            what = f"{relaxation.growth_what(tot0, tot, t, growth)}, mostly in layer {layer} (ensemble member {member})"
+        return InferenceDivergenceError(relaxation.divergence_message(what, self._cause()), step=t, layer=layer)
+
+    def _cause(self) -> str:
+        """:func:`pcsim.relaxation.step_cause` with this system's step, momentum and largest precision per layer."""
+        pis = self._precisions()
+        named = {}
+        if pis is not None:
+            named = {f"Pi_{l}": float(p.max()) for l, p in enumerate(pis, start=1) if torch.isfinite(p).all()}
+        if self.prior is not None and torch.isfinite(self.prior[1]).all():
+            named["Pi_0 (prior)"] = float(self.prior[1].max())
+        return relaxation.step_cause(self.plan.eta, self.plan.momentum, named or None)
 
     def observe(self, carry: PCCarry, energies: Tensor) -> dict[str, Tensor]:
         """A recorded step: ``energy`` ``(E, B, L+1)``, ``x{l}`` and ``eps{l}`` ``(E, B, n_l)`` (zeros where no error)."""
@@ -413,7 +454,11 @@ OnStep = Callable[[InferenceStep], None]
 
 
 def _check_state(net: PCNetwork, state: PCState) -> None:
-    """Raise DataError naming ``state.x[l]`` when the state does not fit the network."""
+    """Raise DataError naming ``state.x[l]`` when the state does not fit the network (ConfigError when ``net`` is no network)."""
+    if not isinstance(net, PCNetwork):
+        raise ConfigError(f"net must be a PCNetwork, got {type(net).__name__}")
+    if not isinstance(state, PCState):
+        raise DataError(f"state must be a PCState (from init_state), got {type(state).__name__}")
     if len(state.x) != net.depth + 1 or len(state.clamped) != net.depth + 1:
         raise DataError(f"state has {len(state.x)} layers but the network has {net.depth + 1} (sizes {net.sizes})")
     B = state.x[-1].shape[1] if state.x[-1].dim() == 3 else None
@@ -446,6 +491,8 @@ def relax(
     layer when the energy becomes NaN/Inf or exceeds ``max_growth`` times its start.
     """
     _check_state(net, state)
+    if not isinstance(config, InferenceConfig):
+        raise ConfigError(f"config must be an InferenceConfig, got {config!r}")
     system = dynamics(net, state, config, fixed=fixed, hooked=on_step is not None)
     hook = None
     if on_step is not None:
@@ -454,7 +501,7 @@ def relax(
     E, B = state.x[-1].shape[:2]
     out = relaxation.run(system, start(system, state.x), config.steps, max_growth=config.max_growth, tol=config.tol,
                          record=config.record, check_every=config.check_every, compile=config.compile, on_step=hook,
-                         threads=threads_for(net.sizes, B, E))
+                         threads=threads_for(net.sizes, B, E), check_descent=config.check_descent)
     c: PCCarry = out.carry
     grads = pc.parameter_gradients(net.spec, c.peps, c.fx, c.eps) if gradients else None
     state.x[:] = c.x

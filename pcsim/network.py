@@ -27,6 +27,8 @@ from typing import Literal, Sequence
 import torch
 
 from .activations import Activation, get_activation
+from .arguments import check_number, check_numbers
+from .errors import ConfigError
 
 Tensor = torch.Tensor
 Mode = Literal["discriminative", "generative"]
@@ -35,13 +37,16 @@ Mode = Literal["discriminative", "generative"]
 def ensemble_seeds(seed: int | Sequence[int], ensemble: int) -> tuple[int, ...]:
     """The generator seed of each of ``ensemble`` members: ``seed + e`` for an int ``seed``, else ``seed`` itself (one per member).
 
-    Raises ``ValueError`` for ``ensemble < 1`` or a sequence of the wrong length.
+    Raises :class:`~pcsim.errors.ConfigError` for ``ensemble < 1``, a seed that is not a
+    non-negative integer or a sequence of the wrong length.
     """
-    if ensemble < 1:
-        raise ValueError(f"ensemble must be >= 1, got {ensemble}")
-    seeds = tuple(range(seed, seed + ensemble)) if isinstance(seed, int) else tuple(int(s) for s in seed)
+    ensemble = check_number("ensemble", ensemble, integer=True, ge=1)
+    if isinstance(seed, (int, float)) or hasattr(seed, "ndim") and seed.ndim == 0:
+        seed = check_number("seed", seed, integer=True, ge=0)
+        return tuple(range(seed, seed + ensemble))
+    seeds = check_numbers("seed", seed, integer=True, ge=0)
     if len(seeds) != ensemble:
-        raise ValueError(f"got {len(seeds)} seeds for an ensemble of {ensemble}")
+        raise ConfigError(f"seed: got {len(seeds)} seeds for an ensemble of {ensemble}")
     return seeds
 
 
@@ -118,30 +123,38 @@ class PCNetwork:
         layer ``0..L-1``. Weights are Glorot-uniform, biases zero. Member ``e`` is drawn from
         its own generator seeded with ``seeds[e]`` (``seed + e`` when ``seed`` is an int), so
         an ensemble equals the same networks made one at a time. ``precision`` is the
-        initial precision of layers ``1..L`` (one value, or one per layer).
+        initial precision of layers ``1..L`` (one value, or one per layer), dimensionless.
+        Every argument is checked here, the boundary: widths must be integers >= 1 (``32.7``
+        is refused, not truncated), precisions finite and > 0; a bad one raises
+        :class:`~pcsim.errors.ConfigError` naming it.
         """
-        sizes = tuple(int(s) for s in sizes)
-        if len(sizes) < 2 or any(s < 1 for s in sizes):
-            raise ValueError(f"sizes must list at least two positive widths, got {sizes}")
+        sizes = check_numbers("sizes", sizes, integer=True, ge=1)
+        if len(sizes) < 2:
+            raise ConfigError(f"sizes must list at least two widths (n_0, ..., n_L), got {sizes}")
         L = len(sizes) - 1
+        if mode not in ("discriminative", "generative"):
+            raise ConfigError(f"mode must be 'discriminative' or 'generative', got {mode!r}")
         if isinstance(activation, str):
             first = "linear" if mode == "discriminative" else activation
             acts = (first,) + (activation,) * (L - 1)
         else:
             acts = tuple(activation)
             if len(acts) != L:
-                raise ValueError(f"need {L} activations (one per pre-synaptic layer 0..{L-1}), got {len(acts)}")
+                raise ConfigError(f"activation: need {L} names (one per pre-synaptic layer 0..{L-1}), got {len(acts)}")
         for a in acts:
             get_activation(a)
         acts = acts + ("linear",)  # x_L predicts nothing; kept so activations[l] exists for all l
-        if mode not in ("discriminative", "generative"):
-            raise ValueError(f"mode must be 'discriminative' or 'generative', got {mode!r}")
-        if prior_precision <= 0:
-            raise ValueError(f"prior_precision must be > 0, got {prior_precision}")
+        prior_precision = check_number("prior_precision", prior_precision, gt=0)
         seeds = ensemble_seeds(seed, ensemble)
-        precs = [float(precision)] * L if isinstance(precision, (int, float)) else [float(p) for p in precision]
-        if len(precs) != L or any(p <= 0 for p in precs):
-            raise ValueError(f"precision must be one positive value or {L} positive values, got {precision}")
+        if isinstance(precision, (int, float)) or hasattr(precision, "ndim") and precision.ndim == 0:
+            precs = [check_number("precision", precision, gt=0)] * L
+        else:
+            precs = list(check_numbers("precision", precision, gt=0))
+            if len(precs) != L:
+                raise ConfigError(f"precision must be one value or {L} values (one per layer 1..{L}), got {precision}")
+        for name, flag in (("per_unit_precision", per_unit_precision), ("learn_precision", learn_precision)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{name} must be True or False, got {flag!r}")
 
         weights = [[] for _ in range(L)]
         for s in seeds:
@@ -243,7 +256,7 @@ class PCNetwork:
     def member(self, e: int) -> "PCNetwork":
         """Ensemble member ``e`` as a network with ``E = 1`` (copies)."""
         if not 0 <= e < self.ensemble:
-            raise IndexError(f"ensemble member {e} does not exist (E = {self.ensemble})")
+            raise ConfigError(f"ensemble member e={e} does not exist (E = {self.ensemble})")
         sl = slice(e, e + 1)
         return replace(
             self,

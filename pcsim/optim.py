@@ -13,7 +13,25 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from .arguments import check_number, check_numbers
+from .errors import ConfigError
+
 Tensor = torch.Tensor
+
+
+def _checked_lr(owner: str, lr) -> float | Sequence[float] | Tensor:
+    """``lr`` after checking that it is one finite number >= 0 (0: that member does not learn) or a sequence (``(E,)`` tensor) of
+    them; :class:`ConfigError` naming ``{owner}.lr`` otherwise. Called at construction and at
+    every assignment, so a schedule that sets ``optimizer.lr`` between epochs is checked at
+    each value it uses (one NaN learning rate would turn every weight into NaN)."""
+    if isinstance(lr, Tensor) and lr.dim() == 0:
+        return check_number(f"{owner}.lr", lr, ge=0)
+    if isinstance(lr, (Tensor, list, tuple)):
+        values = check_numbers(f"{owner}.lr", lr.reshape(-1).tolist() if isinstance(lr, Tensor) else lr, ge=0)
+        if not values:
+            raise ConfigError(f"{owner}.lr must be one number or one per ensemble member, got an empty {type(lr).__name__}")
+        return lr
+    return check_number(f"{owner}.lr", lr, ge=0)
 
 
 def _per_member(value: float | Sequence[float] | Tensor, like: Tensor) -> float | Tensor:
@@ -28,8 +46,18 @@ class SGD:
     """Stochastic gradient descent with optional (heavy-ball) momentum: ``v = m v + g; p -= lr v``."""
 
     def __init__(self, lr: float | Sequence[float] = 0.01, momentum: float = 0.0):
-        self.lr, self.momentum = lr, momentum
+        self.lr = lr
+        self.momentum = check_number("SGD.momentum", momentum, ge=0, lt=1)
         self._velocity: list[Tensor] | None = None
+
+    @property
+    def lr(self) -> float | Sequence[float] | Tensor:
+        """The learning rate (dimensionless, per update): one number or one per member; checked when set."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value) -> None:
+        self._lr = _checked_lr("SGD", value)
 
     def step(self, params: list[Tensor], grads: list[Tensor]) -> None:
         """Update ``params`` in place from ``grads`` (same order and shapes, ``(E, ...)`` each)."""
@@ -97,8 +125,22 @@ class Adam:
     """
 
     def __init__(self, lr: float | Sequence[float] = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.lr, self.betas, self.eps = lr, betas, eps
+        self.lr = lr
+        betas = check_numbers("Adam.betas", betas, ge=0, lt=1)
+        if len(betas) != 2:
+            raise ConfigError(f"Adam.betas must be two numbers (b1, b2), got {betas!r}")
+        self.betas = betas
+        self.eps = check_number("Adam.eps", eps, ge=0)
         self.state: AdamState | None = None
+
+    @property
+    def lr(self) -> float | Sequence[float] | Tensor:
+        """The learning rate (dimensionless, per update): one number or one per member; checked when set."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value) -> None:
+        self._lr = _checked_lr("Adam", value)
 
     @property
     def t(self) -> int:
@@ -114,11 +156,13 @@ class Adam:
 
 
 def make_optimizer(name: str, lr: float | Sequence[float], momentum: float = 0.0) -> SGD | Adam:
-    """Build the optimiser called ``name`` (``"sgd"`` or ``"adam"``) with learning rate ``lr`` (per update, dimensionless)."""
+    """Build the optimiser called ``name`` (``"sgd"`` or ``"adam"``) with learning rate ``lr`` (per update, dimensionless).
+
+    Raises :class:`ConfigError` naming ``name``, ``lr`` or ``momentum`` when one is unknown or out of range."""
     if name == "sgd":
         return SGD(lr, momentum)
     if name == "adam":
         if momentum:
-            raise ValueError("momentum applies to the 'sgd' optimizer; Adam has its own (betas)")
+            raise ConfigError(f"momentum applies to the 'sgd' optimizer; Adam has its own (betas), got momentum={momentum!r}")
         return Adam(lr)
-    raise ValueError(f"unknown optimizer {name!r}; known: sgd, adam")
+    raise ConfigError(f"unknown optimizer {name!r}; known: sgd, adam")

@@ -16,10 +16,17 @@ A *relaxing system* is an object with five methods (see :class:`RelaxingSystem`)
     step's energies and keeping any leading ones (static PC: one per member, ``(..., E)``;
     dynamical PC: one per trial, ``(..., E, B)``).
 ``diverged(t, energies, start) -> InferenceDivergenceError``
-    the error to raise when the energies at step ``t`` are non-finite or grew past
-    ``max_growth`` times ``start``, naming the step and where (layer, time bin, member).
+    the error to raise when the energies at step ``t`` are non-finite, grew past
+    ``max_growth`` times ``start``, or ended the run above ``start`` (:func:`rose`), naming the
+    step and where (layer, time bin, member); its message is :func:`divergence_message`'s,
+    the one wording of every inference divergence.
 ``observe(carry, energies) -> dict[str, Tensor]``
     what a recording keeps at a step (called only when recording).
+
+and may say, with an attribute ``descends`` (default True), whether its step descends the
+energy it reports; only then is a run that ends above its start a divergence (criterion 3
+below). The fixed-prediction dynamics, whose frozen predictions make its step no gradient of
+the energy, says False.
 
 :func:`run` drives it: the loop checks divergence, records and stops early on a tolerance
 *between chunks* of steps; each chunk is :func:`advance`, plain Python when eager (a hook,
@@ -30,6 +37,15 @@ without running anything again; an eager chunk keeps only its last energies (che
 only when that check fails, replays itself from its start (exact, the step being pure).
 Static PC (:func:`pcsim.inference.relax`) and the fused training step of
 :class:`pcsim.rules.StandardPC` both run through here.
+
+Divergence has three criteria, each a property a stable relaxation has: (1) every energy
+stays finite; (2) no total exceeds ``max_growth`` times its start (a fast blow-up, caught
+at the first bad step); (3) the run does not end with a total above its start by more than
+``RISE_RTOL`` (relative): the relaxation descends the energy (gradient flow, or heavy ball from
+rest, whose energy plus kinetic term only falls), so a run that ends higher than it began was
+driven by a step too large for the curvature. Criterion (3) catches what the relative bound
+(2) cannot: an energy already huge at step 0 (a large precision or weight scale) that grows
+by less than ``max_growth`` times over the run, e.g. 1e14 -> 9e14 in 20 steps.
 """
 
 from __future__ import annotations
@@ -45,6 +61,55 @@ from .errors import InferenceDivergenceError
 
 Tensor = torch.Tensor
 Carry = Any
+
+#: a run whose final total energy exceeds its start by more than this fraction diverged (criterion 3)
+RISE_RTOL = 1e-3
+#: what separates what diverged from its likely cause in every divergence message
+CAUSE = "; likely cause: "
+
+
+def divergence_message(what: str, cause: str) -> str:
+    """The one wording of an inference divergence: ``"inference diverged: {what}; likely cause: {cause}"``.
+
+    ``what`` says which energy did what at which step and where; ``cause`` names the setting to
+    change (:func:`step_cause`). :func:`pcsim.training.train` replaces the cause when the
+    weights had been learned before the relaxation blew up (then the learning rate is to blame)."""
+    return f"inference diverged: {what}{CAUSE}{cause}"
+
+
+def step_cause(step_size: float, momentum: float = 0.0, precisions: dict[str, float] | None = None,
+               hint: str = "") -> str:
+    """The likely cause of a relaxation's divergence, from what the system knows of its step.
+
+    ``precisions`` maps a name (``"Pi_2"``) to the largest precision of that term. Euler steps on
+    a term of precision ``Pi`` are stable only while ``dt/tau * Pi`` (times the squared gain of
+    the weights) stays below 2, so when a precision above 1 lifts a moderate step (``dt/tau < 1``)
+    to ``dt/tau * Pi >= 1`` the precision is named; else the step size ``dt/tau`` (and the
+    momentum, when used), with the largest precision beside it when it is above 1. ``hint`` is
+    appended (e.g. another preconditioner)."""
+    name, pi = max((precisions or {"": 0.0}).items(), key=lambda kv: kv[1])
+    mom = f" or the momentum (now {momentum:g})" if momentum > 0 else ""
+    if name and pi > 1.0 and step_size < 1.0 <= step_size * pi:
+        text = (f"the precision {name} = {pi:.4g}, which makes the effective step dt/tau * {name} = "
+                f"{step_size * pi:.4g}; lower that precision or dt/tau (now {step_size:g}){mom}")
+    else:
+        beside = f" (with {name} = {pi:.4g})" if name and pi > 1.0 else ""
+        text = f"the step size dt/tau (now {step_size:g}){beside} is too large for the curvature; reduce it{mom}"
+    return text + (f", {hint}" if hint else "")
+
+
+def growth_what(tot0: float, tot: float, t: int, max_growth: float) -> str:
+    """How a total energy grew from ``tot0`` to ``tot`` by step ``t``: past ``max_growth`` times its start, or a descent that ended above its start."""
+    how = (f"more than max_growth={max_growth:g} times" if tot > max_growth * abs(tot0) + 1e-6
+           else f"a relaxation that descends must not end above its start; rise > {RISE_RTOL:g} of it")
+    return f"energy grew from {tot0:.4g} to {tot:.4g} ({how}) by step {t}"
+
+
+def worst(system: "RelaxingSystem", energies: Tensor, start: Tensor) -> tuple[int, ...]:
+    """Index of the total (``system.totals``' leading dims, e.g. member or (member, trial)) that grew most relative to its start."""
+    tot, tot0 = system.totals(energies), system.totals(start)
+    ratio = (tot - tot0) / (tot0.abs() + 1e-30)
+    return tuple(int(i) for i in torch.unravel_index(torch.argmax(ratio), ratio.shape))
 
 
 class RelaxingSystem(Protocol):
@@ -127,9 +192,24 @@ def check(system: RelaxingSystem, t0: int, energies: Tensor, start: Tensor, max_
         raise system.diverged(t0 + i, energies[i], start)
 
 
+def rose(system: RelaxingSystem, energies: Tensor, start: Tensor) -> bool:
+    """True when a total of ``energies`` (one step's, the end of a run) exceeds its ``start`` by
+    more than ``RISE_RTOL`` of it (criterion 3 of the module docstring)."""
+    tot, tot0 = system.totals(energies), system.totals(start)
+    return bool((tot > tot0 + RISE_RTOL * tot0.abs() + 1e-6).any())
+
+
+def check_end(system: RelaxingSystem, t: int, energies: Tensor, start: Tensor, descent: bool = True) -> None:
+    """Raise the system's divergence error when the run that ended at step ``t`` with ``energies``
+    rose above ``start`` (only with ``descent`` and a system that descends)."""
+    if descent and t > 0 and getattr(system, "descends", True) and rose(system, energies, start):
+        raise system.diverged(t, energies, start)
+
+
 def run(system: RelaxingSystem, carry: Carry, steps: int, *, max_growth: float = 10.0, tol: float = 0.0,
         record: bool = False, check_every: int = 0, compile: bool = False,
-        on_step: Callable[[int, Carry], None] | None = None, threads: int | None = None) -> LoopResult:
+        on_step: Callable[[int, Carry], None] | None = None, threads: int | None = None,
+        check_descent: bool = True) -> LoopResult:
     """Relax ``system`` from ``carry`` for ``steps`` steps; the one loop of every relaxing system.
 
     ``max_growth``: the totals may not exceed this many times their start (divergence);
@@ -140,14 +220,16 @@ def run(system: RelaxingSystem, carry: Carry, steps: int, *, max_growth: float =
     step ``t`` moves the state (it may change the system's tensors in place, e.g. weights; a
     divergence in a chunk with a hook is reported at the check that sees it, since replaying
     would call the hook again);
+    ``check_descent``: apply criterion 3 (a run must not end above its start; module docstring);
     ``threads``: CPU threads for the whole run (:func:`pcsim.parallel.threads_for`; None: as set).
-    Raises the system's :class:`InferenceDivergenceError` naming the step where it began.
+    Raises the system's :class:`InferenceDivergenceError` naming the step where it began, or
+    the last step when the run ended above its start (module docstring, criterion 3).
     """
     with parallel.threads(threads or torch.get_num_threads()):
-        return _run(system, carry, steps, max_growth, tol, record, check_every, compile, on_step)
+        return _run(system, carry, steps, max_growth, tol, record, check_every, compile, on_step, check_descent)
 
 
-def _run(system, carry, steps, max_growth, tol, record, check_every, compile, on_step) -> LoopResult:
+def _run(system, carry, steps, max_growth, tol, record, check_every, compile, on_step, check_descent) -> LoopResult:
     start = system.energies(carry)
     check(system, 0, start[None], start, max_growth)
     trace = None
@@ -181,12 +263,14 @@ def _run(system, carry, steps, max_growth, tol, record, check_every, compile, on
             if bool(((prev - total).abs() <= tol * prev.abs()).all()):
                 break
             prev = total
+    check_end(system, t, en, start, check_descent)
     out = {k: np.stack(v) for k, v in trace.items()} if trace is not None else None
     return LoopResult(carry, en, t, out)
 
 
 def step_coords(n_states: int, dt: float) -> dict:
     """The coordinates of a recorded relaxation's ``step`` axis for ``n_states`` states (step 0
-    is the start): ``step`` (index) and ``time`` (``step * dt``, ms), as xarray coordinate tuples."""
-    return {"step": ("step", np.arange(n_states), {"long_name": "inference step"}),
-            "time": ("step", np.arange(n_states) * dt, {"units": "ms", "long_name": "relaxation time"})}
+    is the start): ``step`` (index, units "1") and ``time`` (``step * dt``, ``dt`` in ms, stored
+    in seconds as every pcsim time is), as xarray coordinate tuples."""
+    return {"step": ("step", np.arange(n_states), {"units": "1", "long_name": "inference step"}),
+            "time": ("step", np.arange(n_states) * dt * 1e-3, {"units": "s", "long_name": "relaxation time"})}

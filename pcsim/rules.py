@@ -30,9 +30,10 @@ import torch
 
 from . import energy as pc
 from . import relaxation
-from .errors import DataError
+from .errors import ConfigError, DataError, InferenceDivergenceError
 from .inference import (FixedPredictions, InferenceConfig, InferenceStep, PCDynamics, PCState, Relaxation, StepPlan,
                         _as_batch, freeze_predictions, init_state, relax, start)
+from .arguments import check_number
 from .network import PCNetwork
 from .optim import Adam, AdamState, adam_init, adam_update
 from .parallel import threads, threads_for
@@ -48,13 +49,29 @@ def nudged(net: PCNetwork, nudge: float) -> PCNetwork:
     standard-PC update divided by ``beta`` tends to the backprop gradient (Whittington &
     Bogacz 2017). The view shares the weight tensors, so updates reach ``net``.
     """
+    nudge = check_number("nudge", nudge, gt=0)
     if nudge == 1.0:
         return net
-    if nudge <= 0:
-        raise ValueError(f"nudge must be > 0, got {nudge}")
     if net.learn_precision:
-        raise ValueError("nudging rescales the output precision; it cannot be combined with precision learning")
+        raise ConfigError(f"nudge={nudge:g}: nudging rescales the output precision; it cannot be combined with "
+                          "precision learning (learn_precision=True)")
     return replace(net, log_precision=net.log_precision[:-1] + [net.log_precision[-1] + math.log(nudge)])
+
+
+def _relax_nudged(view: PCNetwork, state: PCState, config: InferenceConfig, nudge: float, **kw) -> Relaxation:
+    """:func:`relax` of a rule's nudged view; the one place every rule relaxes. A divergence at the
+    output end (the top two layers) with ``nudge > 1`` names the nudge as its likely cause: it
+    multiplies the output precision, and with it the curvature the step must stay below."""
+    try:
+        return relax(view, state, config, **kw)
+    except InferenceDivergenceError as exc:
+        if nudge <= 1.0 or exc.layer < view.depth - 1:
+            raise
+        what, _, cause = str(exc).partition(relaxation.CAUSE)
+        raise InferenceDivergenceError(
+            f"{what}{relaxation.CAUSE}the nudge (nudge={nudge:g}) scales the output precision Pi_{view.depth} to "
+            f"{float(view.log_precision[-1].exp().max()):.4g}; lower the nudge (else: {cause})",
+            step=exc.step, layer=exc.layer) from exc
 
 
 def _training_state(net: PCNetwork, inputs, target, data) -> PCState:
@@ -67,6 +84,20 @@ def _training_state(net: PCNetwork, inputs, target, data) -> PCState:
     return init_state(net, data=data)
 
 
+def _check_rule(rule, optional_inference: bool = False) -> None:
+    """The arguments every rule takes, checked once at construction: ``inference`` an
+    :class:`InferenceConfig` (or None where the rule has a default), ``nudge`` a finite number > 0."""
+    cls = type(rule).__name__
+    if not (isinstance(rule.inference, InferenceConfig) or (optional_inference and rule.inference is None)):
+        raise ConfigError(f"{cls}.inference must be an InferenceConfig, got {rule.inference!r}")
+    check_number(f"{cls}.nudge", rule.nudge, gt=0)
+
+
+def _check_optimizer(optimizer) -> None:
+    if not callable(getattr(optimizer, "step", None)):
+        raise ConfigError(f"optimizer must be an optimiser with step(params, grads) (pcsim.optim), got {optimizer!r}")
+
+
 @dataclass(frozen=True)
 class StandardPC:
     """Inference learning: relax T steps with the weights fixed, then one local update."""
@@ -75,10 +106,13 @@ class StandardPC:
     nudge: float = 1.0
     name: Literal["pc"] = "pc"
 
+    def __post_init__(self):
+        _check_rule(self)
+
     def gradients(self, net: PCNetwork, inputs=None, target=None, *, data=None) -> tuple[list[Tensor], Relaxation]:
         """Relax on one batch (inputs ``(B, n_0)``, target ``(B, n_L)`` or generative ``data``) and return ``(dE/dtheta, relaxation)``."""
         view = nudged(net, self.nudge)
-        r = relax(view, _training_state(view, inputs, target, data), self.inference, gradients=True)
+        r = _relax_nudged(view, _training_state(view, inputs, target, data), self.inference, self.nudge, gradients=True)
         return r.gradients, r
 
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
@@ -87,6 +121,7 @@ class StandardPC:
         ``inputs`` ``(B, n_0)`` or ``(E, B, n_0)`` and ``target`` ``(.., n_L)`` in discriminative
         mode, ``data`` ``(.., n_L)`` in generative mode; returns the relaxation.
         """
+        _check_optimizer(optimizer)
         if _can_fuse(self, net, optimizer, data):
             return _fused_step(self, net, optimizer, inputs, target)
         grads, r = self.gradients(net, inputs, target, data=data)
@@ -126,8 +161,10 @@ def _run_fused(plan: StepPlan, cfg: InferenceConfig, clamped, net: PCNetwork, op
     fixed_lps = [] if net.learn_precision else net.log_precision
     carry, ens, bad, new, m, v = step(plan, cfg.steps, x0, y, params, AdamState(count, state.m, state.v),
                                       optimizer.lr, optimizer.betas, optimizer.eps, fixed_lps)
-    system = PCDynamics(plan, net.weights, net.biases, net.log_precision, None, None)  # for the checks only
+    system = PCDynamics(plan, net.weights, net.biases, net.log_precision,  # for the checks (and their message) only
+                        None if plan.unit_precision else net.precision(), None)
     relaxation.check(system, 0, ens, ens[0], cfg.max_growth, bad)  # steps 0..T
+    relaxation.check_end(system, cfg.steps, ens[-1], ens[0], cfg.check_descent)
     torch._foreach_copy_(params, new)
     optimizer.state = AdamState(state.step + 1, list(m), list(v))
     return Relaxation(PCState(carry.x, clamped), carry.eps, carry.peps, list(carry.fx), ens[-1], cfg.steps, None, cfg.dt)
@@ -169,19 +206,23 @@ class IncrementalPC:
     nudge: float = 1.0
     name: Literal["ipc"] = "ipc"
 
+    def __post_init__(self):
+        _check_rule(self)
+
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
         """One training step: T inference steps, each followed by a weight update from the same errors.
 
         ``inputs`` ``(B, n_0)`` or ``(E, B, n_0)`` and ``target`` ``(.., n_L)`` in discriminative
         mode, ``data`` ``(.., n_L)`` in generative mode; returns the relaxation.
         """
+        _check_optimizer(optimizer)
         params = net.parameters()
         view = nudged(net, self.nudge)
 
         def update(step: InferenceStep) -> None:
             optimizer.step(params, pc.parameter_gradients(net.spec, step.peps, step.fx, step.eps))
 
-        return relax(view, _training_state(view, inputs, target, data), self.inference, on_step=update)
+        return _relax_nudged(view, _training_state(view, inputs, target, data), self.inference, self.nudge, on_step=update)
 
 
 @dataclass(frozen=True)
@@ -198,6 +239,9 @@ class FixedPredictionPC:
     nudge: float = 1.0
     name: Literal["fpa"] = "fpa"
 
+    def __post_init__(self):
+        _check_rule(self, optional_inference=True)
+
     def _config(self, net: PCNetwork) -> InferenceConfig:
         return self.inference or InferenceConfig(steps=max(net.depth - 1, 0), dt=1.0, tau=1.0, precondition=True)
 
@@ -206,11 +250,12 @@ class FixedPredictionPC:
         view = nudged(net, self.nudge)
         state = _training_state(view, inputs, target, data)
         fixed: FixedPredictions = freeze_predictions(view, state)
-        r = relax(view, state, self._config(view), fixed=fixed, gradients=True)
+        r = _relax_nudged(view, state, self._config(view), self.nudge, fixed=fixed, gradients=True)
         return r.gradients, r
 
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
         """One training step with the fixed-prediction update (shapes as :meth:`StandardPC.step`)."""
+        _check_optimizer(optimizer)
         grads, r = self.gradients(net, inputs, target, data=data)
         optimizer.step(net.parameters(), grads)
         return r
@@ -222,7 +267,7 @@ RULES = {"pc": StandardPC, "ipc": IncrementalPC, "fpa": FixedPredictionPC}
 def make_rule(name: str, inference: InferenceConfig, nudge: float = 1.0):
     """The learning rule called ``name`` (``"pc"``, ``"ipc"`` or ``"fpa"``) with the given inference settings."""
     if name not in RULES:
-        raise ValueError(f"unknown learning rule {name!r}; known: {', '.join(RULES)}")
+        raise ConfigError(f"unknown learning rule {name!r}; known: {', '.join(RULES)}")
     if name == "fpa":
         return FixedPredictionPC(None, nudge)
     return RULES[name](inference, nudge)

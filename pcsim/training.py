@@ -23,12 +23,14 @@ import xarray as xr
 from .alignment import gradient_alignment
 from .data import Classification, epoch_batches
 from .energy import output_loss
+from .arguments import check_number
 from .config import check_ranges
-from .errors import InferenceDivergenceError
-from .inference import InferenceConfig
+from .errors import ConfigError, InferenceDivergenceError, LearningDivergenceError
+from .inference import InferenceConfig, Relaxation
 from .network import PCNetwork
 from .optim import make_optimizer
-from .rules import make_rule
+from .relaxation import CAUSE
+from .rules import RULES, make_rule
 from .twin import BackpropTwin
 
 
@@ -49,7 +51,7 @@ class TrainConfig:
     def __post_init__(self):
         check_ranges(self)
         if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ def train(
     initial: bool = False,
     progress: bool = False,
     desc: str = "training",
+    parameters: Callable[[], Sequence[torch.Tensor]] | None = None,
+    energy: Callable[[Any], Any] | None = None,
+    lr: Any = None,
+    max_growth: float = 1e3,
 ) -> np.ndarray:
     """Run ``epochs`` epochs of ``step(batch)`` over ``batches(epoch)`` (epoch = 1..epochs).
 
@@ -82,20 +88,32 @@ def train(
     after every epoch ``on_epoch(epoch, seconds)``, where ``seconds`` is the wall time of that
     epoch's steps and step hooks (evaluation in ``on_epoch`` is not counted); with ``initial``
     it is also called once before training as ``on_epoch(0, 0.0)`` (the untrained model). A
-    mapping returned by ``on_epoch`` is shown beside the progress bar. An
-    :class:`~pcsim.errors.InferenceDivergenceError` raised by a step is re-raised with the
-    epoch and batch prefixed to its message (``step``/``layer`` kept). Returns the seconds
+    mapping returned by ``on_epoch`` is shown beside the progress bar. Returns the seconds
     of every epoch, ``(epochs,)``.
+
+    Divergence, checked here once for every model and rule: with ``parameters`` (a callable
+    returning the learned tensors) every step must leave them finite, and with ``energy`` (the
+    training energy or loss of a step's output, a number or one per member ``(E,)``) it must
+    stay finite and at most ``max_growth`` (1e3) times its value at the first step (a learning
+    rate that is too large makes it explode while the weights stay finite, e.g. a saturated
+    tanh network). Either failure raises :class:`~pcsim.errors.LearningDivergenceError`
+    (``epoch`` and ``batch`` 0-based; the message counts epochs from 1) naming the learning
+    rate ``lr`` as the likely cause. An :class:`~pcsim.errors.InferenceDivergenceError` raised
+    by a step is re-raised with the epoch and batch prefixed (``step``/``layer`` kept) while the
+    weights are still the initial ones (then the inference settings are to blame); once the
+    watched ``parameters`` have changed it becomes a LearningDivergenceError blaming ``lr``.
     """
     from tqdm.auto import tqdm
 
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    epochs = check_number("epochs", epochs, integer=True, ge=0)
+    max_growth = check_number("max_growth", max_growth, gt=1)
     seconds = np.zeros(epochs)
     total = None
     first = batches(1) if epochs else []
     if hasattr(first, "__len__"):
         total = epochs * len(first)
+    initial_params = [p.detach().clone() for p in parameters()] if parameters is not None else None
+    reference: list[np.ndarray] = []  # the energy of the first step, per member
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, mininterval=0.5)
     try:
         if initial and on_epoch is not None:
@@ -106,10 +124,21 @@ def train(
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             for index, batch in enumerate(first if epoch == 1 else batches(epoch)):
+                where = f"epoch {epoch}, batch {index}"
                 try:
                     out = step(batch)
                 except InferenceDivergenceError as exc:
-                    raise InferenceDivergenceError(f"epoch {epoch}, batch {index}: {exc}", exc.step, exc.layer) from exc
+                    if initial_params is not None and _changed(parameters(), initial_params):
+                        what, _, inference_cause = str(exc).partition(CAUSE)
+                        raise LearningDivergenceError(
+                            f"{where}: {what}, with weights already changed by learning ({done} step(s) before this batch)"
+                            f"{CAUSE}{_lr_cause(lr)} (with the initial weights it would be: {inference_cause})",
+                            epoch - 1, index) from exc
+                    raise InferenceDivergenceError(f"{where}: {exc}", exc.step, exc.layer) from exc
+                if initial_params is not None:
+                    _check_parameters(parameters(), where, lr, epoch, index)
+                if energy is not None:
+                    _check_energy(energy(out), reference, max_growth, where, lr, epoch, index)
                 if on_step is not None:
                     on_step(TrainStep(epoch, index, done, batch, out))
                 done += 1
@@ -122,6 +151,56 @@ def train(
     finally:
         bar.close()
     return seconds
+
+
+def _lr_cause(lr: Any) -> str:
+    shown = "" if lr is None else f" (lr={lr:g})" if isinstance(lr, (int, float)) else f" (lr={lr})"
+    return f"the learning rate{shown} is too large; lower it"
+
+
+def _changed(params: Sequence[torch.Tensor], initial: Sequence[torch.Tensor]) -> bool:
+    return any(not torch.equal(p.detach(), q) for p, q in zip(params, initial))
+
+
+def _check_parameters(params: Sequence[torch.Tensor], where: str, lr: Any, epoch: int, index: int) -> None:
+    """LearningDivergenceError naming the first parameter tensor (its index in ``parameters()``) that holds
+    NaN/Inf, or whose norm overflows. One fused norm per step (~25 us on a 64-128-128-10 network; a
+    per-tensor ``isfinite`` costs ~150 us), the tensors are searched only when it fails."""
+    params = list(params)
+    if bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
+        return
+    finite = [bool(torch.isfinite(p).all()) for p in params]
+    k = finite.index(False) if False in finite else \
+        [bool(torch.isfinite(p.norm())) for p in params].index(False)
+    what = "became NaN/Inf" if not finite[k] else "grew so large that its norm overflows"
+    raise LearningDivergenceError(
+        f"{where}: learning diverged: parameter {k} (in the order of parameters()) {what}"
+        f"{CAUSE}{_lr_cause(lr)}", epoch - 1, index)
+
+
+def _check_energy(value: Any, reference: list, max_growth: float, where: str, lr: Any, epoch: int, index: int) -> None:
+    """LearningDivergenceError when the step's training energy ``value`` (number or ``(E,)``) is non-finite or
+    exceeds ``max_growth`` times the first step's (kept in ``reference``)."""
+    e = np.asarray(value.detach().double().cpu() if isinstance(value, torch.Tensor) else value, dtype=float).reshape(-1)
+    if not reference:
+        reference.append(np.abs(e))
+    ref = reference[0]
+    bad = ~np.isfinite(e) | (e > max_growth * ref + 1e-6)
+    if bad.any():
+        m = int(np.argmax(bad))
+        member = f" (ensemble member {m})" if e.size > 1 else ""
+        raise LearningDivergenceError(
+            f"{where}: learning diverged: the training energy grew from {float(ref[m]):.4g} at the first step to "
+            f"{float(e[m]):.4g}{member}, more than max_growth={max_growth:g} times{CAUSE}{_lr_cause(lr)}",
+            epoch - 1, index)
+
+
+def training_energy(out) -> torch.Tensor:
+    """The training energy of a step's output, one per member ``(E,)``: a relaxation's energy summed over
+    layers, batch mean (PC rules), or the backprop twin's loss."""
+    if isinstance(out, Relaxation):
+        return out.energy.sum(-1).mean(-1)
+    return out
 
 
 def evaluate(net: PCNetwork, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +234,23 @@ def compare_rules(
     ``train_loss`` and ``test_accuracy`` (rule, epoch, ensemble), ``epoch_time`` (rule,
     epoch; seconds of training, evaluation excluded), ``cosine``/``rel_error`` (rule, epoch,
     ensemble, layer): standard-PC update vs backprop gradient at that rule's current weights
-    on a fixed probe batch.
+    on a fixed probe batch (NaN where undefined, see :func:`pcsim.alignment.compare_gradients`).
+    Bad arguments raise :class:`~pcsim.errors.ConfigError` naming them; a learning blow-up
+    raises :class:`~pcsim.errors.LearningDivergenceError` (:func:`train`).
     """
+    if not isinstance(net0, PCNetwork):
+        raise ConfigError(f"net0 must be a PCNetwork, got {type(net0).__name__}")
+    if not isinstance(data, Classification):
+        raise ConfigError(f"data must be a pcsim.data.Classification, got {type(data).__name__}")
+    if not isinstance(training, TrainConfig):
+        raise ConfigError(f"training must be a TrainConfig, got {training!r}")
+    if not isinstance(inference, InferenceConfig):
+        raise ConfigError(f"inference must be an InferenceConfig, got {inference!r}")
+    if isinstance(rules, str) or not rules or any(r not in (*RULES, "bp") for r in rules):
+        raise ConfigError(f"rules must be a non-empty list of {', '.join((*RULES, 'bp'))}, got {rules!r}")
+    probe_size = check_number("probe_size", probe_size, integer=True, ge=1)
+    alignment_nudge = check_number("alignment_nudge", alignment_nudge, gt=0)
+    seed = check_number("seed", seed, integer=True, ge=0)
     E, L = net0.ensemble, net0.depth
     n = data.x_train.shape[0]
     gen = torch.Generator().manual_seed(seed)
@@ -189,12 +283,13 @@ def compare_rules(
             return {"test_acc": f"{acc[i, ep].mean():.3f}"}
 
         train(step, lambda ep: orders[ep - 1], training.epochs, on_epoch=measure, initial=True,
-              progress=progress, desc=f"{name:>4}")
+              progress=progress, desc=f"{name:>4}", parameters=twin.params if twin is not None else net.parameters,
+              energy=training_energy, lr=training.lr)
     coords = {
-        "rule": ("rule", list(rules), {"long_name": "learning rule"}),
-        "epoch": ("epoch", np.arange(training.epochs + 1), {"long_name": "training epoch (0 = untrained)"}),
-        "layer": ("layer", np.arange(1, L + 1), {"long_name": "prediction layer l (weights W_l)"}),
-        "ensemble": ("ensemble", np.arange(E), {"long_name": "ensemble member"}),
+        "rule": ("rule", list(rules), {"long_name": "learning rule", "units": ""}),
+        "epoch": ("epoch", np.arange(training.epochs + 1), {"long_name": "training epoch (0 = untrained)", "units": "1"}),
+        "layer": ("layer", np.arange(1, L + 1), {"long_name": "prediction layer l (weights W_l)", "units": "1"}),
+        "ensemble": ("ensemble", np.arange(E), {"long_name": "ensemble member", "units": "1"}),
     }
     return xr.Dataset(
         {

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .energy import output_loss, sweep
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .inference import _as_batch
 from .network import PCNetwork
 from .parallel import threads, threads_for
@@ -30,7 +30,7 @@ class BackpropTwin(nn.Module):
         super().__init__()
         self._loss = torch.compile(self._loss_impl, dynamic=False) if compile else self._loss_impl
         if net.mode != "discriminative":
-            raise ValueError("a backprop twin needs a discriminative network (input at x_0, output at x_L)")
+            raise ConfigError(f"net: a backprop twin needs a discriminative network (input at x_0, output at x_L), got mode={net.mode!r}")
         self.net = net.clone()  # activations, precisions and validation come from here
         self.weights = nn.ParameterList([nn.Parameter(w.clone()) for w in net.weights])
         self.biases = nn.ParameterList([nn.Parameter(b.clone()) for b in net.biases])
@@ -86,7 +86,7 @@ class BackpropTwin(nn.Module):
         for k in range(self.net.depth):
             act = self.net.activations[k]
             if act not in _MODULES:
-                raise ValueError(f"activation {act!r} has no torch.nn module to export")
+                raise ConfigError(f"activation {act!r} has no torch.nn module to export")
             if act != "linear":
                 layers.append(_MODULES[act]())
             lin = nn.Linear(self.net.sizes[k], self.net.sizes[k + 1], device=self.net.device, dtype=self.net.dtype)

@@ -78,9 +78,6 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     ds["sweep_rel_error"] = sweep["rel_error"]
     ds["sweep_cosine"].attrs = {"long_name": "cosine(PC update, BP gradient) on the initial network", "units": "1"}
     ds["sweep_rel_error"].attrs = {"long_name": "relative error of PC update vs BP gradient on the initial network", "units": "1"}
-    ds["steps"].attrs = {"long_name": "inference steps T"}
-    ds["nudge"].attrs = {"long_name": "output precision scale beta"}
-    ds["epoch_time"].attrs["units"] = "s"
     ds.attrs.update(dataset="sklearn digits 8x8", n_train=int(data.x_train.shape[0]), n_test=int(data.x_test.shape[0]),
                     sizes=list(net.sizes), dt_ms=config.inference.dt, tau_ms=config.inference.tau)
     final = ds.isel(epoch=-1).mean("ensemble")

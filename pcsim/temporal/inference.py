@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import relaxation
-from ..errors import InferenceDivergenceError
+from ..errors import ConfigError, InferenceDivergenceError
 from ..inference import InferenceConfig
 from .blocktridiagonal import solve_block_tridiagonal
 from .energy import TERMS, TemporalErrors, _curvature, _errors, _term_energies, _value_gradients
@@ -55,12 +55,12 @@ class TemporalInferenceConfig(InferenceConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.preconditioner not in ("none", "gauss-newton"):
-            raise ValueError(f"preconditioner must be 'none' or 'gauss-newton', got {self.preconditioner!r}")
+            raise ConfigError(f"preconditioner must be 'none' or 'gauss-newton', got {self.preconditioner!r}")
         if self.damping < 0 or self.backtrack < 0:
-            raise ValueError(f"TemporalInferenceConfig needs damping >= 0 and backtrack >= 0; "
+            raise ConfigError(f"TemporalInferenceConfig needs damping >= 0 and backtrack >= 0; "
                              f"got damping={self.damping}, backtrack={self.backtrack}")
         if self.compile or self.precondition:
-            raise ValueError("TemporalInferenceConfig does not support compile=True or precondition=True "
+            raise ConfigError(f"TemporalInferenceConfig does not support compile=True or precondition=True (got compile={self.compile}, precondition={self.precondition}) "
                              "(use preconditioner='gauss-newton' for a preconditioned relaxation)")
 
 
@@ -92,12 +92,12 @@ class TemporalRelaxation(relaxation.LoopResult):
         import xarray as xr
 
         if self.trace is None:
-            raise ValueError("relaxation was not recorded: set TemporalInferenceConfig(record=True)")
+            raise ConfigError("relaxation was not recorded: set TemporalInferenceConfig(record=True) (record=False)")
         S1 = self.trace["energy"].shape[0]
         return xr.Dataset(
             {"energy": (("step", "ensemble", "trial", "term"), self.trace["energy"],
                         {"long_name": "predictive-coding energy", "units": "1"})},
-            coords={**relaxation.step_coords(S1, self.dt), "term": ("term", list(TERMS))},
+            coords={**relaxation.step_coords(S1, self.dt), "term": ("term", list(TERMS), {"long_name": "energy term", "units": ""})},
         )
 
 
@@ -163,23 +163,26 @@ class TemporalDynamics:
         return energies.sum((-2, -1))
 
     def diverged(self, t: int, en: Tensor, start: Tensor) -> InferenceDivergenceError:
-        """The error for energies ``en`` ``(E, B, T, 3)`` at step ``t``, naming the trial, time bin (as ``layer``) and term."""
-        cfg = self.config
-        how = (f"reduce dt/tau (now {cfg.step_size:g}) or the momentum, or use preconditioner='gauss-newton'"
-               if cfg.preconditioner == "none" else f"reduce dt/tau (now {cfg.step_size:g}) or raise the damping")
+        """The error for energies ``en`` ``(E, B, T, 3)`` at step ``t``, naming the trial, time bin
+        (as ``layer``), term and the likely cause (:func:`pcsim.relaxation.step_cause`; the
+        wording is :func:`pcsim.relaxation.divergence_message`, shared with static PC)."""
+        cfg, net = self.config, self.net
+        hint = ("or use preconditioner='gauss-newton'" if cfg.preconditioner == "none" else "or raise the damping")
+        pis = {f"{name} precision": float(lp.exp().max()) for name, lp in
+               (("prior", net.prior_log_precision), ("dynamics", net.dynamics_log_precision),
+                ("observation", net.observation_log_precision)) if torch.isfinite(lp).all()}
+        cause = relaxation.step_cause(cfg.step_size, cfg.momentum, pis if cfg.preconditioner == "none" else None, hint)
         finite = torch.isfinite(en)
         if not bool(finite.all()):
             e, b, tb, k = torch.nonzero(~finite)[0].tolist()
-            return InferenceDivergenceError(
-                f"inference diverged: the {TERMS[k]} energy of time bin {tb} became NaN/Inf at step {t} "
-                f"(ensemble member {e}, trial {b}); {how}", step=t, layer=tb)
-        tot, tot0 = self.totals(en), self.totals(start)
-        e, b = torch.nonzero(tot > cfg.max_growth * tot0.abs() + 1e-6)[0].tolist()
-        tb = int(torch.argmax((en - start)[e, b].sum(-1)))
-        return InferenceDivergenceError(
-            f"inference diverged: the energy of trial {b} (ensemble member {e}) grew from {float(tot0[e, b]):.4g} to "
-            f"{float(tot[e, b]):.4g} (more than max_growth={cfg.max_growth:g} times) by step {t}, mostly in time bin {tb}; "
-            f"{how}", step=t, layer=tb)
+            what = f"the {TERMS[k]} energy of time bin {tb} became NaN/Inf at step {t} (ensemble member {e}, trial {b})"
+        else:
+            e, b = relaxation.worst(self, en, start)
+            tb = int(torch.argmax((en - start)[e, b].sum(-1)))
+            tot, tot0 = float(self.totals(en)[e, b]), float(self.totals(start)[e, b])
+            what = (f"the energy of trial {b} (ensemble member {e}) "
+                    f"{relaxation.growth_what(tot0, tot, t, cfg.max_growth).removeprefix('energy ')}, mostly in time bin {tb}")
+        return InferenceDivergenceError(relaxation.divergence_message(what, cause), step=t, layer=tb)
 
     def observe(self, carry: TemporalCarry, energies: Tensor) -> dict[str, Tensor]:
         """A recorded step: ``energy`` per member, trial and term ``(E, B, 3)`` (summed over time bins)."""
@@ -231,5 +234,5 @@ def relax(
     x = check_latents(net, x, obs).clone()
     start = system.evaluate(x, torch.zeros_like(x) if config.momentum > 0 else None)
     out = relaxation.run(system, start, config.steps, max_growth=config.max_growth, tol=config.tol,
-                         record=config.record, check_every=config.check_every)
+                         record=config.record, check_every=config.check_every, check_descent=config.check_descent)
     return TemporalRelaxation(out.carry, out.energy, out.steps, out.trace, config.dt)

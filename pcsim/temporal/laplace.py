@@ -63,7 +63,7 @@ def free_energy(net: TemporalPCNetwork, posterior: LaplacePosterior, y, mask=Non
     2007); EM over the parameters descends it.
     """
     if posterior.log_det_precision is None:
-        raise ValueError("the posterior has no log_det_precision; build it with laplace_posterior")
+        raise DataError("posterior.log_det_precision is None; build the posterior with laplace_posterior")
     E_q = expected_term_energies(net, posterior, y, mask).sum((-1, -2))
     T, D = posterior.mean.shape[-2:]
     entropy = 0.5 * (T * D * math.log(2 * math.pi * math.e) - posterior.log_det_precision)

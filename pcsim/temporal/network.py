@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..activations import get_activation
-from ..errors import DataError
+from ..arguments import check_number
+from ..errors import ConfigError, DataError
 from ..network import ensemble_seeds
 
 Tensor = torch.Tensor
@@ -85,16 +86,14 @@ class TemporalPCNetwork:
         one-bin prediction error of the latents); ``per_unit_precision`` gives one per latent
         (and per channel for a Gaussian observation).
         """
-        D, N = int(latent_dim), int(n_obs)
-        if D < 1 or N < 1:
-            raise ValueError(f"latent_dim and n_obs must be >= 1, got {latent_dim}, {n_obs}")
+        D = check_number("latent_dim", latent_dim, integer=True, ge=1)
+        N = check_number("n_obs", n_obs, integer=True, ge=1)
         get_activation(activation)
         if observation not in ("poisson", "gaussian"):
-            raise ValueError(f"observation must be 'poisson' or 'gaussian', got {observation!r}")
+            raise ConfigError(f"observation must be 'poisson' or 'gaussian', got {observation!r}")
         for name, v in (("prior_precision", prior_precision), ("dynamics_precision", dynamics_precision),
                         ("observation_precision", observation_precision)):
-            if not v > 0:
-                raise ValueError(f"{name} must be > 0, got {v}")
+            check_number(name, v, gt=0)
         seeds = ensemble_seeds(seed, ensemble)
         As, Cs = [], []
         for s in seeds:

@@ -459,6 +459,7 @@ def test_fused_step_that_diverges_changes_nothing_and_names_the_step():
     with pytest.raises(InferenceDivergenceError) as info:
         StandardPC(FUSED).step(net, opt, x, y)
     assert (info.value.step, info.value.layer) == (eager.value.step, eager.value.layer)
+    assert str(info.value).split("; likely cause: ")[1] == str(eager.value).split("; likely cause: ")[1]  # same cause named
     assert opt.t == 0 and opt.state is None
     for p, q in zip(before, net.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)

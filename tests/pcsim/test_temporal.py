@@ -400,7 +400,7 @@ def test_recorded_trace_as_dataset():
     r = tp.relax(net, x, y, mask, tp.TemporalInferenceConfig(steps=5, dt=0.5, tau=10.0, record=True))
     ds = r.to_dataset()
     assert dict(ds.sizes) == {"step": 6, "ensemble": 2, "trial": 4, "term": 3}
-    np.testing.assert_allclose(ds["time"].values, 0.5 * np.arange(6))
+    np.testing.assert_allclose(ds["time"].values, 0.5e-3 * np.arange(6))  # dt in ms, time in s
     np.testing.assert_allclose(ds["energy"].values[-1], r.energy.sum(2).numpy())
     assert list(ds["term"].values) == list(tp.TERMS)
 

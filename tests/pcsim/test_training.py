@@ -109,7 +109,7 @@ def test_inference_dynamics_experiment_records_monotone_energy(tmp_path):
     ds = xr.open_dataset(out / "results.nc")
     assert ds.energy.sizes["step"] == 31
     assert ds.x1.dims == ("step", "ensemble", "trial", "unit_l1")
-    assert ds.time.attrs["units"] == "ms"
+    assert ds.time.attrs["units"] == "s"
     total = ds.energy.sum("layer")
     assert (total.diff("step") <= 1e-6).all()
     assert json.loads((out / "summary.json").read_text())["monotone"] is True
