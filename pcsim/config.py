@@ -206,9 +206,6 @@ def _check(value: Any, hint: Any, meta: Mapping[str, Any], key: str, source: str
             value = float(value)
             if math.isnan(value):
                 raise ConfigError(f"{_where(source)}key '{key}' must be a number, got nan")
-            if math.isinf(value) and any(bound in meta for bound in _RANGES):
-                # a range bounds a quantity; infinity is no value of one (lr=inf passed before)
-                raise ConfigError(f"{_where(source)}key '{key}' must be a finite number, got {value!r}")
     elif hint is str:
         ok = isinstance(value, str)
         if ok and meta.get("nonempty") and not value:
