@@ -79,7 +79,10 @@ def bin_spike_times(
     spike times and windows from above as ``t = 0`` bounds them from below. Coordinates:
     ``trial`` (``trial_ids``, default ``0..trials-1``), ``time`` (bin centres, s, relative to the
     alignment), ``neuron`` (``neuron_ids``, default ``0..units-1``); attrs ``bin_width`` (s) and
-    ``align`` (the alignment column's name). Bad input raises :class:`~pcsim.errors.DataError`
+    ``align`` (the alignment column's name). With ``trial_stops``, every trial's window must end
+    by its stop (it may begin before its start, a pre-event baseline): a longer one would count
+    the next trial's spikes. Spike times that (nearly) all miss the trials' windows, as times
+    stored in ms would, are refused too. Bad input raises :class:`~pcsim.errors.DataError`
     naming the unit, spike, trial or column at fault.
     """
     bin_width = _check_bin_width(bin_width)
@@ -125,6 +128,8 @@ def bin_spike_times(
     t0, n_bins = _window_bins(window, bin_width)
     edges = align[:, None] + (t0 + bin_width * np.arange(n_bins + 1))[None, :]  # (trial, bins+1), session s
     _check_windows_in_session(edges, trial_ids, session_stop)
+    if trial_stops is not None:
+        _check_windows_in_trials(edges, (t0, t0 + n_bins * bin_width), columns["stop_time"], trial_ids)
 
     trains = _check_spike_trains(spike_times, session_stop=session_stop, neuron_ids=neuron_ids)
     neuron_ids = _ids(neuron_ids, len(trains), "neuron_ids", "units")
@@ -133,6 +138,8 @@ def bin_spike_times(
         # Spikes before each edge; the difference between neighbouring edges is the bin's count.
         below = np.searchsorted(train, edges, side="left")
         counts[:, :, u] = np.diff(below, axis=1)
+
+    _check_spikes_hit_trials(trains, counts, starts, columns.get("stop_time"))
 
     observed = None
     if obs_intervals is not None:
@@ -371,6 +378,48 @@ def _check_windows_in_session(edges: np.ndarray, trial_ids: np.ndarray, session_
             i = late[0]
             raise DataError(f"the window of trial {_trial_label(trial_ids, i)} ends at {edges[i, -1]:.9g} s, after the "
                             f"session stop ({session_stop} s) ({late.size} trial(s) affected)")
+
+
+def _trial_list(trial_ids: np.ndarray, index: np.ndarray, shown: int = 5) -> str:
+    """``'0, 3, 7, ...'``: the first ``shown`` of the trials at positions ``index``."""
+    labels = [_trial_label(trial_ids, int(i)) for i in index[:shown]]
+    return ", ".join(labels) + (", ..." if index.size > shown else "")
+
+
+def _check_windows_in_trials(edges: np.ndarray, window: tuple[float, float], stops: np.ndarray,
+                             trial_ids: np.ndarray) -> None:
+    """Every trial's window must end by its ``stop_time``: ``edges[:, -1]`` (session s) past it would
+    count the inter-trial interval's and the next trial's spikes as this trial's. (A window may
+    begin before the trial start: a pre-event baseline is the usual peri-event window.)"""
+    late = np.flatnonzero(edges[:, -1] > stops + 1e-9)
+    if late.size:
+        lasts = float(np.min(stops - (edges[:, 0] - window[0]))) * 1e3
+        raise DataError(
+            f"window [{window[0] * 1e3:.6g}, {window[1] * 1e3:.6g}] ms runs past the end of trials "
+            f"{_trial_list(trial_ids, late)} ({late.size} of {stops.size} trials; the shortest trial lasts {lasts:.6g} "
+            "ms from its alignment to its stop_time): it would count spikes from between or after the trials; "
+            "shorten the window, or select the trials it fits")
+
+
+def _check_spikes_hit_trials(trains: list[np.ndarray], counts: np.ndarray, starts: np.ndarray,
+                             stops: np.ndarray | None) -> None:
+    """Refuse spike times that (nearly) all miss the trials, the mark of times in ms read as s.
+
+    ``counts`` ``(trial, time, neuron)`` are the binned spikes. No spike in any window, or fewer
+    than 1 % of them in the trials while the spikes run on past 100 times the last trial's end
+    (``stops``, else the last start), raises DataError with the numbers and the likely cause.
+    """
+    total = int(sum(t.size for t in trains))
+    inside = int(counts.sum())
+    if total == 0:
+        return
+    end = float(np.max(stops if stops is not None else starts))
+    last = max(float(t[-1]) for t in trains if t.size)
+    if inside == 0 or (inside < 0.01 * total and last > 100 * max(end, 1e-9)):
+        raise DataError(
+            f"only {inside} of the {total} spikes fall in the trials' windows (trials end by {end:.6g} s, the "
+            f"spike times reach {last:.6g} s); spike times must be session times in seconds: were they stored "
+            "in milliseconds (divide them by 1000)?")
 
 
 def _check_spike_trains(spike_times: Sequence[Any], *, session_stop: float | None = None,
