@@ -54,7 +54,7 @@ from analysis.spikes import (
     bin_spike_times,
     to_recording,
 )
-from pcsim.errors import DataError
+from pcsim.errors import DataError, FileFormatError, PCSimError
 
 __all__ = ["BINNED_MODULE", "read_binned_nwb", "read_nwb", "read_spike_times", "write_nwb"]
 
@@ -75,7 +75,7 @@ def read_nwb(
     path: str | os.PathLike,
     *,
     bin_width: float,
-    window: tuple[float, float],
+    window: tuple[float, float] | None = None,
     align: str = "start_time",
     heldout: Any | None = None,
     split_column: str | None = "split",
@@ -111,9 +111,25 @@ def read_nwb(
     try:
         with _open(path) as nwbfile:
             if nwbfile.units is None or "spike_times" not in nwbfile.units.colnames:
-                hint = ("; it holds a binned recording, read it with read_binned_nwb"
-                        if BINNED_MODULE in nwbfile.processing else "")
-                raise DataError(f"no Units table with spike_times{hint}")
+                if BINNED_MODULE not in nwbfile.processing:
+                    raise DataError("no Units table with spike_times (and no binned recording written by write_nwb)")
+                binned = True
+            else:
+                binned = False
+        if binned:
+            recording = _binned_window(read_binned_nwb(path), bin_width, window, align)
+            if split_column not in (None, "split"):
+                if split_column not in recording.coords:
+                    raise DataError(f"split column {split_column!r} not found in the trials table; available trial "
+                                    f"columns: {[n for n, c in recording.coords.items() if c.dims == ('trial',)]}")
+                recording = recording.assign_coords(split=("trial", recording[split_column].values.astype(str)))
+            elif split_column is None and "split" in recording.coords:
+                recording = recording.drop_vars("split")
+            recording = split_recording(recording, heldout=heldout, heldout_fraction=heldout_fraction,
+                                        test_fraction=test_fraction, seed=seed)
+            recording.attrs.update(source=str(path))
+            return recording
+        with _open(path) as nwbfile:
             units, trials = nwbfile.units, nwbfile.trials
             if trials is None or len(trials.id) == 0:
                 raise DataError("no trials table (or an empty one): read_nwb bins spikes per trial")
@@ -153,7 +169,7 @@ def read_nwb(
             {name: ("neuron", values) for name, values in neuron_coords.items() if name not in reserved})
         recording = recording.assign_coords({name: (("trial", f"{name}_dim"), values) for name, values in wide.items()})
     except DataError as error:
-        raise DataError(f"{path}: {error}") from error
+        raise _in_file(path, error) from error
     recording.attrs.update(source=str(path), nwb_identifier=identifier, nwb_session_start_time=session_start)
     return recording
 
@@ -197,8 +213,39 @@ def read_binned_nwb(path: str | os.PathLike) -> xr.Dataset:
                     values = np.asarray(module[table][name].data[:])
                 coords[name] = (tuple(spec["dims"]), values.astype(spec["dtype"]), _decode(spec["attrs"]))
     except DataError as error:
-        raise DataError(f"{path}: {error}") from error
+        raise _in_file(path, error) from error
     return xr.Dataset(data_vars, coords=coords, attrs=_decode(layout["attrs"]))
+
+
+def _in_file(path: Path, error: DataError) -> DataError:
+    """``error`` (same class) with its message prefixed by the file's path, unless it names it first already."""
+    message = str(error)
+    return error if message.startswith(f"{path}:") else type(error)(f"{path}: {message}")
+
+
+def _binned_window(ds: xr.Dataset, bin_width: float, window: tuple[float, float] | None, align: str) -> xr.Dataset:
+    """The bins of a binned recording ``ds`` (:func:`read_binned_nwb`) that ``window`` (s, default all) covers.
+
+    A binned file cannot be re-binned or re-aligned: ``bin_width`` (s) must be the file's and
+    ``align`` its alignment; ``window`` must fall on the file's bin edges, inside its bins.
+    """
+    own = float(ds.attrs["bin_width"])
+    if not np.isclose(bin_width, own, rtol=1e-9, atol=0):
+        raise DataError(f"bin_width {bin_width:.6g} s differs from the binned recording's {own:.6g} s; a binned file "
+                        "is read at its own bin width")
+    if ds.attrs.get("align", "start_time") != align:
+        raise DataError(f"align {align!r} differs from the binned recording's alignment {ds.attrs.get('align')!r}; "
+                        "a binned file is read at its own alignment")
+    if window is None:
+        return ds
+    t0, t1 = (float(t) for t in window)
+    centre = ds["time"].values.astype(np.float64)
+    keep = (centre - own / 2 >= t0 - 1e-9) & (centre + own / 2 <= t1 + 1e-9)
+    if keep.sum() * own < (t1 - t0) - 1e-9:
+        raise DataError(f"window [{t0 * 1e3:.6g}, {t1 * 1e3:.6g}] ms is not made of the binned recording's bins, "
+                        f"which cover [{(centre[0] - own / 2) * 1e3:.6g}, {(centre[-1] + own / 2) * 1e3:.6g}] ms in "
+                        f"{own * 1e3:.6g} ms bins")
+    return ds.isel(time=np.flatnonzero(keep))
 
 
 def read_spike_times(path: str | os.PathLike) -> list[np.ndarray]:
@@ -510,10 +557,40 @@ def _trials_table(trials: Mapping[str, Any]) -> TimeIntervals:
 
 @contextmanager
 def _open(path: Path) -> Iterator[NWBFile]:
+    """The NWB file at ``path``, open for reading; a file that is not one raises FileFormatError naming it.
+
+    Opening and reading the file's layout fail for random bytes, truncated copies and HDF5
+    files without the NWB layout; the data are read lazily, so HDF5 errors (``OSError``,
+    ``KeyError``) raised while the caller reads them are reported the same way.
+    """
     if not path.is_file():
-        raise FileNotFoundError(f"no NWB file at {path}")
-    with NWBHDF5IO(str(path), mode="r") as io:
-        yield io.read()
+        raise DataError(f"{path}: no such NWB file")
+    try:
+        io = NWBHDF5IO(str(path), mode="r")
+    except Exception as error:  # h5py / hdmf raise OSError, TypeError, ValueError, KeyError ... for a non-NWB file
+        raise FileFormatError(f"{path}: not a readable NWB (HDF5) file: {_reason(error)}") from error
+    try:
+        try:
+            nwbfile = io.read()
+        except Exception as error:
+            raise FileFormatError(f"{path}: HDF5 file without a readable NWB layout: {_reason(error)}") from error
+        try:
+            yield nwbfile
+        except (OSError, KeyError) as error:
+            if isinstance(error, PCSimError):
+                raise
+            raise FileFormatError(f"{path}: damaged NWB file (reading its data failed): {_reason(error)}") from error
+    finally:
+        try:
+            io.close()
+        except Exception:  # closing a damaged file may fail again; the first error is the one to report
+            pass
+
+
+def _reason(error: BaseException) -> str:
+    """``'TypeError: ...'``, the first line of an exception, for an error message."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _write_atomically(nwbfile: NWBFile, path: Path) -> None:

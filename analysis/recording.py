@@ -28,6 +28,8 @@ from pcsim.errors import DataError
 __all__ = ["DIMS", "Recording", "as_recording", "check_bin_width", "check_counts", "split_recording"]
 
 DIMS = ("trial", "time", "neuron")
+HELDOUT_ATTRS = {"units": "", "long_name": "neuron held out (predicted from the others, unseen at inference)"}
+SPLIT_ATTRS = {"units": "", "long_name": "trial split (train, val, test)"}
 
 
 def _show(value: Any) -> str:
@@ -239,5 +241,6 @@ def split_recording(recording: xr.Dataset, *, heldout: Any | None = None, heldou
     if not (split == "test").any() and test_fraction > 0:
         split = split.astype(object)
         split[rng.choice(split.size, max(1, int(round(test_fraction * split.size))), replace=False)] = "test"
-    return recording.assign_coords(heldout=("neuron", mask), split=("trial", np.asarray(split).astype(str)))
+    return recording.assign_coords(heldout=("neuron", mask, HELDOUT_ATTRS),
+                                   split=("trial", np.asarray(split).astype(str), SPLIT_ATTRS))
 

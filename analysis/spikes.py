@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from analysis.recording import _show, check_counts
+from analysis.recording import HELDOUT_ATTRS, SPLIT_ATTRS, _show, check_counts
 from analysis.recording import check_bin_width as _check_bin_width
 from pcsim.errors import DataError
 
@@ -39,7 +39,7 @@ SPLITS = ("train", "val", "test", "none")
 _DIMS = ("trial", "time", "neuron")
 _TIME_ATTRS = {"units": "s", "long_name": "bin centre"}
 _COUNT_ATTRS = {"long_name": "spike count", "units": "counts/bin"}
-_OBSERVED_ATTRS = {"long_name": "bin lies inside the unit's observation intervals"}
+_OBSERVED_ATTRS = {"units": "", "long_name": "bin lies inside the unit's observation intervals"}
 # A window is a whole number of bins when (t1 - t0) / bin_width is this close to an integer;
 # decimal bin widths are not exact in binary, so e.g. 0.7 / 0.02 = 34.99999999999999.
 _WHOLE_BINS_ATOL = 1e-6
@@ -237,8 +237,8 @@ def to_recording(
         ds["observed"] = observed.variable.copy()
         ds["observed"].attrs = dict(_OBSERVED_ATTRS)
 
-    ds = ds.assign_coords(heldout=("neuron", _heldout_mask(heldout, ds)),
-                          split=("trial", _split_labels(split, ds)))
+    ds = ds.assign_coords(heldout=("neuron", _heldout_mask(heldout, ds), HELDOUT_ATTRS),
+                          split=("trial", _split_labels(split, ds), SPLIT_ATTRS))
     for name, value in extras.items():
         ds[name] = _extra_variable(name, value, ds)
     return ds
@@ -401,25 +401,31 @@ def _check_windows_in_trials(edges: np.ndarray, window: tuple[float, float], sto
             "shorten the window, or select the trials it fits")
 
 
+_MISS_MIN_SPIKES = 200
+"""Below this many spikes, missing every window can be chance; above it (under 1 % inside) it is a mistake."""
+
+
 def _check_spikes_hit_trials(trains: list[np.ndarray], counts: np.ndarray, starts: np.ndarray,
                              stops: np.ndarray | None) -> None:
     """Refuse spike times that (nearly) all miss the trials, the mark of times in ms read as s.
 
-    ``counts`` ``(trial, time, neuron)`` are the binned spikes. No spike in any window, or fewer
-    than 1 % of them in the trials while the spikes run on past 100 times the last trial's end
-    (``stops``, else the last start), raises DataError with the numbers and the likely cause.
+    ``counts`` ``(trial, time, neuron)`` are the binned spikes. Fewer than 1 % of at least
+    :data:`_MISS_MIN_SPIKES` spikes inside the windows, or none inside while the spikes run on
+    past 100 times the last trial's end (``stops``, else the last start), raises DataError
+    with the numbers and the likely cause.
     """
     total = int(sum(t.size for t in trains))
-    inside = int(counts.sum())
     if total == 0:
         return
+    inside = int(counts.sum())
     end = float(np.max(stops if stops is not None else starts))
+    first = min(float(t[0]) for t in trains if t.size)
     last = max(float(t[-1]) for t in trains if t.size)
-    if inside == 0 or (inside < 0.01 * total and last > 100 * max(end, 1e-9)):
+    if (total >= _MISS_MIN_SPIKES and inside < 0.01 * total) or (inside == 0 and last > 100 * max(end, 1e-9)):
         raise DataError(
-            f"only {inside} of the {total} spikes fall in the trials' windows (trials end by {end:.6g} s, the "
-            f"spike times reach {last:.6g} s); spike times must be session times in seconds: were they stored "
-            "in milliseconds (divide them by 1000)?")
+            f"only {inside} of the {total} spikes fall in the trials' windows: the trials run from "
+            f"{float(np.min(starts)):.6g} s to {end:.6g} s, the spike times from {first:.6g} s to {last:.6g} s; spike "
+            "times must be session times in seconds: were they stored in milliseconds (divide them by 1000)?")
 
 
 def _check_spike_trains(spike_times: Sequence[Any], *, session_stop: float | None = None,
@@ -579,14 +585,15 @@ def _counts_dataarray(counts: np.ndarray, bin_width: float, t0: float, trial_ids
                       columns: Mapping[str, np.ndarray], align: str, observed: np.ndarray | None) -> xr.DataArray:
     n_bins = counts.shape[1]
     coords: dict[str, Any] = {
-        "trial": trial_ids,
+        "trial": ("trial", trial_ids, {"units": "", "long_name": "trial id"}),
         "time": ("time", t0 + (np.arange(n_bins) + 0.5) * bin_width, dict(_TIME_ATTRS)),
-        "neuron": neuron_ids,
+        "neuron": ("neuron", neuron_ids, {"units": "", "long_name": "neuron id"}),
     }
     for name, values in columns.items():
-        attrs = {"units": "s"} if name in ("start_time", "stop_time", "align_time") else {}
-        coords[name] = ("trial", values, attrs)
+        # event columns (NWB: *_time) are session times in s; others are labels or conditions
+        timed = name == "time" or name.endswith("_time")
+        coords[name] = ("trial", values, {"units": "s" if timed else "", "long_name": f"trial column {name!r}"})
     if observed is not None:
-        coords["observed"] = (_DIMS, observed)
+        coords["observed"] = (_DIMS, observed, dict(_OBSERVED_ATTRS))
     return xr.DataArray(counts, dims=_DIMS, coords=coords, name="counts",
                         attrs={**_COUNT_ATTRS, "bin_width": bin_width, "align": align})
