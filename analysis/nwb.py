@@ -102,9 +102,14 @@ def read_nwb(
     trial is (``seed`` seeds the draws; a fraction of 0 draws nothing). Other
     one-value-per-unit columns, and ``electrode``/``location`` of each unit's (first) electrode,
     neuron coordinates. With ``obs_intervals`` the Dataset gains the bool variable ``observed``
-    ``(trial, time, neuron)``. Ragged columns are skipped with a warning. Errors
-    (:class:`~pcsim.errors.DataError`) name the file and the column, unit or trial at fault; a
-    missing ``align`` column is reported with the trials table's columns.
+    ``(trial, time, neuron)``. Ragged columns are skipped with a warning. ``window=None`` is the
+    whole trial (equal-length trials aligned at ``start_time``). A file :func:`write_nwb` stored
+    as binned data without spike times is read through :func:`read_binned_nwb`: ``bin_width``
+    and ``align`` must be its own, ``window`` (default: all bins) picks whole bins of it, and
+    the same split policy follows. Errors (:class:`~pcsim.errors.DataError`) name the file and
+    the column, unit or trial at fault; a missing ``align`` column is reported with the trials
+    table's columns; a file that is not NWB (random bytes, truncated, HDF5 without the NWB
+    layout) raises :class:`~pcsim.errors.FileFormatError` naming it.
     """
     path = Path(path)
     bin_width = _check_bin_width(bin_width)
