@@ -54,7 +54,7 @@ from analysis.spikes import (
     bin_spike_times,
     to_recording,
 )
-from pcsim.errors import DataError, FileFormatError, PCSimError
+from pcsim.errors import DataError, FileFormatError, OutputError, PCSimError
 
 __all__ = ["BINNED_MODULE", "read_binned_nwb", "read_nwb", "read_spike_times", "write_nwb"]
 
@@ -171,8 +171,10 @@ def read_nwb(
                                     heldout_fraction=heldout_fraction, test_fraction=test_fraction, seed=seed)
         reserved = set(recording.coords) | set(recording.data_vars)
         recording = recording.assign_coords(
-            {name: ("neuron", values) for name, values in neuron_coords.items() if name not in reserved})
-        recording = recording.assign_coords({name: (("trial", f"{name}_dim"), values) for name, values in wide.items()})
+            {name: ("neuron", values, _column_attrs(name, "Units")) for name, values in neuron_coords.items()
+             if name not in reserved})
+        recording = recording.assign_coords({name: (("trial", f"{name}_dim"), values, _column_attrs(name, "trials"))
+                                             for name, values in wide.items()})
     except DataError as error:
         raise _in_file(path, error) from error
     recording.attrs.update(source=str(path), nwb_identifier=identifier, nwb_session_start_time=session_start)
@@ -220,6 +222,13 @@ def read_binned_nwb(path: str | os.PathLike) -> xr.Dataset:
     except DataError as error:
         raise _in_file(path, error) from error
     return xr.Dataset(data_vars, coords=coords, attrs=_decode(layout["attrs"]))
+
+
+def _column_attrs(name: str, table: str) -> dict[str, str]:
+    """``units`` and ``long_name`` of a coordinate read from an NWB table's column: ``*_time``
+    columns are session times in s (NWB's convention), others labels, ids or conditions."""
+    timed = name == "time" or name.endswith("_time")
+    return {"units": "s" if timed else "", "long_name": f"{table} column {name!r}"}
 
 
 def _in_file(path: Path, error: DataError) -> DataError:
@@ -599,14 +608,16 @@ def _reason(error: BaseException) -> str:
 
 
 def _write_atomically(nwbfile: NWBFile, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.nwb")  # hidden; .nwb keeps pynwb quiet
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with NWBHDF5IO(str(tmp), mode="w") as io:
             io.write(nwbfile)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, PCSimError):
+            raise OutputError(f"{path}: cannot write the NWB file: {_reason(error)}") from error
         raise
 
 

@@ -18,7 +18,7 @@ import xarray as xr
 from analysis.recording import split_recording
 
 from pcsim.config import ExperimentConfig
-from pcsim.errors import DataError
+from pcsim.errors import ConfigError, DataError
 from pcsim.registry import ExperimentResult, RunContext
 
 from .models import ModelsSection, fit_and_score, plot_results
@@ -50,9 +50,9 @@ class RecordingSection:
     test_fraction: float = field(default=_default(split_recording, "test_fraction"), metadata={"gt": 0, "lt": 1})
 
     def __post_init__(self):
-        # reported by pcsim.config as a ConfigError naming the file and the table
+        # pcsim.config adds the config file and the table to the message
         if self.window_ms and (len(self.window_ms) != 2 or self.window_ms[1] <= self.window_ms[0]):
-            raise ValueError(f"key 'window_ms' must be [start, stop] (ms) with stop > start, or [] for the whole "
+            raise ConfigError(f"key 'window_ms' must be [start, stop] (ms) with stop > start, or [] for the whole "
                              f"trial, got {list(self.window_ms)}")
 
 
@@ -67,7 +67,7 @@ class Config(ExperimentConfig):
         # checked when the config is read, before anything runs (pcsim.config reports it as a
         # ConfigError naming the config file); the section's own default (path "") stays valid
         if not Path(self.recording.path).is_file():
-            raise ValueError(f"key 'recording.path' = {self.recording.path!r} is not a recording file: run "
+            raise ConfigError(f"key 'recording.path' = {self.recording.path!r} is not a recording file: run "
                              "`pcsim fit FILE.nwb --config CONFIG`, or give one with --set recording.path=FILE")
 
 

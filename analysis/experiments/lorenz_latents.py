@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import xarray as xr
 
 from pcsim.config import ExperimentConfig
+from pcsim.errors import ConfigError
 from pcsim.registry import ExperimentResult, RunContext
 
 from .models import ModelsSection, fit_and_score, plot_results, size_problems
@@ -49,10 +50,10 @@ class Config(ExperimentConfig):
         d = self.data
         n_in = d.n_neurons - int(round(d.heldout_fraction * d.n_neurons))
         if n_in < 1:
-            raise ValueError(f"key 'data.heldout_fraction' = {d.heldout_fraction} holds out all {d.n_neurons} neurons")
+            raise ConfigError(f"key 'data.heldout_fraction' = {d.heldout_fraction} holds out all {d.n_neurons} neurons")
         problems = size_problems(self.models, d.n_neurons, n_in, d.n_bins)
         if problems:
-            raise ValueError(f"{'; '.join(problems)} (data.n_neurons = {d.n_neurons}, "
+            raise ConfigError(f"{'; '.join(problems)} (data.n_neurons = {d.n_neurons}, "
                              f"data.heldout_fraction = {d.heldout_fraction}, data.n_bins = {d.n_bins})")
 
 
