@@ -207,7 +207,8 @@ def plot_results(results: xr.Dataset) -> dict:
     if "aligned_latents" in results:
         models = list(results.model.values)
         names = [str(v) for v in results.latent.values]
-        fig = Figure(figsize=(3.6 * len(models), 4.2), layout="constrained")
+        fig = Figure(figsize=(3.8 * len(models), 4.4))
+        fig.subplots_adjust(left=0.01, right=0.97, bottom=0.1, top=0.84, wspace=0.12)
         colours = ["tab:blue", "tab:orange"]
         for i, m in enumerate(models):
             ax = fig.add_subplot(1, len(models), i + 1, projection="3d")
@@ -225,9 +226,10 @@ def plot_results(results: xr.Dataset) -> dict:
             ax.set_ylabel(f"{names[1]} (z-scored)", fontsize=7)
             ax.set_zlabel(f"{names[2]} (z-scored)", fontsize=7)
             ax.tick_params(labelsize=6)
+            ax.set_box_aspect(None, zoom=0.82)   # room for the z label inside the panel
         handles = [Line2D([], [], color="0.3", ls="--", label="true trajectory"),
                    Line2D([], [], color="0.3", ls="-", label="inferred trajectory (colour: trial, as in the title)")]
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=7, frameon=False)
+        fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=7, frameon=False)
         fig.suptitle("test trials at the median per-trial latent R2: true (dashed) vs inferred (solid), "
                      "aligned on training trials", fontsize=9)
         figs["latents"] = fig
