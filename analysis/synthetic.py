@@ -71,6 +71,9 @@ def lorenz_recording(
     for key, value in (("n_trials", n_trials), ("n_neurons", n_neurons), ("n_bins", n_bins)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+    for key, value in (("bin_width", bin_width), ("mean_rate_hz", mean_rate_hz), ("dt", dt)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value < np.inf:
+            raise ConfigError(f"{key} must be a positive number, got {value!r}")
     rng = np.random.default_rng(seed)
     burn = lorenz_trajectory(2000 + 50 * n_trials, dt)[1000:]  # on the attractor
     if n_conditions > 0 and condition_jitter is None:  # random starts, labelled by the nearest centre

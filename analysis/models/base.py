@@ -90,7 +90,8 @@ class Inference:
             rec = self.recording
             t = rec.dataset["time"].values
             coords = {"trial": rec.dataset["trial"].values,
-                      "time": ("time", t[-1] + rec.bin_width * np.arange(1, n_forward + 1), {"units": "s"}),
+                      "time": ("time", t[-1] + rec.bin_width * np.arange(1, n_forward + 1),
+                               {"units": "s", "long_name": "bin centre (after the window)"}),
                       "neuron": rec.dataset["neuron"].values}
             self._forecasts[n_forward] = xr.DataArray(
                 rates, dims=DIMS, coords=coords, name="rates",

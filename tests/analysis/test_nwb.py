@@ -288,3 +288,16 @@ def test_write_rejects_bad_variables_and_missing_resolution(lorenz, session, tmp
     with pytest.raises(DataError, match=r"trials is missing the column\(s\) \['stop_time'\]"):
         write_nwb(spikes, tmp_path / "x.nwb", trials={"start_time": trials["start_time"]}, resolution=RESOLUTION)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_recordings_read_from_nwb_follow_the_result_conventions(lorenz, tmp_path):
+    """Every coordinate read from a Units or trials column has units and long_name, times in s."""
+    from pcsim.results import convention_problems
+
+    with pytest.warns(UserWarning):   # the file's ragged event_times column is skipped
+        nlb = read_nwb(write_nlb_file(tmp_path / "nlb.nwb"), bin_width=0.1, window=(-0.2, 0.4), align="move_onset_time")
+    assert {"electrode", "location", "target_pos", "move_onset_time"} <= set(nlb.coords)
+    assert nlb.move_onset_time.attrs["units"] == "s"
+    assert convention_problems(nlb) == []
+    assert convention_problems(read_nwb(write_nwb(lorenz, tmp_path / "binned.nwb", session_start_time=START),
+                                        bin_width=0.01)) == []
