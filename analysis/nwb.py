@@ -12,7 +12,9 @@ the processing module ``binned_recording``; the trial coordinates become the ``t
 columns; every other dimension's coordinates (``neuron`` with ``heldout``, ``time``,
 ``latent``, ...) a ``DynamicTable`` named ``<dim>_coordinates`` in the same module. The
 module's description ends with a JSON record of dims, dtypes and attrs, so
-:func:`read_binned_nwb` rebuilds the Dataset identically. When spike times are given too (or
+:func:`read_binned_nwb` rebuilds the Dataset identically (and :func:`read_nwb`, hence
+``pcsim fit``, reads such a file at its own bins). Files that are not NWB raise
+:class:`~pcsim.errors.FileFormatError` naming the file. When spike times are given too (or
 instead: a list of arrays, one per unit), they go to the ``Units`` table in the NWB/NLB layout,
 which :func:`read_nwb` bins and :func:`read_spike_times` returns unchanged. Files are written
 under a temporary name and renamed into place, so a failed write never leaves half a file.
