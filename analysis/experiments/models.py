@@ -111,7 +111,6 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
     rec_test = rec.trials(test)
     ds_test = rec_test.dataset
     ho_counts = rec_test.masked_counts[..., heldout]
-    ho_observed = rec_test.observed[..., heldout]
     has_truth = "latents" in rec.dataset
     has_rates = "rates" in rec.dataset
     has_conditions = "condition" in rec.dataset.coords and np.unique(rec.dataset.condition.values).size > 1
