@@ -229,3 +229,16 @@ def test_progress_names_the_model_being_fitted_and_shows_its_em_iterations(capsy
         assert shown in err
     fit_and_score(rec, models, 0, "cpu", progress=False)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("override, message", [
+    ("models.gpfa.n_latents=25", "key 'models.gpfa.n_latents' = 25 exceeds the 24 neurons"),
+    ("models.gpfa.segment_bins=41", "key 'models.gpfa.segment_bins' = 41 exceeds the 40 bins per trial"),
+])
+def test_gpfa_sizes_beyond_the_recording_are_refused_when_the_config_is_read(override, message, tmp_path, capsys):
+    out = tmp_path / "l"
+    assert cli(["run", str(CONFIGS / "lorenz_latents.toml"), "--out", str(out), *SMALL,
+                "--set", 'models.fit=["gpfa"]', "--set", override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "lorenz_latents.toml" in err[0]
+    assert not out.exists()
