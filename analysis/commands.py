@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -24,13 +25,30 @@ def register_fit(commands) -> None:
     fit.set_defaults(handler=_fit)
 
 
-def _fit(args: argparse.Namespace, extra: list[str]) -> int:
+def fit(recording: str | Path, config: str | Path, out: str | Path | None = None, *, overrides: Sequence[str] = (),
+        device: str | None = None, progress: bool = True, overwrite: bool = False) -> int:
+    """``pcsim fit`` from Python: run the fit config ``config`` on the NWB file ``recording``.
+
+    ``recording`` is an NWB file with spike times (binned here) or a binned recording written
+    by :func:`analysis.nwb.write_nwb`; ``config`` a config whose experiment reads
+    ``recording.path`` (e.g. ``configs/fit_recording.toml``); ``out`` the run directory
+    (default ``runs/<recording stem>``); ``overrides`` ``"key=value"`` strings as ``--set``
+    takes them; ``overwrite`` replaces a previous complete run in ``out``. Writes
+    ``results.nc``, ``summary.json`` and the figures into ``out``, prints the summary table and
+    returns 0; bad input raises a :class:`~pcsim.errors.PCSimError`.
+    """
     from pcsim.cli import run_config
     from pcsim.errors import DataError
 
-    if not args.recording.is_file():
-        raise DataError(f"{args.recording}: no such recording file")
-    path = json.dumps(str(args.recording.resolve()))  # a TOML basic string
-    out = args.out if args.out is not None else Path("runs") / args.recording.stem
-    return run_config(args.config, out, device=args.device, overrides=[*args.overrides, f"recording.path={path}"],
-                      progress=not args.no_progress, overwrite=args.overwrite)
+    recording = Path(recording)
+    if not recording.is_file():
+        raise DataError(f"{recording}: no such recording file")
+    path = json.dumps(str(recording.resolve()))  # a TOML basic string
+    out = Path(out) if out is not None else Path("runs") / recording.stem
+    return run_config(Path(config), out, device=device, overrides=[*overrides, f"recording.path={path}"],
+                      progress=progress, overwrite=overwrite)
+
+
+def _fit(args: argparse.Namespace, extra: list[str]) -> int:
+    return fit(args.recording, args.config, args.out, overrides=args.overrides, device=args.device,
+               progress=not args.no_progress, overwrite=args.overwrite)

@@ -41,6 +41,8 @@ __all__ = [
     "psth_r2",
     "behaviour_r2",
     "latent_r2",
+    "trial_latent_r2",
+    "align_latents",
     "few_shot_co_bps",
     "seed_consistency",
 ]
@@ -467,6 +469,23 @@ def align_latents(inferred_train, true_train, inferred) -> np.ndarray:
     _check_match(xtr, xtr_da, "inferred_train", x, x_da, "inferred", (2,))
     coef = _affine_fit(_flat(xtr), _flat(ytr))
     return _affine_apply(_flat(x), coef).reshape(x.shape[:2] + (ytr.shape[2],))
+
+
+def trial_latent_r2(aligned, true) -> np.ndarray:
+    """Latent R² of each trial on its own: ``(trial,)``, the variance-weighted R² of one trial's
+    aligned latents ``(trial, time, latent)`` (:func:`align_latents`) against its true latents
+    ``(trial, time, latent)``, with each trial's own mean as the baseline.
+
+    It says how well a single trajectory is recovered; it is lower than :func:`latent_r2`
+    (whose baseline is the mean over all test trials), and negative for a trial whose
+    trajectory barely moves. Dimensionless. Raises DataError for mismatched arguments.
+    """
+    x, x_da = _as_trial_array(aligned, "aligned", ("latent",))
+    y, y_da = _as_trial_array(true, "true", ("latent",))
+    _check_match(x, x_da, "aligned", y, y_da, "true", (0, 1, 2))
+    if y.shape[1] < 2:
+        raise DataError(f"true: needs at least 2 time bins per trial to compute a trial's R², got {y.shape[1]}")
+    return np.array([r2_score(y[i], x[i], multioutput="variance_weighted") for i in range(y.shape[0])])
 
 
 def seed_consistency(latents_a, latents_b, *, symmetric: bool = True) -> float:

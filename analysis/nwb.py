@@ -12,7 +12,9 @@ the processing module ``binned_recording``; the trial coordinates become the ``t
 columns; every other dimension's coordinates (``neuron`` with ``heldout``, ``time``,
 ``latent``, ...) a ``DynamicTable`` named ``<dim>_coordinates`` in the same module. The
 module's description ends with a JSON record of dims, dtypes and attrs, so
-:func:`read_binned_nwb` rebuilds the Dataset identically. When spike times are given too (or
+:func:`read_binned_nwb` rebuilds the Dataset identically (and :func:`read_nwb`, hence
+``pcsim fit``, reads such a file at its own bins). Files that are not NWB raise
+:class:`~pcsim.errors.FileFormatError` naming the file. When spike times are given too (or
 instead: a list of arrays, one per unit), they go to the ``Units`` table in the NWB/NLB layout,
 which :func:`read_nwb` bins and :func:`read_spike_times` returns unchanged. Files are written
 under a temporary name and renamed into place, so a failed write never leaves half a file.
@@ -54,7 +56,7 @@ from analysis.spikes import (
     bin_spike_times,
     to_recording,
 )
-from pcsim.errors import DataError
+from pcsim.errors import DataError, FileFormatError, OutputError, PCSimError
 
 __all__ = ["BINNED_MODULE", "read_binned_nwb", "read_nwb", "read_spike_times", "write_nwb"]
 
@@ -75,7 +77,7 @@ def read_nwb(
     path: str | os.PathLike,
     *,
     bin_width: float,
-    window: tuple[float, float],
+    window: tuple[float, float] | None = None,
     align: str = "start_time",
     heldout: Any | None = None,
     split_column: str | None = "split",
@@ -102,18 +104,39 @@ def read_nwb(
     trial is (``seed`` seeds the draws; a fraction of 0 draws nothing). Other
     one-value-per-unit columns, and ``electrode``/``location`` of each unit's (first) electrode,
     neuron coordinates. With ``obs_intervals`` the Dataset gains the bool variable ``observed``
-    ``(trial, time, neuron)``. Ragged columns are skipped with a warning. Errors
-    (:class:`~pcsim.errors.DataError`) name the file and the column, unit or trial at fault; a
-    missing ``align`` column is reported with the trials table's columns.
+    ``(trial, time, neuron)``. Ragged columns are skipped with a warning. ``window=None`` is the
+    whole trial (equal-length trials aligned at ``start_time``). A file :func:`write_nwb` stored
+    as binned data without spike times is read through :func:`read_binned_nwb`: ``bin_width``
+    and ``align`` must be its own, ``window`` (default: all bins) picks whole bins of it, and
+    the same split policy follows. Errors (:class:`~pcsim.errors.DataError`) name the file and
+    the column, unit or trial at fault; a missing ``align`` column is reported with the trials
+    table's columns; a file that is not NWB (random bytes, truncated, HDF5 without the NWB
+    layout) raises :class:`~pcsim.errors.FileFormatError` naming it.
     """
     path = Path(path)
     bin_width = _check_bin_width(bin_width)
     try:
         with _open(path) as nwbfile:
             if nwbfile.units is None or "spike_times" not in nwbfile.units.colnames:
-                hint = ("; it holds a binned recording, read it with read_binned_nwb"
-                        if BINNED_MODULE in nwbfile.processing else "")
-                raise DataError(f"no Units table with spike_times{hint}")
+                if BINNED_MODULE not in nwbfile.processing:
+                    raise DataError("no Units table with spike_times (and no binned recording written by write_nwb)")
+                binned = True
+            else:
+                binned = False
+        if binned:
+            recording = _binned_window(read_binned_nwb(path), bin_width, window, align)
+            if split_column not in (None, "split"):
+                if split_column not in recording.coords:
+                    raise DataError(f"split column {split_column!r} not found in the trials table; available trial "
+                                    f"columns: {[n for n, c in recording.coords.items() if c.dims == ('trial',)]}")
+                recording = recording.assign_coords(split=("trial", recording[split_column].values.astype(str)))
+            elif split_column is None and "split" in recording.coords:
+                recording = recording.drop_vars("split")
+            recording = split_recording(recording, heldout=heldout, heldout_fraction=heldout_fraction,
+                                        test_fraction=test_fraction, seed=seed)
+            recording.attrs.update(source=str(path))
+            return recording
+        with _open(path) as nwbfile:
             units, trials = nwbfile.units, nwbfile.trials
             if trials is None or len(trials.id) == 0:
                 raise DataError("no trials table (or an empty one): read_nwb bins spikes per trial")
@@ -150,10 +173,12 @@ def read_nwb(
                                     heldout_fraction=heldout_fraction, test_fraction=test_fraction, seed=seed)
         reserved = set(recording.coords) | set(recording.data_vars)
         recording = recording.assign_coords(
-            {name: ("neuron", values) for name, values in neuron_coords.items() if name not in reserved})
-        recording = recording.assign_coords({name: (("trial", f"{name}_dim"), values) for name, values in wide.items()})
+            {name: ("neuron", values, _column_attrs(name, "Units")) for name, values in neuron_coords.items()
+             if name not in reserved})
+        recording = recording.assign_coords({name: (("trial", f"{name}_dim"), values, _column_attrs(name, "trials"))
+                                             for name, values in wide.items()})
     except DataError as error:
-        raise DataError(f"{path}: {error}") from error
+        raise _in_file(path, error) from error
     recording.attrs.update(source=str(path), nwb_identifier=identifier, nwb_session_start_time=session_start)
     return recording
 
@@ -197,8 +222,46 @@ def read_binned_nwb(path: str | os.PathLike) -> xr.Dataset:
                     values = np.asarray(module[table][name].data[:])
                 coords[name] = (tuple(spec["dims"]), values.astype(spec["dtype"]), _decode(spec["attrs"]))
     except DataError as error:
-        raise DataError(f"{path}: {error}") from error
+        raise _in_file(path, error) from error
     return xr.Dataset(data_vars, coords=coords, attrs=_decode(layout["attrs"]))
+
+
+def _column_attrs(name: str, table: str) -> dict[str, str]:
+    """``units`` and ``long_name`` of a coordinate read from an NWB table's column: ``*_time``
+    columns are session times in s (NWB's convention), others labels, ids or conditions."""
+    timed = name == "time" or name.endswith("_time")
+    return {"units": "s" if timed else "", "long_name": f"{table} column {name!r}"}
+
+
+def _in_file(path: Path, error: DataError) -> DataError:
+    """``error`` (same class) with its message prefixed by the file's path, unless it names it first already."""
+    message = str(error)
+    return error if message.startswith(f"{path}:") else type(error)(f"{path}: {message}")
+
+
+def _binned_window(ds: xr.Dataset, bin_width: float, window: tuple[float, float] | None, align: str) -> xr.Dataset:
+    """The bins of a binned recording ``ds`` (:func:`read_binned_nwb`) that ``window`` (s, default all) covers.
+
+    A binned file cannot be re-binned or re-aligned: ``bin_width`` (s) must be the file's and
+    ``align`` its alignment; ``window`` must fall on the file's bin edges, inside its bins.
+    """
+    own = float(ds.attrs["bin_width"])
+    if not np.isclose(bin_width, own, rtol=1e-9, atol=0):
+        raise DataError(f"bin_width {bin_width:.6g} s differs from the binned recording's {own:.6g} s; a binned file "
+                        "is read at its own bin width")
+    if ds.attrs.get("align", "start_time") != align:
+        raise DataError(f"align {align!r} differs from the binned recording's alignment {ds.attrs.get('align')!r}; "
+                        "a binned file is read at its own alignment")
+    if window is None:
+        return ds
+    t0, t1 = (float(t) for t in window)
+    centre = ds["time"].values.astype(np.float64)
+    keep = (centre - own / 2 >= t0 - 1e-9) & (centre + own / 2 <= t1 + 1e-9)
+    if keep.sum() * own < (t1 - t0) - 1e-9:
+        raise DataError(f"window [{t0 * 1e3:.6g}, {t1 * 1e3:.6g}] ms is not made of the binned recording's bins, "
+                        f"which cover [{(centre[0] - own / 2) * 1e3:.6g}, {(centre[-1] + own / 2) * 1e3:.6g}] ms in "
+                        f"{own * 1e3:.6g} ms bins")
+    return ds.isel(time=np.flatnonzero(keep))
 
 
 def read_spike_times(path: str | os.PathLike) -> list[np.ndarray]:
@@ -510,21 +573,53 @@ def _trials_table(trials: Mapping[str, Any]) -> TimeIntervals:
 
 @contextmanager
 def _open(path: Path) -> Iterator[NWBFile]:
+    """The NWB file at ``path``, open for reading; a file that is not one raises FileFormatError naming it.
+
+    Opening and reading the file's layout fail for random bytes, truncated copies and HDF5
+    files without the NWB layout; the data are read lazily, so HDF5 errors (``OSError``,
+    ``KeyError``) raised while the caller reads them are reported the same way.
+    """
     if not path.is_file():
-        raise FileNotFoundError(f"no NWB file at {path}")
-    with NWBHDF5IO(str(path), mode="r") as io:
-        yield io.read()
+        raise DataError(f"{path}: no such NWB file")
+    try:
+        io = NWBHDF5IO(str(path), mode="r")
+    except Exception as error:  # h5py / hdmf raise OSError, TypeError, ValueError, KeyError ... for a non-NWB file
+        raise FileFormatError(f"{path}: not a readable NWB (HDF5) file: {_reason(error)}") from error
+    try:
+        try:
+            nwbfile = io.read()
+        except Exception as error:
+            raise FileFormatError(f"{path}: HDF5 file without a readable NWB layout: {_reason(error)}") from error
+        try:
+            yield nwbfile
+        except (OSError, KeyError) as error:
+            if isinstance(error, PCSimError):
+                raise
+            raise FileFormatError(f"{path}: damaged NWB file (reading its data failed): {_reason(error)}") from error
+    finally:
+        try:
+            io.close()
+        except Exception:  # closing a damaged file may fail again; the first error is the one to report
+            pass
+
+
+def _reason(error: BaseException) -> str:
+    """``'TypeError: ...'``, the first line of an exception, for an error message."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _write_atomically(nwbfile: NWBFile, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.nwb")  # hidden; .nwb keeps pynwb quiet
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with NWBHDF5IO(str(tmp), mode="w") as io:
             io.write(nwbfile)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, PCSimError):
+            raise OutputError(f"{path}: cannot write the NWB file: {_reason(error)}") from error
         raise
 
 

@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from pcsim.errors import DataError
+from pcsim.errors import ConfigError, DataError
 
 __all__ = ["DIMS", "Recording", "as_recording", "check_bin_width", "check_counts", "split_recording"]
 
 DIMS = ("trial", "time", "neuron")
+HELDOUT_ATTRS = {"units": "", "long_name": "neuron held out (predicted from the others, unseen at inference)"}
+SPLIT_ATTRS = {"units": "", "long_name": "trial split (train, val, test)"}
 
 
 def _show(value: Any) -> str:
@@ -211,13 +213,13 @@ def split_recording(recording: xr.Dataset, *, heldout: Any | None = None, heldou
     without those either, ``max(1, round(test_fraction * trials))`` trials at random
     (``test_fraction = 0``: none), the others ``"train"``. ``seed``: an int or a NumPy
     Generator (drawn from in that order: neurons, then trials). Returns the Dataset with the
-    ``heldout`` and ``split`` coordinates set; raises DataError naming a bad fraction.
+    ``heldout`` and ``split`` coordinates set; raises ConfigError naming a bad fraction.
     """
     from analysis.spikes import SPLITS, _heldout_mask
 
     for key, frac in (("heldout_fraction", heldout_fraction), ("test_fraction", test_fraction)):
-        if not 0 <= frac < 1:
-            raise DataError(f"{key} must be in [0, 1), got {frac}")
+        if isinstance(frac, bool) or not isinstance(frac, (int, float, np.number)) or not 0 <= frac < 1:
+            raise ConfigError(f"{key} must be in [0, 1), got {frac!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     if "split" in recording.coords:
         labels = np.asarray(recording["split"].values).astype(str)
@@ -239,5 +241,6 @@ def split_recording(recording: xr.Dataset, *, heldout: Any | None = None, heldou
     if not (split == "test").any() and test_fraction > 0:
         split = split.astype(object)
         split[rng.choice(split.size, max(1, int(round(test_fraction * split.size))), replace=False)] = "test"
-    return recording.assign_coords(heldout=("neuron", mask), split=("trial", np.asarray(split).astype(str)))
+    return recording.assign_coords(heldout=("neuron", mask, HELDOUT_ATTRS),
+                                   split=("trial", np.asarray(split).astype(str), SPLIT_ATTRS))
 

@@ -22,12 +22,13 @@ metric of :mod:`analysis` leaves such bins out (:class:`analysis.recording.Recor
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+import warnings
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from analysis.recording import _show, check_counts
+from analysis.recording import HELDOUT_ATTRS, SPLIT_ATTRS, _show, check_counts
 from analysis.recording import check_bin_width as _check_bin_width
 from pcsim.errors import DataError
 
@@ -39,7 +40,7 @@ SPLITS = ("train", "val", "test", "none")
 _DIMS = ("trial", "time", "neuron")
 _TIME_ATTRS = {"units": "s", "long_name": "bin centre"}
 _COUNT_ATTRS = {"long_name": "spike count", "units": "counts/bin"}
-_OBSERVED_ATTRS = {"long_name": "bin lies inside the unit's observation intervals"}
+_OBSERVED_ATTRS = {"units": "", "long_name": "bin lies inside the unit's observation intervals"}
 # A window is a whole number of bins when (t1 - t0) / bin_width is this close to an integer;
 # decimal bin widths are not exact in binary, so e.g. 0.7 / 0.02 = 34.99999999999999.
 _WHOLE_BINS_ATOL = 1e-6
@@ -79,7 +80,10 @@ def bin_spike_times(
     spike times and windows from above as ``t = 0`` bounds them from below. Coordinates:
     ``trial`` (``trial_ids``, default ``0..trials-1``), ``time`` (bin centres, s, relative to the
     alignment), ``neuron`` (``neuron_ids``, default ``0..units-1``); attrs ``bin_width`` (s) and
-    ``align`` (the alignment column's name). Bad input raises :class:`~pcsim.errors.DataError`
+    ``align`` (the alignment column's name). With ``trial_stops``, every trial's window must end
+    by its stop (it may begin before its start, a pre-event baseline): a longer one would count
+    the next trial's spikes. Spike times that all miss the trials' windows, as times stored in
+    ms would, are refused too (nearly all: a warning). Bad input raises :class:`~pcsim.errors.DataError`
     naming the unit, spike, trial or column at fault.
     """
     bin_width = _check_bin_width(bin_width)
@@ -125,6 +129,8 @@ def bin_spike_times(
     t0, n_bins = _window_bins(window, bin_width)
     edges = align[:, None] + (t0 + bin_width * np.arange(n_bins + 1))[None, :]  # (trial, bins+1), session s
     _check_windows_in_session(edges, trial_ids, session_stop)
+    if trial_stops is not None:
+        _check_windows_in_trials(edges, (t0, t0 + n_bins * bin_width), columns["stop_time"], trial_ids)
 
     trains = _check_spike_trains(spike_times, session_stop=session_stop, neuron_ids=neuron_ids)
     neuron_ids = _ids(neuron_ids, len(trains), "neuron_ids", "units")
@@ -133,6 +139,8 @@ def bin_spike_times(
         # Spikes before each edge; the difference between neighbouring edges is the bin's count.
         below = np.searchsorted(train, edges, side="left")
         counts[:, :, u] = np.diff(below, axis=1)
+
+    _check_spikes_hit_trials(trains, counts, starts, columns.get("stop_time"))
 
     observed = None
     if obs_intervals is not None:
@@ -230,8 +238,8 @@ def to_recording(
         ds["observed"] = observed.variable.copy()
         ds["observed"].attrs = dict(_OBSERVED_ATTRS)
 
-    ds = ds.assign_coords(heldout=("neuron", _heldout_mask(heldout, ds)),
-                          split=("trial", _split_labels(split, ds)))
+    ds = ds.assign_coords(heldout=("neuron", _heldout_mask(heldout, ds), HELDOUT_ATTRS),
+                          split=("trial", _split_labels(split, ds), SPLIT_ATTRS))
     for name, value in extras.items():
         ds[name] = _extra_variable(name, value, ds)
     return ds
@@ -371,6 +379,58 @@ def _check_windows_in_session(edges: np.ndarray, trial_ids: np.ndarray, session_
             i = late[0]
             raise DataError(f"the window of trial {_trial_label(trial_ids, i)} ends at {edges[i, -1]:.9g} s, after the "
                             f"session stop ({session_stop} s) ({late.size} trial(s) affected)")
+
+
+def _trial_list(trial_ids: np.ndarray, index: np.ndarray, shown: int = 5) -> str:
+    """``'0, 3, 7, ...'``: the first ``shown`` of the trials at positions ``index``."""
+    labels = [_trial_label(trial_ids, int(i)) for i in index[:shown]]
+    return ", ".join(labels) + (", ..." if index.size > shown else "")
+
+
+def _check_windows_in_trials(edges: np.ndarray, window: tuple[float, float], stops: np.ndarray,
+                             trial_ids: np.ndarray) -> None:
+    """Every trial's window must end by its ``stop_time``: ``edges[:, -1]`` (session s) past it would
+    count the inter-trial interval's and the next trial's spikes as this trial's. (A window may
+    begin before the trial start: a pre-event baseline is the usual peri-event window.)"""
+    late = np.flatnonzero(edges[:, -1] > stops + 1e-9)
+    if late.size:
+        lasts = float(np.min(stops - (edges[:, 0] - window[0]))) * 1e3
+        raise DataError(
+            f"window [{window[0] * 1e3:.6g}, {window[1] * 1e3:.6g}] ms runs past the end of trials "
+            f"{_trial_list(trial_ids, late)} ({late.size} of {stops.size} trials; the shortest trial lasts {lasts:.6g} "
+            "ms from its alignment to its stop_time): it would count spikes from between or after the trials; "
+            "shorten the window, or select the trials it fits")
+
+
+_MISS_MIN_SPIKES = 200
+"""Below this many spikes, missing every window can be chance."""
+
+
+def _check_spikes_hit_trials(trains: list[np.ndarray], counts: np.ndarray, starts: np.ndarray,
+                             stops: np.ndarray | None) -> None:
+    """Refuse spike times that all miss the trials' windows, the mark of times in ms read as s.
+
+    ``counts`` ``(trial, time, neuron)`` are the binned spikes. None of at least
+    :data:`_MISS_MIN_SPIKES` spikes inside the windows, or none while the spikes run on past 100
+    times the last trial's end (``stops``, else the last start), raises DataError with the
+    numbers and the likely cause. Under 1 % inside with that ms signature only warns: a long
+    session with a few short trials can look the same, and must stay readable.
+    """
+    total = int(sum(t.size for t in trains))
+    if total == 0:
+        return
+    inside = int(counts.sum())
+    end = float(np.max(stops if stops is not None else starts))
+    first = min(float(t[0]) for t in trains if t.size)
+    last = max(float(t[-1]) for t in trains if t.size)
+    ms_like = last > 100 * max(end, 1e-9)
+    message = (f"only {inside} of the {total} spikes fall in the trials' windows: the trials run from "
+               f"{float(np.min(starts)):.6g} s to {end:.6g} s, the spike times from {first:.6g} s to {last:.6g} s; "
+               "spike times must be session times in seconds: were they stored in milliseconds (divide them by 1000)?")
+    if inside == 0 and (total >= _MISS_MIN_SPIKES or ms_like):
+        raise DataError(message)
+    if ms_like and inside < 0.01 * total:
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _check_spike_trains(spike_times: Sequence[Any], *, session_stop: float | None = None,
@@ -530,14 +590,15 @@ def _counts_dataarray(counts: np.ndarray, bin_width: float, t0: float, trial_ids
                       columns: Mapping[str, np.ndarray], align: str, observed: np.ndarray | None) -> xr.DataArray:
     n_bins = counts.shape[1]
     coords: dict[str, Any] = {
-        "trial": trial_ids,
+        "trial": ("trial", trial_ids, {"units": "", "long_name": "trial id"}),
         "time": ("time", t0 + (np.arange(n_bins) + 0.5) * bin_width, dict(_TIME_ATTRS)),
-        "neuron": neuron_ids,
+        "neuron": ("neuron", neuron_ids, {"units": "", "long_name": "neuron id"}),
     }
     for name, values in columns.items():
-        attrs = {"units": "s"} if name in ("start_time", "stop_time", "align_time") else {}
-        coords[name] = ("trial", values, attrs)
+        # event columns (NWB: *_time) are session times in s; others are labels or conditions
+        timed = name == "time" or name.endswith("_time")
+        coords[name] = ("trial", values, {"units": "s" if timed else "", "long_name": f"trial column {name!r}"})
     if observed is not None:
-        coords["observed"] = (_DIMS, observed)
+        coords["observed"] = (_DIMS, observed, dict(_OBSERVED_ATTRS))
     return xr.DataArray(counts, dims=_DIMS, coords=coords, name="counts",
                         attrs={**_COUNT_ATTRS, "bin_width": bin_width, "align": align})

@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from analysis.recording import split_recording
+from pcsim.errors import ConfigError
 
 
 def lorenz_trajectory(n_steps: int, dt: float = 0.01, start: np.ndarray | None = None,
@@ -63,11 +64,16 @@ def lorenz_recording(
     ``rates`` (counts per bin), ``latents`` (trial, time, latent; z-scored), ``behaviour``
     (trial, time, behaviour_dim: a random linear readout of the latents, e.g. a 2-D velocity,
     plus Gaussian noise), coordinates ``heldout`` (neuron) and ``split``/``condition``
-    (trial), the first two drawn by :func:`analysis.recording.split_recording` (``heldout_fraction``
+    and ``start_time``/``stop_time`` (trial; session s, trials back to back, aligned at
+    ``start_time`` as attrs ``align`` says), the first two drawn by :func:`analysis.recording.split_recording` (``heldout_fraction``
     of the neurons, ``test_fraction`` of the trials). Same seed, same data.
     """
-    if min(n_trials, n_neurons, n_bins) < 1:
-        raise ValueError(f"n_trials, n_neurons and n_bins must be >= 1, got {n_trials}, {n_neurons}, {n_bins}")
+    for key, value in (("n_trials", n_trials), ("n_neurons", n_neurons), ("n_bins", n_bins)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+    for key, value in (("bin_width", bin_width), ("mean_rate_hz", mean_rate_hz), ("dt", dt)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value < np.inf:
+            raise ConfigError(f"{key} must be a positive number, got {value!r}")
     rng = np.random.default_rng(seed)
     burn = lorenz_trajectory(2000 + 50 * n_trials, dt)[1000:]  # on the attractor
     if n_conditions > 0 and condition_jitter is None:  # random starts, labelled by the nearest centre
@@ -92,6 +98,7 @@ def lorenz_recording(
     B = rng.standard_normal((3, n_behaviour)) / np.sqrt(3)
     behaviour = z @ B + behaviour_noise * rng.standard_normal((n_trials, n_bins, n_behaviour))
     time = (np.arange(n_bins) + 0.5) * bin_width
+    start = np.arange(n_trials) * n_bins * bin_width  # trials back to back from the session start
     ds = xr.Dataset(
         {
             "counts": (("trial", "time", "neuron"), counts.astype(np.int64), {"long_name": "spike count", "units": "counts/bin"}),
@@ -100,13 +107,16 @@ def lorenz_recording(
             "behaviour": (("trial", "time", "behaviour_dim"), behaviour, {"long_name": "behavioural readout of the latents", "units": "1"}),
         },
         coords={
-            "trial": np.arange(n_trials),
+            "trial": ("trial", np.arange(n_trials), {"units": "", "long_name": "trial id"}),
             "time": ("time", time, {"units": "s", "long_name": "bin centre"}),
-            "neuron": np.arange(n_neurons),
-            "latent": ["x", "y", "z"],
-            "condition": ("trial", condition),
+            "neuron": ("neuron", np.arange(n_neurons), {"units": "", "long_name": "neuron id"}),
+            "latent": ("latent", ["x", "y", "z"], {"units": "", "long_name": "Lorenz state variable"}),
+            "behaviour_dim": ("behaviour_dim", np.arange(n_behaviour), {"units": "", "long_name": "behaviour dimension"}),
+            "condition": ("trial", condition, {"units": "", "long_name": "trial condition"}),
+            "start_time": ("trial", start, {"units": "s", "long_name": "trial start (session time)"}),
+            "stop_time": ("trial", start + n_bins * bin_width, {"units": "s", "long_name": "trial stop (session time)"}),
         },
-        attrs={"bin_width": bin_width, "align": "trial_start", "source": "lorenz_recording", "seed": seed,
+        attrs={"bin_width": bin_width, "align": "start_time", "source": "lorenz_recording", "seed": seed,
                "mean_rate_hz": mean_rate_hz},
     )
     # held-out neurons and test trials by the one split policy, drawn from the same generator

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import xarray as xr
 
 from analysis.recording import split_recording
 
 from pcsim.config import ExperimentConfig
-from pcsim.errors import DataError
+from pcsim.errors import ConfigError, DataError
 from pcsim.registry import ExperimentResult, RunContext
 
 from .models import ModelsSection, fit_and_score, plot_results
@@ -30,8 +31,10 @@ def _default(function, name: str):
 
 @dataclass(frozen=True, kw_only=True)
 class RecordingSection:
-    """``path`` of the NWB file (``pcsim fit`` sets it); ``bin_ms``; ``window_ms`` = [start, stop]
-    around the trials column ``align``; ``heldout``: neuron ids held out (empty: the file's
+    """``path`` of the NWB file (``pcsim fit`` sets it; the experiment's config checks it exists);
+    ``bin_ms``; ``window_ms`` = [start, stop] around the trials column ``align`` (empty: the
+    whole trial, for equal-length trials aligned at ``start_time``, or every bin of a binned
+    file); ``heldout``: neuron ids held out (empty: the file's
     ``heldout`` column, else a random ``heldout_fraction``); ``condition``: trials column used
     for PSTHs (empty: none); ``test_fraction`` of trials for testing when the file has no
     ``split`` (the split policy and its defaults are :func:`analysis.recording.split_recording`'s,
@@ -47,9 +50,10 @@ class RecordingSection:
     test_fraction: float = field(default=_default(split_recording, "test_fraction"), metadata={"gt": 0, "lt": 1})
 
     def __post_init__(self):
-        # reported by pcsim.config as a ConfigError naming the file and the table
-        if len(self.window_ms) != 2 or self.window_ms[1] <= self.window_ms[0]:
-            raise ValueError(f"key 'window_ms' must be [start, stop] with stop > start, got {list(self.window_ms)}")
+        # pcsim.config adds the config file and the table to the message
+        if self.window_ms and (len(self.window_ms) != 2 or self.window_ms[1] <= self.window_ms[0]):
+            raise ConfigError(f"key 'window_ms' must be [start, stop] (ms) with stop > start, or [] for the whole "
+                             f"trial, got {list(self.window_ms)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,13 +63,21 @@ class Config(ExperimentConfig):
     recording: RecordingSection = field(default_factory=RecordingSection)
     models: ModelsSection = field(default_factory=lambda: ModelsSection(fit=("smoothing", "fa", "gpfa", "pc")))
 
+    def __post_init__(self):
+        # checked when the config is read, before anything runs (pcsim.config reports it as a
+        # ConfigError naming the config file); the section's own default (path "") stays valid
+        if not Path(self.recording.path).is_file():
+            raise ConfigError(f"key 'recording.path' = {self.recording.path!r} is not a recording file: run "
+                             "`pcsim fit FILE.nwb --config CONFIG`, or give one with --set recording.path=FILE")
+
 
 def load_recording(rc: RecordingSection, seed: int) -> xr.Dataset:
     """Read and bin the NWB file with the split policy of :func:`analysis.nwb.read_nwb` (seeded
     where random), and keep the trials column ``rc.condition`` as the ``condition`` coordinate."""
     from analysis.nwb import read_nwb
 
-    rec = read_nwb(rc.path, bin_width=rc.bin_ms / 1000.0, window=(rc.window_ms[0] / 1000.0, rc.window_ms[1] / 1000.0),
+    window = (rc.window_ms[0] / 1000.0, rc.window_ms[1] / 1000.0) if rc.window_ms else None
+    rec = read_nwb(rc.path, bin_width=rc.bin_ms / 1000.0, window=window,
                    align=rc.align, heldout=list(rc.heldout) if rc.heldout else None,
                    heldout_fraction=rc.heldout_fraction, test_fraction=rc.test_fraction, seed=seed)
     if rc.condition:

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import xarray as xr
 
 from pcsim.config import ExperimentConfig
+from pcsim.errors import ConfigError
 from pcsim.registry import ExperimentResult, RunContext
 
-from .models import ModelsSection, fit_and_score, plot_results
+from .models import ModelsSection, fit_and_score, plot_results, size_problems
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,16 +50,11 @@ class Config(ExperimentConfig):
         d = self.data
         n_in = d.n_neurons - int(round(d.heldout_fraction * d.n_neurons))
         if n_in < 1:
-            raise ValueError(f"key 'data.heldout_fraction' = {d.heldout_fraction} holds out all {d.n_neurons} neurons")
-        if "fa" in self.models.fit and self.models.fa.n_latents > n_in:
-            raise ValueError(f"key 'models.fa.n_latents' = {self.models.fa.n_latents} exceeds the {n_in} held-in "
-                             f"neurons (data.n_neurons = {d.n_neurons}, data.heldout_fraction = {d.heldout_fraction})")
-        if "gpfa" in self.models.fit and self.models.gpfa.n_latents > d.n_neurons:
-            raise ValueError(f"key 'models.gpfa.n_latents' = {self.models.gpfa.n_latents} exceeds "
-                             f"data.n_neurons = {d.n_neurons}")
-        if "gpfa" in self.models.fit and (self.models.gpfa.segment_bins or 0) > d.n_bins:
-            raise ValueError(f"key 'models.gpfa.segment_bins' = {self.models.gpfa.segment_bins} exceeds "
-                             f"data.n_bins = {d.n_bins}")
+            raise ConfigError(f"key 'data.heldout_fraction' = {d.heldout_fraction} holds out all {d.n_neurons} neurons")
+        problems = size_problems(self.models, d.n_neurons, n_in, d.n_bins)
+        if problems:
+            raise ConfigError(f"{'; '.join(problems)} (data.n_neurons = {d.n_neurons}, "
+                             f"data.heldout_fraction = {d.heldout_fraction}, data.n_bins = {d.n_bins})")
 
 
 def run(config: Config, ctx: RunContext) -> ExperimentResult:

@@ -41,13 +41,33 @@ class ModelsSection:
     pc: PCSection = field(default_factory=PCSection)
 
 
-def build_model(name: str, models: ModelsSection, seed: int, device: str):
+def size_problems(models: ModelsSection, n_neurons: int, n_heldin: int, n_bins: int) -> list[str]:
+    """Settings in ``models`` a recording of ``n_neurons`` neurons (``n_heldin`` held in) and
+    ``n_bins`` bins per trial cannot support, one sentence each naming the key (empty: none).
+
+    The one statement of these limits for both experiments: ``lorenz_latents`` checks them when
+    its config is read (the sizes are settings there), ``fit_and_score`` once the recording is
+    read, before any model is fitted.
+    """
+    problems = []
+    if "fa" in models.fit and models.fa.n_latents > n_heldin:
+        problems.append(f"key 'models.fa.n_latents' = {models.fa.n_latents} exceeds the {n_heldin} held-in neurons "
+                        f"({n_neurons} neurons in all)")
+    if "gpfa" in models.fit and models.gpfa.n_latents > n_neurons:
+        problems.append(f"key 'models.gpfa.n_latents' = {models.gpfa.n_latents} exceeds the {n_neurons} neurons")
+    if "gpfa" in models.fit and (models.gpfa.segment_bins or 0) > n_bins:
+        problems.append(f"key 'models.gpfa.segment_bins' = {models.gpfa.segment_bins} exceeds the {n_bins} bins "
+                        "per trial")
+    return problems
+
+
+def build_model(name: str, models: ModelsSection, seed: int, device: str, progress: bool = False):
     """The latent model called ``name`` (a key of :data:`MODELS`) with its section's settings, and the
-    experiment's ``seed`` and ``device`` where the model takes them."""
+    experiment's ``seed``, ``device`` and ``progress`` flag where the model takes them."""
     cls = MODELS[name]
     params = asdict(getattr(models, name))
     accepted = inspect.signature(cls).parameters
-    params.update({k: v for k, v in (("seed", seed), ("device", device)) if k in accepted})
+    params.update({k: v for k, v in (("seed", seed), ("device", device), ("progress", progress)) if k in accepted})
     return cls(**params)
 
 
@@ -55,24 +75,35 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
                   forward: xr.Dataset | None = None):
     """Fit every model in ``models.fit`` on the training trials and score it on the test trials.
 
-    The recording (and ``forward``) is validated once (:func:`analysis.recording.as_recording`)
-    and every model infers its latents once (:meth:`~analysis.models.LatentModel.infer`), on the
-    test trials, or on every trial when true latents exist (the affine map of latent R2 is
-    fitted on the training trials). Returns ``(dataset, summary)``: the dataset holds, for the
-    test trials, the held-out spike counts (``heldout_counts``, trial x time x neuron; NaN in
-    unobserved bins), each model's predicted held-out rates (``pred_rates``, model x trial x
-    time x neuron, counts per bin) and, when the recording has them, the true rates and
-    latents and each model's latents aligned to the truth. ``summary[model]`` has ``co_bps``,
-    ``psth_r2`` (when conditions exist), ``latent_r2`` (when true latents exist), ``fp_bps``
-    (given ``forward``, the same trials' next bins, and a model that can forecast; every
-    neuron is scored there, as in NLB) and ``fit_seconds``. Unobserved bins count in no score.
+    The recording (and ``forward``) is validated once (:func:`analysis.recording.as_recording`),
+    its sizes checked against the models' settings (:func:`size_problems`, a ConfigError naming
+    the key) before anything is fitted, and every model infers its latents once
+    (:meth:`~analysis.models.LatentModel.infer`), on the test trials, or on every trial when
+    true latents exist (the affine map of latent R2 is fitted on the training trials).
+    ``progress`` shows a bar over the models, naming the one being fitted, and the models' own
+    bars of their EM iterations. Returns ``(dataset, summary)``: the dataset holds, for the test
+    trials (coordinate ``trial``; the training trials' ids are the coordinate ``train_trial``),
+    the held-out spike counts (``heldout_counts``, trial x time x neuron; NaN in unobserved
+    bins), each model's predicted held-out rates (``pred_rates``, model x trial x time x neuron,
+    counts per bin) and, when the recording has them, the true rates and latents, each model's
+    latents aligned to the truth (``aligned_latents``) and each test trial's own latent R2
+    (``trial_latent_r2``, model x trial). Every variable and coordinate has ``units`` and
+    ``long_name``, times in s (:func:`pcsim.results.convention_problems`). ``summary[model]``
+    has ``co_bps``, ``psth_r2`` (when conditions exist), ``latent_r2`` (when true latents
+    exist), ``fp_bps`` (given ``forward``, the same trials' next bins, and a model that can
+    forecast; every neuron is scored there, as in NLB) and ``fit_seconds``. Unobserved bins
+    count in no score.
     """
     from tqdm.auto import tqdm
 
     from analysis import metrics
-    from analysis.recording import as_recording
+    from analysis.recording import HELDOUT_ATTRS, as_recording
+    from pcsim.errors import ConfigError
 
     rec = as_recording(recording)
+    problems = size_problems(models, rec.counts.shape[2], int(rec.heldin.sum()), rec.counts.shape[1])
+    if problems:
+        raise ConfigError("; ".join(problems))
     split = rec.split
     test = split == "test" if split is not None else np.ones(rec.counts.shape[0], bool)
     train = split == "train" if split is not None else test
@@ -80,14 +111,15 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
     rec_test = rec.trials(test)
     ds_test = rec_test.dataset
     ho_counts = rec_test.masked_counts[..., heldout]
-    ho_observed = rec_test.observed[..., heldout]
     has_truth = "latents" in rec.dataset
     has_rates = "rates" in rec.dataset
     has_conditions = "condition" in rec.dataset.coords and np.unique(rec.dataset.condition.values).size > 1
     fwd = None if forward is None else as_recording(forward, name="forward").trials(test)
-    pred, aligned, summary = [], [], {}
-    for name in tqdm(models.fit, desc="models", disable=not progress, leave=False):
-        model = build_model(name, models, seed, device).fit(rec)
+    pred, aligned, trial_r2, summary = [], [], [], {}
+    bar = tqdm(models.fit, desc="models", unit="model", disable=not progress, leave=False)
+    for name in bar:
+        bar.set_description(f"models (fitting {name})")
+        model = build_model(name, models, seed, device, progress).fit(rec)
         inferred = model.infer(rec if has_truth else rec_test)       # the one inference of this model
         on_test = (lambda da: da.isel(trial=np.flatnonzero(test))) if has_truth else (lambda da: da)
         rates = on_test(inferred.rates).isel(neuron=np.flatnonzero(heldout))
@@ -98,25 +130,34 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
         if has_truth:
             lat = inferred.latents
             true = rec.dataset.latents
-            entry["latent_r2"] = metrics.latent_r2(lat.isel(trial=np.flatnonzero(train)), true.isel(trial=np.flatnonzero(train)),
-                                                   lat.isel(trial=np.flatnonzero(test)), true.isel(trial=np.flatnonzero(test)))
-            aligned.append(metrics.align_latents(lat.isel(trial=np.flatnonzero(train)), true.isel(trial=np.flatnonzero(train)),
-                                                 lat.isel(trial=np.flatnonzero(test))))
+            lat_train, true_train = lat.isel(trial=np.flatnonzero(train)), true.isel(trial=np.flatnonzero(train))
+            entry["latent_r2"] = metrics.latent_r2(lat_train, true_train, lat.isel(trial=np.flatnonzero(test)),
+                                                   true.isel(trial=np.flatnonzero(test)))
+            aligned.append(metrics.align_latents(lat_train, true_train, lat.isel(trial=np.flatnonzero(test))))
+            trial_r2.append(metrics.trial_latent_r2(aligned[-1], ds_test.latents.values))
         if fwd is not None and model.can_forecast:
             predicted = on_test(inferred.forecast(fwd.counts.shape[1]))
             entry["fp_bps"] = metrics.fp_bps(predicted.values, fwd.counts, observed=fwd.observed)
         summary[name] = {k: float(v) for k, v in entry.items()}
         pred.append(rates.values)
+    bar.close()
     counts_test = rec_test.counts if rec_test.observed.all() else rec_test.masked_counts
-    ds = xr.Dataset(coords={"model": ("model", list(models.fit)), "trial": ds_test.trial.values,
-                            "time": ds_test.time, "neuron": ds_test.neuron.values[heldout]})
+    label = {"units": "", "long_name": ""}
+    ds = xr.Dataset(coords={
+        "model": ("model", list(models.fit), {**label, "long_name": "latent model"}),
+        "trial": ("trial", ds_test.trial.values, {**label, "long_name": "test trial id (trials the models were scored on)"}),
+        "train_trial": ("train_trial", rec.dataset.trial.values[train],
+                        {**label, "long_name": "training trial id (trials the models were fitted on)"}),
+        "time": ("time", ds_test.time.values, {"units": "s", "long_name": "bin centre (from the alignment event)"}),
+        "neuron": ("neuron", ds_test.neuron.values[heldout], {**label, "long_name": "held-out neuron id"})})
     ds["heldout_counts"] = (("trial", "time", "neuron"), counts_test[..., heldout].astype(
         np.int64 if rec_test.observed.all() else np.float64),
         {"units": "counts/bin", "long_name": "held-out spike counts (test trials; NaN: unobserved)"})
     ds["pred_rates"] = (("model", "trial", "time", "neuron"), np.stack(pred), {"units": "counts/bin", "long_name": "predicted held-out rate"})
     ds["counts"] = (("trial", "time", "all_neuron"), counts_test.astype(np.int64 if rec_test.observed.all() else np.float64),
                     {"units": "counts/bin", "long_name": "spike counts of every neuron (test trials; NaN: unobserved)"})
-    ds = ds.assign_coords(all_neuron=("all_neuron", ds_test.neuron.values), heldout=("all_neuron", heldout))
+    ds = ds.assign_coords(all_neuron=("all_neuron", ds_test.neuron.values, {**label, "long_name": "neuron id"}),
+                          heldout=("all_neuron", heldout, dict(HELDOUT_ATTRS)))
     if has_rates:
         ds["true_rates"] = (("trial", "time", "neuron"), ds_test.rates.values[..., heldout], {"units": "counts/bin", "long_name": "true held-out rate"})
         summary["true_rates"] = {"co_bps": float(metrics.co_bps(ds.true_rates.values, ho_counts))}
@@ -126,17 +167,30 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
         ds["true_latents"] = (("trial", "time", "latent"), ds_test.latents.values, {"long_name": "true latents", "units": "1"})
         ds["aligned_latents"] = (("model", "trial", "time", "latent"), np.stack(aligned),
                                  {"long_name": "inferred latents, affinely aligned to the truth on training trials", "units": "1"})
-        ds = ds.assign_coords(latent=rec.dataset.latent.values)
+        ds["trial_latent_r2"] = (("model", "trial"), np.stack(trial_r2),
+                                 {"long_name": "latent R2 of each test trial (aligned vs true, the trial's own mean as baseline)",
+                                  "units": "1"})
+        ds = ds.assign_coords(latent=("latent", rec.dataset.latent.values, {**label, "long_name": "true latent dimension"}))
     if "condition" in ds_test.coords:
-        ds = ds.assign_coords(condition=("trial", ds_test.condition.values))
+        ds = ds.assign_coords(condition=("trial", ds_test.condition.values, {**label, "long_name": "trial condition"}))
     ds.attrs["bin_width"] = rec.bin_width
     return ds, summary
 
 
+def representative_trials(r2: np.ndarray, n: int = 2) -> np.ndarray:
+    """Positions of the ``n`` trials whose per-trial R2 ``(trial,)`` lies closest to its median
+    (NaN last): trials that show what a typical fit looks like, neither the best nor the worst."""
+    r2 = np.asarray(r2, float)
+    distance = np.abs(r2 - np.nanmedian(r2)) if np.isfinite(r2).any() else np.zeros_like(r2)
+    return np.argsort(np.where(np.isfinite(distance), distance, np.inf), kind="stable")[:n]
+
+
 def plot_results(results: xr.Dataset) -> dict:
-    """Figures from a fit result: spike raster of one test trial, true vs inferred latent
-    trajectories (3-D projection, one panel per model), held-out rates vs truth."""
+    """Figures from a fit result: spike raster of one test trial; true vs inferred latent
+    trajectories of the test trials at the median per-trial latent R2 (3-D, one panel per model,
+    each trial one colour, truth dashed, inferred solid); held-out rates vs truth."""
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     figs = {}
     t_ms = results.time.values * 1e3
@@ -145,28 +199,42 @@ def plot_results(results: xr.Dataset) -> dict:
     ax = fig.subplots()
     tt, nn = np.nonzero(counts)
     ax.scatter(t_ms[tt], nn, s=4, c=np.where(results.heldout.values[nn], "tab:red", "k"), marker="|")
-    ax.set(xlabel="time (ms)", ylabel="neuron", title=f"test trial {int(results.trial[0])} (red: held-out neurons)")
+    ax.set(xlabel="time (ms)", ylabel="neuron", title=f"test trial {results.trial.values[0]} (red: held-out neurons)")
     fig.tight_layout()
     figs["raster"] = fig
 
     if "aligned_latents" in results:
         models = list(results.model.values)
-        fig = Figure(figsize=(3.3 * len(models), 3.3))
+        names = [str(v) for v in results.latent.values]
+        fig = Figure(figsize=(3.8 * len(models), 4.4))
+        fig.subplots_adjust(left=0.01, right=0.97, bottom=0.1, top=0.84, wspace=0.12)
+        colours = ["tab:blue", "tab:orange"]
         for i, m in enumerate(models):
             ax = fig.add_subplot(1, len(models), i + 1, projection="3d")
-            for tr in range(min(3, results.sizes["trial"])):
+            r2 = results.trial_latent_r2.sel(model=m).values
+            chosen = representative_trials(r2, len(colours))
+            for colour, tr in zip(colours, chosen):
                 true = results.true_latents.isel(trial=tr).values
                 inf = results.aligned_latents.sel(model=m).isel(trial=tr).values
-                ax.plot(*true.T, color="0.6", lw=1.5)
-                ax.plot(*inf.T, lw=1)
-            ax.set_title(str(m))
-            ax.set_xticks([]), ax.set_yticks([]), ax.set_zticks([])
-        fig.suptitle("true (grey) vs inferred latents, aligned on training trials")
-        fig.tight_layout()
+                ax.plot(*true.T, color=colour, ls="--", lw=1.2)
+                ax.plot(*inf.T, color=colour, ls="-", lw=1.2)
+            shown = ", ".join(f"{results.trial.values[tr]} ({colour[4:]}, R2 {r2[tr]:.2f})"
+                              for colour, tr in zip(colours, chosen))
+            ax.set_title(f"{m}: trials {shown}\nmedian trial R2 {np.nanmedian(r2):.2f}", fontsize=8)
+            ax.set_xlabel(f"{names[0]} (z-scored)", fontsize=7)
+            ax.set_ylabel(f"{names[1]} (z-scored)", fontsize=7)
+            ax.set_zlabel(f"{names[2]} (z-scored)", fontsize=7)
+            ax.tick_params(labelsize=6)
+            ax.set_box_aspect(None, zoom=0.82)   # room for the z label inside the panel
+        handles = [Line2D([], [], color="0.3", ls="--", label="true trajectory"),
+                   Line2D([], [], color="0.3", ls="-", label="inferred trajectory (colour: trial, as in the title)")]
+        fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=7, frameon=False)
+        fig.suptitle("test trials at the median per-trial latent R2: true (dashed) vs inferred (solid), "
+                     "aligned on training trials", fontsize=9)
         figs["latents"] = fig
 
     neurons = results.neuron.values[:3]
-    fig = Figure(figsize=(3.3 * len(neurons), 3))
+    fig = Figure(figsize=(3.3 * len(neurons) + 1.2, 3), layout="constrained")
     ax = fig.subplots(1, len(neurons), squeeze=False, sharey=True)
     for j, n in enumerate(neurons):
         a = ax[0, j]
@@ -174,9 +242,9 @@ def plot_results(results: xr.Dataset) -> dict:
             a.plot(t_ms, results.true_rates.sel(neuron=n).isel(trial=0) / results.bin_width, "k", lw=2, label="truth")
         for m in results.model.values:
             a.plot(t_ms, results.pred_rates.sel(model=m, neuron=n).isel(trial=0) / results.bin_width, lw=1, label=str(m))
-        a.set(title=f"held-out neuron {n}", xlabel="time (ms)")
+        a.set(title=f"held-out neuron {n}, test trial {results.trial.values[0]}", xlabel="time (ms)")
+        a.title.set_fontsize(8)
     ax[0, 0].set_ylabel("rate (Hz)")
-    ax[0, 0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(*ax[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize=7, frameon=False)
     figs["heldout_rates"] = fig
     return figs

@@ -33,12 +33,12 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 from sklearn.base import BaseEstimator
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 
 from analysis.glm import PoissonGLM
 from analysis.metrics import co_bps
 from analysis.recording import DIMS, Recording, as_recording
-from pcsim.errors import DataError
+from pcsim.errors import ConfigError, DataError
 
 __all__ = ["Inference", "LatentModel", "PoissonGLM", "Recording", "as_recording", "config_section"]
 
@@ -83,14 +83,15 @@ class Inference:
     def forecast(self, n_forward: int) -> xr.DataArray:
         """Rates ``(trial, time, neuron)`` in counts per bin of the ``n_forward`` bins after the window."""
         if isinstance(n_forward, bool) or int(n_forward) != n_forward or int(n_forward) < 1:
-            raise ValueError(f"n_forward must be an integer >= 1, got {n_forward!r}")
+            raise ConfigError(f"n_forward must be an integer >= 1, got {n_forward!r}")
         n_forward = int(n_forward)
         if n_forward not in self._forecasts:
             rates = self.model._forecast(self.state, n_forward)
             rec = self.recording
             t = rec.dataset["time"].values
             coords = {"trial": rec.dataset["trial"].values,
-                      "time": ("time", t[-1] + rec.bin_width * np.arange(1, n_forward + 1), {"units": "s"}),
+                      "time": ("time", t[-1] + rec.bin_width * np.arange(1, n_forward + 1),
+                               {"units": "s", "long_name": "bin centre (after the window)"}),
                       "neuron": rec.dataset["neuron"].values}
             self._forecasts[n_forward] = xr.DataArray(
                 rates, dims=DIMS, coords=coords, name="rates",
@@ -154,7 +155,7 @@ class LatentModel(BaseEstimator):
 
     def _check_fitted(self):
         if not hasattr(self, "fit_seconds_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted yet; call fit(recording) first")
+            raise ConfigError(f"{type(self).__name__} is not fitted yet; call fit(recording) first")
 
     def _check_compatible(self, rec: Recording, name: str = "recording"):
         self._check_fitted()
@@ -169,7 +170,10 @@ class LatentModel(BaseEstimator):
     def fit(self, recording: xr.Dataset | Recording, split: str | None = "train") -> "LatentModel":
         """Fit on the trials with ``split == split`` (every trial if ``split`` is None or the
         coordinate is absent), all neurons visible, unobserved bins left out; returns ``self``."""
-        self._validate_params()
+        try:
+            self._validate_params()
+        except InvalidParameterError as error:  # sklearn's message names the parameter and the value
+            raise ConfigError(str(error)) from None
         rec = as_recording(recording, split)
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
             delattr(self, name)   # not fitted until this fit has finished
@@ -209,7 +213,7 @@ class LatentModel(BaseEstimator):
         """Rates ``(trial, time, neuron)`` in counts per bin for the ``n_forward`` bins after the
         recording's window, the forward prediction that fp-bps scores; the ``time`` coordinate
         continues the bin centres (s). Raises ``NotImplementedError`` for a model that cannot
-        forecast (see :attr:`can_forecast`) and ``ValueError`` unless ``n_forward >= 1``."""
+        forecast (see :attr:`can_forecast`) and :class:`~pcsim.errors.ConfigError` unless ``n_forward >= 1``."""
         if not self.can_forecast:
             self._forecast(None, n_forward)
         return self.infer(recording).forecast(n_forward)
@@ -244,7 +248,7 @@ def _range_metadata(constraints: list) -> dict[str, Any]:
 
 
 @cache
-def config_section(model_cls: type, exclude: tuple[str, ...] = ("seed", "device", "dtype")) -> type:
+def config_section(model_cls: type, exclude: tuple[str, ...] = ("seed", "device", "dtype", "progress")) -> type:
     """The config section of a latent model: a frozen dataclass built from its ``__init__``.
 
     One field per constructor parameter (except ``exclude``: settings the experiment supplies),

@@ -15,6 +15,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.utils._param_validation import Interval
 
+from pcsim.errors import ConfigError
 from analysis.models.base import LatentModel
 from analysis.models.smoothing import _fill, observed_mean, smooth_counts
 
@@ -105,8 +106,8 @@ class FactorAnalysisModel(LatentModel):
 
     def _fit_latents(self, counts, observed, heldin, bin_width):
         if self.n_latents > int(heldin.sum()):
-            raise ValueError(f"n_latents must be between 1 and the number of held-in neurons ({int(heldin.sum())}), "
-                             f"got {self.n_latents}")
+            raise ConfigError(f"n_latents = {self.n_latents} exceeds the {int(heldin.sum())} held-in neurons "
+                              "(factor analysis needs at most one latent per held-in neuron)")
         self.sigma_bins_ = self.sigma_ms / 1000.0 / bin_width
         y = self._observations(counts[..., heldin], observed[..., heldin])
         self.fill_ = observed_mean(y)

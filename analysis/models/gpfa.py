@@ -45,6 +45,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from analysis.models.base import LatentModel
 from analysis.models.fa import factor_analysis
+from pcsim.errors import ConfigError
 
 _LOG2PI = math.log(2.0 * math.pi)
 
@@ -470,7 +471,7 @@ def segment_trials(y: torch.Tensor, segment_bins: int) -> torch.Tensor:
 
 def gpfa_em(y, n_latents: int, *, observed=None, tau_init_bins: float = 5.0, eps: float = 1e-3, max_iter: int = 500,
             tol: float = 1e-6, learn_tau: bool = True, min_var_frac: float = 0.01, segment_bins: int | None = None,
-            device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64) -> GPFAFit:
+            device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64, progress: bool = False) -> GPFAFit:
     """Fit GPFA to equal-length trials ``y`` ``(N, T, p)`` (any real observations) by EM.
 
     Initialised like Yu et al. / elephant: ``d`` = mean, ``C`` and ``R`` from factor analysis
@@ -487,8 +488,11 @@ def gpfa_em(y, n_latents: int, *, observed=None, tau_init_bins: float = 5.0, eps
     entries (False), never read: they start at each dimension's observed mean and, after every
     E-step, are replaced by the prediction ``C E[x] + d`` (EM with the missing entries imputed,
     whose E-step fixed point is the posterior given the observed entries; the log-likelihoods
-    are then those of the completed data, and need not increase). Returns :class:`GPFAFit`.
+    are then those of the completed data, and need not increase). ``progress``: show a
+    ``GPFA EM`` bar of the iterations (tqdm, not left behind). Returns :class:`GPFAFit`.
     """
+    from tqdm.auto import tqdm
+
     t0 = _time.perf_counter()
     y = y.to(device=device, dtype=dtype) if isinstance(y, torch.Tensor) else \
         torch.as_tensor(np.asarray(y), dtype=dtype, device=device)
@@ -521,7 +525,10 @@ def gpfa_em(y, n_latents: int, *, observed=None, tau_init_bins: float = 5.0, eps
     n_bins = n * T
     lls: list[float] = []
     converged = False
+    bar = tqdm(total=max_iter, desc="GPFA EM", unit="iter", disable=not progress, leave=False, mininterval=0.5)
     for it in range(max_iter + 1):
+        if it:
+            bar.update()
         post = _posterior_folded(data, params, with_cov=True, with_log_likelihood=True)
         post_C, post_d = params.C, params.d
         lls.append(post.log_likelihood)
@@ -554,6 +561,7 @@ def gpfa_em(y, n_latents: int, *, observed=None, tau_init_bins: float = 5.0, eps
             y = torch.where(mask, y_obs, post.mean @ post_C.T + post_d)
             data = FoldedTrials.from_trials(y)
             sum_y, sum_yy = data.sum_y, data.sum_yy
+    bar.close()
     return GPFAFit(params, np.asarray(lls), len(lls) - 1, converged, _time.perf_counter() - t0)
 
 
@@ -571,7 +579,8 @@ class GPFA(LatentModel):
     On Lorenz data the GLM is the better of the two in co-bps (it can model the exponential
     rate nonlinearity), hence the default. ``segment_bins``: train on segments of that many
     bins (Yu et al.'s / elephant's scheme, faster) instead of whole trials (default, None).
-    ``device``, ``dtype``: where the EM runs (any torch device; float64 by default).
+    ``device``, ``dtype``: where the EM runs (any torch device; float64 by default);
+    ``progress``: show a bar of the EM iterations.
 
     ``fit`` learns on all neurons of the training trials. ``transform`` returns orthonormalised
     posterior-mean latents ``(trial, time, latent)`` from the held-in neurons only (their rows
@@ -593,12 +602,13 @@ class GPFA(LatentModel):
         "segment_bins": [Interval(Integral, 1, None, closed="left"), None],
         "device": [str],
         "dtype": "no_validation",
+        "progress": ["boolean"],
     }
 
     def __init__(self, n_latents: int = 8, *, tau_init_ms: float = 100.0, max_iter: int = 500, tol: float = 1e-6,
                  learn_tau: bool = True, eps: float = 1e-3, min_var_frac: float = 0.01, readout: str = "glm",
                  readout_alpha: float = 1e-2, segment_bins: int | None = None, device: str = "cpu",
-                 dtype: torch.dtype = torch.float64):
+                 dtype: torch.dtype = torch.float64, progress: bool = False):
         self.n_latents = n_latents
         self.tau_init_ms = tau_init_ms
         self.max_iter = max_iter
@@ -611,17 +621,18 @@ class GPFA(LatentModel):
         self.segment_bins = segment_bins
         self.device = device
         self.dtype = dtype
+        self.progress = progress
 
     # ---- numerics -----------------------------------------------------------------------------
     def _fit_latents(self, counts, observed, heldin, bin_width):
         if self.n_latents > counts.shape[2]:
-            raise ValueError(f"n_latents must be between 1 and the number of neurons ({counts.shape[2]}), "
-                             f"got {self.n_latents}")
+            raise ConfigError(f"n_latents = {self.n_latents} exceeds the {counts.shape[2]} neurons "
+                              "(GPFA needs at most one latent per neuron)")
         bin_ms = bin_width * 1000.0
         res = gpfa_em(np.sqrt(counts), self.n_latents, observed=observed, tau_init_bins=self.tau_init_ms / bin_ms,
                       eps=self.eps, max_iter=self.max_iter, tol=self.tol, learn_tau=self.learn_tau,
                       min_var_frac=self.min_var_frac, segment_bins=self.segment_bins, device=self.device,
-                      dtype=self.dtype)
+                      dtype=self.dtype, progress=self.progress)
         self.params_ = res.params
         self.log_likelihood_ = res.log_likelihood
         self.n_iter_ = res.n_iter

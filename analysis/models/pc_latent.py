@@ -56,7 +56,8 @@ class PCLatentModel(LatentModel):
     ``learning``: ``"laplace"`` or ``"map"`` weight gradients (module docstring); ``readout``:
     ``"generative"`` predicts rates with the model's own observation layer ``exp(x C + d)``
     (counts per bin), ``"glm"`` with the shared :class:`PoissonGLM` fitted on latents inferred
-    from held-in neurons; ``seed``; ``device``. Learned state: ``network_``
+    from held-in neurons; ``seed``; ``device``; ``progress``: show a bar of the EM minibatch steps
+    (epochs x batches, with the epoch's energy). Learned state: ``network_``
     (:class:`pcsim.temporal.TemporalPCNetwork`), ``energy_`` (mean PC energy per training trial at
     the relaxed latents after each epoch's relaxation, ``(epoch,)``, nats), ``free_energy_`` (the
     same for the Laplace free energy; ``learning="laplace"`` only), ``fit_seconds_``. Model: Rao &
@@ -80,6 +81,7 @@ class PCLatentModel(LatentModel):
         "readout_alpha": [Interval(Real, 0, None, closed="left")],
         "seed": [Interval(Integral, 0, None, closed="left")],
         "device": [str],
+        "progress": ["boolean"],
     }
 
     def __init__(
@@ -101,6 +103,7 @@ class PCLatentModel(LatentModel):
         readout_alpha: float = 1e-2,
         seed: int = 0,
         device: str = "cpu",
+        progress: bool = False,
     ):
         self.n_latents = n_latents
         self.dt = dt
@@ -118,6 +121,7 @@ class PCLatentModel(LatentModel):
         self.readout_alpha = readout_alpha
         self.seed = seed
         self.device = device
+        self.progress = progress
 
     # ------------------------------------------------------------------ helpers
     def _config(self, steps: int, tol: float = 0.0) -> TemporalInferenceConfig:
@@ -185,8 +189,10 @@ class PCLatentModel(LatentModel):
             totals[:] = [0.0, 0.0]
             _renormalise(net, x)
             opt.lr = self._lr(epoch)                                        # for the next epoch
+            return {"epoch": epoch, "energy": f"{energies[-1]:.4g}"}
 
-        train(step, batches, self.epochs, on_step=on_step, on_epoch=on_epoch, desc="PC latent model")
+        train(step, batches, self.epochs, on_step=on_step, on_epoch=on_epoch, progress=self.progress,
+              desc="PC latent model EM")
         self.network_ = net
         self.latent_mean_ = x.mean((1, 2), keepdim=True)                    # (1, 1, 1, D)
         self.energy_ = np.asarray(energies)

@@ -202,10 +202,19 @@ def test_missing_alignment_column_lists_the_trial_columns(tmp_path):
         read_nwb(path, bin_width=0.1, window=(-0.2, 0.4), align="go_cue_time")
 
 
-def test_reading_the_wrong_kind_of_file_says_which_reader_fits(lorenz, tmp_path):
+def test_read_nwb_reads_a_binned_file_at_its_own_bins(lorenz, tmp_path):
+    """write_nwb's binned file (no spike times) is read by read_nwb too: the window selects its
+    bins, and a bin width or window the file's bins cannot give is refused, naming both."""
     binned = write_nwb(lorenz, tmp_path / "binned.nwb", session_start_time=START)
-    with pytest.raises(DataError, match="no Units table with spike_times; it holds a binned recording, read it with read_binned_nwb"):
-        read_nwb(binned, bin_width=0.01, window=(0, 0.2))
+    whole = read_nwb(binned, bin_width=0.01)
+    xr.testing.assert_equal(whole.counts, lorenz.counts)
+    np.testing.assert_array_equal(whole.split.values, lorenz.split.values)
+    part = read_nwb(binned, bin_width=0.01, window=(0.05, 0.15))
+    xr.testing.assert_equal(part.counts, lorenz.counts.isel(time=slice(5, 15)))
+    with pytest.raises(DataError, match=r"binned\.nwb: bin_width 0\.02 s differs from the binned recording's 0\.01 s"):
+        read_nwb(binned, bin_width=0.02)
+    with pytest.raises(DataError, match=r"binned\.nwb: window \[0, 5000\] ms is not made of the binned recording's bins"):
+        read_nwb(binned, bin_width=0.01, window=(0, 5.0))
     with pytest.raises(DataError, match=r"no processing module 'binned_recording'.*read_nwb"):
         read_binned_nwb(write_nlb_file(tmp_path / "nlb.nwb"))
 
@@ -251,12 +260,16 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(lorenz, tmp_path, mon
 
 @pytest.mark.parametrize("kwargs, message", [
     pytest.param({"spike_times": None, "session_start_time": datetime(2024, 5, 1)}, r"timezone-aware", id="naive-start"),
-    pytest.param({"spike_times": [np.array([0.1])] * 5}, r"spike_times need the recording's absolute trial times",
-                 id="spikes-without-times"),
+    pytest.param({"spike_times": [np.array([0.1])] * 5, "drop": ["start_time", "stop_time"]},
+                 r"spike_times need the recording's absolute trial times", id="spikes-without-times"),
+    pytest.param({"spike_times": [np.array([0.1])] * 5}, r"spike_times do not give the recording's counts: neuron 0",
+                 id="spikes-not-the-counts"),
 ], )
 def test_write_errors_are_named(lorenz, tmp_path, kwargs, message):
+    kwargs = dict(kwargs)
+    data = lorenz.drop_vars(kwargs.pop("drop", []))
     with pytest.raises(DataError, match=message):
-        write_nwb(lorenz, tmp_path / "x.nwb", resolution=RESOLUTION, **kwargs)
+        write_nwb(data, tmp_path / "x.nwb", resolution=RESOLUTION, **kwargs)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -275,3 +288,16 @@ def test_write_rejects_bad_variables_and_missing_resolution(lorenz, session, tmp
     with pytest.raises(DataError, match=r"trials is missing the column\(s\) \['stop_time'\]"):
         write_nwb(spikes, tmp_path / "x.nwb", trials={"start_time": trials["start_time"]}, resolution=RESOLUTION)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_recordings_read_from_nwb_follow_the_result_conventions(lorenz, tmp_path):
+    """Every coordinate read from a Units or trials column has units and long_name, times in s."""
+    from pcsim.results import convention_problems
+
+    with pytest.warns(UserWarning):   # the file's ragged event_times column is skipped
+        nlb = read_nwb(write_nlb_file(tmp_path / "nlb.nwb"), bin_width=0.1, window=(-0.2, 0.4), align="move_onset_time")
+    assert {"electrode", "location", "target_pos", "move_onset_time"} <= set(nlb.coords)
+    assert nlb.move_onset_time.attrs["units"] == "s"
+    assert convention_problems(nlb) == []
+    assert convention_problems(read_nwb(write_nwb(lorenz, tmp_path / "binned.nwb", session_start_time=START),
+                                        bin_width=0.01)) == []

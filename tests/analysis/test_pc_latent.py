@@ -17,7 +17,7 @@ import xarray as xr
 from analysis.metrics import latent_r2
 from analysis.models.pc_latent import PCLatentModel
 from analysis.synthetic import lorenz_recording
-from pcsim.errors import DataError
+from pcsim.errors import ConfigError, DataError
 
 SMALL = dict(n_trials=60, n_neurons=30, n_bins=60, seed=0)
 FIT = dict(n_latents=8, epochs=40, seed=0)
@@ -103,7 +103,7 @@ def test_glm_readout_option(recording):
 
 
 def test_bad_input_fails_at_the_boundary(recording):
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(ConfigError, match="not fitted"):
         PCLatentModel().transform(recording)
     bad = recording.copy(deep=True)
     bad["counts"] = bad["counts"].astype(float)
@@ -111,9 +111,9 @@ def test_bad_input_fails_at_the_boundary(recording):
     with pytest.raises(DataError, match="NaN"):
         PCLatentModel(epochs=1).fit(bad)
     # hyper-parameters are stored as given and checked in fit (scikit-learn's contract)
-    with pytest.raises(ValueError, match="readout"):
+    with pytest.raises(ConfigError, match="readout"):
         PCLatentModel(readout="linear").fit(recording)
-    with pytest.raises(ValueError, match="n_latents"):
+    with pytest.raises(ConfigError, match="n_latents"):
         PCLatentModel(n_latents=0).fit(recording)
 
 

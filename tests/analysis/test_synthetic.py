@@ -2,8 +2,12 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analysis.synthetic import lorenz_recording, lorenz_trajectory
+from pcsim.errors import ConfigError
+from pcsim.results import convention_problems
 
 
 def test_same_seed_same_recording_other_seed_differs():
@@ -50,3 +54,24 @@ def test_conditions_label_random_starts_by_their_nearest_centre():
     same = labels[:, None] == labels[None]
     off = ~np.eye(len(labels), dtype=bool)
     assert d[same & off].mean() < 0.7 * d[~same].mean()
+
+
+@settings(max_examples=30, deadline=None)
+@given(key=st.sampled_from(["n_trials", "n_neurons", "n_bins", "bin_width", "mean_rate_hz", "dt",
+                            "heldout_fraction", "test_fraction"]),
+       value=st.one_of(st.sampled_from([0, -1, -0.5, 1.5, float("nan"), float("inf"), True, "3", None]),
+                       st.integers(-100, 0)))
+def test_bad_arguments_are_config_errors_naming_the_argument(key, value):
+    fractions = key.endswith("fraction")
+    if fractions and isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1:
+        return  # a valid fraction (0 draws none)
+    with pytest.raises(ConfigError, match=key):
+        lorenz_recording(**{"n_trials": 6, "n_neurons": 4, "n_bins": 5, key: value})
+
+
+def test_the_recording_follows_the_result_conventions_and_aligns_at_a_coordinate_it_holds():
+    ds = lorenz_recording(6, 4, 5, n_conditions=2)
+    assert convention_problems(ds) == []
+    align = ds.attrs["align"]
+    np.testing.assert_allclose(ds[align].values, np.arange(6) * 5 * 0.01)   # trials back to back, in s
+    np.testing.assert_allclose(ds.stop_time.values - ds.start_time.values, 5 * 0.01)
