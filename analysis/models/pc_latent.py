@@ -192,7 +192,7 @@ class PCLatentModel(LatentModel):
             return {"epoch": epoch, "energy": f"{energies[-1]:.4g}"}
 
         train(step, batches, self.epochs, on_step=on_step, on_epoch=on_epoch, progress=self.progress,
-              desc="PC latent model EM")
+              desc="PC latent model EM", parameters=net.parameters, energy=lambda out: out[0], lr=self.lr)
         self.network_ = net
         self.latent_mean_ = x.mean((1, 2), keepdim=True)                    # (1, 1, 1, D)
         self.energy_ = np.asarray(energies)

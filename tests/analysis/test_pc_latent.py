@@ -129,3 +129,11 @@ def test_forecast_beats_the_mean_rate_on_unseen_forward_bins(recording, fitted):
     assert fwd.dims == ("trial", "time", "neuron") and fwd.attrs["units"] == "counts/bin"
     np.testing.assert_allclose(fwd.time.values, ahead.time.values)
     assert fp_bps(fwd.values, ahead.counts.values) > 0
+
+
+def test_a_learning_rate_that_blows_up_the_fit_is_named(recording):
+    # the EM loop runs on pcsim.training.train, which watches the parameters and the energy
+    from pcsim.errors import LearningDivergenceError
+
+    with pytest.raises(LearningDivergenceError, match="lr"):
+        PCLatentModel(**{**FIT, "lr": 1e12, "epochs": 3}).fit(recording)
