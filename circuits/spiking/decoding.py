@@ -8,6 +8,9 @@ import math
 import numpy as np
 import xarray as xr
 
+from pcsim.errors import ConfigError
+
+from ..coordinates import label, seconds
 from ..laminar import LAYER_OF
 from ..paradigms import Stimulus
 
@@ -49,7 +52,7 @@ def decode(spk, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, c
     # the prior m(t) is not recorded by the network; rebuild c(t) m(t) from the top error spikes
     m_t = prior_trace(spk, stimulus, sim, time)
     coords = {
-        "time": ("time", time, {"units": "ms", "long_name": "time from block start (bin start)"}),
+        "time": ("time", seconds(time), {"units": "s", "long_name": "time from block start (bin start)"}),
         "area": ("area", areas),
         "population": ("population", pops),
         "layer": ("population", [LAYER_OF.get(q, "") for q in pops]),
@@ -68,7 +71,7 @@ def decode(spk, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, c
                   {"units": "rate units", "long_name": "top-level prior (cue-gated)"}),
         "prior_mean": (("trial", "time", "top_unit"), m_t,
                        {"units": "rate units", "long_name": "top-level prior mean m (spikes before each time)"}),
-        "cue": (("trial", "time"), cue, {"long_name": "temporal expectation cue"}),
+        "cue": (("trial", "time"), cue, {"units": "1", "long_name": "temporal expectation cue"}),
         "stimulus": (("trial", "time", "input_unit"), x, {"units": "rate units", "long_name": "input drive"}),
     }
     data["final_prior"] = (("trial", "top_unit"), sim["final_prior"],
@@ -86,15 +89,18 @@ def decode(spk, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, c
         flat = ((trial[okc] * Tc + cb[okc]) * Gn + gidx[okc]) * nmax + within[okc]
         sc = np.bincount(flat, minlength=B * Tc * Gn * nmax).reshape(B, Tc, Gn, nmax)
         if sc.max(initial=0) > np.iinfo(np.int16).max:
-            raise OverflowError("spike counts exceed int16: use a smaller count_bin_ms")
+            most = int(sc.max())
+            raise ConfigError(f"count_bin_ms = {count_bin_ms} ms: a neuron fires up to {most} spikes in one bin, more than "
+                              f"the int16 spike_count holds ({np.iinfo(np.int16).max}); use count_bin_ms <= "
+                              f"{count_bin_ms * np.iinfo(np.int16).max / most:.3g} ms")
         sc = sc.astype(np.int16)
         for gi, g in enumerate(L.groups):
             sc[:, :, gi, g.size * N:] = -1
         ds["spike_count"] = (("trial", "count_time", "group", "neuron"), sc,
                              {"units": "spikes",
                               "long_name": f"spikes per neuron in {count_bin_ms} ms bins (-1: no such neuron)"})
-        ds = ds.assign_coords(count_time=("count_time", np.arange(Tc) * count_bin_ms,
-                                          {"units": "ms", "long_name": "count bin start from block start"}))
+        ds = ds.assign_coords(count_time=("count_time", seconds(np.arange(Tc) * count_bin_ms),
+                                          {"units": "s", "long_name": "count bin start from block start"}))
     ds = ds.assign_coords(group=("group", grp.group.values), group_area=("group", grp.area.values),
                           group_population=("group", grp.population.values),
                           group_polarity=("group", grp.polarity.values), group_units=("group", grp.n_units.values),
@@ -104,9 +110,12 @@ def decode(spk, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, c
         keep = np.ones(trial.size, bool) if spike_neurons is None else (within % N) < spike_neurons
         order = np.lexsort((ts[keep], within[keep], gidx[keep], trial[keep]))
         ds["spike_time"] = ("spike", ts[keep][order], {"units": "s", "long_name": "spike time from block start"})
-        ds["spike_trial"] = ("spike", trial[keep][order].astype(np.int32))
-        ds["spike_group"] = ("spike", gidx[keep][order].astype(np.int32), {"long_name": "index along dim group"})
-        ds["spike_neuron"] = ("spike", within[keep][order].astype(np.int32), {"long_name": "index along dim neuron"})
+        ds["spike_trial"] = ("spike", trial[keep][order].astype(np.int32),
+                             {"units": "", "long_name": "block (index along dim trial) of the spike"})
+        ds["spike_group"] = ("spike", gidx[keep][order].astype(np.int32),
+                             {"units": "", "long_name": "neuron group (index along dim group) of the spike"})
+        ds["spike_neuron"] = ("spike", within[keep][order].astype(np.int32),
+                              {"units": "", "long_name": "neuron (index along dim neuron) that fired"})
         ds.attrs["spike_neurons_per_unit"] = N if spike_neurons is None else int(min(spike_neurons, N))
     cp = spk.graph.params
     ds.attrs.update(
@@ -117,7 +126,7 @@ def decode(spk, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, c
         prior_rate_per_ms=spk.graph.prior_rate, n_neurons=B * L.neurons_per_trial,
         stimulus_duration_ms=stimulus.duration_ms, total_ms=total_ms,
     )
-    return ds
+    return label(ds)
 
 
 def prior_trace(spk, stimulus: Stimulus, sim: dict, time: np.ndarray) -> np.ndarray:
