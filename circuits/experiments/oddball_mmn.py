@@ -195,17 +195,17 @@ def plot(ds: xr.Dataset) -> dict:
     fig.tight_layout()
     figs["erp"] = fig
 
-    fig = Figure(figsize=(8, 3.2))
+    fig = Figure(figsize=(10, 3.2))
     ax = fig.subplots(1, 2)
     for p in ps:
         ax[0].plot(devs, mmn.sel(area=area, p_deviant=p), "o-", label=f"p = {p:g}")
     ax[0].axhline(0, color="k", lw=0.5)
     ax[0].set(xlabel="deviance (channels)", ylabel="MMN (deviant - standard)", title=f"{area}: MMN grows with deviance")
-    ax[0].legend(fontsize=7)
+    ax[0].legend(fontsize=7, title="p(deviant)", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     for d in devs:
         ax[1].plot(ps, mmn.sel(area=area, deviance=d), "o-", label=f"deviance {d:g}")
     ax[1].set(xscale="log", xlabel="deviant probability", ylabel="MMN", title="... and shrinks with probability")
-    ax[1].legend(fontsize=7)
+    ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.tight_layout()
     figs["mmn"] = fig
     return figs

@@ -133,7 +133,7 @@ def plot(ds: xr.Dataset) -> dict:
     reps = ds.repetition_number.values
     show = sorted({1, 2, 4, int(reps[-1])} & set(int(x) for x in reps))
     cmap = colormaps.get_cmap("viridis")
-    fig = Figure(figsize=(11, 3.2))
+    fig = Figure(figsize=(13, 3.2))
     ax = fig.subplots(1, 3)
     for i, n in enumerate(show):
         col = cmap(i / max(1, len(show) - 1))
@@ -142,13 +142,13 @@ def plot(ds: xr.Dataset) -> dict:
         ax[1].plot(ds.time * 1000, ds.prediction_activity.sel(area=a).where(sel, drop=True).mean("trial"), color=col, label=f"rep {n}")
     ax[0].set(title=f"{a}: L2/3 error populations", xlabel="time from onset (ms)", ylabel="summed activity")
     ax[1].set(title=f"{a}: L5/6 representation of the tone", xlabel="time from onset (ms)", ylabel="projection on the tone")
-    ax[0].legend(fontsize=7)
+    ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # the same repetitions colour both time courses
     e = ds.error_by_repetition.sel(area=a)
     p = ds.prediction_by_repetition.sel(area=a)
     ax[2].plot(reps, e / e[0], "o-", color="C3", label="error (L2/3)")
     ax[2].plot(reps, p / p[0], "s-", color="C0", label="prediction (L5/6)")
     ax[2].axhline(1, color="k", lw=0.5)
     ax[2].set(xlabel="repetition", ylabel="response / first response", title="repetition suppression")
-    ax[2].legend(fontsize=7)
+    ax[2].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.tight_layout()
     return {"repetition": fig}

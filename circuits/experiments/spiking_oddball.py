@@ -187,7 +187,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     stim = build_stimulus(s, c.n_channels)
     steps = tqdm(total=3, desc="spiking_oddball", disable=not ctx.progress, leave=False)
     steps.set_postfix_str("rate circuit")
-    ref = circ.run(stim, record_every_ms=an.record_every_ms, seed=config.seed)
+    ref = circ.run(stim, record_every_ms=an.record_every_ms, seed=config.seed, progress=ctx.progress)
     steps.update()
     steps.set_postfix_str(f"spiking circuit ({sp.target})")
     spk_circ = SpikingCircuit(circ, sp.params())
@@ -315,8 +315,12 @@ def plot(ds: xr.Dataset) -> dict:
         r = float(ds.correlation.sel(area=a, population=q))
         ax.set_title(f"{a} {q}: r = {r:.2f}", fontsize=10)
         ax.tick_params(labelsize=9)
-    for ax in axes.ravel()[len(panels):]:
+    for k, ax in enumerate(axes.ravel()[len(panels):], start=len(panels)):
         ax.axis("off")
+        if k >= ncol:  # the panel above an empty one is the last of its column: give it the time axis
+            above = axes.ravel()[k - ncol]
+            above.tick_params(labelbottom=True)
+            above.set_xlabel("time from block start (ms)", fontsize=9)
     axes[0, -1].legend(fontsize=9, loc="lower left", bbox_to_anchor=(0, 1.15), ncol=2, borderaxespad=0)
     for ax in axes[-1]:
         ax.set_xlabel("time from block start (ms)", fontsize=9)
