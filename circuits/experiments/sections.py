@@ -51,21 +51,22 @@ class CircuitSection(CircuitParams):
         return name
 
     def check_oddball(self, standard: float, deviances, table: str) -> None:
-        """A ConfigError naming ``{table}.standard`` or ``{table}.deviances`` (with the value and
-        the valid range) unless the standard tone and every deviant (``standard + deviance``,
-        channels) lie on the ``n_channels``-channel tonotopic map."""
-        top = self.n_channels - 1 - max(deviances)
+        """A ConfigError naming ``{table}.standard`` and/or ``{table}.deviances`` (with the values
+        and the valid range) unless the standard tone and every deviant (``standard +
+        deviance``, channels) lie on the ``n_channels``-channel tonotopic map."""
+        n, biggest = self.n_channels, max(deviances)
+        top = n - 1 - biggest
+        where = f"the {n}-channel tonotopic map (circuit.n_channels)"
+        if not 0 <= standard < n:
+            raise ConfigError(f"key '{table}.standard': channel {standard:g} is off {where}: choose "
+                              f"0 <= standard <= {max(top, 0):g} (room for deviances up to {biggest:g})")
         if top < 0:
-            raise ConfigError(f"key '{table}.deviances': a deviance of {max(deviances):g} channels does not fit on the "
-                              f"{self.n_channels}-channel tonotopic map (circuit.n_channels): choose deviances "
-                              f"<= {self.n_channels - 1 - standard:g} for standard = {standard:g}")
-        if not 0 <= standard <= top:
-            raise ConfigError(f"key '{table}.standard': channel {standard:g} leaves no room for the deviants on the "
-                              f"{self.n_channels}-channel tonotopic map: choose 0 <= standard <= {top:g} "
-                              f"(circuit.n_channels - 1 - max({table}.deviances))")
-        if standard + max(deviances) >= self.n_channels:
-            raise ConfigError(f"key '{table}.deviances': the largest deviant (channel {standard + max(deviances):g}) is "
-                              f"off the {self.n_channels}-channel tonotopic map (circuit.n_channels)")
+            raise ConfigError(f"key '{table}.deviances': a deviance of {biggest:g} channels does not fit on {where}: "
+                              f"choose deviances <= {n - 1 - standard:g} for standard = {standard:g}")
+        if standard > top:
+            raise ConfigError(f"keys '{table}.standard' and '{table}.deviances': the deviant at channel "
+                              f"{standard:g} + {biggest:g} = {standard + biggest:g} is off {where}: choose "
+                              f"0 <= standard <= {top:g} or deviances <= {n - 1 - standard:g}")
 
     def check_record_every(self, every_ms: float, key: str) -> float:
         """``every_ms`` if it is a whole number of Euler steps ``dt``, else a ConfigError naming ``key``."""

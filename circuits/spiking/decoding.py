@@ -14,11 +14,21 @@ from ..coordinates import label, seconds
 from ..laminar import LAYER_OF
 from ..paradigms import Stimulus
 
-__all__ = ["decode", "prior_trace"]
+__all__ = ["decode", "prior_trace", "SPIKE_COUNT_DTYPE"]
+
+SPIKE_COUNT_DTYPE = np.int16  # spikes per neuron and bin: small files (-1 marks padding neurons)
 
 
 def decode(spk, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, count_bin_ms,
              spike_neurons) -> xr.Dataset:
+    """The labelled result of one Brian2 run (``sim`` from :func:`~circuits.spiking.runner.simulate`:
+    spike ``trial``, ``neuron``, ``t`` in s) of the translated circuit ``spk`` on ``stimulus``:
+    ``rate`` (trial, time, area, population, unit; rate units) decoded from the firing rates of
+    each push-pull group in bins of ``every`` ms, Gaussian-smoothed by ``smooth_ms``;
+    ``firing_rate`` (Hz); the prior rebuilt from its spikes; with ``count_bin_ms`` the
+    ``spike_count`` (trial, count_time, group, neuron) in :data:`SPIKE_COUNT_DTYPE` (a
+    :class:`~pcsim.errors.ConfigError` naming ``count_bin_ms`` if a bin holds more); with
+    ``spike_neurons`` the spike times (s) of that many neurons per unit. Every time in s."""
     from scipy.ndimage import gaussian_filter1d
 
     trial, nrn, ts = sim["trial"], sim["neuron"], sim["t"]
@@ -88,12 +98,13 @@ def decode(spk, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, c
         okc = cb < Tc
         flat = ((trial[okc] * Tc + cb[okc]) * Gn + gidx[okc]) * nmax + within[okc]
         sc = np.bincount(flat, minlength=B * Tc * Gn * nmax).reshape(B, Tc, Gn, nmax)
-        if sc.max(initial=0) > np.iinfo(np.int16).max:
+        cap = np.iinfo(SPIKE_COUNT_DTYPE).max
+        if sc.max(initial=0) > cap:
             most = int(sc.max())
             raise ConfigError(f"count_bin_ms = {count_bin_ms} ms: a neuron fires up to {most} spikes in one bin, more than "
-                              f"the int16 spike_count holds ({np.iinfo(np.int16).max}); use count_bin_ms <= "
-                              f"{count_bin_ms * np.iinfo(np.int16).max / most:.3g} ms")
-        sc = sc.astype(np.int16)
+                              f"the {np.dtype(SPIKE_COUNT_DTYPE).name} spike_count holds ({cap}); use count_bin_ms <= "
+                              f"{count_bin_ms * cap / most:.3g} ms")
+        sc = sc.astype(SPIKE_COUNT_DTYPE)
         for gi, g in enumerate(L.groups):
             sc[:, :, gi, g.size * N:] = -1
         ds["spike_count"] = (("trial", "count_time", "group", "neuron"), sc,

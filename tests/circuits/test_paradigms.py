@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from circuits.paradigms import Bars, ManyStandards, Omission, Oddball, Repetition, Stimulus
 from circuits.measures import condition_contrast, log_slope, power_spectrum, spectral_ratio, suppression_index
+from pcsim.errors import DataError
 
 
 @settings(max_examples=15, deadline=None)
@@ -100,6 +101,26 @@ def test_concat_offsets_patterns_and_fills_missing_labels():
     # block 2's tone is b's pattern, re-indexed after a's patterns
     np.testing.assert_array_equal(c.patterns[c.schedule[1][c.schedule[1] >= 0]], b.patterns[b.schedule[0][b.schedule[0] >= 0]])
     assert np.isnan(c.conditions["p_deviant"][1]) and c.conditions["paradigm"][1] == "omission"
+
+
+def test_field_measures_against_closed_forms():
+    """Spread: 0 for one pixel, L / sqrt(6) for an even L x L field (the RMS distance of a
+    uniform square from its centre, sqrt(2 (L^2 - 1) / 12) on a pixel grid); orientedness: 0
+    for an isotropic centre-surround blob, near 1 for a Gabor patch, whatever its sign."""
+    from circuits.measures import field_orientedness, field_spread
+
+    one = np.zeros((1, 16, 16))
+    one[0, 3, 7] = -2.0
+    assert field_spread(one)[0] == pytest.approx(0.0, abs=1e-12)
+    assert field_spread(np.ones((1, 16, 16)))[0] == pytest.approx(np.sqrt(2 * (16**2 - 1) / 12))
+    r, c = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    blob = np.exp(-((r - 8) ** 2 + (c - 8) ** 2) / 4.5) - 0.5 * np.exp(-((r - 8) ** 2 + (c - 8) ** 2) / 18)
+    gabor = np.exp(-((r - 8) ** 2 + (c - 8) ** 2) / 4.5) * np.cos(2 * np.pi * (r + c) / 5)
+    ori = field_orientedness(np.stack([blob, gabor, -gabor]))
+    assert ori[0] < 0.01 and ori[1] > 0.8 and ori[2] == pytest.approx(ori[1])
+    assert field_spread(blob[None])[0] < field_spread(np.ones((1, 16, 16)))[0]
+    with pytest.raises(DataError, match="fields"):
+        field_spread(np.zeros((2, 16, 16)))
 
 
 def test_measures_against_independent_values():
