@@ -323,7 +323,7 @@ class LaminarCircuit:
         """Simulate every block of ``stimulus`` side by side and return labelled rates.
 
         Without ``epochs`` the Dataset's ``trial`` axis is the blocks and ``time`` runs over
-        the whole block (ms, one sample every ``record_every_ms``). With ``epochs =
+        the whole block (s from the block start, one sample every ``record_every_ms`` ms). With ``epochs =
         (pre_ms, post_ms)`` each slot is cut into a peri-stimulus epoch (``time`` relative to
         its onset, ``-pre <= t < post``, windows may not overlap) and ``trial`` runs over the
         (block, slot) pairs selected by ``keep`` ``(B, S)`` (default: all), with the slot

@@ -30,6 +30,13 @@ Choices that make the phenomenon emerge, and why:
   pattern that natural images rarely produce, which is not. ``tanh`` is available but not
   needed. With Gaussian priors the level-1 fields are distributed (PCA-like), not the
   localised ones of Rao & Ballard's sparse prior; the suppression does not depend on it.
+  Measured (seed 0, shipped config): the trained fields put 69% of their energy in the
+  top-32 principal subspace of the whitened patches (13% initially, 12.5% by chance), and
+  within that subspace the Gaussian energy is indifferent to rotations of the basis, so
+  nothing selects localised fields: their spread (:func:`~circuits.measures.field_spread`)
+  stays at ~6.3 px against 6.5 px initially, after 200 to 4000 batches and with ``tanh``
+  alike; training does make them more oriented (median orientedness 0.24 vs 0.15).
+  Localised fields would need a sparse (kurtotic) prior on the level-1 causes.
 - *A bottleneck at level 2* (64 level-2 units for 96 level-1 responses) so that level 2
   keeps the dominant correlations between modules rather than every pattern.
 - *Precisions.* ``Pi_image = 1`` and a small ``Pi_1 = 0.1`` let the image drive the

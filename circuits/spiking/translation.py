@@ -257,7 +257,7 @@ class SpikingCircuit:
         'cython' run in this process; 'cpp_standalone' writes, compiles and runs a C++
         project in ``directory`` (default a temporary folder) and restores the runtime device
         afterwards, so runs can follow each other in one process). Returns a Dataset over
-        ``trial`` (the blocks, with their conditions) and ``time`` (ms from block start,
+        ``trial`` (the blocks, with their conditions) and ``time`` (s from block start,
         bins of ``record_every_ms`` labelled by their start):
 
         - ``rate`` (trial, time, area, population, unit): the decoded activity in rate units,

@@ -1,6 +1,7 @@
 """Every circuit experiment's result Dataset follows the result conventions of
 :func:`pcsim.results.convention_problems` (units and long_name on every variable and
-coordinate, distinct long_names, every time in seconds), on the smallest protocol that runs;
+coordinate, distinct long_names, every time in seconds), on the smallest protocol that runs
+(spiking_oddball's is checked in test_spiking, beside the run it already makes);
 and the times in seconds are the protocol's milliseconds, not a relabelled ms axis."""
 
 from pathlib import Path
@@ -26,8 +27,6 @@ TINY = {
                         "drive.segment_ms=200.0", "drive.frequency=3.0"],
     "endstopping": ["training.batches=5", "training.batch_size=10", "bars.lengths=[2, 8, 20]", "bars.duration_ms=200.0",
                     "bars.window_ms=100.0", "measure.equilibrium_steps=200"],
-    "spiking_oddball": ["spiking.target=numpy", "spiking.neurons_per_unit=4", "stimulus.n_tones=8", "stimulus.seeds=[0]",
-                        "stimulus.lead_standards=2", "stimulus.p_deviants=[0.4]", "analysis.skip_tones=2"],
 }
 
 
@@ -40,11 +39,23 @@ def run_tiny(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_result_datasets_follow_the_conventions(name, tmp_path):
+    """In memory and after a round trip through results.nc, which the figures redraw from."""
+    import importlib
+
+    from matplotlib.figure import Figure
+
+    from pcsim.results import open_results, write_results
+
     cfg, res = run_tiny(name, tmp_path)
     ds = res.dataset
     assert convention_problems(ds) == []
     times = [k for k in list(ds.coords) + list(ds.data_vars) if k == "time" or str(k).endswith("_time")]
     assert times and all(ds[k].attrs["units"] == "s" for k in times)
+    write_results(res, {}, tmp_path / "out", cfg)
+    back = open_results(tmp_path / "out")
+    assert convention_problems(back) == []
+    figs = importlib.import_module(cfg.experiment).plot(back)
+    assert figs and all(isinstance(f, Figure) for f in figs.values())
 
 
 def test_times_are_the_protocols_milliseconds_in_seconds(tmp_path):

@@ -315,7 +315,7 @@ def test_spiking_oddball_experiment_runs_and_replots(tmp_path):
     correlations and the spiking MMN, and its figures redraw from the saved file alone."""
     from pcsim.config import load_config
     from pcsim.registry import RunContext
-    from pcsim.results import open_results, write_results
+    from pcsim.results import convention_problems, open_results, write_results
 
     from circuits.experiments import spiking_oddball as exp
 
@@ -329,8 +329,10 @@ def test_spiking_oddball_experiment_runs_and_replots(tmp_path):
     assert set(s["correlation"]) == {"input", "area1", "area2"} and "l56" in s["correlation"]["area1"]
     assert s["n_deviants"] >= 1 and set(s["mmn_spiking"]) == {"input", "area1", "area2"}
     assert -1 <= s["min_validated_correlation"] <= 1
+    assert convention_problems(res.dataset) == []
     write_results(res, {}, tmp_path / "out", small)
     ds = open_results(tmp_path / "out")
+    assert convention_problems(ds) == [] and ds.spike_time.attrs["units"] == ds.time.attrs["units"] == "s"
     assert ds.rate.dims[:2] == ("model", "trial")
     figs = exp.plot(ds)
     assert {"traces", "correlation", "mmn", "raster"} <= set(figs)
@@ -350,3 +352,35 @@ def test_benchmark_reports_the_real_time_factor():
     assert r["compile_seconds"] > 0 and r["n_synapses"] > 0 and r["n_spikes"] > 0
     with pytest.raises(ValueError, match="unknown Brian2 target"):
         benchmark("gpu")
+
+
+def test_a_compiling_run_says_so_before_it_starts(monkeypatch):
+    """With progress on, a cython run prints the compile note before Brian2 starts (and so
+    before the code is generated and compiled); a numpy run, which compiles nothing, does not."""
+    import io
+
+    import brian2
+
+    from circuits.spiking import runner
+
+    class Started(Exception):
+        pass
+
+    err = io.StringIO()
+
+    def run(self, *args, **kwargs):
+        err.write("<brian2 run>")
+        raise Started
+
+    monkeypatch.setattr(runner.sys, "stderr", err)
+    monkeypatch.setattr(brian2.Network, "run", run)
+    spk = SpikingCircuit(tonotopic(2, areas=1), SpikingParams(neurons_per_unit=2))
+    for target, noted in (("cython", True), ("numpy", False)):
+        err.seek(0)
+        err.truncate()
+        with pytest.raises(Started):
+            spk.run(held([[1.0, 0.0]], 10.0), target=target, progress=True)
+        text = err.getvalue()
+        assert (runner.COMPILE_NOTE["cython"] in text) is noted, text
+        if noted:
+            assert text.index(runner.COMPILE_NOTE["cython"]) < text.index("<brian2 run>")
