@@ -28,6 +28,7 @@ __all__ = [
     "spectral_ratio",
     "field_spread",
     "field_orientedness",
+    "principal_fraction",
 ]
 
 ERROR_POPULATIONS = ("l23_pos", "l23_neg")
@@ -187,3 +188,21 @@ def field_orientedness(fields) -> np.ndarray:
     m = np.stack([np.stack([(p * a * b).sum(axis=(1, 2)) / tot for b in (fr, fc)], -1) for a in (fr, fc)], -2)
     lam = np.linalg.eigvalsh(m)
     return 1.0 - lam[:, 0] / np.maximum(lam[:, 1], 1e-300)
+
+
+def principal_fraction(fields, patches, k: int) -> np.ndarray:
+    """How much of each field lies in the principal subspace of the data: the fraction of
+    ``||w||^2`` inside the span of the top ``k`` principal components of ``patches``
+    ``(n_patches, rows * cols)`` (or ``(n_patches, rows, cols)``), for ``fields`` ``(n, rows,
+    cols)``; returns ``(n,)`` in ``[0, 1]`` (dimensionless). Random fields give about
+    ``k / (rows * cols)``; a model whose energy only sees second-order statistics (Gaussian
+    priors) learns fields near 1, in any rotation of that subspace."""
+    w = _fields(fields).reshape(len(fields), -1)
+    x = np.asarray(patches, dtype=float).reshape(len(patches), -1)
+    if x.shape[1] != w.shape[1] or x.shape[0] < 2 or not np.isfinite(x).all():
+        raise DataError(f"patches must be a finite (n >= 2, {w.shape[1]}) array matching the fields, got {x.shape}")
+    if not 1 <= k <= w.shape[1]:
+        raise ConfigError(f"k must be in 1..{w.shape[1]}, got {k}")
+    _, vecs = np.linalg.eigh(np.cov(x, rowvar=False))
+    top = vecs[:, ::-1][:, :k]
+    return ((w @ top) ** 2).sum(axis=1) / (w**2).sum(axis=1)

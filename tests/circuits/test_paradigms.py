@@ -123,6 +123,18 @@ def test_field_measures_against_closed_forms():
         field_spread(np.zeros((2, 16, 16)))
 
 
+def test_principal_fraction_is_one_inside_the_subspace_and_zero_outside():
+    from circuits.measures import principal_fraction
+
+    rng = np.random.default_rng(0)
+    # patches varying (s.d. 3, 2) along pixels 0 and 1 of a 3 x 3 field, little elsewhere
+    x = rng.normal(size=(4000, 9)) * np.array([3.0, 2.0] + [0.1] * 7)
+    fields = np.zeros((3, 3, 3))
+    fields[0, 0, 0], fields[1, 0, 1], fields[2, 2, 2] = 1.0, -2.0, 1.0
+    np.testing.assert_allclose(principal_fraction(fields, x, 2), [1.0, 1.0, 0.0], atol=1e-3)
+    np.testing.assert_allclose(principal_fraction(fields, x, 1), [1.0, 0.0, 0.0], atol=1e-3)
+
+
 def test_measures_against_independent_values():
     assert suppression_index([1.0, 3.0, 4.0, 2.0]) == pytest.approx(0.5)
     assert suppression_index([1.0, 2.0, 3.0]) == 0.0
