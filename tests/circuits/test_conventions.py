@@ -1,7 +1,8 @@
 """Every circuit experiment's result Dataset follows the result conventions of
 :func:`pcsim.results.convention_problems` (units and long_name on every variable and
 coordinate, distinct long_names, every time in seconds), on the smallest protocol that runs
-(spiking_oddball's is checked in test_spiking, beside the run it already makes);
+(spiking_oddball's and endstopping's are checked in test_spiking and test_endstopping, beside
+the runs those already make);
 and the times in seconds are the protocol's milliseconds, not a relabelled ms axis."""
 
 from pathlib import Path
@@ -25,8 +26,6 @@ TINY = {
                                "repetition.window=[50.0, 200.0]", "repetition.seeds=[0]"],
     "laminar_spectra": ["circuit.n_channels=6", "drive.trials=2", "drive.trial_ms=700.0", "drive.transient_ms=100.0",
                         "drive.segment_ms=200.0", "drive.frequency=3.0"],
-    "endstopping": ["training.batches=5", "training.batch_size=10", "bars.lengths=[2, 8, 20]", "bars.duration_ms=200.0",
-                    "bars.window_ms=100.0", "measure.equilibrium_steps=200"],
 }
 
 

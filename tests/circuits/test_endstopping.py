@@ -66,6 +66,16 @@ def test_error_cells_are_end_stopped_by_the_feedback(endstopping_run):
         assert (out / f"{name}.png").stat().st_size > 5000
 
 
+def test_results_follow_the_conventions(endstopping_run):
+    """The reopened results.nc: units and long names everywhere, time in seconds."""
+    from pcsim.results import convention_problems
+
+    ds = endstopping_run[0]
+    assert convention_problems(ds) == [] and ds.time.attrs["units"] == "s"
+    stop = (ds.attrs["bar_onset_ms"] + ds.attrs["bar_duration_ms"]) / 1000.0
+    assert float(ds.time[-1]) < stop <= float(ds.time[-1]) + 0.01  # the record ends with the bar (5 ms steps)
+
+
 def test_level1_modules_stay_local_through_training(endstopping_run):
     ds = endstopping_run[0]
     rf = ds.receptive_field.values  # (module, unit, row, col)
