@@ -126,8 +126,11 @@ def power_spectrum(x: xr.DataArray, *, segment_ms: float = 256.0, detrend: str =
     dt = np.diff(t) * 1000.0  # ms
     if not np.allclose(dt, dt[0], rtol=1e-6):
         raise DataError("power_spectrum needs uniformly sampled 'time'")
-    fs = 1000.0 / dt[0]
-    nper = int(min(t.size, max(8, round(segment_ms / dt[0]))))
+    # the sample step in ms, freed of the rounding of ms -> s (1 ms must give exactly 1000 Hz,
+    # or the frequency bins drift off the band edges)
+    step = float(np.round(dt.mean(), 9))
+    fs = 1000.0 / step
+    nper = int(min(t.size, max(8, round(segment_ms / step))))
     xt = x.transpose(..., "time")
     f, p = welch(np.nan_to_num(xt.values), fs=fs, nperseg=nper, noverlap=nper // 2, detrend=detrend, axis=-1)
     coords = {k: v for k, v in xt.coords.items() if "time" not in v.dims}

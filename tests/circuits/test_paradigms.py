@@ -149,6 +149,9 @@ def test_measures_against_independent_values():
     fast = xr.DataArray(np.sin(2 * np.pi * 50 * t) + 0.1 * rng.normal(size=t.size), dims="time", coords={"time": t})
     slow = xr.DataArray(np.sin(2 * np.pi * 8 * t) + 0.1 * rng.normal(size=t.size), dims="time", coords={"time": t})
     pf, ps = power_spectrum(fast), power_spectrum(slow)
+    # 1 ms steps in s still give exactly 1000 Hz sampling: 200 ms segments, bins on multiples of 5 Hz,
+    # so the band edges (30, 80 Hz) fall on bins (an ulp off would move a whole 5 Hz bin out of a band)
+    np.testing.assert_array_equal(power_spectrum(fast, segment_ms=200.0).frequency.values[:7], np.arange(0, 35, 5.0))
     assert abs(float(pf.frequency[int(np.argmax(pf.values))]) - 50) < 3 and abs(float(ps.frequency[int(np.argmax(ps.values))]) - 8) < 3
     assert float(spectral_ratio(pf)) > 100 > 0.01 > float(spectral_ratio(ps))
     # Parseval: the integrated density is the signal's variance
