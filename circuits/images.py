@@ -56,7 +56,7 @@ def sample_patches(images: list[np.ndarray], n: int, height: int, width: int, rn
     """``n`` patches ``height x width`` cut at uniformly random positions from ``images``
     (each image equally likely), flattened row-major: ``(n, height * width)`` float32."""
     if n < 1:
-        raise ConfigError(f"need n >= 1 patches, got {n}")
+        raise ConfigError(f"n: need n >= 1 patches, got {n}")
     for k, img in enumerate(images):
         if img.shape[0] < height or img.shape[1] < width:
             raise DataError(f"images[{k}] ({img.shape}) is smaller than a {height}x{width} patch")

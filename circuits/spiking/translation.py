@@ -57,9 +57,9 @@ class SpikingCircuit:
         elif isinstance(circuit, CircuitGraph):
             self.circuit, graph = None, circuit
         else:
-            raise ConfigError(f"SpikingCircuit needs a LaminarCircuit or CircuitGraph, got {type(circuit).__name__}")
+            raise ConfigError(f"circuit: SpikingCircuit needs a LaminarCircuit or CircuitGraph, got {type(circuit).__name__}")
         if not isinstance(params, SpikingParams):
-            raise ConfigError(f"params must be SpikingParams, got {type(params).__name__}")
+            raise ConfigError(f"params: must be SpikingParams, got {type(params).__name__}")
         self.graph, self.params = graph, params
         self.code = rate_code(params)
         self._index = {p.name: q for q, p in enumerate(graph.populations)}

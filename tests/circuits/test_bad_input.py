@@ -121,3 +121,15 @@ def test_a_spike_count_bin_too_long_names_count_bin_ms(monkeypatch):
     assert "count_bin_ms = 700.0 ms" in msg and "count_bin_ms <=" in msg, msg
     ds = spk.run(stim, target="numpy", count_bin_ms=350.0, spike_neurons=0)  # a bin that fits
     assert 0 < int(ds.spike_count.max()) <= 127
+
+
+def test_a_diverging_run_is_one_cli_line_naming_the_precision_and_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli(["run", str(ROOT / "configs" / "oddball_mmn.toml"), "--out", str(out), "--no-progress",
+                "--set", "circuit.precisions=[100.0, 100.0, 100.0]", "--set", "oddball.n_tones=30",
+                "--set", "oddball.seeds=[0]", "--set", "oddball.p_deviants=[0.3]", "--set", "oddball.deviances=[4.0]",
+                "--set", "oddball.skip_tones=5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("pcsim: error: circuit diverged"), err
+    # no file left behind (the shell creates the run directory before the run starts)
+    assert "precisions[1]" in err[0] and (not out.exists() or not any(out.iterdir()))
