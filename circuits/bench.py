@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from pcsim.errors import ConfigError
+
 
 def rate_throughput(trials: int = 1000, seconds: float = 1.0, device: str = "cpu", compile: bool = False,
                     seed: int = 0) -> dict:
@@ -79,9 +81,9 @@ def spiking_benchmark(target: str, n_neurons: int = 10_000, sim_seconds: float =
     from .spiking.runner import simulate
 
     if target not in TARGETS:
-        raise ValueError(f"unknown Brian2 target {target!r}; choose one of {TARGETS}")
+        raise ConfigError(f"unknown Brian2 target {target!r}; choose one of {TARGETS}")
     if not (n_neurons >= 100 and sim_seconds > 0):
-        raise ValueError(f"benchmark needs n_neurons >= 100 and sim_seconds > 0, got {n_neurons}, {sim_seconds}")
+        raise ConfigError(f"benchmark needs n_neurons >= 100 and sim_seconds > 0, got {n_neurons}, {sim_seconds}")
     # 3 areas: input (l4 on/off, l23 +/-) = 4 groups, areas 1-2: l4 on/off, l23 +/-, l56 on/off = 6 groups
     groups = 16
     params = SpikingParams() if params is None else params

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from pcsim.activations import get_activation
+from pcsim.errors import ConfigError
 
 __all__ = ["Population", "Projection", "CircuitGraph", "PackedGraph", "LAWS", "LFP_LAYERS"]
 
@@ -157,7 +158,7 @@ class PackedGraph:
         """Pack ``graph`` for the areas ``areas`` (bottom-up) of widths ``sizes``.
 
         ``draw_order``: population types whose noise is drawn first, in this order (the rest
-        follow in graph order). Raises ValueError when the graph does not repeat population
+        follow in graph order). Raises ConfigError when the graph does not repeat population
         types over areas in the way packing needs (one law per type, contiguous areas)."""
         A, U = len(areas), max(sizes)
         p = graph.params
@@ -176,12 +177,12 @@ class PackedGraph:
         inp = None
         for q in graph.populations:
             if q.area not in area_of or q.name != f"{q.area}.{q.population}":
-                raise ValueError(f"population '{q.name}' must be named 'area.type' with an area of {areas}")
+                raise ConfigError(f"population '{q.name}' must be named 'area.type' with an area of {areas}")
             a, t = area_of[q.area], ti[q.population]
             if q.size != sizes[a]:
-                raise ValueError(f"population '{q.name}' has {q.size} units, its area {sizes[a]}")
+                raise ConfigError(f"population '{q.name}' has {q.size} units, its area {sizes[a]}")
             if q.kind not in LAWS:
-                raise ValueError(f"population '{q.name}' has unknown kind {q.kind!r}; choose one of {sorted(LAWS)}")
+                raise ConfigError(f"population '{q.name}' has unknown kind {q.kind!r}; choose one of {sorted(LAWS)}")
             law = LAWS[q.kind]
             laws[q.population].add(law)
             k[t, a] = p.dt / q.tau_ms
@@ -190,7 +191,7 @@ class PackedGraph:
                 acts[q.population][a] = q.activation
             if q.kind == "input":
                 if inp is not None:
-                    raise ValueError("a packed graph takes one input population")
+                    raise ConfigError("a packed graph takes one input population")
                 inp = (t, a)
             if q.pyramidal and q.layer in LFP_LAYERS:
                 lfp_of[q.name] = a * len(LFP_LAYERS) + LFP_LAYERS.index(q.layer)
@@ -199,26 +200,26 @@ class PackedGraph:
         for t in types:
             idx = sorted(area_of[q.area] for q in graph.populations if q.population == t)
             if idx != list(range(idx[0], idx[-1] + 1)):
-                raise ValueError(f"population type '{t}' must occupy contiguous areas, got {[areas[i] for i in idx]}")
+                raise ConfigError(f"population type '{t}' must occupy contiguous areas, got {[areas[i] for i in idx]}")
             if len(laws[t]) != 1:
-                raise ValueError(f"population type '{t}' mixes update laws {sorted(laws[t])} across areas")
+                raise ConfigError(f"population type '{t}' mixes update laws {sorted(laws[t])} across areas")
             span[t] = (idx[0], idx[-1])
         for t in types:
             if len({acts[t][a] for a in acts[t]}) > 1:
-                raise ValueError(f"integrator type '{t}' must have one activation in every area, got {acts[t]}")
+                raise ConfigError(f"integrator type '{t}' must have one activation in every area, got {acts[t]}")
         act_of = {ti[t]: next(iter(acts[t].values()), "linear") for t in types}
         groups: dict[tuple, dict[int, Projection]] = {}
         for pr in graph.projections:
             for end in (pr.source, pr.target):
                 if end not in pops:
-                    raise ValueError(f"projection {pr.source} -> {pr.target} names unknown population '{end}'")
+                    raise ConfigError(f"projection {pr.source} -> {pr.target} names unknown population '{end}'")
             s_, d_ = pops[pr.source], pops[pr.target]
             if pr.gated and LAWS[d_.kind] != "integrator":
-                raise ValueError(f"projection {pr.source} -> {pr.target} is gated but its target is not an integrator")
+                raise ConfigError(f"projection {pr.source} -> {pr.target} is gated but its target is not an integrator")
             da = area_of[d_.area]
             key = (ti[s_.population], ti[d_.population], da - area_of[s_.area], pr.transfer, pr.gated)
             if da in groups.setdefault(key, {}):
-                raise ValueError(f"two projections {pr.source} -> {pr.target} of one kind: sum their weights")
+                raise ConfigError(f"two projections {pr.source} -> {pr.target} of one kind: sum their weights")
             groups[key][da] = pr
         terms = []
         for (st_, dt_, shift, transfer, gated), prs in groups.items():
@@ -243,7 +244,7 @@ class PackedGraph:
                 constant_lfp[lfp_of[name]] += b.to(**z).abs().sum()
         top_areas = {area_of[pops[n].area] for n in list(graph.prior_inputs) + list(graph.prior_errors)}
         if len(top_areas) > 1:
-            raise ValueError("the prior must enter and learn from populations of one (the top) area")
+            raise ConfigError("the prior must enter and learn from populations of one (the top) area")
         top = top_areas.pop() if top_areas else A - 1
         constant = constant if bool((constant != 0).any()) else None
         prior_input = torch.zeros(T, 1, U, **z)

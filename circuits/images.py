@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pcsim.errors import ConfigError, DataError
+
 __all__ = ["dog_filter", "whitened_images", "sample_patches", "NaturalPatches"]
 
 
@@ -25,7 +27,7 @@ def dog_filter(image: np.ndarray, center_sigma: float, surround_sigma: float) ->
 
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
-        raise ValueError(f"dog_filter needs a 2-D image, got shape {img.shape}")
+        raise DataError(f"image: dog_filter needs a 2-D image, got shape {img.shape}")
     return gaussian_filter(img, center_sigma, mode="constant") - gaussian_filter(img, surround_sigma, mode="constant")
 
 
@@ -54,10 +56,10 @@ def sample_patches(images: list[np.ndarray], n: int, height: int, width: int, rn
     """``n`` patches ``height x width`` cut at uniformly random positions from ``images``
     (each image equally likely), flattened row-major: ``(n, height * width)`` float32."""
     if n < 1:
-        raise ValueError(f"need n >= 1 patches, got {n}")
+        raise ConfigError(f"n: need n >= 1 patches, got {n}")
     for k, img in enumerate(images):
         if img.shape[0] < height or img.shape[1] < width:
-            raise ValueError(f"image {k} ({img.shape}) is smaller than a {height}x{width} patch")
+            raise DataError(f"images[{k}] ({img.shape}) is smaller than a {height}x{width} patch")
     which = rng.integers(0, len(images), n)
     out = np.empty((n, height, width), dtype=np.float32)
     for i, k in enumerate(which):
@@ -88,7 +90,7 @@ class NaturalPatches:
 
     def __post_init__(self):
         if self.batches < 1 or self.batch_size < 1:
-            raise ValueError(f"NaturalPatches needs batches >= 1 and batch_size >= 1, got {self.batches}, {self.batch_size}")
+            raise ConfigError(f"NaturalPatches needs batches >= 1 and batch_size >= 1, got {self.batches}, {self.batch_size}")
         self._rng = np.random.default_rng(self.seed)
 
     def __len__(self) -> int:

@@ -45,8 +45,10 @@ import xarray as xr
 
 from pcsim.activations import get_activation
 from pcsim.config import check_ranges
+from pcsim.errors import ConfigError, DataError, SimulationDivergenceError
 from pcsim.network import PCNetwork
 
+from .coordinates import label, seconds
 from .graph import LFP_LAYERS, CircuitGraph, PackedGraph, Population, Projection
 from .epochs import epoch_layout
 from .paradigms import Stimulus
@@ -94,10 +96,10 @@ class CircuitParams:
     noise: float = _knob(0.0, "rate units", ge=0)
 
     def __post_init__(self):
-        check_ranges(self, finite=True)  # the fields' metadata, for circuits built in Python rather than from a config
+        _config_error(check_ranges, self, finite=True)  # the fields' metadata, for circuits built in Python
         fastest = min(self.tau_l4, self.tau_error, self.tau_inh if self.interneurons else math.inf)
         if self.dt > fastest / 2:
-            raise ValueError(
+            raise ConfigError(
                 f"dt = {self.dt} ms is too coarse for the fastest time constant ({fastest} ms): "
                 f"use dt <= {fastest / 2} ms")
 
@@ -108,6 +110,17 @@ class CircuitParams:
 
 
 
+def _config_error(check, *args, **kwargs) -> None:
+    """Run a validation ``check`` and raise what it refuses as a :class:`ConfigError` (the
+    engine's range checks raise ValueError naming ``Class.field``)."""
+    try:
+        check(*args, **kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _vec(x, n: int, name: str, device, dtype) -> Tensor:
     t = torch.as_tensor(np.asarray(x, dtype=np.float64) if not isinstance(x, Tensor) else x).to(device=device, dtype=dtype)
     if t.ndim == 0:
@@ -116,9 +129,9 @@ def _vec(x, n: int, name: str, device, dtype) -> Tensor:
     if t.numel() == 1:
         t = t.expand(n).clone()
     if t.shape != (n,):
-        raise ValueError(f"{name} must be a scalar or have {n} entries, got shape {tuple(t.shape)}")
+        raise ConfigError(f"{name} must be a scalar or have {n} entries, got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or Inf")
+        raise ConfigError(f"{name} contains NaN or Inf")
     return t
 
 
@@ -150,37 +163,38 @@ class LaminarCircuit:
     ):
         sizes = tuple(int(n) for n in sizes)
         if len(sizes) < 1 or any(n < 1 for n in sizes):
-            raise ValueError(f"sizes must list at least one positive width, got {sizes}")
+            raise ConfigError(f"sizes must list at least one positive width, got {sizes}")
         A = len(sizes)
         if len(weights) != A - 1:
-            raise ValueError(f"{A} areas need {A - 1} weight matrices (area k+1 predicts area k), got {len(weights)}")
+            raise ConfigError(f"weights: {A} areas need {A - 1} weight matrices (area k+1 predicts area k), got {len(weights)}")
         self.sizes, self.params, self.device, self.dtype = sizes, params, torch.device(device), dtype
         self.weights = []
         for k, w in enumerate(weights):
             w = torch.as_tensor(w).to(device=device, dtype=dtype)
             if w.shape != (sizes[k + 1], sizes[k]):
-                raise ValueError(f"weights[{k}] must be (n_{k+1}, n_{k}) = {(sizes[k + 1], sizes[k])}, got {tuple(w.shape)}")
+                raise ConfigError(f"weights[{k}] must be (n_{k+1}, n_{k}) = {(sizes[k + 1], sizes[k])}, got {tuple(w.shape)}")
             if not torch.isfinite(w).all():
-                raise ValueError(f"weights[{k}] contains NaN or Inf")
+                raise ConfigError(f"weights[{k}] contains NaN or Inf")
             self.weights.append(w)
         biases = [0.0] * (A - 1) if biases is None else list(biases)
         if len(biases) != A - 1:
-            raise ValueError(f"{A} areas need {A - 1} bias vectors, got {len(biases)}")
+            raise ConfigError(f"biases: {A} areas need {A - 1} bias vectors, got {len(biases)}")
         self.biases = [_vec(b, sizes[k], f"biases[{k}]", device, dtype) for k, b in enumerate(biases)]
         acts = [activations] * (A - 1) if isinstance(activations, str) else list(activations)
         if len(acts) != A - 1:
-            raise ValueError(f"need {A - 1} activations (areas 1..{A - 1}), got {len(acts)}")
+            raise ConfigError(f"activations: need {A - 1} (areas 1..{A - 1}), got {len(acts)}")
         self.activations = ["linear"] + [get_activation(a).name for a in acts]
         precs = [precisions] * A if isinstance(precisions, (int, float)) else list(precisions)
         if len(precs) != A:
-            raise ValueError(f"precisions must be one value or {A} entries (one per area), got {len(precs)}")
+            raise ConfigError(f"precisions must be one value or {A} entries (one per area), got {len(precs)}")
         self.precisions = [_vec(p, sizes[a], f"precisions[{a}]", device, dtype) for a, p in enumerate(precs)]
         if any(bool((p <= 0).any()) for p in self.precisions):
-            raise ValueError("precisions must be > 0")
+            raise ConfigError("precisions must be > 0, got a minimum of "
+                              f"{min(float(p.min()) for p in self.precisions)}")
         self.prior_mean = _vec(0.0 if prior_mean is None else prior_mean, sizes[-1], "prior_mean", device, dtype)
         names = ["input"] + [f"area{a}" for a in range(1, A)] if area_names is None else [str(n) for n in area_names]
         if len(names) != A or len(set(names)) != A:
-            raise ValueError(f"area_names must be {A} distinct names, got {names}")
+            raise ConfigError(f"area_names must be {A} distinct names, got {names}")
         self.area_names = names
 
     # ----------------------------------------------------------------- construction
@@ -195,7 +209,7 @@ class LaminarCircuit:
         label from the input, the opposite of cortical feedback, and are refused.
         """
         if net.mode != "generative":
-            raise ValueError("a circuit needs a generative PCNetwork (data clamped at x_L, predictions flowing down); "
+            raise ConfigError("net: a circuit needs a generative PCNetwork (data clamped at x_L, predictions flowing down); "
                              f"got a {net.mode} network")
         m = net.member(member)
         L = m.depth
@@ -309,7 +323,7 @@ class LaminarCircuit:
         """Simulate every block of ``stimulus`` side by side and return labelled rates.
 
         Without ``epochs`` the Dataset's ``trial`` axis is the blocks and ``time`` runs over
-        the whole block (ms, one sample every ``record_every_ms``). With ``epochs =
+        the whole block (s from the block start, one sample every ``record_every_ms`` ms). With ``epochs =
         (pre_ms, post_ms)`` each slot is cut into a peri-stimulus epoch (``time`` relative to
         its onset, ``-pre <= t < post``, windows may not overlap) and ``trial`` runs over the
         (block, slot) pairs selected by ``keep`` ``(B, S)`` (default: all), with the slot
@@ -326,9 +340,9 @@ class LaminarCircuit:
         ``("l23_pos", "l23_neg")`` to keep the error populations of a wide circuit small.
         """
         if not isinstance(stimulus, Stimulus):
-            raise TypeError(f"run needs a circuits.paradigms.Stimulus, got {type(stimulus).__name__}")
+            raise ConfigError(f"stimulus: run needs a circuits.paradigms.Stimulus, got {type(stimulus).__name__}")
         if stimulus.n_in != self.sizes[0]:
-            raise ValueError(f"stimulus has {stimulus.n_in} input channels but area '{self.area_names[0]}' has {self.sizes[0]} units")
+            raise DataError(f"stimulus has {stimulus.n_in} input channels but area '{self.area_names[0]}' has {self.sizes[0]} units")
         p = self.params
         dt = p.dt
         n_steps = int(round(stimulus.total_ms / dt))
@@ -338,7 +352,7 @@ class LaminarCircuit:
         if populations is not None:
             unknown = [q for q in populations if q not in self.populations]
             if unknown or not populations:
-                raise ValueError(f"populations must be a non-empty subset of {list(self.populations)}, got {list(populations)}")
+                raise ConfigError(f"populations must be a non-empty subset of {list(self.populations)}, got {list(populations)}")
         rec = _Recorder.make(self, stimulus, t_ms, record_every_ms, epochs, keep, record_stimulus,
                              tuple(populations) if populations is not None else self.populations)
 
@@ -361,7 +375,7 @@ class LaminarCircuit:
         fast = K.step
         if compile:
             if p.noise > 0 or stimulus.noise_std > 0:
-                raise ValueError("compile=True needs params.noise = 0 and no stimulus noise "
+                raise ConfigError("compile=True needs params.noise = 0 and no stimulus noise "
                                  "(seeded generators do not enter compiled graphs)")
             fast = torch.compile(K.step, dynamic=False)
         from tqdm.auto import tqdm
@@ -378,14 +392,28 @@ class LaminarCircuit:
                 rec.record(i, K.unpack(before), aux, drive[:, : stimulus.n_in], c)  # the sample at t_i and its inputs
             else:
                 state, _ = fast(state, drive, c, noise_gen)
-            if i % 1000 == 999 and not bool(torch.isfinite(state["x"]).all()):
-                # name the representation (L5/6) that ran away first: errors follow it
-                bad = [(a, q) for q in ("l56",) + self.populations for a in range(self.n_areas)
-                       if q in K.types and not torch.isfinite(state["x"][K.types.index(q), a]).all()][0]
-                raise FloatingPointError(
-                    f"circuit diverged by t = {t_ms[i]:.1f} ms: area '{self.area_names[bad[0]]}' {bad[1]} rates are not finite "
-                    "(lower the precisions or prior_rate, or use a smaller dt)")
+            if (i % 1000 == 999 or i == n_steps - 1) and not bool(torch.isfinite(state["x"]).all()):
+                raise self._divergence(K, state, t_ms[i])
         return rec.dataset(K.unpack(state))
+
+    def _divergence(self, K: PackedGraph, state: dict, t_ms: float) -> SimulationDivergenceError:
+        """The error for a state that is no longer finite at ``t_ms``: the area and population
+        that ran away (representations first: errors follow them) and the parameter most
+        likely at fault. The circuit is a linear loop of errors and representations whose gain
+        is the precisions (times the feedback weights); with a learning prior the top area's
+        expectation adds the loop ``prior_rate``; a coarse ``dt`` makes a stable loop unstable."""
+        bad = [(a, q) for q in ("l56",) + self.populations for a in range(self.n_areas)
+               if q in K.types and not torch.isfinite(state["x"][K.types.index(q), a]).all()][0]
+        a, p = bad[0], self.params
+        if a == self.n_areas - 1 and p.prior_rate > 0:
+            likely = f"prior_rate ({p.prior_rate} /ms) or the top-level precision (precisions[{a}] up to " \
+                     f"{float(self.precisions[a].max()):g})"
+        else:
+            likely = f"precisions[{a}] (up to {float(self.precisions[a].max()):g}) or the feedback weights into area " \
+                     f"'{self.area_names[a]}'"
+        return SimulationDivergenceError(
+            f"circuit diverged by t = {t_ms:.1f} ms: area '{self.area_names[a]}' {bad[1]} rates are not finite "
+            f"(lower the precisions or prior_rate, or use a smaller dt; likely parameter: {likely}; dt = {p.dt} ms)")
 
     def initial_state(self, batch: int) -> dict[str, list[Tensor]]:
         """The state at rest before any input: the top representation at the prior mean,
@@ -439,11 +467,11 @@ class _Recorder:
         self.enabled = every is not None
         if not self.enabled:
             if epochs is not None or keep is not None:
-                raise ValueError("epochs and keep need recording: give record_every_ms")
+                raise ConfigError("epochs and keep need recording: give record_every_ms")
             return self
         k = int(round(every / dt))
         if k < 1 or not math.isclose(k * dt, every, rel_tol=1e-6):
-            raise ValueError(f"record_every_ms ({every}) must be a positive multiple of dt ({dt} ms)")
+            raise ConfigError(f"record_every_ms ({every}) must be a positive multiple of dt ({dt} ms)")
         self.k = k
         n = len(t_ms)
         self.epoched = epochs is not None
@@ -451,7 +479,7 @@ class _Recorder:
         self.U = max(circ.sizes)
         if not self.epoched:
             if keep is not None:
-                raise ValueError("keep selects epochs: give epochs=(pre_ms, post_ms) too")
+                raise ConfigError("keep selects epochs: give epochs=(pre_ms, post_ms) too")
             self.steps = np.arange(0, n, k)
             self.slot_of = None
             self.trial_shape = (B, len(self.steps))
@@ -461,7 +489,7 @@ class _Recorder:
             gaps = np.diff(stim.onsets_ms)
             if S > 1 and pre + post > gaps.min() + 1e-9:
                 # each step is recorded into one epoch
-                raise ValueError(f"epochs of {pre}+{post} ms overlap: slots are only {gaps.min()} ms apart")
+                raise ConfigError(f"epochs of {pre}+{post} ms overlap: slots are only {gaps.min()} ms apart")
             self.layout = lay = epoch_layout(stim, pre, post, grid_ms=dt, stride=k, keep=keep, n_samples=n)
             rel = lay.offsets
             self.time = lay.time
@@ -539,7 +567,7 @@ class _Recorder:
             return ds
         pops = list(self.pops)
         coords = {
-            "time": ("time", self.time, {"units": "ms", "long_name": "time from block start" if not self.epoched
+            "time": ("time", seconds(self.time), {"units": "s", "long_name": "time from block start" if not self.epoched
                                           else "time from stimulus onset"}),
             "area": ("area", circ.area_names),
             "population": ("population", pops),
@@ -561,11 +589,11 @@ class _Recorder:
                     {"units": "rate units", "long_name": "LFP proxy: summed |synaptic input| to excitatory populations"}),
             "prior": (("trial", "time", "top_unit"), self.prior.numpy(),
                       {"units": "rate units", "long_name": "top-level prior (cue-gated)"}),
-            "cue": (("trial", "time"), self.cue.numpy(), {"long_name": "temporal expectation cue"}),
+            "cue": (("trial", "time"), self.cue.numpy(), {"units": "1", "long_name": "temporal expectation cue"}),
         }
         if self.stimulus is not None:
             data["stimulus"] = (("trial", "time", "input_unit"), self.stimulus.numpy(),
                                 {"units": "rate units", "long_name": "input drive (with noise)"})
-        ds = xr.Dataset(data, coords=coords, attrs=attrs)
+        ds = label(xr.Dataset(data, coords=coords, attrs=attrs))
         ds.attrs["final_prior"] = st["m"][:, : circ.sizes[-1]].detach().cpu().numpy().mean(0).tolist()
         return ds

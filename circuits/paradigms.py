@@ -24,6 +24,8 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from pcsim.errors import ConfigError
+
 __all__ = [
     "Stimulus",
     "tone",
@@ -66,31 +68,31 @@ class Stimulus:
         s = np.asarray(self.schedule)
         o = np.asarray(self.onsets_ms, dtype=np.float64)
         if p.ndim != 2 or p.shape[0] < 1 or p.shape[1] < 1:
-            raise ValueError(f"Stimulus.patterns must be (K, n_in) with K, n_in >= 1, got shape {p.shape}")
+            raise ConfigError(f"Stimulus.patterns must be (K, n_in) with K, n_in >= 1, got shape {p.shape}")
         if not np.isfinite(p).all():
-            raise ValueError("Stimulus.patterns contains NaN or Inf")
+            raise ConfigError("Stimulus.patterns contains NaN or Inf")
         if s.ndim != 2 or s.shape[0] < 1 or not np.issubdtype(s.dtype, np.integer):
-            raise ValueError(f"Stimulus.schedule must be a (B, S) integer array with B >= 1, got {s.dtype} {s.shape}")
+            raise ConfigError(f"Stimulus.schedule must be a (B, S) integer array with B >= 1, got {s.dtype} {s.shape}")
         if s.size and (s.min() < -1 or s.max() >= p.shape[0]):
-            raise ValueError(f"Stimulus.schedule entries must be -1 or a pattern index 0..{p.shape[0] - 1}")
+            raise ConfigError(f"Stimulus.schedule entries must be -1 or a pattern index 0..{p.shape[0] - 1}")
         if o.shape != (s.shape[1],):
-            raise ValueError(f"Stimulus.onsets_ms must have one onset per slot ({s.shape[1]}), got shape {o.shape}")
+            raise ConfigError(f"Stimulus.onsets_ms must have one onset per slot ({s.shape[1]}), got shape {o.shape}")
         if o.size and (np.any(np.diff(o) <= 0) or o[0] < 0):
-            raise ValueError("Stimulus.onsets_ms must be non-negative and strictly increasing")
+            raise ConfigError("Stimulus.onsets_ms must be non-negative and strictly increasing")
         if not self.duration_ms > 0:
-            raise ValueError(f"Stimulus.duration_ms must be > 0, got {self.duration_ms}")
+            raise ConfigError(f"Stimulus.duration_ms must be > 0, got {self.duration_ms}")
         if o.size and self.total_ms < o[-1] + self.duration_ms:
-            raise ValueError(f"Stimulus.total_ms ({self.total_ms}) ends before the last slot ({o[-1] + self.duration_ms} ms)")
+            raise ConfigError(f"Stimulus.total_ms ({self.total_ms}) ends before the last slot ({o[-1] + self.duration_ms} ms)")
         if o.size > 1 and np.any(np.diff(o) < self.duration_ms):
-            raise ValueError("Stimulus slots overlap: onsets are closer than duration_ms")
+            raise ConfigError("Stimulus slots overlap: onsets are closer than duration_ms")
         if not self.noise_std >= 0:
-            raise ValueError(f"Stimulus.noise_std must be >= 0, got {self.noise_std}")
+            raise ConfigError(f"Stimulus.noise_std must be >= 0, got {self.noise_std}")
         for name, lab in self.labels.items():
             if np.shape(lab) != s.shape:
-                raise ValueError(f"Stimulus label {name!r} must have the schedule's shape {s.shape}, got {np.shape(lab)}")
+                raise ConfigError(f"Stimulus label {name!r} must have the schedule's shape {s.shape}, got {np.shape(lab)}")
         for name, lab in self.conditions.items():
             if np.shape(lab) != (s.shape[0],):
-                raise ValueError(f"Stimulus condition {name!r} must have one entry per block ({s.shape[0]}), got {np.shape(lab)}")
+                raise ConfigError(f"Stimulus condition {name!r} must have one entry per block ({s.shape[0]}), got {np.shape(lab)}")
         object.__setattr__(self, "patterns", p)
         object.__setattr__(self, "schedule", s.astype(np.int64))
         object.__setattr__(self, "onsets_ms", o)
@@ -140,9 +142,9 @@ class Stimulus:
         NaN or '')."""
         if self.slots != other.slots or not np.allclose(self.onsets_ms, other.onsets_ms) \
                 or self.duration_ms != other.duration_ms or self.total_ms != other.total_ms:
-            raise ValueError("can only concatenate stimuli with the same slots, onsets, duration and length")
+            raise ConfigError("can only concatenate stimuli with the same slots, onsets, duration and length")
         if self.n_in != other.n_in or self.cue != other.cue or self.noise_std != other.noise_std:
-            raise ValueError("can only concatenate stimuli with the same input width, cue and noise")
+            raise ConfigError("can only concatenate stimuli with the same input width, cue and noise")
         k = self.patterns.shape[0]
         sched = np.vstack([self.schedule, np.where(other.schedule >= 0, other.schedule + k, -1)])
 
@@ -172,14 +174,14 @@ def tone(frequency: float, n_channels: int, *, width: float = 1.5, amplitude: fl
     ``frequency`` (in channel units; fractional values fall between channels) with standard
     deviation ``width`` channels and peak ``amplitude`` (rate units)."""
     if n_channels < 1 or width <= 0:
-        raise ValueError(f"tone needs n_channels >= 1 and width > 0, got {n_channels}, {width}")
+        raise ConfigError(f"tone needs n_channels >= 1 and width > 0, got {n_channels}, {width}")
     c = np.arange(n_channels, dtype=np.float64)
     return amplitude * np.exp(-0.5 * ((c - frequency) / width) ** 2)
 
 
 def _slots(n: int, soa_ms: float, duration_ms: float, lead_ms: float) -> tuple[np.ndarray, float]:
     if n < 1 or soa_ms < duration_ms or duration_ms <= 0 or lead_ms < 0:
-        raise ValueError(f"need n >= 1, duration > 0 and soa >= duration, got n={n}, soa={soa_ms}, duration={duration_ms}")
+        raise ConfigError(f"need n >= 1, duration > 0 and soa >= duration, got n={n}, soa={soa_ms}, duration={duration_ms}")
     onsets = lead_ms + soa_ms * np.arange(n)
     return onsets, float(onsets[-1] + soa_ms)
 
@@ -226,10 +228,10 @@ class Oddball(ToneSequence):
         """The :class:`Stimulus` with ``len(p_deviants) * len(deviances) * len(seeds)`` blocks."""
         onsets, total = _slots(self.n_tones, self.soa_ms, self.duration_ms, self.lead_ms)
         if not self.deviances or not self.p_deviants or not self.seeds:
-            raise ValueError("Oddball needs at least one deviance, deviant probability and seed")
+            raise ConfigError("Oddball needs at least one deviance, deviant probability and seed")
         for p in self.p_deviants:
             if not 0 < p <= 0.5:
-                raise ValueError(f"Oddball deviant probability must be in (0, 0.5], got {p}")
+                raise ConfigError(f"Oddball deviant probability must be in (0, 0.5], got {p}")
         devs = sorted(set(float(d) for d in self.deviances))
         freqs = [self.standard] + [self.standard + d for d in devs]
         patterns = self._tones(freqs)
@@ -294,14 +296,14 @@ class ManyStandards(ToneSequence):
         freqs = self.lowest + self.spacing * np.arange(self.n_tone_types)
         hit = np.flatnonzero(np.isclose(freqs, self.target))
         if hit.size != 1:
-            raise ValueError(f"ManyStandards target {self.target} is not one of the tones {freqs.tolist()}")
+            raise ConfigError(f"ManyStandards target {self.target} is not one of the tones {freqs.tolist()}")
         if freqs.max() >= self.n_channels:
-            raise ValueError(f"ManyStandards tones reach channel {freqs.max()} but there are {self.n_channels} channels")
+            raise ConfigError(f"ManyStandards tones reach channel {freqs.max()} but there are {self.n_channels} channels")
         patterns = self._tones(freqs)
         sched = np.stack([np.random.default_rng(int(s)).integers(0, self.n_tone_types, self.n_tones) for s in self.seeds])
         kind = np.where(sched == hit[0], "control", "other").astype(object)
         return Stimulus(patterns, sched, onsets, self.duration_ms, total,
-                        labels={"kind": kind, "frequency": freqs[sched]},
+                        labels={"kind": kind, "tone": freqs[sched]},
                         conditions={"seed": np.asarray(self.seeds), "p_deviant": np.full(len(self.seeds), 1 / self.n_tone_types),
                                     "paradigm": np.full(len(self.seeds), "many_standards", dtype=object)})
 
@@ -311,7 +313,7 @@ class Repetition(ToneSequence):
     """Repetition trains (roving standard): each block plays ``n_trains`` trains; a train is
     one tone repeated ``n_repeats`` times, and consecutive trains change tone (drawn from
     ``frequencies``, never the same twice in a row). Slot labels: ``repetition`` (1 for the
-    first tone of a train, which is a deviant for the preceding train), ``frequency``,
+    first tone of a train, which is a deviant for the preceding train), ``tone`` (its channel),
     ``kind`` ('first' or 'repeat')."""
 
     frequencies: tuple[float, ...] = field(default=(6.0, 12.0, 18.0, 24.0),
@@ -322,7 +324,7 @@ class Repetition(ToneSequence):
     def build(self) -> Stimulus:
         """The :class:`Stimulus`, one block per seed."""
         if len(self.frequencies) < 2 or self.n_repeats < 1 or self.n_trains < 1:
-            raise ValueError("Repetition needs at least two frequencies, n_repeats >= 1 and n_trains >= 1")
+            raise ConfigError("Repetition needs at least two frequencies, n_repeats >= 1 and n_trains >= 1")
         n = self.n_repeats * self.n_trains
         onsets, total = _slots(n, self.soa_ms, self.duration_ms, self.lead_ms)
         patterns = self._tones(self.frequencies)
@@ -338,7 +340,7 @@ class Repetition(ToneSequence):
         sched = np.asarray(rows)
         rep = np.tile(np.arange(1, self.n_repeats + 1), self.n_trains)[None, :].repeat(len(rows), 0)
         return Stimulus(patterns, sched, onsets, self.duration_ms, total,
-                        labels={"repetition": rep, "frequency": np.asarray(self.frequencies, float)[sched],
+                        labels={"repetition": rep, "tone": np.asarray(self.frequencies, float)[sched],
                                 "kind": np.where(rep == 1, "first", "repeat").astype(object)},
                         conditions={"seed": np.asarray(self.seeds),
                                     "paradigm": np.full(len(rows), "repetition", dtype=object)})
@@ -361,7 +363,7 @@ class Omission(ToneSequence):
         """The :class:`Stimulus`, one block per seed; omitted slots have schedule ``-1``."""
         onsets, total = _slots(self.n_tones, self.soa_ms, self.duration_ms, self.lead_ms)
         if not 0 < self.p_omission <= 0.5:
-            raise ValueError(f"Omission probability must be in (0, 0.5], got {self.p_omission}")
+            raise ConfigError(f"Omission probability must be in (0, 0.5], got {self.p_omission}")
         odd = Oddball(n_tones=self.n_tones, lead_standards=self.lead_standards)
         rows, kinds = [], []
         for s in self.seeds:
@@ -402,9 +404,9 @@ class Bars:
     def images(self) -> np.ndarray:
         """The bar images ``(len(lengths), height, width)``."""
         if self.orientation not in ("horizontal", "vertical"):
-            raise ValueError(f"Bars orientation must be 'horizontal' or 'vertical', got {self.orientation!r}")
+            raise ConfigError(f"Bars orientation must be 'horizontal' or 'vertical', got {self.orientation!r}")
         if not self.lengths or min(self.lengths) < 1 or self.thickness < 1:
-            raise ValueError("Bars need positive lengths and thickness")
+            raise ConfigError("Bars need positive lengths and thickness")
         H, W = self.height, self.width
         cr = (H - 1) / 2 if self.center_row is None else self.center_row
         cc = (W - 1) / 2 if self.center_col is None else self.center_col

@@ -23,9 +23,11 @@ import xarray as xr
 
 from pcsim.config import ExperimentConfig
 from pcsim.registry import ExperimentResult, RunContext
+from pcsim.errors import ConfigError
 
 from ..measures import condition_contrast, log_slope, population_activity, window_mean
 from ..paradigms import ManyStandards, Oddball, Omission, ToneSequence
+from ..coordinates import label
 from .sections import CircuitSection, engine_object
 
 
@@ -52,13 +54,13 @@ class OddballSection(Oddball):
 
     def __post_init__(self):
         if len(self.window) != 2 or not self.window[0] < self.window[1]:
-            raise ValueError(f"window must be [start_ms, stop_ms] with start < stop, got {list(self.window)}")
+            raise ConfigError(f"window must be [start_ms, stop_ms] with start < stop, got {list(self.window)}")
         if self.soa_ms < self.duration_ms:
-            raise ValueError(f"soa_ms ({self.soa_ms}) must be >= duration_ms ({self.duration_ms})")
+            raise ConfigError(f"soa_ms ({self.soa_ms}) must be >= duration_ms ({self.duration_ms})")
         if self.window[1] > self.soa_ms - 50:
-            raise ValueError(f"window must end at least 50 ms before the next tone (soa_ms - 50 = {self.soa_ms - 50})")
+            raise ConfigError(f"window must end at least 50 ms before the next tone (soa_ms - 50 = {self.soa_ms - 50})")
         if self.skip_tones >= self.n_tones:
-            raise ValueError(f"skip_tones ({self.skip_tones}) must be < n_tones ({self.n_tones})")
+            raise ConfigError(f"skip_tones ({self.skip_tones}) must be < n_tones ({self.n_tones})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,9 +76,7 @@ class Config(ExperimentConfig):
         c, o = self.circuit, self.oddball
         c.check_area(o.measure_area, "oddball.measure_area")
         c.check_record_every(o.record_every_ms, "oddball.record_every_ms")
-        if o.standard + max(o.deviances) >= c.n_channels:
-            raise ValueError(f"key 'oddball.deviances': the largest deviant (channel {o.standard + max(o.deviances)}) is "
-                             f"off the {c.n_channels}-channel tonotopic map (circuit.n_channels)")
+        c.check_oddball(o.standard, o.deviances, "oddball")
 
 
 def build_stimulus(c: CircuitSection, o: OddballSection):
@@ -125,7 +125,9 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     # condition axes get their own names: p_deviant and deviance are already trial coordinates
     mmn = mmn.rename(p_deviant="deviant_probability", deviance="deviance_channels")
     ds["mmn"] = mmn["difference"].assign_attrs(units="rate units", long_name="deviant minus standard error response")
-    ds["mmn_deviant"], ds["mmn_standard"] = mmn["deviant"], mmn["standard"]
+    ds["mmn_deviant"] = mmn["deviant"].assign_attrs(units="rate units", long_name="mean error response to deviants")
+    ds["mmn_standard"] = mmn["standard"].assign_attrs(units="rate units",
+                                                      long_name="mean error response to the standard before a deviant")
     area = o.measure_area
     m = mmn["difference"].sel(area=area).rename(deviant_probability="p_deviant", deviance_channels="deviance")
     summary: dict = {
@@ -157,7 +159,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
         summary["omission_response_units"] = "negative-error (l23_neg) activity minus the pre-sequence baseline"
     ds.attrs["measure_area"] = area
     ds.attrs["window_ms"] = list(o.window)
-    return ExperimentResult(ds, summary)
+    return ExperimentResult(label(ds), summary)
 
 
 def plot(ds: xr.Dataset) -> dict:
@@ -180,30 +182,30 @@ def plot(ds: xr.Dataset) -> dict:
         for kind, col in (("standard", "C0"), ("deviant", "C3")):
             sel = err.sel(area=a).where(cond & (ds.kind == kind), drop=True)
             if sel.sizes["trial"]:
-                ax.plot(ds.time, sel.mean("trial"), color=col, label=f"{kind} (n={sel.sizes['trial']})")
+                ax.plot(ds.time * 1000, sel.mean("trial"), color=col, label=f"{kind} (n={sel.sizes['trial']})")
         for kind, col in (("control", "C2"), ("omission", "C7")):
             sel = err.sel(area=a).where(late & (ds.kind == kind), drop=True)
             if sel.sizes["trial"]:
-                ax.plot(ds.time, sel.mean("trial"), color=col, ls="--", label=kind)
-        ax.axvspan(0, float(ds.attrs.get("stimulus_duration_ms", 0)), color="0.9", zorder=0)
+                ax.plot(ds.time * 1000, sel.mean("trial"), color=col, ls="--", label=kind)
+        ax.axvspan(0, float(ds.attrs.get("stimulus_duration_ms", 0)), color="0.9", zorder=0, label="tone on")
         ax.set(title=f"{a}: error populations", xlabel="time from onset (ms)")
     axes[0, 0].set_ylabel("summed L2/3 error activity")
-    axes[0, 0].legend(fontsize=7)
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.suptitle(f"oddball, p(deviant) = {p0:g}, deviance = {d0:g} channels", fontsize=9)
     fig.tight_layout()
     figs["erp"] = fig
 
-    fig = Figure(figsize=(8, 3.2))
+    fig = Figure(figsize=(10, 3.2))
     ax = fig.subplots(1, 2)
     for p in ps:
         ax[0].plot(devs, mmn.sel(area=area, p_deviant=p), "o-", label=f"p = {p:g}")
     ax[0].axhline(0, color="k", lw=0.5)
     ax[0].set(xlabel="deviance (channels)", ylabel="MMN (deviant - standard)", title=f"{area}: MMN grows with deviance")
-    ax[0].legend(fontsize=7)
+    ax[0].legend(fontsize=7, title="p(deviant)", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     for d in devs:
         ax[1].plot(ps, mmn.sel(area=area, deviance=d), "o-", label=f"deviance {d:g}")
     ax[1].set(xscale="log", xlabel="deviant probability", ylabel="MMN", title="... and shrinks with probability")
-    ax[1].legend(fontsize=7)
+    ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.tight_layout()
     figs["mmn"] = fig
     return figs

@@ -23,9 +23,11 @@ import xarray as xr
 
 from pcsim.config import ExperimentConfig
 from pcsim.registry import ExperimentResult, RunContext
+from pcsim.errors import ConfigError
 
 from ..measures import log_slope, population_activity, window_mean
 from ..paradigms import Repetition
+from ..coordinates import label
 from .sections import CircuitSection, engine_object
 
 
@@ -47,15 +49,15 @@ class RepetitionSection(Repetition):
 
     def __post_init__(self):
         if len(self.window) != 2 or not self.window[0] < self.window[1]:
-            raise ValueError(f"window must be [start_ms, stop_ms] with start < stop, got {list(self.window)}")
+            raise ConfigError(f"window must be [start_ms, stop_ms] with start < stop, got {list(self.window)}")
         if self.window[1] > self.soa_ms - 50:
-            raise ValueError(f"window must end at least 50 ms before the next tone (soa_ms - 50 = {self.soa_ms - 50})")
+            raise ConfigError(f"window must end at least 50 ms before the next tone (soa_ms - 50 = {self.soa_ms - 50})")
         if self.n_repeats < 2 or self.n_trains < 2:
-            raise ValueError("n_repeats and n_trains must be >= 2 (a repetition needs a first tone and a repeat)")
+            raise ConfigError("n_repeats and n_trains must be >= 2 (a repetition needs a first tone and a repeat)")
         if self.skip_trains >= self.n_trains:
-            raise ValueError(f"skip_trains ({self.skip_trains}) must be < n_trains ({self.n_trains})")
+            raise ConfigError(f"skip_trains ({self.skip_trains}) must be < n_trains ({self.n_trains})")
         if len(set(self.frequencies)) < 2:
-            raise ValueError("frequencies needs at least two different tones")
+            raise ConfigError("frequencies needs at least two different tones")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +73,7 @@ class Config(ExperimentConfig):
         c.check_area(r.measure_area, "repetition.measure_area")
         c.check_record_every(r.record_every_ms, "repetition.record_every_ms")
         if max(r.frequencies) >= c.n_channels:
-            raise ValueError(f"key 'repetition.frequencies': tone at channel {max(r.frequencies)} is off the "
+            raise ConfigError(f"key 'repetition.frequencies': tone at channel {max(r.frequencies)} is off the "
                              f"{c.n_channels}-channel map (circuit.n_channels)")
 
 
@@ -96,8 +98,11 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     ds["prediction_activity"] = pred.assign_attrs(units="rate units", long_name="L5/6 representation of the played tone")
     w = tuple(r.window)
     by_rep = xr.Dataset({"error": window_mean(err, w), "prediction": window_mean(pred, w)}).groupby("repetition").mean()
-    ds["error_by_repetition"] = by_rep["error"].rename(repetition="repetition_number")
-    ds["prediction_by_repetition"] = by_rep["prediction"].rename(repetition="repetition_number")
+    win = f"{w[0]:g}-{w[1]:g} ms"
+    ds["error_by_repetition"] = by_rep["error"].rename(repetition="repetition_number").assign_attrs(
+        units="rate units", long_name=f"mean L2/3 error response {win} after onset, by repetition")
+    ds["prediction_by_repetition"] = by_rep["prediction"].rename(repetition="repetition_number").assign_attrs(
+        units="rate units", long_name=f"mean L5/6 representation of the tone {win} after onset, by repetition")
     a = r.measure_area
     reps = ds.repetition_number.values
     e = ds.error_by_repetition.sel(area=a).values
@@ -115,7 +120,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     }
     ds.attrs["measure_area"] = a
     ds.attrs["window_ms"] = list(w)
-    return ExperimentResult(ds, summary)
+    return ExperimentResult(label(ds), summary)
 
 
 def plot(ds: xr.Dataset) -> dict:
@@ -128,22 +133,22 @@ def plot(ds: xr.Dataset) -> dict:
     reps = ds.repetition_number.values
     show = sorted({1, 2, 4, int(reps[-1])} & set(int(x) for x in reps))
     cmap = colormaps.get_cmap("viridis")
-    fig = Figure(figsize=(11, 3.2))
+    fig = Figure(figsize=(13, 3.2))
     ax = fig.subplots(1, 3)
     for i, n in enumerate(show):
         col = cmap(i / max(1, len(show) - 1))
         sel = ds.repetition == n
-        ax[0].plot(ds.time, ds.error_activity.sel(area=a).where(sel, drop=True).mean("trial"), color=col, label=f"rep {n}")
-        ax[1].plot(ds.time, ds.prediction_activity.sel(area=a).where(sel, drop=True).mean("trial"), color=col, label=f"rep {n}")
+        ax[0].plot(ds.time * 1000, ds.error_activity.sel(area=a).where(sel, drop=True).mean("trial"), color=col, label=f"rep {n}")
+        ax[1].plot(ds.time * 1000, ds.prediction_activity.sel(area=a).where(sel, drop=True).mean("trial"), color=col, label=f"rep {n}")
     ax[0].set(title=f"{a}: L2/3 error populations", xlabel="time from onset (ms)", ylabel="summed activity")
     ax[1].set(title=f"{a}: L5/6 representation of the tone", xlabel="time from onset (ms)", ylabel="projection on the tone")
-    ax[0].legend(fontsize=7)
+    ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # the same repetitions colour both time courses
     e = ds.error_by_repetition.sel(area=a)
     p = ds.prediction_by_repetition.sel(area=a)
     ax[2].plot(reps, e / e[0], "o-", color="C3", label="error (L2/3)")
     ax[2].plot(reps, p / p[0], "s-", color="C0", label="prediction (L5/6)")
     ax[2].axhline(1, color="k", lw=0.5)
     ax[2].set(xlabel="repetition", ylabel="response / first response", title="repetition suppression")
-    ax[2].legend(fontsize=7)
+    ax[2].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.tight_layout()
     return {"repetition": fig}

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from pcsim.errors import ConfigError
+
 from ..laminar import CircuitParams, LaminarCircuit
 
 
@@ -29,7 +31,7 @@ class CircuitSection(CircuitParams):
     def __post_init__(self):
         super().__post_init__()
         if len(self.precisions) not in (1, self.areas):
-            raise ValueError(f"precisions must have 1 or {self.areas} (= areas) entries, got {len(self.precisions)}")
+            raise ConfigError(f"precisions must have 1 or {self.areas} (= areas) entries, got {len(self.precisions)}")
 
     def params(self) -> CircuitParams:
         """The :class:`CircuitParams` of this section."""
@@ -41,18 +43,36 @@ class CircuitSection(CircuitParams):
         return ["input"] + [f"area{a}" for a in range(1, self.areas)]
 
     def check_area(self, name: str, key: str) -> str:
-        """``name`` if it is a cortical area of this circuit, else a ValueError naming ``key``
-        (a config's ``__post_init__`` calls it, so the error reaches the user as a ConfigError)."""
+        """``name`` if it is a cortical area of this circuit, else a ConfigError naming ``key``,
+        the value and the valid choices (a config's ``__post_init__`` calls it)."""
         if name not in self.area_names[1:]:
-            raise ValueError(f"key '{key}': {name!r} is not a cortical area of the circuit "
-                             f"({', '.join(self.area_names[1:])})")
+            raise ConfigError(f"key '{key}': {name!r} is not a cortical area of the circuit; choose one of "
+                              f"{', '.join(repr(a) for a in self.area_names[1:])} (circuit.areas = {self.areas})")
         return name
 
+    def check_oddball(self, standard: float, deviances, table: str) -> None:
+        """A ConfigError naming ``{table}.standard`` and/or ``{table}.deviances`` (with the values
+        and the valid range) unless the standard tone and every deviant (``standard +
+        deviance``, channels) lie on the ``n_channels``-channel tonotopic map."""
+        n, biggest = self.n_channels, max(deviances)
+        top = n - 1 - biggest
+        where = f"the {n}-channel tonotopic map (circuit.n_channels)"
+        if not 0 <= standard < n:
+            raise ConfigError(f"key '{table}.standard': channel {standard:g} is off {where}: choose "
+                              f"0 <= standard <= {max(top, 0):g} (room for deviances up to {biggest:g})")
+        if top < 0:
+            raise ConfigError(f"key '{table}.deviances': a deviance of {biggest:g} channels does not fit on {where}: "
+                              f"choose deviances <= {n - 1 - standard:g} for standard = {standard:g}")
+        if standard > top:
+            raise ConfigError(f"keys '{table}.standard' and '{table}.deviances': the deviant at channel "
+                              f"{standard:g} + {biggest:g} = {standard + biggest:g} is off {where}: choose "
+                              f"0 <= standard <= {top:g} or deviances <= {n - 1 - standard:g}")
+
     def check_record_every(self, every_ms: float, key: str) -> float:
-        """``every_ms`` if it is a whole number of Euler steps ``dt``, else a ValueError naming ``key``."""
+        """``every_ms`` if it is a whole number of Euler steps ``dt``, else a ConfigError naming ``key``."""
         k = round(every_ms / self.dt)
         if k < 1 or abs(k * self.dt - every_ms) > 1e-6 * every_ms:
-            raise ValueError(f"key '{key}': {every_ms} ms must be a positive multiple of circuit.dt ({self.dt} ms)")
+            raise ConfigError(f"key '{key}': {every_ms} ms must be a positive multiple of circuit.dt ({self.dt} ms)")
         return every_ms
 
     def build(self, device: str = "cpu") -> LaminarCircuit:

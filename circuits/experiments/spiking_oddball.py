@@ -34,7 +34,9 @@ import xarray as xr
 
 from pcsim.config import ExperimentConfig
 from pcsim.registry import ExperimentResult, RunContext
+from pcsim.errors import ConfigError, DataError
 
+from ..coordinates import label
 from ..measures import population_activity, window_mean
 from ..epochs import cut_epochs
 from ..paradigms import Oddball
@@ -55,9 +57,9 @@ class StimulusSection(Oddball):
 
     def __post_init__(self):
         if self.soa_ms < self.duration_ms:
-            raise ValueError(f"soa_ms ({self.soa_ms}) must be >= duration_ms ({self.duration_ms})")
+            raise ConfigError(f"soa_ms ({self.soa_ms}) must be >= duration_ms ({self.duration_ms})")
         if len(self.deviances) != 1 or len(self.p_deviants) != 1:
-            raise ValueError("deviances and p_deviants take one value each here (one oddball condition), got "
+            raise ConfigError("deviances and p_deviants take one value each here (one oddball condition), got "
                              f"{list(self.deviances)} and {list(self.p_deviants)}")
 
     @property
@@ -101,7 +103,7 @@ class AnalysisSection:
 
     def __post_init__(self):
         if len(self.window) != 2 or not 0 <= self.window[0] < self.window[1]:
-            raise ValueError(f"window must be [start_ms, stop_ms] with 0 <= start < stop, got {list(self.window)}")
+            raise ConfigError(f"window must be [start_ms, stop_ms] with 0 <= start < stop, got {list(self.window)}")
 
 
 def _default_circuit() -> CircuitSection:
@@ -124,18 +126,16 @@ class Config(ExperimentConfig):
         c.check_record_every(a.record_every_ms, "analysis.record_every_ms")
         fastest = min(c.tau_l4, c.tau_error, c.tau_inh if c.interneurons else c.tau_error)
         if sp.lag_ms > fastest / 2:
-            raise ValueError(f"key 'spiking.lag_ms': {sp.lag_ms} ms must be at most half the fastest circuit time "
+            raise ConfigError(f"key 'spiking.lag_ms': {sp.lag_ms} ms must be at most half the fastest circuit time "
                              f"constant ({fastest} ms)")
         if c.noise > 0:
-            raise ValueError("table 'circuit': noise must be 0 (the spiking network has its own noise; a noisy rate "
+            raise ConfigError("table 'circuit': noise must be 0 (the spiking network has its own noise; a noisy rate "
                              "reference would not be comparable)")
-        if s.deviant >= c.n_channels:
-            raise ValueError(f"key 'stimulus.deviances': the deviant (channel {s.deviant}) is off the "
-                             f"{c.n_channels}-channel tonotopic map (circuit.n_channels)")
+        c.check_oddball(s.standard, s.deviances, "stimulus")
         if a.window[1] > s.soa_ms:
-            raise ValueError(f"table 'analysis': window must end before the next tone ({s.soa_ms} ms)")
+            raise ConfigError(f"table 'analysis': window must end before the next tone ({s.soa_ms} ms)")
         if a.skip_tones >= s.n_tones:
-            raise ValueError(f"table 'analysis': skip_tones ({a.skip_tones}) must be < stimulus.n_tones ({s.n_tones})")
+            raise ConfigError(f"table 'analysis': skip_tones ({a.skip_tones}) must be < stimulus.n_tones ({s.n_tones})")
 
 
 def build_stimulus(s: StimulusSection, n_channels: int):
@@ -152,7 +152,7 @@ def fidelity(spiking: xr.DataArray, reference: xr.DataArray, min_sd: float) -> x
     x = spiking.transpose("trial", "time", "area", "population", "unit").values
     y = reference.transpose("trial", "time", "area", "population", "unit").values
     if x.shape != y.shape:
-        raise ValueError(f"spiking {x.shape} and reference {y.shape} activities differ in shape")
+        raise DataError(f"spiking {x.shape} and reference {y.shape} activities differ in shape")
     A, P = x.shape[2], x.shape[3]
     corr, sd = np.full((A, P), np.nan), np.full((A, P), np.nan)
     for a in range(A):
@@ -167,9 +167,12 @@ def fidelity(spiking: xr.DataArray, reference: xr.DataArray, min_sd: float) -> x
             corr[a, q] = float(np.mean(rs)) if rs else np.nan
     coords = {"area": spiking.area.values, "population": spiking.population.values}
     return xr.Dataset({
-        "correlation": (("area", "population"), corr, {"long_name": "spiking vs rate activity, Pearson r over a block"}),
-        "reference_sd": (("area", "population"), sd, {"units": "rate units"}),
-        "validated": (("area", "population"), np.isfinite(sd) & (np.nan_to_num(sd) >= min_sd)),
+        "correlation": (("area", "population"), corr,
+                        {"units": "1", "long_name": "spiking vs rate activity, Pearson r over a block"}),
+        "reference_sd": (("area", "population"), sd,
+                         {"units": "rate units", "long_name": "standard deviation of the rate circuit's activity"}),
+        "validated": (("area", "population"), np.isfinite(sd) & (np.nan_to_num(sd) >= min_sd),
+                      {"units": "", "long_name": f"population varies enough to validate (reference sd >= {min_sd:g})"}),
     }, coords=coords)
 
 
@@ -184,7 +187,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     stim = build_stimulus(s, c.n_channels)
     steps = tqdm(total=3, desc="spiking_oddball", disable=not ctx.progress, leave=False)
     steps.set_postfix_str("rate circuit")
-    ref = circ.run(stim, record_every_ms=an.record_every_ms, seed=config.seed)
+    ref = circ.run(stim, record_every_ms=an.record_every_ms, seed=config.seed, progress=ctx.progress)
     steps.update()
     steps.set_postfix_str(f"spiking circuit ({sp.target})")
     spk_circ = SpikingCircuit(circ, sp.params())
@@ -196,7 +199,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     T = spk.sizes["time"]
     ref = ref.isel(time=slice(0, T))
     if ref.sizes["time"] != T or not np.allclose(ref.time.values, spk.time.values):
-        raise ValueError("rate and spiking recordings are not on the same time grid: choose analysis.record_every_ms "
+        raise ConfigError("rate and spiking recordings are not on the same time grid: choose analysis.record_every_ms "
                          "dividing the block length")
     ref_rate = ref.rate.copy(data=gaussian_filter1d(ref.rate.values, sigma, axis=1, mode="nearest"))
     fid = fidelity(spk.rate, ref_rate, an.min_sd)
@@ -215,12 +218,12 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     kind = np.asarray(err.kind.values).astype(str)
     dev, std = np.flatnonzero(kind == "deviant"), np.flatnonzero(kind == "standard")
     if dev.size == 0 or std.size == 0:
-        raise ValueError(f"no deviant or no standard after analysis.skip_tones = {an.skip_tones}: lengthen "
+        raise ConfigError(f"no deviant or no standard after analysis.skip_tones = {an.skip_tones}: lengthen "
                          "stimulus.n_tones or raise stimulus.p_deviants")
     erp = xr.concat([err.isel(trial=std).mean("trial"), err.isel(trial=dev).mean("trial")],
                     dim=xr.DataArray(["standard", "deviant"], dims="kind", name="kind")).rename(time="epoch_time")
     erp = bare(erp).assign_coords(epoch_time=("epoch_time", err.time.values,
-                                              {"units": "ms", "long_name": "time from onset"}))
+                                              {"units": "s", "long_name": "time from onset"}))
     r_std, r_dev = bare(resp.isel(trial=std).mean("trial")), bare(resp.isel(trial=dev).mean("trial"))
     mmn = r_dev - r_std
 
@@ -228,7 +231,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
         "rate": rate.astype(np.float32).assign_attrs(
             units="rate units", long_name=f"population activity, Gaussian-smoothed ({sp.smooth_ms:g} ms)"),
         "stimulus": bare(spk.stimulus).astype(np.float32).assign_attrs(spk.stimulus.attrs),
-        "cue": bare(spk.cue).astype(np.float32),
+        "cue": bare(spk.cue).astype(np.float32).assign_attrs(spk.cue.attrs),
         "correlation": fid.correlation, "reference_sd": fid.reference_sd, "validated": fid.validated,
         "erp": erp.assign_attrs(units="rate units", long_name="summed L2/3 error activity, mean over epochs"),
         "error_response_standard": r_std.assign_attrs(units="rate units", long_name="mean over standards"),
@@ -277,7 +280,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
         "n_standards": int(std.size),
         "spiking_mmn_positive": bool((mmn.sel(model="spiking", area=cortical) > 0).all()),
     }
-    return ExperimentResult(ds, summary)
+    return ExperimentResult(label(ds), summary)
 
 
 def plot(ds: xr.Dataset) -> dict:
@@ -289,7 +292,7 @@ def plot(ds: xr.Dataset) -> dict:
     figs = {}
     # --- traces: block 0, the standard's channel, around the first deviant after the skipped tones
     soa = float(ds.attrs.get("soa_ms", 300.0))
-    t = ds.time.values
+    t = ds.time.values * 1000.0  # s -> ms, the unit of the protocol and of the axes
     stim = ds.stimulus.isel(trial=0)
     std_ch = int(round(float(ds.attrs.get("standard_channel", 0))))
     dev_ch = int(round(float(ds.attrs.get("deviant_channel", std_ch))))
@@ -310,25 +313,31 @@ def plot(ds: xr.Dataset) -> dict:
             y = ds.rate.sel(model=model, area=a, population=q).isel(trial=0, unit=std_ch).values[sel]
             ax.plot(t[sel], y, color=col, lw=lw, label=model)
         r = float(ds.correlation.sel(area=a, population=q))
-        ax.set_title(f"{a} {q}: r = {r:.2f}", fontsize=8)
-    for ax in axes.ravel()[len(panels):]:
+        ax.set_title(f"{a} {q}: r = {r:.2f}", fontsize=10)
+        ax.tick_params(labelsize=9)
+    for k, ax in enumerate(axes.ravel()[len(panels):], start=len(panels)):
         ax.axis("off")
-    axes[0, 0].legend(fontsize=7)
+        if k >= ncol:  # the panel above an empty one is the last of its column: give it the time axis
+            above = axes.ravel()[k - ncol]
+            above.tick_params(labelbottom=True)
+            above.set_xlabel("time from block start (ms)", fontsize=9)
+    axes[0, -1].legend(fontsize=9, loc="lower left", bbox_to_anchor=(0, 1.15), ncol=2, borderaxespad=0)
     for ax in axes[-1]:
-        ax.set_xlabel("time (ms)")
-    fig.suptitle(f"unit {std_ch} (standard channel), block 0: rate circuit vs spiking population activity", fontsize=9)
+        ax.set_xlabel("time from block start (ms)", fontsize=9)
+    fig.suptitle(f"unit {std_ch} (standard channel), block 0: rate circuit vs spiking population activity", fontsize=10)
     fig.tight_layout()
     figs["traces"] = fig
 
     # --- correlation per population
-    fig = Figure(figsize=(max(5, 0.5 * len(panels) + 1), 3.2))
+    fig = Figure(figsize=(max(6, 0.6 * len(panels) + 1.5), 4.6))
     ax = fig.subplots()
-    names = [f"{a}\n{q}" for a, q in panels]
+    names = [f"{a} {q}" for a, q in panels]
     vals = [float(ds.correlation.sel(area=a, population=q)) for a, q in panels]
     cols = ["C0" if bool(ds.validated.sel(area=a, population=q)) else "0.7" for a, q in panels]
     ax.bar(range(len(panels)), vals, color=cols)
     ax.axhline(float(ds.attrs.get("min_correlation", 0.9)), color="k", ls="--", lw=0.8)
-    ax.set_xticks(range(len(panels)), names, fontsize=6, rotation=90)
+    ax.set_xticks(range(len(panels)), names, fontsize=9, rotation=90)
+    ax.tick_params(axis="y", labelsize=9)
     ax.set(ylabel="Pearson r (spiking vs rate)", ylim=(min(0.0, min(vals) - 0.05), 1.0),
            title=f"fidelity per population (grey: reference sd < {float(ds.attrs.get('min_sd', 0)):g})")
     fig.tight_layout()
@@ -342,21 +351,21 @@ def plot(ds: xr.Dataset) -> dict:
         for j, a in enumerate(areas):
             ax = axes[i, j]
             for kind, col in (("standard", "C0"), ("deviant", "C3")):
-                ax.plot(ds.epoch_time, ds.erp.sel(model=model, area=a, kind=kind), color=col, label=kind)
-            ax.axvspan(0, float(ds.attrs.get("stimulus_duration_ms", 0)), color="0.9", zorder=0)
+                ax.plot(ds.epoch_time * 1000.0, ds.erp.sel(model=model, area=a, kind=kind), color=col, label=kind)
+            ax.axvspan(0, float(ds.attrs.get("stimulus_duration_ms", 0)), color="0.9", zorder=0, label="tone on")
             w = ds.attrs.get("window_ms", [50, 250])
-            ax.axvspan(w[0], w[1], color="C1", alpha=0.08, zorder=0)
+            ax.axvspan(w[0], w[1], color="C1", alpha=0.08, zorder=0, label="MMN window")
             ax.set_title(f"{model}: {a}, MMN = {float(ds.mmn.sel(model=model, area=a)):+.3f}", fontsize=8)
         axes[i, 0].set_ylabel("summed L2/3 error activity")
     for ax in axes[-1]:
         ax.set_xlabel("time from onset (ms)")
-    axes[0, 0].legend(fontsize=7)
+    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.tight_layout()
     figs["mmn"] = fig
 
     # --- raster of the saved spikes, block 0, around the same deviant
     if "spike_time" in ds and ds.sizes.get("spike", 0):
-        fig = Figure(figsize=(8, 5))
+        fig = Figure(figsize=(9, max(5.0, 0.17 * ds.sizes["group"] + 1.5)))  # >= 12 px per group row at dpi 120
         ax = fig.subplots()
         keep = ds.spike_trial.values == 0
         ts = ds.spike_time.values[keep] * 1000.0
@@ -370,8 +379,10 @@ def plot(ds: xr.Dataset) -> dict:
         row = offsets[g] + (nrn // N) * per_unit + (nrn % N)
         cmap = colormaps.get_cmap("tab20")
         ax.scatter(ts[win], row[win], s=0.6, c=[cmap(int(x) % 20) for x in g[win]], marker="|")
-        ax.set_yticks((offsets[:-1] + offsets[1:]) / 2, ds.group.values, fontsize=5)
-        ax.set(xlabel="time (ms)", xlim=(lo, hi), title=f"spikes of {per_unit} neurons per unit, block 0")
+        ax.set_yticks((offsets[:-1] + offsets[1:]) / 2, ds.group.values, fontsize=8)
+        ax.tick_params(axis="x", labelsize=9)
+        ax.set(xlabel="time from block start (ms)", xlim=(lo, hi), ylim=(offsets[-1], 0),
+               title=f"spikes of {per_unit} neurons per unit, block 0")
         fig.tight_layout()
         figs["raster"] = fig
     return figs

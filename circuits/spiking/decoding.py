@@ -8,14 +8,27 @@ import math
 import numpy as np
 import xarray as xr
 
+from pcsim.errors import ConfigError
+
+from ..coordinates import label, seconds
 from ..laminar import LAYER_OF
 from ..paradigms import Stimulus
 
-__all__ = ["decode", "prior_trace"]
+__all__ = ["decode", "prior_trace", "SPIKE_COUNT_DTYPE"]
+
+SPIKE_COUNT_DTYPE = np.int16  # spikes per neuron and bin: small files (-1 marks padding neurons)
 
 
 def decode(spk, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, count_bin_ms,
              spike_neurons) -> xr.Dataset:
+    """The labelled result of one Brian2 run (``sim`` from :func:`~circuits.spiking.runner.simulate`:
+    spike ``trial``, ``neuron``, ``t`` in s) of the translated circuit ``spk`` on ``stimulus``:
+    ``rate`` (trial, time, area, population, unit; rate units) decoded from the firing rates of
+    each push-pull group in bins of ``every`` ms, Gaussian-smoothed by ``smooth_ms``;
+    ``firing_rate`` (Hz); the prior rebuilt from its spikes; with ``count_bin_ms`` the
+    ``spike_count`` (trial, count_time, group, neuron) in :data:`SPIKE_COUNT_DTYPE` (a
+    :class:`~pcsim.errors.ConfigError` naming ``count_bin_ms`` if a bin holds more); with
+    ``spike_neurons`` the spike times (s) of that many neurons per unit. Every time in s."""
     from scipy.ndimage import gaussian_filter1d
 
     trial, nrn, ts = sim["trial"], sim["neuron"], sim["t"]
@@ -49,7 +62,7 @@ def decode(spk, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, c
     # the prior m(t) is not recorded by the network; rebuild c(t) m(t) from the top error spikes
     m_t = prior_trace(spk, stimulus, sim, time)
     coords = {
-        "time": ("time", time, {"units": "ms", "long_name": "time from block start (bin start)"}),
+        "time": ("time", seconds(time), {"units": "s", "long_name": "time from block start (bin start)"}),
         "area": ("area", areas),
         "population": ("population", pops),
         "layer": ("population", [LAYER_OF.get(q, "") for q in pops]),
@@ -68,7 +81,7 @@ def decode(spk, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, c
                   {"units": "rate units", "long_name": "top-level prior (cue-gated)"}),
         "prior_mean": (("trial", "time", "top_unit"), m_t,
                        {"units": "rate units", "long_name": "top-level prior mean m (spikes before each time)"}),
-        "cue": (("trial", "time"), cue, {"long_name": "temporal expectation cue"}),
+        "cue": (("trial", "time"), cue, {"units": "1", "long_name": "temporal expectation cue"}),
         "stimulus": (("trial", "time", "input_unit"), x, {"units": "rate units", "long_name": "input drive"}),
     }
     data["final_prior"] = (("trial", "top_unit"), sim["final_prior"],
@@ -85,16 +98,20 @@ def decode(spk, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, c
         okc = cb < Tc
         flat = ((trial[okc] * Tc + cb[okc]) * Gn + gidx[okc]) * nmax + within[okc]
         sc = np.bincount(flat, minlength=B * Tc * Gn * nmax).reshape(B, Tc, Gn, nmax)
-        if sc.max(initial=0) > np.iinfo(np.int16).max:
-            raise OverflowError("spike counts exceed int16: use a smaller count_bin_ms")
-        sc = sc.astype(np.int16)
+        cap = np.iinfo(SPIKE_COUNT_DTYPE).max
+        if sc.max(initial=0) > cap:
+            most = int(sc.max())
+            raise ConfigError(f"count_bin_ms = {count_bin_ms} ms: a neuron fires up to {most} spikes in one bin, more than "
+                              f"the {np.dtype(SPIKE_COUNT_DTYPE).name} spike_count holds ({cap}); use count_bin_ms <= "
+                              f"{count_bin_ms * cap / most:.3g} ms")
+        sc = sc.astype(SPIKE_COUNT_DTYPE)
         for gi, g in enumerate(L.groups):
             sc[:, :, gi, g.size * N:] = -1
         ds["spike_count"] = (("trial", "count_time", "group", "neuron"), sc,
                              {"units": "spikes",
                               "long_name": f"spikes per neuron in {count_bin_ms} ms bins (-1: no such neuron)"})
-        ds = ds.assign_coords(count_time=("count_time", np.arange(Tc) * count_bin_ms,
-                                          {"units": "ms", "long_name": "count bin start from block start"}))
+        ds = ds.assign_coords(count_time=("count_time", seconds(np.arange(Tc) * count_bin_ms),
+                                          {"units": "s", "long_name": "count bin start from block start"}))
     ds = ds.assign_coords(group=("group", grp.group.values), group_area=("group", grp.area.values),
                           group_population=("group", grp.population.values),
                           group_polarity=("group", grp.polarity.values), group_units=("group", grp.n_units.values),
@@ -104,9 +121,12 @@ def decode(spk, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, c
         keep = np.ones(trial.size, bool) if spike_neurons is None else (within % N) < spike_neurons
         order = np.lexsort((ts[keep], within[keep], gidx[keep], trial[keep]))
         ds["spike_time"] = ("spike", ts[keep][order], {"units": "s", "long_name": "spike time from block start"})
-        ds["spike_trial"] = ("spike", trial[keep][order].astype(np.int32))
-        ds["spike_group"] = ("spike", gidx[keep][order].astype(np.int32), {"long_name": "index along dim group"})
-        ds["spike_neuron"] = ("spike", within[keep][order].astype(np.int32), {"long_name": "index along dim neuron"})
+        ds["spike_trial"] = ("spike", trial[keep][order].astype(np.int32),
+                             {"units": "", "long_name": "block (index along dim trial) of the spike"})
+        ds["spike_group"] = ("spike", gidx[keep][order].astype(np.int32),
+                             {"units": "", "long_name": "neuron group (index along dim group) of the spike"})
+        ds["spike_neuron"] = ("spike", within[keep][order].astype(np.int32),
+                              {"units": "", "long_name": "neuron (index along dim neuron) that fired"})
         ds.attrs["spike_neurons_per_unit"] = N if spike_neurons is None else int(min(spike_neurons, N))
     cp = spk.graph.params
     ds.attrs.update(
@@ -117,7 +137,7 @@ def decode(spk, stimulus: Stimulus, sim: dict, every: float, smooth_ms: float, c
         prior_rate_per_ms=spk.graph.prior_rate, n_neurons=B * L.neurons_per_trial,
         stimulus_duration_ms=stimulus.duration_ms, total_ms=total_ms,
     )
-    return ds
+    return label(ds)
 
 
 def prior_trace(spk, stimulus: Stimulus, sim: dict, time: np.ndarray) -> np.ndarray:

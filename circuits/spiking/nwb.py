@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from pcsim.errors import ConfigError, DataError
+
 __all__ = ["spike_trains"]
 
 
@@ -19,14 +21,14 @@ def spike_trains(ds: xr.Dataset, *, trial_offsets_s=None) -> tuple[list[np.ndarr
     and ``trial_stop`` (s) over dim ``trial`` for the trials table."""
     for name in ("spike_time", "spike_trial", "spike_group", "spike_neuron"):
         if name not in ds:
-            raise ValueError(f"spike_trains needs '{name}': run the SpikingCircuit with spike_neurons != 0")
+            raise DataError(f"spike_trains needs the variable '{name}': run the SpikingCircuit with spike_neurons != 0")
     B = ds.sizes["trial"]
     dur = float(ds.attrs["total_ms"]) / 1000.0
     off = np.arange(B) * dur if trial_offsets_s is None else np.asarray(trial_offsets_s, dtype=np.float64)
     if off.shape != (B,):
-        raise ValueError(f"trial_offsets_s must have one entry per trial ({B}), got shape {off.shape}")
+        raise ConfigError(f"trial_offsets_s must have one entry per trial ({B}), got shape {off.shape}")
     if B > 1 and np.any(np.diff(off) < dur - 1e-12):
-        raise ValueError("trial_offsets_s must be increasing and at least one block length apart")
+        raise ConfigError("trial_offsets_s must be increasing and at least one block length apart")
     keep = int(ds.attrs["spike_neurons_per_unit"])
     N = int(ds.attrs["neurons_per_unit"])
     units = ds.group_units.values

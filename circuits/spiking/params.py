@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pcsim.config import check_ranges
+from pcsim.errors import ConfigError
+
+from ..laminar import _config_error
 
 __all__ = ["SpikingParams"]
 
@@ -44,17 +47,17 @@ class SpikingParams:
     def __post_init__(self):
         if not (isinstance(self.neurons_per_unit, int) and not isinstance(self.neurons_per_unit, bool)
                 and self.neurons_per_unit >= 1):
-            raise ValueError(f"SpikingParams.neurons_per_unit must be an integer >= 1, got {self.neurons_per_unit!r}")
-        check_ranges(self, finite=True)  # the fields' metadata, as a config file is checked
+            raise ConfigError(f"SpikingParams.neurons_per_unit must be an integer >= 1, got {self.neurons_per_unit!r}")
+        _config_error(check_ranges, self, finite=True)  # the fields' metadata, as a config file is checked
         ratio = self.update_ms / self.dt_ms
         if abs(ratio - round(ratio)) > 1e-6:
-            raise ValueError(f"SpikingParams.update_ms ({self.update_ms}) must be a multiple of dt_ms ({self.dt_ms})")
+            raise ConfigError(f"SpikingParams.update_ms ({self.update_ms}) must be a multiple of dt_ms ({self.dt_ms})")
         if self.update_ms > self.tau_m_ms / 10:
-            raise ValueError(f"SpikingParams.update_ms = {self.update_ms} ms is too coarse for tau_m = {self.tau_m_ms} ms")
+            raise ConfigError(f"SpikingParams.update_ms = {self.update_ms} ms is too coarse for tau_m = {self.tau_m_ms} ms")
         if self.dt_ms > self.tau_m_ms / 10:
-            raise ValueError(f"SpikingParams.dt_ms = {self.dt_ms} ms is too coarse for tau_m = {self.tau_m_ms} ms "
+            raise ConfigError(f"SpikingParams.dt_ms = {self.dt_ms} ms is too coarse for tau_m = {self.tau_m_ms} ms "
                              f"(use dt <= {self.tau_m_ms / 10} ms)")
         ceiling = 1000.0 / max(self.refractory_ms, 1e-9)
         if self.floor_hz + 1.5 * self.gain_hz > 0.5 * ceiling:
-            raise ValueError(f"SpikingParams: floor_hz + 1.5 * gain_hz = {self.floor_hz + 1.5 * self.gain_hz} Hz is "
+            raise ConfigError(f"SpikingParams: floor_hz + 1.5 * gain_hz = {self.floor_hz + 1.5 * self.gain_hz} Hz is "
                              f"too close to the refractory ceiling {ceiling:.0f} Hz; lower gain_hz or refractory_ms")

@@ -8,6 +8,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from pcsim.errors import ConfigError
+
 from .params import SpikingParams
 
 __all__ = ["RateCode", "lif_rate", "rate_code"]
@@ -35,12 +37,12 @@ def lif_rate(mu, *, tau_m_ms: float, refractory_ms: float, noise: float, kick_ms
 
     for name, v, lo in (("tau_m_ms", tau_m_ms, 0.0), ("noise", noise, 0.0)):
         if not (math.isfinite(v) and v > lo):
-            raise ValueError(f"lif_rate: {name} must be a finite number > 0, got {v!r}")
+            raise ConfigError(f"lif_rate: {name} must be a finite number > 0, got {v!r}")
     if not (math.isfinite(refractory_ms) and refractory_ms >= 0 and math.isfinite(kick_ms) and kick_ms >= 0):
-        raise ValueError(f"lif_rate: refractory_ms and kick_ms must be >= 0, got {refractory_ms!r}, {kick_ms!r}")
+        raise ConfigError(f"lif_rate: refractory_ms and kick_ms must be >= 0, got {refractory_ms!r}, {kick_ms!r}")
     mu = np.asarray(mu, dtype=np.float64)
     if not np.isfinite(mu).all():
-        raise ValueError("lif_rate: mu contains NaN or Inf")
+        raise ConfigError("lif_rate: mu contains NaN or Inf")
     sd = math.sqrt(2) * noise
     th = 1.0 + _OVERSHOOT_UNIFORM * noise * math.sqrt(1.0 - math.exp(-2.0 * kick_ms / tau_m_ms))
     out = np.empty(mu.shape)
@@ -73,7 +75,7 @@ def _rate_code(tau_m_ms: float, refractory_ms: float, noise: float, kick_ms: flo
 
     lo = -10.0 * noise
     if f(lo) > floor_hz:
-        raise ValueError(f"floor_hz = {floor_hz} Hz is below the rate reachable with noise = {noise}")
+        raise ConfigError(f"floor_hz = {floor_hz} Hz is below the rate reachable with noise = {noise}")
     mu0 = brentq(lambda m: f(m) - floor_hz, lo, 1.0 + 10 * noise, xtol=1e-10)
     # k: least-squares fit of the rate to the line floor + gain * x over 0 <= x <= 1, the range
     # the circuit's activities live in (the LIF curve is convex at threshold, concave near the
@@ -89,7 +91,7 @@ def _rate_code(tau_m_ms: float, refractory_ms: float, noise: float, kick_ms: flo
     while f(mu0 + hi) < floor_hz + gain_hz:
         hi *= 2
         if hi > 1e3:
-            raise ValueError(f"gain_hz = {gain_hz} Hz is out of reach of the LIF neuron (refractory ceiling)")
+            raise ConfigError(f"gain_hz = {gain_hz} Hz is out of reach of the LIF neuron (refractory ceiling)")
     k = minimize_scalar(misfit, bounds=(hi / 8, 2 * hi), method="bounded", options={"xatol": 1e-6}).x
     return RateCode(float(mu0), float(k), float(floor_hz), float(gain_hz))
 

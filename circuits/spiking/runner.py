@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import time as _time
 
@@ -13,6 +14,13 @@ from ..paradigms import Stimulus
 __all__ = ["TARGETS", "simulate"]
 
 TARGETS = ("numpy", "cython", "cpp_standalone")
+# printed (with progress on) before a run that compiles: the first one takes tens of seconds
+COMPILE_NOTE = {
+    "cython": "compiling the Brian2 network for the cython target (first run ~20-40 s, cached afterwards; "
+              "target = 'numpy' needs no compiler)",
+    "cpp_standalone": "compiling the Brian2 network for the cpp_standalone target (~20-60 s at every run without "
+                      "a fixed directory; target = 'numpy' needs no compiler)",
+}
 
 
 def simulate(spk, stimulus: Stimulus, *, target: str, seed: int, progress: bool, directory: str | None,
@@ -116,12 +124,20 @@ def simulate(spk, stimulus: Stimulus, *, target: str, seed: int, progress: bool,
         mon = b2.SpikeMonitor(G, name="spikes")
         net = b2.Network(*objs, mon)
         report, bar = None, None
-        if progress and not standalone:
+        if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=100, desc=f"brian2 ({target})", leave=False, unit="%")
+            if target != "numpy":
+                # the first run of a network generates and compiles its code before the first
+                # progress report: say so, or the bar sits at 0% for half a minute
+                tqdm.write(COMPILE_NOTE[target], file=sys.stderr)
+        if progress and not standalone:
+            bar = tqdm(total=100, desc=f"brian2 ({target})" + (": compiling" if target != "numpy" else ""),
+                       leave=False, unit="%")
 
             def report(elapsed, completed, start, duration):  # noqa: ARG001
+                if bar.n == 0 and target != "numpy":
+                    bar.set_description(f"brian2 ({target}): simulating", refresh=False)
                 bar.n = int(round(100 * float(completed)))
                 bar.refresh()
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
+from pcsim.errors import ConfigError, DataError
+
 from ..graph import CircuitGraph
 from ..laminar import LaminarCircuit
 from ..paradigms import Stimulus
@@ -55,35 +57,35 @@ class SpikingCircuit:
         elif isinstance(circuit, CircuitGraph):
             self.circuit, graph = None, circuit
         else:
-            raise TypeError(f"SpikingCircuit needs a LaminarCircuit or CircuitGraph, got {type(circuit).__name__}")
+            raise ConfigError(f"circuit: SpikingCircuit needs a LaminarCircuit or CircuitGraph, got {type(circuit).__name__}")
         if not isinstance(params, SpikingParams):
-            raise TypeError(f"params must be SpikingParams, got {type(params).__name__}")
+            raise ConfigError(f"params: must be SpikingParams, got {type(params).__name__}")
         self.graph, self.params = graph, params
         self.code = rate_code(params)
         self._index = {p.name: q for q, p in enumerate(graph.populations)}
         for p in graph.populations:
             if p.kind not in ("input", "relay", "rectified", "integrator"):
-                raise ValueError(f"population '{p.name}' has unknown kind {p.kind!r}")
+                raise ConfigError(f"population '{p.name}' has unknown kind {p.kind!r}")
             if p.kind == "integrator" and p.activation != "linear":
-                raise ValueError(f"population '{p.name}' has activation {p.activation!r}: the spiking translation "
+                raise ConfigError(f"population '{p.name}' has activation {p.activation!r}: the spiking translation "
                                  "needs linear activations (f' = 1 for the gated input)")
         for pr in graph.projections:
             for end in (pr.source, pr.target):
                 if end not in self._index:
-                    raise ValueError(f"projection {pr.source} -> {pr.target} names unknown population '{end}'")
+                    raise ConfigError(f"projection {pr.source} -> {pr.target} names unknown population '{end}'")
             if pr.transfer != "linear":
-                raise ValueError(f"projection {pr.source} -> {pr.target} has transfer {pr.transfer!r}: the spiking "
+                raise ConfigError(f"projection {pr.source} -> {pr.target} has transfer {pr.transfer!r}: the spiking "
                                  "translation carries linear rate codes only")
             n_s, n_t = graph.populations[self._index[pr.source]].size, graph.populations[self._index[pr.target]].size
             if tuple(pr.weight.shape) != (n_s, n_t):
-                raise ValueError(f"projection {pr.source} -> {pr.target} weight must be {(n_s, n_t)}, "
+                raise ConfigError(f"projection {pr.source} -> {pr.target} weight must be {(n_s, n_t)}, "
                                  f"got {tuple(pr.weight.shape)}")
         for name in list(graph.bias) + list(graph.prior_inputs) + list(graph.prior_errors):
             if name not in self._index:
-                raise ValueError(f"the graph's bias/prior names unknown population '{name}'")
+                raise ConfigError(f"the graph's bias/prior names unknown population '{name}'")
         fastest = min((p.tau_ms for p in graph.populations if p.kind != "integrator"), default=math.inf)
         if params.lag_ms > fastest / 2:
-            raise ValueError(f"SpikingParams.lag_ms = {params.lag_ms} ms must be at most half the fastest population "
+            raise ConfigError(f"SpikingParams.lag_ms = {params.lag_ms} ms must be at most half the fastest population "
                              f"time constant ({fastest} ms)")
         groups, off = [], 0
         for q, p in enumerate(graph.populations):
@@ -94,7 +96,7 @@ class SpikingCircuit:
         self.area_names = list(dict.fromkeys(p.area for p in graph.populations))
         self.population_names = list(dict.fromkeys(p.population for p in graph.populations))
         if len(self.area_names) == 0:
-            raise ValueError("the circuit graph has no populations")
+            raise ConfigError("the circuit graph has no populations")
 
     def _tau_syn(self, pop) -> float:
         """Synaptic time constant (ms) of a population: its ``tau`` minus the LIF lag, except
@@ -137,7 +139,7 @@ class SpikingCircuit:
         (ON carries ``+W``, OFF ``-(-W)``) and ``W[i, j]`` for a rectified one.
         """
         if not (isinstance(trials, (int, np.integer)) and trials >= 1):
-            raise ValueError(f"trials must be an integer >= 1, got {trials!r}")
+            raise ConfigError(f"trials must be an integer >= 1, got {trials!r}")
         L, N, c = self.layout, self.layout.N, self.code
         M = L.neurons_per_trial
         by_pop: dict[int, list[_Group]] = {}
@@ -201,7 +203,7 @@ class SpikingCircuit:
             units = np.repeat(np.arange(g.size), N)
             if p.kind == "input":
                 if p.size != n_in:
-                    raise ValueError(f"stimulus has {n_in} input channels but population '{p.name}' has {p.size} units")
+                    raise DataError(f"stimulus has {n_in} input channels but population '{p.name}' has {p.size} units")
                 stim_unit[sl] = units
             if p.name in self.graph.prior_inputs:
                 gain = self.graph.prior_inputs[p.name].detach().cpu().double().numpy()
@@ -255,7 +257,7 @@ class SpikingCircuit:
         'cython' run in this process; 'cpp_standalone' writes, compiles and runs a C++
         project in ``directory`` (default a temporary folder) and restores the runtime device
         afterwards, so runs can follow each other in one process). Returns a Dataset over
-        ``trial`` (the blocks, with their conditions) and ``time`` (ms from block start,
+        ``trial`` (the blocks, with their conditions) and ``time`` (s from block start,
         bins of ``record_every_ms`` labelled by their start):
 
         - ``rate`` (trial, time, area, population, unit): the decoded activity in rate units,
@@ -277,35 +279,35 @@ class SpikingCircuit:
           unit (``None``: all; 0: none), what :func:`spike_trains` hands to NWB export.
 
         ``seed`` seeds Brian2 (:func:`brian2.seed`) and the initial membrane potentials:
-        numpy and cython runs are reproducible. Raises ValueError for an unknown target, a
+        numpy and cython runs are reproducible. Raises ConfigError for an unknown target, a
         stimulus of the wrong width or with input noise, or bad recording settings.
         """
         if not isinstance(stimulus, Stimulus):
-            raise TypeError(f"run needs a circuits.paradigms.Stimulus, got {type(stimulus).__name__}")
+            raise ConfigError(f"run needs a circuits.paradigms.Stimulus, got {type(stimulus).__name__}")
         if target not in TARGETS:
-            raise ValueError(f"unknown Brian2 target {target!r}; choose one of {TARGETS}")
+            raise ConfigError(f"unknown Brian2 target {target!r}; choose one of {TARGETS}")
         if stimulus.noise_std > 0:
-            raise ValueError("the spiking translation drives the input populations with the noiseless stimulus; "
+            raise ConfigError("the spiking translation drives the input populations with the noiseless stimulus; "
                              f"got noise_std = {stimulus.noise_std} (the LIF neurons bring their own noise)")
         inputs = [p for p in self.graph.populations if p.kind == "input"]
         if inputs and inputs[0].size != stimulus.n_in:
-            raise ValueError(f"stimulus has {stimulus.n_in} input channels but population '{inputs[0].name}' "
+            raise DataError(f"stimulus has {stimulus.n_in} input channels but population '{inputs[0].name}' "
                              f"has {inputs[0].size} units")
         p = self.params
         smooth_ms = p.smooth_ms if smooth_ms is None else float(smooth_ms)
         if not (math.isfinite(record_every_ms) and record_every_ms > 0):
-            raise ValueError(f"record_every_ms must be > 0, got {record_every_ms}")
+            raise ConfigError(f"record_every_ms must be > 0, got {record_every_ms}")
         if not (math.isfinite(smooth_ms) and smooth_ms >= 0):
-            raise ValueError(f"smooth_ms must be >= 0, got {smooth_ms}")
+            raise ConfigError(f"smooth_ms must be >= 0, got {smooth_ms}")
         if count_bin_ms is not None and not (math.isfinite(count_bin_ms) and count_bin_ms > 0):
-            raise ValueError(f"count_bin_ms must be > 0 or None, got {count_bin_ms}")
+            raise ConfigError(f"count_bin_ms must be > 0 or None, got {count_bin_ms}")
         if spike_neurons is not None and not (isinstance(spike_neurons, (int, np.integer)) and spike_neurons >= 0):
-            raise ValueError(f"spike_neurons must be an integer >= 0 or None, got {spike_neurons!r}")
+            raise ConfigError(f"spike_neurons must be an integer >= 0 or None, got {spike_neurons!r}")
         if not (isinstance(seed, (int, np.integer)) and seed >= 0):
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+            raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
         total_ms = float(stimulus.total_ms)
         if total_ms < record_every_ms:
-            raise ValueError(f"the stimulus lasts {total_ms} ms, less than one record bin ({record_every_ms} ms)")
+            raise ConfigError(f"the stimulus lasts {total_ms} ms, less than one record bin ({record_every_ms} ms)")
         timings: dict = {}
         sim = simulate(self, stimulus, target=target, seed=int(seed), progress=progress, directory=directory,
                        timings=timings)
@@ -328,7 +330,7 @@ class SpikingCircuit:
             q = self._index[name]
             for grp in (x for x in L.groups if x.population == q):
                 if grp.size != n_top:
-                    raise ValueError(f"prior error population '{name}' has {grp.size} units, the prior {n_top}")
+                    raise ConfigError(f"prior error population '{name}' has {grp.size} units, the prior {n_top}")
                 for b in range(trials):
                     idx = b * M + grp.unit_offset * N + np.arange(grp.size * N)
                     pre.append(idx)

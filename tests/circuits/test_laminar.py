@@ -201,7 +201,7 @@ def test_epochs_equal_slices_of_the_continuous_run():
     for i in range(4):
         b, j = int(ep.block[i]), int(ep.slot[i])
         onset = stim.onsets_ms[j]
-        ref = cont.rate.isel(trial=b).sel(time=slice(onset - 20, onset + 69))
+        ref = cont.rate.isel(trial=b).sel(time=slice((onset - 20) / 1000 - 1e-9, (onset + 69) / 1000 + 1e-9))  # time in s
         np.testing.assert_allclose(ep.rate.isel(trial=i).values, ref.values, atol=0, equal_nan=True)
         assert ep.kind.values[i] == stim.labels["kind"][b, j]
 

@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from circuits.paradigms import Bars, ManyStandards, Omission, Oddball, Repetition, Stimulus
 from circuits.measures import condition_contrast, log_slope, power_spectrum, spectral_ratio, suppression_index
+from pcsim.errors import DataError
 
 
 @settings(max_examples=15, deadline=None)
@@ -39,7 +40,7 @@ def test_many_standards_control_is_equiprobable():
     stim = ManyStandards(n_tones=4000, target=14.0, lowest=2.0, spacing=4.0, n_tone_types=6, seeds=(3,)).build()
     counts = np.bincount(stim.schedule[0], minlength=6) / 4000
     np.testing.assert_allclose(counts, 1 / 6, atol=0.03)
-    assert (stim.labels["frequency"][0][stim.labels["kind"][0] == "control"] == 14.0).all()
+    assert (stim.labels["tone"][0][stim.labels["kind"][0] == "control"] == 14.0).all()
     with pytest.raises(ValueError, match="not one of the tones"):
         ManyStandards(target=15.0).build()
 
@@ -102,6 +103,38 @@ def test_concat_offsets_patterns_and_fills_missing_labels():
     assert np.isnan(c.conditions["p_deviant"][1]) and c.conditions["paradigm"][1] == "omission"
 
 
+def test_field_measures_against_closed_forms():
+    """Spread: 0 for one pixel, L / sqrt(6) for an even L x L field (the RMS distance of a
+    uniform square from its centre, sqrt(2 (L^2 - 1) / 12) on a pixel grid); orientedness: 0
+    for an isotropic centre-surround blob, near 1 for a Gabor patch, whatever its sign."""
+    from circuits.measures import field_orientedness, field_spread
+
+    one = np.zeros((1, 16, 16))
+    one[0, 3, 7] = -2.0
+    assert field_spread(one)[0] == pytest.approx(0.0, abs=1e-12)
+    assert field_spread(np.ones((1, 16, 16)))[0] == pytest.approx(np.sqrt(2 * (16**2 - 1) / 12))
+    r, c = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    blob = np.exp(-((r - 8) ** 2 + (c - 8) ** 2) / 4.5) - 0.5 * np.exp(-((r - 8) ** 2 + (c - 8) ** 2) / 18)
+    gabor = np.exp(-((r - 8) ** 2 + (c - 8) ** 2) / 4.5) * np.cos(2 * np.pi * (r + c) / 5)
+    ori = field_orientedness(np.stack([blob, gabor, -gabor]))
+    assert ori[0] < 0.01 and ori[1] > 0.8 and ori[2] == pytest.approx(ori[1])
+    assert field_spread(blob[None])[0] < field_spread(np.ones((1, 16, 16)))[0]
+    with pytest.raises(DataError, match="fields"):
+        field_spread(np.zeros((2, 16, 16)))
+
+
+def test_principal_fraction_is_one_inside_the_subspace_and_zero_outside():
+    from circuits.measures import principal_fraction
+
+    rng = np.random.default_rng(0)
+    # patches varying (s.d. 3, 2) along pixels 0 and 1 of a 3 x 3 field, little elsewhere
+    x = rng.normal(size=(4000, 9)) * np.array([3.0, 2.0] + [0.1] * 7)
+    fields = np.zeros((3, 3, 3))
+    fields[0, 0, 0], fields[1, 0, 1], fields[2, 2, 2] = 1.0, -2.0, 1.0
+    np.testing.assert_allclose(principal_fraction(fields, x, 2), [1.0, 1.0, 0.0], atol=1e-3)
+    np.testing.assert_allclose(principal_fraction(fields, x, 1), [1.0, 0.0, 0.0], atol=1e-3)
+
+
 def test_measures_against_independent_values():
     assert suppression_index([1.0, 3.0, 4.0, 2.0]) == pytest.approx(0.5)
     assert suppression_index([1.0, 2.0, 3.0]) == 0.0
@@ -111,11 +144,14 @@ def test_measures_against_independent_values():
     assert log_slope(x, 3 - 2 * np.log(x)) == pytest.approx(-2.0)
     import xarray as xr
 
-    t = np.arange(0, 4000, 1.0)
+    t = np.arange(0, 4000, 1.0) / 1000.0  # s, the unit of every result's time
     rng = np.random.default_rng(0)
-    fast = xr.DataArray(np.sin(2 * np.pi * 50 * t / 1000) + 0.1 * rng.normal(size=t.size), dims="time", coords={"time": t})
-    slow = xr.DataArray(np.sin(2 * np.pi * 8 * t / 1000) + 0.1 * rng.normal(size=t.size), dims="time", coords={"time": t})
+    fast = xr.DataArray(np.sin(2 * np.pi * 50 * t) + 0.1 * rng.normal(size=t.size), dims="time", coords={"time": t})
+    slow = xr.DataArray(np.sin(2 * np.pi * 8 * t) + 0.1 * rng.normal(size=t.size), dims="time", coords={"time": t})
     pf, ps = power_spectrum(fast), power_spectrum(slow)
+    # 1 ms steps in s still give exactly 1000 Hz sampling: 200 ms segments, bins on multiples of 5 Hz,
+    # so the band edges (30, 80 Hz) fall on bins (an ulp off would move a whole 5 Hz bin out of a band)
+    np.testing.assert_array_equal(power_spectrum(fast, segment_ms=200.0).frequency.values[:7], np.arange(0, 35, 5.0))
     assert abs(float(pf.frequency[int(np.argmax(pf.values))]) - 50) < 3 and abs(float(ps.frequency[int(np.argmax(ps.values))]) - 8) < 3
     assert float(spectral_ratio(pf)) > 100 > 0.01 > float(spectral_ratio(ps))
     # Parseval: the integrated density is the signal's variance
