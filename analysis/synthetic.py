@@ -75,7 +75,11 @@ def lorenz_recording(
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value < np.inf:
             raise ConfigError(f"{key} must be a positive number, got {value!r}")
     rng = np.random.default_rng(seed)
-    burn = lorenz_trajectory(2000 + 50 * n_trials, dt)[1000:]  # on the attractor
+    with np.errstate(over="ignore", invalid="ignore"):
+        burn = lorenz_trajectory(2000 + 50 * n_trials, dt)[1000:]  # on the attractor
+    if not np.isfinite(burn).all():
+        raise ConfigError(f"dt = {dt!r} is too coarse for the Lorenz system: its RK4 integration diverged "
+                          "(use dt <= 0.02, Lorenz time units)")
     if n_conditions > 0 and condition_jitter is None:  # random starts, labelled by the nearest centre
         centres = burn[rng.choice(len(burn), n_conditions, replace=False)]
         starts = burn[rng.choice(len(burn), n_trials, replace=False)]

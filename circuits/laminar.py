@@ -96,7 +96,7 @@ class CircuitParams:
     noise: float = _knob(0.0, "rate units", ge=0)
 
     def __post_init__(self):
-        _config_error(check_ranges, self, finite=True)  # the fields' metadata, for circuits built in Python
+        check_ranges(self)  # the fields' metadata, for circuits built in Python
         fastest = min(self.tau_l4, self.tau_error, self.tau_inh if self.interneurons else math.inf)
         if self.dt > fastest / 2:
             raise ConfigError(
@@ -108,17 +108,6 @@ class CircuitParams:
         return CircuitParams(**{f.name: getattr(self, f.name) for f in fields(CircuitParams)})
 
 
-
-
-def _config_error(check, *args, **kwargs) -> None:
-    """Run a validation ``check`` and raise what it refuses as a :class:`ConfigError` (the
-    engine's range checks raise ValueError naming ``Class.field``)."""
-    try:
-        check(*args, **kwargs)
-    except ConfigError:
-        raise
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def _vec(x, n: int, name: str, device, dtype) -> Tensor:

@@ -235,12 +235,11 @@ def _range_problem(value: Any, meta: Mapping[str, Any]) -> str | None:
     return None
 
 
-def check_ranges(obj: Any, *, finite: bool = False) -> None:
+def check_ranges(obj: Any) -> None:
     """Check every field of the dataclass instance ``obj`` against its range metadata (``ge``,
     ``gt``, ``le``, ``lt``, applied to a number or to each element of a tuple/list); raise
-    :class:`ConfigError` naming ``Class.field``. A field with a range must hold finite numbers
-    (``finite`` is kept for its callers; every ranged number is now checked for it, as in a
-    config file). The engine's dataclasses call it in ``__post_init__`` so that
+    :class:`ConfigError` naming ``Class.field``. A field with a range must hold finite numbers,
+    as in a config file. The engine's dataclasses call it in ``__post_init__`` so that
     objects built in Python obey the same ranges a config file is validated against (one
     statement of each range: the field's metadata)."""
     hints = _field_hints(type(obj))

@@ -58,12 +58,17 @@ def write_results(
     manifest, ``overwrite`` to replace a complete run, never a file pcsim did not write).
     Nothing is renamed into place until every file was written; on any error the temporary
     files are removed and the error re-raised (an OSError as OutputError naming the file).
-    Returns ``{file name: path}`` for the files written.
+    A dataset that breaks :func:`convention_problems` is refused (ValueError) before anything
+    is written. Returns ``{file name: path}`` for the files written.
     """
     if not isinstance(out_dir, RunDirectory):
         with RunDirectory(out_dir, experiment=config.experiment, overwrite=overwrite,
                           names=FIXED_FILES) as run:
             return write_results(result, figures, run, config)
+    problems = convention_problems(result.dataset)
+    if problems:  # a bug of the experiment module, not of the user's input: nothing is written
+        raise ValueError(f"{config.experiment}: its results dataset breaks pcsim's result conventions "
+                         f"(pcsim.results.convention_problems): {'; '.join(problems)}")
     toml_text = config_to_toml(config)
     dataset = netcdf_ready(result.dataset)
     dataset.attrs.update(

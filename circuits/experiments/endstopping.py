@@ -83,7 +83,7 @@ from pcsim.network import PCNetwork
 from pcsim.optim import Adam
 from pcsim.registry import ExperimentResult, RunContext
 from pcsim.rules import StandardPC
-from pcsim.training import TrainStep, train
+from pcsim.training import TrainStep, train, training_energy
 from pcsim.errors import ConfigError
 
 from ..images import NaturalPatches, dog_filter, sample_patches, whitened_images
@@ -325,7 +325,8 @@ def train_network(net_cfg: NetworkSection, train_cfg: TrainingSection, images: l
         constrain_(net, mask)
         history[s.step] = s.output.energy.mean((0, 1)).cpu().numpy()
 
-    train(lambda x: rule.step(net, opt, data=x), lambda epoch: patches, 1, on_step=after_step, progress=progress)
+    train(lambda x: rule.step(net, opt, data=x), lambda epoch: patches, 1, on_step=after_step, progress=progress,
+          parameters=net.parameters, energy=training_energy, lr=train_cfg.lr)
     return net, history
 
 

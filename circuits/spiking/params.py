@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pcsim.config import check_ranges
 from pcsim.errors import ConfigError
 
-from ..laminar import _config_error
 
 __all__ = ["SpikingParams"]
 
@@ -48,7 +47,7 @@ class SpikingParams:
         if not (isinstance(self.neurons_per_unit, int) and not isinstance(self.neurons_per_unit, bool)
                 and self.neurons_per_unit >= 1):
             raise ConfigError(f"SpikingParams.neurons_per_unit must be an integer >= 1, got {self.neurons_per_unit!r}")
-        _config_error(check_ranges, self, finite=True)  # the fields' metadata, as a config file is checked
+        check_ranges(self)  # the fields' metadata, as a config file is checked
         ratio = self.update_ms / self.dt_ms
         if abs(ratio - round(ratio)) > 1e-6:
             raise ConfigError(f"SpikingParams.update_ms ({self.update_ms}) must be a multiple of dt_ms ({self.dt_ms})")

@@ -44,8 +44,8 @@ def run(config, ctx):
     epoch = np.arange(config.training.epochs)
     loss = config.training.lr * np.exp(-epoch)
     dataset = xr.Dataset(
-        {"loss": ("epoch", loss, {"units": "nats", "converged": True})},
-        coords={"epoch": ("epoch", epoch, {"units": "1"})},
+        {"loss": ("epoch", loss, {"units": "nats", "long_name": "training loss", "converged": True})},
+        coords={"epoch": ("epoch", epoch, {"units": "1", "long_name": "epoch"})},
     )
     summary = {"final_loss": np.float32(loss[-1]), "network": {"sizes": list(config.network.sizes)},
                "losses": loss, "device": ctx.device}

@@ -35,10 +35,11 @@ def make_result() -> ExperimentResult:
     dataset = xr.Dataset(
         {
             "energy": (("epoch", "layer"), np.arange(6.0).reshape(3, 2),
-                       {"units": "a.u.", "clamped": True, "note": None, "meta": {"k": 1}}),
-            "spiked": ("epoch", np.array([True, False, True])),
+                       {"units": "a.u.", "long_name": "energy", "clamped": True, "note": None, "meta": {"k": 1}}),
+            "spiked": ("epoch", np.array([True, False, True]), {"units": "", "long_name": "spiked"}),
         },
-        coords={"epoch": ("epoch", [0, 1, 2], {"units": "1"}), "layer": ["x1", "x2"]},
+        coords={"epoch": ("epoch", [0, 1, 2], {"units": "1", "long_name": "epoch"}),
+                "layer": ("layer", ["x1", "x2"], {"units": "", "long_name": "layer"})},
         attrs={"flags": [True, False], "window": (0.1, 0.2), "path": Path("a/b")},
     )
     summary = {"accuracy": np.float64(0.75), "per_layer": np.array([1.0, np.nan]),
@@ -161,3 +162,14 @@ def test_load_summary_of_a_broken_file_names_it(tmp_path, text):
     (tmp_path / "summary.json").write_text(text)
     with pytest.raises(FileFormatError, match=str(tmp_path / "summary.json")):
         load_summary(tmp_path)
+
+
+def test_a_dataset_that_breaks_the_conventions_is_refused_before_anything_is_written(tmp_path):
+    from pcsim.results import convention_problems
+
+    result = make_result()
+    result.dataset["time"] = ("epoch", np.zeros(3), {"units": "ms", "long_name": "time"})
+    assert convention_problems(result.dataset) == ["variable 'time' is in 'ms', not 's'"]
+    with pytest.raises(ValueError, match="'time' is in 'ms'"):
+        write_results(result, {}, tmp_path / "out", CONFIG)
+    assert not (tmp_path / "out" / "results.nc").exists()
