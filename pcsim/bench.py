@@ -1,4 +1,6 @@
-"""Benchmarks: ``pcsim bench pc-vs-bp [--json] [--repeats N] [--eager] [--load] [--always-parallel]``.
+"""PC vs backprop epoch time and PC's fraction of the machine's matmul throughput (MLP on the digits).
+
+``pcsim bench pc-vs-bp [--json] [--repeats N] [--eager] [--load] [--always-parallel]``.
 
 For an MLP on the digits (small case: 64-128-128-10, batch 64, 22 batches per epoch; wide
 case: hidden 512, batch 256, 5 batches) it times, in one run, an epoch of standard PC
