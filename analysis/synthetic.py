@@ -13,6 +13,7 @@ import xarray as xr
 
 from analysis.recording import split_recording
 from pcsim.errors import ConfigError
+from pcsim.arguments import check_number
 
 
 def lorenz_trajectory(n_steps: int, dt: float = 0.01, start: np.ndarray | None = None,
@@ -68,12 +69,10 @@ def lorenz_recording(
     ``start_time`` as attrs ``align`` says), the first two drawn by :func:`analysis.recording.split_recording` (``heldout_fraction``
     of the neurons, ``test_fraction`` of the trials). Same seed, same data.
     """
-    for key, value in (("n_trials", n_trials), ("n_neurons", n_neurons), ("n_bins", n_bins)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
-    for key, value in (("bin_width", bin_width), ("mean_rate_hz", mean_rate_hz), ("dt", dt)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value < np.inf:
-            raise ConfigError(f"{key} must be a positive number, got {value!r}")
+    n_trials, n_neurons, n_bins = (check_number(key, value, integer=True, ge=1) for key, value in
+                                   (("n_trials", n_trials), ("n_neurons", n_neurons), ("n_bins", n_bins)))
+    bin_width, mean_rate_hz, dt = (check_number(key, value, gt=0) for key, value in
+                                   (("bin_width", bin_width), ("mean_rate_hz", mean_rate_hz), ("dt", dt)))
     rng = np.random.default_rng(seed)
     with np.errstate(over="ignore", invalid="ignore"):
         burn = lorenz_trajectory(2000 + 50 * n_trials, dt)[1000:]  # on the attractor

@@ -39,6 +39,7 @@ from analysis.glm import PoissonGLM
 from analysis.metrics import co_bps
 from analysis.recording import DIMS, Recording, as_recording
 from pcsim.errors import ConfigError, DataError
+from pcsim.arguments import check_number
 
 __all__ = ["Inference", "LatentModel", "PoissonGLM", "Recording", "as_recording", "config_section"]
 
@@ -82,9 +83,7 @@ class Inference:
 
     def forecast(self, n_forward: int) -> xr.DataArray:
         """Rates ``(trial, time, neuron)`` in counts per bin of the ``n_forward`` bins after the window."""
-        if isinstance(n_forward, bool) or int(n_forward) != n_forward or int(n_forward) < 1:
-            raise ConfigError(f"n_forward must be an integer >= 1, got {n_forward!r}")
-        n_forward = int(n_forward)
+        n_forward = check_number("n_forward", n_forward, integer=True, ge=1)
         if n_forward not in self._forecasts:
             rates = self.model._forecast(self.state, n_forward)
             rec = self.recording

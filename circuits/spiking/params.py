@@ -44,9 +44,6 @@ class SpikingParams:
     smooth_ms: float = field(default=5.0, metadata={"gt": 0, "units": "ms"})
 
     def __post_init__(self):
-        if not (isinstance(self.neurons_per_unit, int) and not isinstance(self.neurons_per_unit, bool)
-                and self.neurons_per_unit >= 1):
-            raise ConfigError(f"SpikingParams.neurons_per_unit must be an integer >= 1, got {self.neurons_per_unit!r}")
         check_ranges(self)  # the fields' metadata, as a config file is checked
         ratio = self.update_ms / self.dt_ms
         if abs(ratio - round(ratio)) > 1e-6:

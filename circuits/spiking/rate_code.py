@@ -9,6 +9,7 @@ from functools import lru_cache
 import numpy as np
 
 from pcsim.errors import ConfigError
+from pcsim.arguments import check_number
 
 from .params import SpikingParams
 
@@ -35,11 +36,9 @@ def lif_rate(mu, *, tau_m_ms: float, refractory_ms: float, noise: float, kick_ms
     from scipy.integrate import quad
     from scipy.special import erfcx
 
-    for name, v, lo in (("tau_m_ms", tau_m_ms, 0.0), ("noise", noise, 0.0)):
-        if not (math.isfinite(v) and v > lo):
-            raise ConfigError(f"lif_rate: {name} must be a finite number > 0, got {v!r}")
-    if not (math.isfinite(refractory_ms) and refractory_ms >= 0 and math.isfinite(kick_ms) and kick_ms >= 0):
-        raise ConfigError(f"lif_rate: refractory_ms and kick_ms must be >= 0, got {refractory_ms!r}, {kick_ms!r}")
+    tau_m_ms, noise = check_number("lif_rate: tau_m_ms", tau_m_ms, gt=0), check_number("lif_rate: noise", noise, gt=0)
+    refractory_ms = check_number("lif_rate: refractory_ms", refractory_ms, ge=0)
+    kick_ms = check_number("lif_rate: kick_ms", kick_ms, ge=0)
     mu = np.asarray(mu, dtype=np.float64)
     if not np.isfinite(mu).all():
         raise ConfigError("lif_rate: mu contains NaN or Inf")

@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 
 from pcsim.errors import ConfigError, DataError
+from pcsim.arguments import check_number
 
 from ..graph import CircuitGraph
 from ..laminar import LaminarCircuit
@@ -138,8 +139,7 @@ class SpikingCircuit:
         one unit pair and both source polarities recovers ``2 * W[i, j]`` for a signed source
         (ON carries ``+W``, OFF ``-(-W)``) and ``W[i, j]`` for a rectified one.
         """
-        if not (isinstance(trials, (int, np.integer)) and trials >= 1):
-            raise ConfigError(f"trials must be an integer >= 1, got {trials!r}")
+        trials = check_number("trials", trials, integer=True, ge=1)
         L, N, c = self.layout, self.layout.N, self.code
         M = L.neurons_per_trial
         by_pop: dict[int, list[_Group]] = {}
@@ -297,14 +297,11 @@ class SpikingCircuit:
         smooth_ms = p.smooth_ms if smooth_ms is None else float(smooth_ms)
         if not (math.isfinite(record_every_ms) and record_every_ms > 0):
             raise ConfigError(f"record_every_ms must be > 0, got {record_every_ms}")
-        if not (math.isfinite(smooth_ms) and smooth_ms >= 0):
-            raise ConfigError(f"smooth_ms must be >= 0, got {smooth_ms}")
-        if count_bin_ms is not None and not (math.isfinite(count_bin_ms) and count_bin_ms > 0):
-            raise ConfigError(f"count_bin_ms must be > 0 or None, got {count_bin_ms}")
-        if spike_neurons is not None and not (isinstance(spike_neurons, (int, np.integer)) and spike_neurons >= 0):
-            raise ConfigError(f"spike_neurons must be an integer >= 0 or None, got {spike_neurons!r}")
-        if not (isinstance(seed, (int, np.integer)) and seed >= 0):
-            raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+        smooth_ms = check_number("smooth_ms", smooth_ms, ge=0)
+        count_bin_ms = None if count_bin_ms is None else check_number("count_bin_ms", count_bin_ms, gt=0)
+        spike_neurons = None if spike_neurons is None else check_number("spike_neurons", spike_neurons, integer=True,
+                                                                         ge=0)
+        seed = check_number("seed", seed, integer=True, ge=0)
         total_ms = float(stimulus.total_ms)
         if total_ms < record_every_ms:
             raise ConfigError(f"the stimulus lasts {total_ms} ms, less than one record bin ({record_every_ms} ms)")
