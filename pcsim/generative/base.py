@@ -1,0 +1,238 @@
+"""The surface every generative model of pcsim shares, and the pieces all of them use.
+
+Predictive coding's generative mode, VAEs, identifiable VAEs, normalizing flows and
+Helmholtz machines are compared on the same data, with the same decoders where they have
+one, by the same metrics (:mod:`pcsim.generative.metrics`). For that each is a
+:class:`GenerativeModel`: a scikit-learn estimator (:class:`sklearn.base.BaseEstimator`:
+hyper-parameters stored verbatim by ``__init__`` and checked in :meth:`fit` against
+``_parameter_constraints``; learned state ends in ``_``) over data ``x`` ``(N, D)`` (float;
+pixel intensities in ``[0, 1]`` for the image data sets) and an optional auxiliary variable
+``aux`` ``(N,)`` (integer labels ``0..n_aux-1``: a class, a segment, a condition), with
+
+- ``fit(x, aux=None)``: train on the model's own rule, through :func:`pcsim.training.train`;
+- ``encode(x, aux=None) -> Posterior``: the approximate posterior over the latents ``z``
+  ``(N, d)`` (a diagonal Gaussian; a flow's latent is its exact inverse, zero variance);
+- ``decode(z) -> Tensor``: the mean of ``p(x | z)`` ``(N, D)``;
+- ``sample(n, aux=None, seed=0) -> Tensor``: ``n`` samples of ``x`` ``(n, D)`` from the model;
+- ``log_joint(x, z, aux=None) -> Tensor``: ``log p(x, z)`` per example ``(K, N)`` for latents
+  ``z`` ``(K, N, d)``, in nats (flows: ``log p(x)``, ``z`` ignored);
+- ``log_likelihood(x, aux=None, samples=K, seed=0) -> LogLikelihood``: ``log p(x)`` per
+  example, exact for a flow, else the importance-weighted estimate with ``K`` samples of the
+  model's proposal (:func:`importance_weighted`), with its Monte Carlo standard error;
+- ``elbo(x, aux=None, samples=1, seed=0) -> Tensor``: the evidence lower bound per example ``(N,)``.
+
+Observation models (:class:`Gaussian`, :class:`Bernoulli`) state ``log p(x | mean)`` once
+and are shared by every model with a decoder. Every tensor is float64 on the CPU unless a
+model's ``device``/``dtype`` say otherwise; every random draw takes a seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+
+from pcsim.errors import ConfigError, DataError
+
+Tensor = torch.Tensor
+
+__all__ = ["Bernoulli", "Gaussian", "GenerativeModel", "LogLikelihood", "Posterior", "as_data",
+           "importance_weighted", "observation_model"]
+
+
+# --------------------------------------------------------------------------- observation models
+@dataclass(frozen=True)
+class Gaussian:
+    """``p(x | mean) = N(mean, sigma^2 I)`` with ``log_sigma`` a scalar or ``(D,)`` tensor (nats).
+
+    :meth:`log_prob` ``(..., D) -> (...)`` sums over the last axis.
+    """
+
+    log_sigma: Tensor | float = 0.0
+
+    def log_prob(self, x: Tensor, mean: Tensor) -> Tensor:
+        """``log N(x; mean, sigma^2)`` summed over the last axis: ``x`` and ``mean`` ``(..., D)`` -> ``(...)``."""
+        log_sigma = torch.as_tensor(self.log_sigma, dtype=mean.dtype, device=mean.device)
+        z = (x - mean) * torch.exp(-log_sigma)
+        return (-0.5 * z * z - log_sigma - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+@dataclass(frozen=True)
+class Bernoulli:
+    """``p(x | mean) = prod_d mean_d^x_d (1 - mean_d)^(1 - x_d)`` for ``x`` in ``[0, 1]`` (a
+    continuous Bernoulli is not normalised: use it for binarised data or as a reconstruction
+    score, and report likelihoods with :class:`Gaussian` on dequantised data)."""
+
+    def log_prob(self, x: Tensor, mean: Tensor) -> Tensor:
+        """Summed over the last axis, ``(..., D) -> (...)``; ``mean`` is clipped to ``[1e-6, 1 - 1e-6]``."""
+        p = mean.clamp(1e-6, 1 - 1e-6)
+        return (x * torch.log(p) + (1 - x) * torch.log1p(-p)).sum(-1)
+
+
+def observation_model(name: str, log_sigma: Tensor | float = 0.0) -> Gaussian | Bernoulli:
+    """The observation model called ``name`` (``"gaussian"``, ``"bernoulli"``)."""
+    if name == "gaussian":
+        return Gaussian(log_sigma)
+    if name == "bernoulli":
+        return Bernoulli()
+    raise ConfigError(f"observation must be 'gaussian' or 'bernoulli', got {name!r}")
+
+
+# --------------------------------------------------------------------------- posteriors and likelihoods
+@dataclass(frozen=True)
+class Posterior:
+    """A diagonal Gaussian ``q(z | x)``: ``mean`` and ``log_var`` ``(N, d)``."""
+
+    mean: Tensor
+    log_var: Tensor
+
+    def sample(self, samples: int, generator: torch.Generator) -> Tensor:
+        """``samples`` reparameterised draws ``(K, N, d)``."""
+        eps = torch.randn((samples, *self.mean.shape), generator=generator, dtype=self.mean.dtype,
+                          device=self.mean.device)
+        return self.mean + torch.exp(0.5 * self.log_var) * eps
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """``log q(z | x)`` of ``z`` ``(K, N, d)`` -> ``(K, N)`` (nats)."""
+        return (-0.5 * ((z - self.mean) ** 2 * torch.exp(-self.log_var) + self.log_var + math.log(2 * math.pi))).sum(-1)
+
+    def kl_to_standard_normal(self) -> Tensor:
+        """``KL(q || N(0, I))`` per latent dimension ``(N, d)`` (nats), in closed form."""
+        return 0.5 * (self.mean ** 2 + torch.exp(self.log_var) - 1.0 - self.log_var)
+
+
+@dataclass(frozen=True)
+class LogLikelihood:
+    """``log p(x)`` per example ``(N,)`` in nats, and the Monte Carlo standard error of each
+    ``(N,)`` (0 where exact). :attr:`mean` and :attr:`stderr_of_mean` summarise the data set:
+    the mean and the standard error of the mean that comes from the estimator's sampling
+    (not from which examples were drawn)."""
+
+    per_example: Tensor
+    stderr: Tensor
+
+    @property
+    def mean(self) -> float:
+        """Mean log-likelihood over the examples (nats per example)."""
+        return float(self.per_example.mean())
+
+    @property
+    def stderr_of_mean(self) -> float:
+        """Monte Carlo standard error of :attr:`mean`: ``sqrt(sum stderr_i^2) / N``."""
+        return float(self.stderr.pow(2).sum().sqrt() / self.per_example.numel())
+
+
+def importance_weighted(log_joint: Tensor, log_proposal: Tensor) -> LogLikelihood:
+    """The importance-weighted estimate of ``log p(x) = log E_q[p(x, z) / q(z)]`` from ``K``
+    samples per example: ``log_joint`` and ``log_proposal`` ``(K, N)`` (nats) at the same
+    ``z ~ q``. Returns ``logsumexp_k(log w_k) - log K`` per example and its delta-method
+    standard error ``sqrt(Var(w) / (K E[w]^2))`` (biased low by ``O(1/K)``: the IWAE bound,
+    Burda et al. 2016)."""
+    if log_joint.shape != log_proposal.shape or log_joint.dim() != 2:
+        raise DataError(f"log_joint and log_proposal must both be (K, N), got {tuple(log_joint.shape)} and "
+                        f"{tuple(log_proposal.shape)}")
+    log_w = log_joint - log_proposal
+    K = log_w.shape[0]
+    est = torch.logsumexp(log_w, 0) - math.log(K)
+    w = torch.exp(log_w - log_w.max(0).values)  # normalised per example; the ratio below is scale-free
+    rel_var = w.var(0, unbiased=True) / w.mean(0).pow(2) if K > 1 else torch.full_like(est, float("nan"))
+    return LogLikelihood(est, (rel_var / K).sqrt())
+
+
+# --------------------------------------------------------------------------- data at the boundary
+def as_data(x, name: str = "x", *, width: int | None = None, dtype: torch.dtype = torch.float64,
+            device: str | torch.device = "cpu") -> Tensor:
+    """``x`` (array-like ``(N, D)``) as a finite tensor, or a :class:`DataError` naming ``name``,
+    the shape and the first bad index; ``width``: the ``D`` a fitted model expects."""
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+    if t.dim() != 2 or t.shape[0] == 0:
+        raise DataError(f"{name} must be a non-empty (N, D) array, got shape {tuple(t.shape)}")
+    if not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64, torch.uint8, torch.int16)):
+        raise DataError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    t = t.to(device=device, dtype=dtype)
+    bad = ~torch.isfinite(t)
+    if bad.any():
+        i, j = (int(v) for v in torch.nonzero(bad)[0])
+        raise DataError(f"{name} holds {int(bad.sum())} non-finite values, first at [{i}, {j}] ({float(t[i, j])})")
+    if width is not None and t.shape[1] != width:
+        raise DataError(f"{name} has {t.shape[1]} features but the model was fitted on {width}")
+    return t
+
+
+def as_aux(aux, n: int, n_aux: int | None, name: str = "aux") -> Tensor | None:
+    """``aux`` (``(N,)`` integer labels ``0..n_aux-1``, or None) as an int64 tensor, or a
+    :class:`DataError` naming ``name`` and the first label out of range."""
+    if aux is None:
+        return None
+    a = torch.as_tensor(np.asarray(aux) if not isinstance(aux, Tensor) else aux)
+    if a.shape != (n,):
+        raise DataError(f"{name} must be ({n},) labels, one per example, got shape {tuple(a.shape)}")
+    if a.dtype.is_floating_point:
+        if not torch.isfinite(a).all() or (a != a.round()).any():
+            raise DataError(f"{name} must hold integer labels, got non-integral values")
+    a = a.to(torch.int64)
+    if n_aux is not None:
+        bad = (a < 0) | (a >= n_aux)
+        if bad.any():
+            i = int(torch.nonzero(bad)[0, 0])
+            raise DataError(f"{name}[{i}] = {int(a[i])} is out of range: labels must be 0..{n_aux - 1}")
+    return a
+
+
+# --------------------------------------------------------------------------- the surface
+class GenerativeModel(BaseEstimator):
+    """Base of every generative model (see the module docstring for the surface).
+
+    Subclasses implement ``_fit(x, aux)``, ``encode``, ``decode``, ``sample``, ``log_joint`` and
+    either ``_proposal(x, aux) -> Posterior`` (latent-variable models: the importance
+    sampler of :meth:`log_likelihood`, by default :meth:`encode`) or their own exact
+    :meth:`log_likelihood`. ``n_features_`` (``D``) and ``n_aux_`` (number of auxiliary
+    labels, or None) are set by :meth:`fit`.
+    """
+
+    #: whether :meth:`log_likelihood` is exact (flows) rather than an importance-weighted estimate
+    exact_likelihood = False
+
+    def fit(self, x, aux=None) -> "GenerativeModel":
+        """Validate the hyper-parameters and ``x`` ``(N, D)`` / ``aux`` ``(N,)`` once, then train (:meth:`_fit`)."""
+        self._validate_params()
+        t = as_data(x)
+        self.n_features_ = t.shape[1]
+        a = as_aux(aux, t.shape[0], None)
+        self.n_aux_ = None if a is None else int(a.max()) + 1
+        self._fit(t, a)
+        return self
+
+    def _fit(self, x: Tensor, aux: Tensor | None) -> None:
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "n_features_"):
+            raise ConfigError(f"{type(self).__name__} is not fitted yet; call fit(x) first")
+
+    def _inputs(self, x, aux) -> tuple[Tensor, Tensor | None]:
+        self._check_fitted()
+        t = as_data(x, width=self.n_features_)
+        return t, as_aux(aux, t.shape[0], self.n_aux_)
+
+    def _proposal(self, x: Tensor, aux: Tensor | None) -> Posterior:
+        return self.encode(x, aux)
+
+    def log_likelihood(self, x, aux=None, samples: int = 100, seed: int = 0) -> LogLikelihood:
+        """``log p(x)`` per example (nats) by importance sampling from :meth:`_proposal` with ``samples`` draws."""
+        x, aux = self._inputs(x, aux)
+        q = self._proposal(x, aux)
+        z = q.sample(int(samples), torch.Generator(device=x.device).manual_seed(seed))
+        with torch.no_grad():
+            return importance_weighted(self.log_joint(x, z, aux), q.log_prob(z))
+
+    def elbo(self, x, aux=None, samples: int = 1, seed: int = 0) -> Tensor:
+        """The evidence lower bound ``E_q[log p(x, z) - log q(z | x)]`` per example ``(N,)`` (nats), ``samples`` draws of :meth:`encode`."""
+        x, aux = self._inputs(x, aux)
+        q = self.encode(x, aux)
+        z = q.sample(int(samples), torch.Generator(device=x.device).manual_seed(seed))
+        with torch.no_grad():
+            return (self.log_joint(x, z, aux) - q.log_prob(z)).mean(0)
