@@ -41,6 +41,7 @@ from pcsim.arguments import check_number, check_numbers
 from pcsim.data import epoch_batches
 from pcsim.errors import DataError
 from pcsim.optim import Adam
+from pcsim.parallel import threads, threads_for
 from pcsim.training import train
 
 from .base import GenerativeModel, Posterior, as_aux, as_data
@@ -164,11 +165,15 @@ class VAE(GenerativeModel):
             losses.clear()
             return {"bound": f"{self.objective_[epoch - 1]:.3f}"}
 
+        # small layers lose to thread oversubscription (pcsim.parallel): one thread below its work bound
+        n_threads = max(threads_for(self.decoder_.layers.sizes, self.batch_size * K),
+                        threads_for(self.encoder_.sizes, self.batch_size))
         try:
-            self.epoch_seconds_ = train(step, lambda epoch: epoch_batches(x.shape[0], self.batch_size, order),
-                                        self.epochs, on_epoch=record, progress=self.progress,
-                                        desc=type(self).__name__, parameters=lambda: params,
-                                        energy=lambda loss: loss, lr=self.lr)
+            with threads(n_threads):
+                self.epoch_seconds_ = train(step, lambda epoch: epoch_batches(x.shape[0], self.batch_size, order),
+                                            self.epochs, on_epoch=record, progress=self.progress,
+                                            desc=type(self).__name__, parameters=lambda: params,
+                                            energy=lambda loss: loss, lr=self.lr)
         finally:
             for p in params:
                 p.requires_grad_(False)
