@@ -197,8 +197,12 @@ class VAE(GenerativeModel):
         if t.dim() != 3 or t.shape[-1] != self.latent_dim or (n is not None and t.shape[1] != n):
             want = f"(K, {n if n is not None else 'N'}, {self.latent_dim})"
             raise DataError(f"z must be {want} latents, got shape {tuple(t.shape)}")
-        as_data(t.reshape(-1, self.latent_dim), "z")
-        return t.to(device=self.device, dtype=torch.float64)
+        t = t.to(device=self.device, dtype=torch.float64)
+        bad = ~torch.isfinite(t)
+        if bad.any():
+            k, i, j = (int(v) for v in torch.nonzero(bad)[0])
+            raise DataError(f"z holds {int(bad.sum())} non-finite values, first at [{k}, {i}, {j}] ({float(t[k, i, j])})")
+        return t
 
     def encode(self, x, aux=None) -> Posterior:
         """The amortised posterior ``q(z | x)`` of ``x`` ``(N, D)``: a :class:`Posterior` with ``(N, d)`` mean and log-variance."""

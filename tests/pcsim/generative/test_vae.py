@@ -299,6 +299,17 @@ def test_latents_of_the_wrong_shape_are_refused(fitted, shape):
 
 
 @SETTINGS
+@given(k=st.integers(0, 2), i=st.integers(0, 4), j=st.integers(0, 1), bad=st.sampled_from([np.nan, np.inf]))
+def test_non_finite_latents_are_refused_with_their_index(fitted, k, i, j, bad):
+    z = np.zeros((3, 5, 2))
+    z[k, i, j] = bad
+    with pytest.raises(DataError, match=rf"z holds 1 non-finite values, first at \[{k}, {i}, {j}\]"):
+        fitted.log_joint(np.zeros((5, 2)), z)
+    with pytest.raises(DataError, match=rf"z holds 1 non-finite values, first at \[{i}, {j}\]"):
+        fitted.decode(z[k])
+
+
+@SETTINGS
 @given(i=st.integers(0, 9), label=st.sampled_from([-1, 3, 4, 100]),
        method=st.sampled_from(["encode", "elbo", "log_likelihood", "sample"]))
 def test_ivae_labels_out_of_range_are_refused(ivae, i, label, method):
