@@ -34,7 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import InvalidParameterError
 
+from pcsim.arguments import check_number
 from pcsim.errors import ConfigError, DataError
 
 Tensor = torch.Tensor
@@ -182,6 +184,11 @@ def as_aux(aux, n: int, n_aux: int | None, name: str = "aux") -> Tensor | None:
     return a
 
 
+def _draws(samples, seed) -> tuple[int, int]:
+    """``samples`` (>= 1) and ``seed`` (>= 0) as ints, or a :class:`ConfigError` naming the bad one."""
+    return check_number("samples", samples, integer=True, ge=1), check_number("seed", seed, integer=True, ge=0)
+
+
 # --------------------------------------------------------------------------- the surface
 class GenerativeModel(BaseEstimator):
     """Base of every generative model (see the module docstring for the surface).
@@ -198,7 +205,14 @@ class GenerativeModel(BaseEstimator):
 
     def fit(self, x, aux=None) -> "GenerativeModel":
         """Validate the hyper-parameters and ``x`` ``(N, D)`` / ``aux`` ``(N,)`` once, then train (:meth:`_fit`)."""
-        self._validate_params()
+        try:
+            self._validate_params()
+        except InvalidParameterError as exc:  # sklearn's message names the parameter and the value
+            raise ConfigError(str(exc)) from exc
+        for name, constraints in self._parameter_constraints.items():  # sklearn counts True as an Integral
+            value = getattr(self, name, None)
+            if isinstance(value, (bool, np.bool_)) and "boolean" not in constraints and bool not in constraints:
+                raise ConfigError(f"The {name!r} parameter of {type(self).__name__} must be a number, got {value!r}")
         t = as_data(x)
         self.n_features_ = t.shape[1]
         a = as_aux(aux, t.shape[0], None)
@@ -223,16 +237,18 @@ class GenerativeModel(BaseEstimator):
 
     def log_likelihood(self, x, aux=None, samples: int = 100, seed: int = 0) -> LogLikelihood:
         """``log p(x)`` per example (nats) by importance sampling from :meth:`_proposal` with ``samples`` draws."""
+        samples, seed = _draws(samples, seed)
         x, aux = self._inputs(x, aux)
         q = self._proposal(x, aux)
-        z = q.sample(int(samples), torch.Generator(device=x.device).manual_seed(seed))
+        z = q.sample(samples, torch.Generator(device=x.device).manual_seed(seed))
         with torch.no_grad():
             return importance_weighted(self.log_joint(x, z, aux), q.log_prob(z))
 
     def elbo(self, x, aux=None, samples: int = 1, seed: int = 0) -> Tensor:
         """The evidence lower bound ``E_q[log p(x, z) - log q(z | x)]`` per example ``(N,)`` (nats), ``samples`` draws of :meth:`encode`."""
+        samples, seed = _draws(samples, seed)
         x, aux = self._inputs(x, aux)
         q = self.encode(x, aux)
-        z = q.sample(int(samples), torch.Generator(device=x.device).manual_seed(seed))
+        z = q.sample(samples, torch.Generator(device=x.device).manual_seed(seed))
         with torch.no_grad():
             return (self.log_joint(x, z, aux) - q.log_prob(z)).mean(0)
