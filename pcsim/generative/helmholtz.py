@@ -46,7 +46,7 @@ from pcsim.optim import Adam
 from pcsim.parallel import threads, threads_for
 from pcsim.training import train
 
-from .base import Bernoulli, GenerativeModel, Posterior, as_data, observation_model
+from .base import GenerativeModel, Posterior, as_data, observation_model
 
 Tensor = torch.Tensor
 
@@ -115,7 +115,6 @@ class HelmholtzMachine(GenerativeModel):
         self.recognition_spec_, self.recognition_weights_ = rec.spec, rec.weights
         self.recognition_biases_ = rec.biases
         self.log_sigma_ = torch.zeros((), dtype=torch.float64)
-        self._obs = observation_model(self.observation)
 
     def _generative_parameters(self) -> list[Tensor]:
         extra = [] if self.observation == "bernoulli" else [self.log_sigma_]
@@ -138,8 +137,7 @@ class HelmholtzMachine(GenerativeModel):
     def _log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """``log p(z) + log p(x | z)`` ``(K, N)`` (nats) for ``x`` ``(N, D)`` and ``z`` ``(K, N, d)``."""
         prior = (-0.5 * z * z - 0.5 * math.log(2 * math.pi)).sum(-1)
-        obs = self._obs if isinstance(self._obs, Bernoulli) else observation_model("gaussian", self.log_sigma_)
-        return prior + obs.log_prob(x, self._mean(z))
+        return prior + observation_model(self.observation, self.log_sigma_).log_prob(x, self._mean(z))
 
     def _dream(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """``n`` ancestral samples ``(z, x)`` ``((n, d), (n, D))`` of the generative model."""
