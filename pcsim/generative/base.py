@@ -213,7 +213,7 @@ class GenerativeModel(BaseEstimator):
             value = getattr(self, name, None)
             if isinstance(value, (bool, np.bool_)) and "boolean" not in constraints and bool not in constraints:
                 raise ConfigError(f"The {name!r} parameter of {type(self).__name__} must be a number, got {value!r}")
-        t = as_data(x)
+        t = as_data(x, device=self._device())
         self.n_features_ = t.shape[1]
         a = as_aux(aux, t.shape[0], None)
         self.n_aux_ = None if a is None else int(a.max()) + 1
@@ -223,13 +223,25 @@ class GenerativeModel(BaseEstimator):
     def _fit(self, x: Tensor, aux: Tensor | None) -> None:
         raise NotImplementedError
 
+    def _device(self) -> torch.device:
+        """The model's ``device`` hyper-parameter (``"cpu"`` where it has none) as a torch device;
+        a name torch does not know is a :class:`ConfigError` naming ``device``."""
+        device = getattr(self, "device", "cpu")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} is not available here (torch.cuda.is_available() is False)")
+        return dev
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_"):
             raise ConfigError(f"{type(self).__name__} is not fitted yet; call fit(x) first")
 
     def _inputs(self, x, aux) -> tuple[Tensor, Tensor | None]:
         self._check_fitted()
-        t = as_data(x, width=self.n_features_)
+        t = as_data(x, width=self.n_features_, device=self._device())
         return t, as_aux(aux, t.shape[0], self.n_aux_)
 
     def _proposal(self, x: Tensor, aux: Tensor | None) -> Posterior:

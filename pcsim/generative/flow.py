@@ -52,7 +52,7 @@ class Flow(GenerativeModel):
     conditioner MLP), ``bins`` (spline bins, ``nsf`` only), ``standardize`` (fixed affine
     standardisation of the data first), ``epochs``, ``batch_size``, ``lr`` (Adam, per update),
     ``seed`` (initial weights and batch order), ``progress`` (a tqdm bar over the training
-    steps). Training minimises the mean negative log-likelihood of each batch with
+    steps), ``device`` (``"cpu"`` or ``"cuda"``; every tensor is float64 there). Training minimises the mean negative log-likelihood of each batch with
     :class:`pcsim.optim.Adam` on autograd gradients, through :func:`pcsim.training.train`
     (a NaN or exploding loss raises :class:`~pcsim.errors.LearningDivergenceError` naming
     ``lr``). Learned state: ``flow_`` (the zuko module, float64 on the CPU), ``loss_``
@@ -73,11 +73,12 @@ class Flow(GenerativeModel):
         "lr": [Interval(Real, 0, None, closed="neither")],
         "seed": [Interval(Integral, 0, None, closed="left")],
         "progress": ["boolean"],
+        "device": [str, torch.device],
     }
 
     def __init__(self, kind: str = "realnvp", transforms: int = 4, hidden=(64, 64), bins: int = 8,
                  standardize: bool = True, epochs: int = 100, batch_size: int = 128, lr: float = 1e-3,
-                 seed: int = 0, progress: bool = False):
+                 seed: int = 0, progress: bool = False, device: str = "cpu"):
         self.kind = kind
         self.transforms = transforms
         self.hidden = hidden
@@ -88,6 +89,7 @@ class Flow(GenerativeModel):
         self.lr = lr
         self.seed = seed
         self.progress = progress
+        self.device = device
 
     # ----------------------------------------------------------------- training
     def _build(self, x: Tensor) -> zuko.flows.Flow:
@@ -109,7 +111,7 @@ class Flow(GenerativeModel):
             loc, scale = x.mean(0), x.std(0).clamp_min(1e-6)
             first = zuko.flows.UnconditionalTransform(AffineTransform, -loc / scale, 1 / scale, buffer=True)
             flow = zuko.flows.Flow([first, *flow.transform.transforms], flow.base)
-        return flow.to(torch.float64)
+        return flow.to(dtype=torch.float64, device=x.device)
 
     def _fit(self, x: Tensor, aux: Tensor | None) -> None:
         self.flow_ = self._build(x)
@@ -153,7 +155,7 @@ class Flow(GenerativeModel):
     def decode(self, z) -> Tensor:
         """The forward map ``x = T(z)`` of latents ``z`` ``(N, D)`` (a flow's latent has the data's width) -> ``(N, D)``."""
         self._check_fitted()
-        z = as_data(z, "z", width=self.n_features_)
+        z = as_data(z, "z", width=self.n_features_, device=self._device())
         with torch.no_grad():
             return self.flow_().transform.inv(z)
 
@@ -161,7 +163,9 @@ class Flow(GenerativeModel):
         """``n`` samples ``(n, D)`` of ``x = T(z)``, ``z ~ N(0, I)`` drawn from a generator seeded with ``seed``."""
         self._check_fitted()
         n, seed = check_number("n", n, integer=True, ge=1), check_number("seed", seed, integer=True, ge=0)
-        z = torch.randn(n, self.n_features_, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        dev = self._device()
+        z = torch.randn(n, self.n_features_, generator=torch.Generator(device=dev).manual_seed(seed),
+                        dtype=torch.float64, device=dev)
         return self.decode(z)
 
     def log_joint(self, x, z, aux=None) -> Tensor:

@@ -63,7 +63,8 @@ class HelmholtzMachine(GenerativeModel):
     ``recognition_hidden`` (widths of the recognition network's hidden layers, same
     activation); ``reweighted`` (RWS instead of WS) with ``samples`` (``K`` importance samples
     per example; plain WS takes one); ``epochs``, ``batch_size``, ``lr`` (both Adams, per
-    update); ``seed`` (weights, batch order and every draw); ``progress`` (tqdm bar).
+    update); ``seed`` (weights, batch order and every draw); ``progress`` (tqdm bar); ``device``
+    (``"cpu"`` or ``"cuda"``; every tensor is float64 there).
 
     Learned state: ``spec_``/``weights_``/``biases_`` (generative path; weights ``(1, n_{l-1},
     n_l)``, biases ``(1, 1, n_l)``), ``log_sigma_`` (Gaussian observation noise, nats; 0-dim),
@@ -85,11 +86,12 @@ class HelmholtzMachine(GenerativeModel):
         "lr": [Interval(Real, 0, None, closed="neither")],
         "seed": [Interval(Integral, 0, None, closed="left")],
         "progress": ["boolean"],
+        "device": [str, torch.device],
     }
 
     def __init__(self, sizes=(2, 16, 8), activation="tanh", observation: str = "gaussian",
                  recognition_hidden=(16,), reweighted: bool = False, samples: int = 5, epochs: int = 50,
-                 batch_size: int = 64, lr: float = 1e-3, seed: int = 0, progress: bool = False):
+                 batch_size: int = 64, lr: float = 1e-3, seed: int = 0, progress: bool = False, device: str = "cpu"):
         self.sizes = sizes
         self.activation = activation
         self.observation = observation
@@ -101,20 +103,23 @@ class HelmholtzMachine(GenerativeModel):
         self.lr = lr
         self.seed = seed
         self.progress = progress
+        self.device = device
 
     # ----------------------------------------------------------------- the two networks
     def _init_networks(self, D: int) -> None:
-        gen = PCNetwork.init(self.sizes, self.activation, mode="generative", seed=self.seed, dtype=torch.float64)
+        dev = self._device()
+        gen = PCNetwork.init(self.sizes, self.activation, mode="generative", seed=self.seed, dtype=torch.float64,
+                             device=dev)
         if gen.sizes[-1] != D:
             raise DataError(f"x has {D} features but sizes ends in {gen.sizes[-1]}: the last width is the data's")
         hidden = check_numbers("recognition_hidden", self.recognition_hidden, integer=True, ge=1)
         act = self.activation if isinstance(self.activation, str) else self.activation[-1]
         rec = PCNetwork.init((D, *hidden, 2 * gen.sizes[0]), act, mode="discriminative", seed=self.seed + 1,
-                             dtype=torch.float64)
+                             dtype=torch.float64, device=dev)
         self.spec_, self.weights_, self.biases_ = gen.spec, gen.weights, gen.biases
         self.recognition_spec_, self.recognition_weights_ = rec.spec, rec.weights
         self.recognition_biases_ = rec.biases
-        self.log_sigma_ = torch.zeros((), dtype=torch.float64)
+        self.log_sigma_ = torch.zeros((), dtype=torch.float64, device=dev)
 
     def _generative_parameters(self) -> list[Tensor]:
         extra = [] if self.observation == "bernoulli" else [self.log_sigma_]
@@ -141,12 +146,13 @@ class HelmholtzMachine(GenerativeModel):
 
     def _dream(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """``n`` ancestral samples ``(z, x)`` ``((n, d), (n, D))`` of the generative model."""
-        z = torch.randn(n, self.spec_.sizes[0], generator=gen, dtype=torch.float64)
+        dev = self.log_sigma_.device
+        z = torch.randn(n, self.spec_.sizes[0], generator=gen, dtype=torch.float64, device=dev)
         mean = self._mean(z)
         if self.observation == "bernoulli":
-            x = (torch.rand(mean.shape, generator=gen, dtype=mean.dtype) < mean).to(mean.dtype)
+            x = (torch.rand(mean.shape, generator=gen, dtype=mean.dtype, device=dev) < mean).to(mean.dtype)
         else:
-            x = mean + torch.exp(self.log_sigma_) * torch.randn(mean.shape, generator=gen, dtype=mean.dtype)
+            x = mean + torch.exp(self.log_sigma_) * torch.randn(mean.shape, generator=gen, dtype=mean.dtype, device=dev)
         return z, x
 
     # ----------------------------------------------------------------- training
@@ -159,7 +165,8 @@ class HelmholtzMachine(GenerativeModel):
         for p in (*theta, *phi):
             p.requires_grad_(True)
         opt_theta, opt_phi = Adam(self.lr), Adam(self.lr)
-        gen = torch.Generator().manual_seed(self.seed)
+        order = torch.Generator().manual_seed(self.seed)                        # batch order, on the CPU
+        gen = torch.Generator(device=x.device).manual_seed(self.seed)           # every draw, on the model's device
         n = x.shape[0]
         bs = min(self.batch_size, n)
         K = self.samples if self.reweighted else 1
@@ -192,7 +199,7 @@ class HelmholtzMachine(GenerativeModel):
         # no wider OpenMP team than the cores free now (pcsim.parallel): a small step on a shared machine
         try:
             with threads(threads_for(self.spec_.sizes, bs * K)):
-                self.epoch_time_ = train(step, lambda ep: epoch_batches(n, bs, gen), self.epochs, on_step=record,
+                self.epoch_time_ = train(step, lambda ep: epoch_batches(n, bs, order), self.epochs, on_step=record,
                                          progress=self.progress,
                                          desc="reweighted wake-sleep" if self.reweighted else "wake-sleep",
                                          parameters=lambda: [*theta, *phi], energy=lambda loss: loss, lr=self.lr)
@@ -210,19 +217,19 @@ class HelmholtzMachine(GenerativeModel):
     def decode(self, z) -> Tensor:
         """The mean of ``p(x | z)`` ``(N, D)`` for latents ``z`` ``(N, d)`` (Bernoulli: probabilities)."""
         self._check_fitted()
-        return self._mean(as_data(z, "z", width=self.spec_.sizes[0]))
+        return self._mean(as_data(z, "z", width=self.spec_.sizes[0], device=self._device()))
 
     def sample(self, n: int, aux=None, seed: int = 0) -> Tensor:
         """``n`` samples ``x`` ``(n, D)`` by ancestral sampling ``z ~ N(0, I)``, ``x ~ p(x | z)``, seeded with ``seed``."""
         self._check_fitted()
         n, seed = check_number("n", n, integer=True, ge=1), check_number("seed", seed, integer=True, ge=0)
-        return self._dream(n, torch.Generator().manual_seed(seed))[1]
+        return self._dream(n, torch.Generator(device=self.log_sigma_.device).manual_seed(seed))[1]
 
     def log_joint(self, x, z, aux=None) -> Tensor:
         """``log p(x, z) = log N(z; 0, I) + log p(x | z)`` ``(K, N)`` (nats) for ``x`` ``(N, D)``, ``z`` ``(K, N, d)``;
         differentiable in ``z`` (the learned parameters are constants here)."""
         x, _ = self._inputs(x, aux)
-        z = torch.as_tensor(z, dtype=x.dtype)
+        z = torch.as_tensor(z, dtype=x.dtype, device=x.device)
         d = self.spec_.sizes[0]
         if z.dim() != 3 or z.shape[1:] != (x.shape[0], d):
             raise DataError(f"z must be (K, N, d) = (K, {x.shape[0]}, {d}), got shape {tuple(z.shape)}")

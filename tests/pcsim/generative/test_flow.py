@@ -125,6 +125,7 @@ BAD_PARAMETERS = st.one_of(
     st.tuples(st.just("lr"), st.one_of(st.floats(max_value=0), st.just(float("nan")), st.just(float("inf")), st.just("fast"))),
     st.tuples(st.just("seed"), st.one_of(st.integers(max_value=-1), st.just(0.5))),
     st.tuples(st.just("standardize"), st.sampled_from([1, "yes", None])),
+    st.tuples(st.just("device"), st.sampled_from(["gpu", "tpu:0", 3, None] + ([] if torch.cuda.is_available() else ["cuda"]))),
 )
 
 
@@ -176,3 +177,9 @@ def test_a_learning_rate_that_blows_up_is_a_learning_divergence_naming_lr(moons)
     with pytest.raises(LearningDivergenceError, match="lr=1e\\+06") as info:
         Flow("realnvp", epochs=5, lr=1e6, **SMALL).fit(moons[0])
     assert info.value.epoch is not None
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_training_shows_a_progress_bar_only_when_asked(moons, capsys, progress):
+    Flow("realnvp", epochs=1, progress=progress, **SMALL).fit(moons[0])
+    assert ("flow (realnvp)" in capsys.readouterr().err) is progress

@@ -131,6 +131,7 @@ BAD_PARAMETERS = st.one_of(
     st.tuples(st.just("batch_size"), st.one_of(st.integers(max_value=0), st.just(True))),
     st.tuples(st.just("lr"), st.one_of(st.floats(max_value=0), st.just(float("nan")), st.just(float("inf")))),
     st.tuples(st.just("seed"), st.one_of(st.integers(max_value=-1), st.just(0.5))),
+    st.tuples(st.just("device"), st.sampled_from(["gpu", "tpu:0", 3, None] + ([] if torch.cuda.is_available() else ["cuda"]))),
 )
 
 
@@ -179,3 +180,12 @@ def test_wrong_shapes_and_unfitted_models_are_refused_naming_the_array(linear_ga
 def test_a_learning_rate_that_blows_up_is_a_learning_divergence_naming_lr(linear_gaussian):
     with pytest.raises(LearningDivergenceError, match=r"lr=1e\+08"):
         HelmholtzMachine(**{**LINEAR, "lr": 1e8}, epochs=5).fit(linear_gaussian[2])
+
+
+@pytest.mark.parametrize("reweighted", [True, False])
+def test_training_shows_a_progress_bar_only_when_asked(linear_gaussian, capsys, reweighted):
+    HelmholtzMachine(**LINEAR, epochs=1, reweighted=reweighted, progress=True).fit(linear_gaussian[2])
+    err = capsys.readouterr().err
+    assert "wake-sleep" in err and ("reweighted wake-sleep" in err) is reweighted
+    HelmholtzMachine(**LINEAR, epochs=1, reweighted=reweighted).fit(linear_gaussian[2])
+    assert "wake-sleep" not in capsys.readouterr().err
