@@ -92,9 +92,10 @@ class Flow(GenerativeModel):
         self.device = device
 
     # ----------------------------------------------------------------- training
-    def _build(self, x: Tensor) -> zuko.flows.Flow:
+    def _build(self, x: Tensor) -> tuple[zuko.flows.Flow, float]:
         """The zuko flow for data like ``x`` ``(N, D)``, its weights drawn from ``seed`` (the global
-        torch generator zuko's layers use is forked, so the caller's random state is untouched)."""
+        torch generator zuko's layers use is forked, so the caller's random state is untouched), and
+        the log-Jacobian ``sum_d log scale_d`` of the standardisation (0 without it, nats)."""
         hidden = check_numbers("hidden", self.hidden, integer=True, ge=1)
         if not hidden:
             raise ConfigError(f"hidden must list one or more widths, got {self.hidden!r}")
@@ -107,14 +108,16 @@ class Flow(GenerativeModel):
                 flow = zuko.flows.RealNVP(D, transforms=self.transforms, hidden_features=hidden)
             else:
                 flow = zuko.flows.NSF(D, transforms=self.transforms, bins=self.bins, passes=2, hidden_features=hidden)
+        log_scale = 0.0
         if self.standardize:
             loc, scale = x.mean(0), x.std(0).clamp_min(1e-6)
             first = zuko.flows.UnconditionalTransform(AffineTransform, -loc / scale, 1 / scale, buffer=True)
             flow = zuko.flows.Flow([first, *flow.transform.transforms], flow.base)
-        return flow.to(dtype=torch.float64, device=x.device)
+            log_scale = float(scale.log().sum())
+        return flow.to(dtype=torch.float64, device=x.device), log_scale
 
     def _fit(self, x: Tensor, aux: Tensor | None) -> None:
-        self.flow_ = self._build(x)
+        self.flow_, log_scale = self._build(x)
         params = [p for p in self.flow_.parameters()]
         opt = Adam(self.lr)
         gen = torch.Generator().manual_seed(self.seed)
@@ -132,11 +135,14 @@ class Flow(GenerativeModel):
         def record(s) -> None:
             losses[s.epoch - 1].append(float(s.output))
 
+        # the divergence watch compares each step's loss with the first one's: it is the NLL of the
+        # standardised data, about 1.4 nats per feature at the start whatever the data's scale
+        # (the raw NLL can start near 0, and then any noise would look like a 1000-fold growth)
         widths = (x.shape[1], *check_numbers("hidden", self.hidden), x.shape[1])
         with threads(threads_for(widths, bs * self.transforms)):  # no wider OpenMP team than free cores (pcsim.parallel)
             self.epoch_time_ = train(step, lambda ep: epoch_batches(n, bs, gen), self.epochs, on_step=record,
                                      progress=self.progress, desc=f"flow ({self.kind})", parameters=lambda: params,
-                                     energy=lambda loss: loss, lr=self.lr)
+                                     energy=lambda loss: loss - log_scale, lr=self.lr)
         self.loss_ = np.array([np.mean(v) for v in losses])
 
     # ----------------------------------------------------------------- the surface
