@@ -36,6 +36,7 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import InvalidParameterError
 
+from pcsim.arguments import check_number
 from pcsim.errors import ConfigError, DataError
 
 Tensor = torch.Tensor
@@ -183,6 +184,11 @@ def as_aux(aux, n: int, n_aux: int | None, name: str = "aux") -> Tensor | None:
     return a
 
 
+def _draws(samples, seed) -> tuple[int, int]:
+    """``samples`` (>= 1) and ``seed`` (>= 0) as ints, or a :class:`ConfigError` naming the bad one."""
+    return check_number("samples", samples, integer=True, ge=1), check_number("seed", seed, integer=True, ge=0)
+
+
 # --------------------------------------------------------------------------- the surface
 class GenerativeModel(BaseEstimator):
     """Base of every generative model (see the module docstring for the surface).
@@ -201,9 +207,13 @@ class GenerativeModel(BaseEstimator):
         """Validate the hyper-parameters and ``x`` ``(N, D)`` / ``aux`` ``(N,)`` once, then train (:meth:`_fit`)."""
         try:
             self._validate_params()
-        except InvalidParameterError as error:  # sklearn's message names the parameter and the value
-            raise ConfigError(str(error)) from None
-        t = as_data(x)
+        except InvalidParameterError as exc:  # sklearn's message names the parameter and the value
+            raise ConfigError(str(exc)) from exc
+        for name, constraints in self._parameter_constraints.items():  # sklearn counts True as an Integral
+            value = getattr(self, name, None)
+            if isinstance(value, (bool, np.bool_)) and "boolean" not in constraints and bool not in constraints:
+                raise ConfigError(f"The {name!r} parameter of {type(self).__name__} must be a number, got {value!r}")
+        t = as_data(x, device=self._device())
         self.n_features_ = t.shape[1]
         a = as_aux(aux, t.shape[0], None)
         self.n_aux_ = None if a is None else int(a.max()) + 1
@@ -213,13 +223,25 @@ class GenerativeModel(BaseEstimator):
     def _fit(self, x: Tensor, aux: Tensor | None) -> None:
         raise NotImplementedError
 
+    def _device(self) -> torch.device:
+        """The model's ``device`` hyper-parameter (``"cpu"`` where it has none) as a torch device;
+        a name torch does not know is a :class:`ConfigError` naming ``device``."""
+        device = getattr(self, "device", "cpu")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} is not available here (torch.cuda.is_available() is False)")
+        return dev
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_"):
             raise ConfigError(f"{type(self).__name__} is not fitted yet; call fit(x) first")
 
     def _inputs(self, x, aux) -> tuple[Tensor, Tensor | None]:
         self._check_fitted()
-        t = as_data(x, width=self.n_features_)
+        t = as_data(x, width=self.n_features_, device=self._device())
         return t, as_aux(aux, t.shape[0], self.n_aux_)
 
     def _proposal(self, x: Tensor, aux: Tensor | None) -> Posterior:
@@ -227,16 +249,18 @@ class GenerativeModel(BaseEstimator):
 
     def log_likelihood(self, x, aux=None, samples: int = 100, seed: int = 0) -> LogLikelihood:
         """``log p(x)`` per example (nats) by importance sampling from :meth:`_proposal` with ``samples`` draws."""
+        samples, seed = _draws(samples, seed)
         x, aux = self._inputs(x, aux)
         q = self._proposal(x, aux)
-        z = q.sample(int(samples), torch.Generator(device=x.device).manual_seed(seed))
+        z = q.sample(samples, torch.Generator(device=x.device).manual_seed(seed))
         with torch.no_grad():
             return importance_weighted(self.log_joint(x, z, aux), q.log_prob(z))
 
     def elbo(self, x, aux=None, samples: int = 1, seed: int = 0) -> Tensor:
         """The evidence lower bound ``E_q[log p(x, z) - log q(z | x)]`` per example ``(N,)`` (nats), ``samples`` draws of :meth:`encode`."""
+        samples, seed = _draws(samples, seed)
         x, aux = self._inputs(x, aux)
         q = self.encode(x, aux)
-        z = q.sample(int(samples), torch.Generator(device=x.device).manual_seed(seed))
+        z = q.sample(samples, torch.Generator(device=x.device).manual_seed(seed))
         with torch.no_grad():
             return (self.log_joint(x, z, aux) - q.log_prob(z)).mean(0)

@@ -1,0 +1,238 @@
+"""The Helmholtz machine, trained by wake-sleep or by reweighted wake-sleep.
+
+A Helmholtz machine (Dayan, Hinton, Neal & Zemel 1995; Hinton, Dayan, Frey & Neal 1995) pairs
+a generative model ``p(z) p(x | z)`` with a recognition model ``q(z | x)`` and trains them by
+two phases that each need only a local, supervised-looking update:
+
+- **wake**: ``z ~ q(z | x)`` for a data ``x``; the generative parameters ``theta`` climb
+  ``log p_theta(x, z)`` (the recognition model labels the data with causes);
+- **sleep**: a dream ``(z, x) ~ p_theta``; the recognition parameters ``phi`` climb
+  ``log q_phi(z | x)`` (the generative model labels its fantasies).
+
+Reweighted wake-sleep (Bornschein & Bengio 2015) draws ``K`` samples ``z_k ~ q(z | x)`` with
+normalised importance weights ``w_k ∝ p(x, z_k) / q(z_k | x)`` and uses them twice: the wake
+update of ``theta`` climbs ``sum_k w_k log p(x, z_k)`` (a consistent estimate of the gradient
+of ``log p(x)``), and a *wake-phase* ``q`` update climbs ``sum_k w_k log q(z_k | x)`` (the
+gradient of ``KL(p(z | x) || q(z | x))``), used beside the sleep update (half each: the
+paper's "wake + sleep" variant, its best).
+
+Here the latents are Gaussian, ``p(z) = N(0, I_d)``, and the observation model is
+:class:`~pcsim.generative.base.Gaussian` (a learned scalar ``log_sigma``) or
+:class:`~pcsim.generative.base.Bernoulli`. The generative path is a PC network's:
+``PCNetwork.init(sizes, activation, mode="generative")``'s :class:`~pcsim.network.NetworkSpec`
+and weights, decoded by the one sweep :func:`pcsim.energy.sweep` from the top latent ``z =
+x_0`` to the data mean ``x_L`` (with ``observation="bernoulli"`` the sweep's output is the
+logit, the mean its sigmoid). The recognition model is the same kind of layer stack, ``D ->
+recognition_hidden -> 2d`` (mean and log-variance of a diagonal Gaussian), also decoded by the
+sweep. Gradients of each phase's objective come from autograd and are applied by
+:class:`pcsim.optim.Adam` (one per phase), through :func:`pcsim.training.train`.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from pcsim.arguments import check_number, check_numbers
+from pcsim.data import epoch_batches
+from pcsim.energy import sweep
+from pcsim.errors import DataError
+from pcsim.network import PCNetwork
+from pcsim.optim import Adam
+from pcsim.parallel import threads, threads_for
+from pcsim.training import train
+
+from .base import GenerativeModel, Posterior, as_data, observation_model
+
+Tensor = torch.Tensor
+
+__all__ = ["HelmholtzMachine"]
+
+
+class HelmholtzMachine(GenerativeModel):
+    """A Helmholtz machine with Gaussian latents ``z`` ``(d,)``, trained by (reweighted) wake-sleep.
+
+    Hyper-parameters: ``sizes`` ``(d, ..., D)`` and ``activation`` (one name, or one per
+    pre-synaptic layer ``0..L-1``) of the generative path, exactly as
+    :meth:`pcsim.network.PCNetwork.init` takes them in generative mode; ``observation``
+    (``"gaussian"`` or ``"bernoulli"``; Bernoulli data must lie in ``[0, 1]``);
+    ``recognition_hidden`` (widths of the recognition network's hidden layers, same
+    activation); ``reweighted`` (RWS instead of WS) with ``samples`` (``K`` importance samples
+    per example; plain WS takes one); ``epochs``, ``batch_size``, ``lr`` (both Adams, per
+    update); ``seed`` (weights, batch order and every draw); ``progress`` (tqdm bar); ``device``
+    (``"cpu"`` or ``"cuda"``; every tensor is float64 there).
+
+    Learned state: ``spec_``/``weights_``/``biases_`` (generative path; weights ``(1, n_{l-1},
+    n_l)``, biases ``(1, 1, n_l)``), ``log_sigma_`` (Gaussian observation noise, nats; 0-dim),
+    ``recognition_spec_``/``recognition_weights_``/``recognition_biases_``, ``loss_``
+    ``(epochs,)`` (mean over the epoch's batches of minus the training bound: the one-sample
+    ELBO for WS, the ``K``-sample IWAE bound for RWS; nats per example) and ``epoch_time_``
+    ``(epochs,)`` (s). A blow-up raises :class:`~pcsim.errors.LearningDivergenceError` naming ``lr``.
+    """
+
+    _parameter_constraints = {
+        "sizes": ["array-like"],
+        "activation": [str, list, tuple],
+        "observation": [StrOptions({"gaussian", "bernoulli"})],
+        "recognition_hidden": ["array-like"],
+        "reweighted": ["boolean"],
+        "samples": [Interval(Integral, 1, None, closed="left")],
+        "epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "seed": [Interval(Integral, 0, None, closed="left")],
+        "progress": ["boolean"],
+        "device": [str, torch.device],
+    }
+
+    def __init__(self, sizes=(2, 16, 8), activation="tanh", observation: str = "gaussian",
+                 recognition_hidden=(16,), reweighted: bool = False, samples: int = 5, epochs: int = 50,
+                 batch_size: int = 64, lr: float = 1e-3, seed: int = 0, progress: bool = False, device: str = "cpu"):
+        self.sizes = sizes
+        self.activation = activation
+        self.observation = observation
+        self.recognition_hidden = recognition_hidden
+        self.reweighted = reweighted
+        self.samples = samples
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.seed = seed
+        self.progress = progress
+        self.device = device
+
+    # ----------------------------------------------------------------- the two networks
+    def _init_networks(self, D: int) -> None:
+        dev = self._device()
+        gen = PCNetwork.init(self.sizes, self.activation, mode="generative", seed=self.seed, dtype=torch.float64,
+                             device=dev)
+        if gen.sizes[-1] != D:
+            raise DataError(f"x has {D} features but sizes ends in {gen.sizes[-1]}: the last width is the data's")
+        hidden = check_numbers("recognition_hidden", self.recognition_hidden, integer=True, ge=1)
+        act = self.activation if isinstance(self.activation, str) else self.activation[-1]
+        rec = PCNetwork.init((D, *hidden, 2 * gen.sizes[0]), act, mode="discriminative", seed=self.seed + 1,
+                             dtype=torch.float64, device=dev)
+        self.spec_, self.weights_, self.biases_ = gen.spec, gen.weights, gen.biases
+        self.recognition_spec_, self.recognition_weights_ = rec.spec, rec.weights
+        self.recognition_biases_ = rec.biases
+        self.log_sigma_ = torch.zeros((), dtype=torch.float64, device=dev)
+
+    def _generative_parameters(self) -> list[Tensor]:
+        extra = [] if self.observation == "bernoulli" else [self.log_sigma_]
+        return [*self.weights_, *self.biases_, *extra]
+
+    def _recognition_parameters(self) -> list[Tensor]:
+        return [*self.recognition_weights_, *self.recognition_biases_]
+
+    def _mean(self, z: Tensor) -> Tensor:
+        """The mean of ``p(x | z)`` ``(..., D)`` for ``z`` ``(..., d)``: the sweep of the generative path."""
+        out = sweep(self.spec_, self.weights_, self.biases_, z.reshape(1, -1, z.shape[-1]))[-1][0]
+        out = torch.sigmoid(out) if self.observation == "bernoulli" else out
+        return out.reshape(*z.shape[:-1], out.shape[-1])
+
+    def _recognise(self, x: Tensor) -> Posterior:
+        out = sweep(self.recognition_spec_, self.recognition_weights_, self.recognition_biases_, x[None])[-1][0]
+        d = self.spec_.sizes[0]
+        return Posterior(out[:, :d], out[:, d:])
+
+    def _log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log p(z) + log p(x | z)`` ``(K, N)`` (nats) for ``x`` ``(N, D)`` and ``z`` ``(K, N, d)``."""
+        prior = (-0.5 * z * z - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return prior + observation_model(self.observation, self.log_sigma_).log_prob(x, self._mean(z))
+
+    def _dream(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` ancestral samples ``(z, x)`` ``((n, d), (n, D))`` of the generative model."""
+        dev = self.log_sigma_.device
+        z = torch.randn(n, self.spec_.sizes[0], generator=gen, dtype=torch.float64, device=dev)
+        mean = self._mean(z)
+        if self.observation == "bernoulli":
+            x = (torch.rand(mean.shape, generator=gen, dtype=mean.dtype, device=dev) < mean).to(mean.dtype)
+        else:
+            x = mean + torch.exp(self.log_sigma_) * torch.randn(mean.shape, generator=gen, dtype=mean.dtype, device=dev)
+        return z, x
+
+    # ----------------------------------------------------------------- training
+    def _fit(self, x: Tensor, aux: Tensor | None) -> None:
+        if self.observation == "bernoulli" and ((x < 0) | (x > 1)).any():
+            i, j = (int(v) for v in torch.nonzero((x < 0) | (x > 1))[0])
+            raise DataError(f"x[{i}, {j}] = {float(x[i, j])} is outside [0, 1], which observation='bernoulli' needs")
+        self._init_networks(x.shape[1])
+        theta, phi = self._generative_parameters(), self._recognition_parameters()
+        for p in (*theta, *phi):
+            p.requires_grad_(True)
+        opt_theta, opt_phi = Adam(self.lr), Adam(self.lr)
+        order = torch.Generator().manual_seed(self.seed)                        # batch order, on the CPU
+        gen = torch.Generator(device=x.device).manual_seed(self.seed)           # every draw, on the model's device
+        n = x.shape[0]
+        bs = min(self.batch_size, n)
+        K = self.samples if self.reweighted else 1
+        losses: list[list[float]] = [[] for _ in range(self.epochs)]
+
+        def step(idx: Tensor) -> Tensor:
+            xb = x[idx]
+            q = self._recognise(xb)
+            z = q.sample(K, gen).detach()                       # (K, B, d): causes for the data
+            log_p = self._log_joint(xb, z)                      # (K, B)
+            log_q = q.log_prob(z)
+            log_w = (log_p - log_q).detach()
+            bound = torch.logsumexp(log_w, 0) - math.log(K)     # the IWAE bound (ELBO for K = 1)
+            w = torch.softmax(log_w, 0)                         # normalised importance weights (1 for K = 1)
+            wake = -(w * log_p).sum(0).mean()
+            z_dream, x_dream = self._dream(xb.shape[0], gen)
+            x_dream, z_dream = x_dream.detach(), z_dream.detach()
+            sleep = -self._recognise(x_dream).log_prob(z_dream[None]).mean()
+            recognition = 0.5 * (sleep - (w * log_q).sum(0).mean()) if self.reweighted else sleep
+            g_theta = torch.autograd.grad(wake, theta)
+            g_phi = torch.autograd.grad(recognition, phi)
+            with torch.no_grad():
+                opt_theta.step(theta, list(g_theta))
+                opt_phi.step(phi, list(g_phi))
+            return -bound.mean()
+
+        def record(s) -> None:
+            losses[s.epoch - 1].append(float(s.output))
+
+        # no wider OpenMP team than the cores free now (pcsim.parallel): a small step on a shared machine
+        try:
+            with threads(threads_for(self.spec_.sizes, bs * K)):
+                self.epoch_time_ = train(step, lambda ep: epoch_batches(n, bs, order), self.epochs, on_step=record,
+                                         progress=self.progress,
+                                         desc="reweighted wake-sleep" if self.reweighted else "wake-sleep",
+                                         parameters=lambda: [*theta, *phi], energy=lambda loss: loss, lr=self.lr)
+        finally:
+            for p in (*theta, *phi):
+                p.requires_grad_(False)
+        self.loss_ = np.array([np.mean(v) for v in losses])
+
+    # ----------------------------------------------------------------- the surface
+    def encode(self, x, aux=None) -> Posterior:
+        """The recognition model's diagonal Gaussian ``q(z | x)``: mean and log-variance ``(N, d)``."""
+        x, _ = self._inputs(x, aux)
+        return self._recognise(x)
+
+    def decode(self, z) -> Tensor:
+        """The mean of ``p(x | z)`` ``(N, D)`` for latents ``z`` ``(N, d)`` (Bernoulli: probabilities)."""
+        self._check_fitted()
+        return self._mean(as_data(z, "z", width=self.spec_.sizes[0], device=self._device()))
+
+    def sample(self, n: int, aux=None, seed: int = 0) -> Tensor:
+        """``n`` samples ``x`` ``(n, D)`` by ancestral sampling ``z ~ N(0, I)``, ``x ~ p(x | z)``, seeded with ``seed``."""
+        self._check_fitted()
+        n, seed = check_number("n", n, integer=True, ge=1), check_number("seed", seed, integer=True, ge=0)
+        return self._dream(n, torch.Generator(device=self.log_sigma_.device).manual_seed(seed))[1]
+
+    def log_joint(self, x, z, aux=None) -> Tensor:
+        """``log p(x, z) = log N(z; 0, I) + log p(x | z)`` ``(K, N)`` (nats) for ``x`` ``(N, D)``, ``z`` ``(K, N, d)``;
+        differentiable in ``z`` (the learned parameters are constants here)."""
+        x, _ = self._inputs(x, aux)
+        z = torch.as_tensor(z, dtype=x.dtype, device=x.device)
+        d = self.spec_.sizes[0]
+        if z.dim() != 3 or z.shape[1:] != (x.shape[0], d):
+            raise DataError(f"z must be (K, N, d) = (K, {x.shape[0]}, {d}), got shape {tuple(z.shape)}")
+        if not torch.isfinite(z).all():
+            raise DataError("z holds non-finite values")
+        return self._log_joint(x, z)
