@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import InvalidParameterError
 
 from pcsim.errors import ConfigError, DataError
 
@@ -198,7 +199,10 @@ class GenerativeModel(BaseEstimator):
 
     def fit(self, x, aux=None) -> "GenerativeModel":
         """Validate the hyper-parameters and ``x`` ``(N, D)`` / ``aux`` ``(N,)`` once, then train (:meth:`_fit`)."""
-        self._validate_params()
+        try:
+            self._validate_params()
+        except InvalidParameterError as error:  # sklearn's message names the parameter and the value
+            raise ConfigError(str(error)) from None
         t = as_data(x)
         self.n_features_ = t.shape[1]
         a = as_aux(aux, t.shape[0], None)
