@@ -156,6 +156,12 @@ class PCGenerative(GenerativeModel):
     def _to(self, t: Tensor) -> Tensor:
         return t.to(device=self.device, dtype=_DTYPES[self.dtype])
 
+    def _inputs(self, x, aux) -> tuple[Tensor, Tensor | None]:
+        """The base's validation, then ``x`` on the model's device and dtype (so the base's
+        generators, made on ``x.device``, match the posterior's tensors)."""
+        t, a = super()._inputs(x, aux)
+        return self._to(t), None if a is None else a.to(self.device)
+
     def _init_network(self, width: int) -> PCNetwork:
         sizes = tuple(self.sizes)
         if not sizes or sizes[-1] != width:
@@ -245,13 +251,13 @@ class PCGenerative(GenerativeModel):
         """One update on a minibatch ``x`` ``(B, D)``: relax (standard PC's update at the relaxed
         state) or, for MCPC, relax and then average the local gradients over Langevin samples."""
         net = self._view(aux)
-        r = relax(net, self._start(net, x), self._inference())
+        mode = r = relax(net, self._start(net, x), self._inference())
         if self.learning == "standard":
             grads = self._local_gradients(net, r.eps, r.peps, r.fx, aux)
         else:
-            grads, r = self._mcpc_gradients(net, r, aux, noise)
+            grads, r = self._mcpc_gradients(net, mode, aux, noise)
         optimizer.step(self._parameters(), grads)
-        self._after_step(net, r)
+        self._after_step(net, mode)
         return r
 
     def _mcpc_gradients(self, net: PCNetwork, mode: Relaxation, aux, noise) -> tuple[list[Tensor], Relaxation]:
