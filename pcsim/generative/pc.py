@@ -249,18 +249,19 @@ class PCGenerative(GenerativeModel):
 
     def _train_step(self, x: Tensor, aux: Tensor | None, optimizer: Adam, noise: torch.Generator) -> Relaxation:
         """One update on a minibatch ``x`` ``(B, D)``: relax (standard PC's update at the relaxed
-        state) or, for MCPC, relax and then average the local gradients over Langevin samples."""
+        state) or, for MCPC, relax and then average the local gradients over Langevin samples.
+        Returns the relaxation to the mode (its energy is what ``energy_`` and the blow-up check see)."""
         net = self._view(aux)
-        mode = r = relax(net, self._start(net, x), self._inference())
+        r = relax(net, self._start(net, x), self._inference())
         if self.learning == "standard":
             grads = self._local_gradients(net, r.eps, r.peps, r.fx, aux)
         else:
-            grads, r = self._mcpc_gradients(net, mode, aux, noise)
+            grads = self._mcpc_gradients(net, r, aux, noise)
         optimizer.step(self._parameters(), grads)
-        self._after_step(net, mode)
+        self._after_step(net, r)
         return r
 
-    def _mcpc_gradients(self, net: PCNetwork, mode: Relaxation, aux, noise) -> tuple[list[Tensor], Relaxation]:
+    def _mcpc_gradients(self, net: PCNetwork, mode: Relaxation, aux, noise) -> list[Tensor]:
         """Monte Carlo PC's update (Oliviers et al. 2024): the local gradients averaged over ``mc_samples``
         unit-temperature Langevin states taken after ``burn_in`` steps from the relaxed ``mode``."""
         acc: list = []
@@ -274,8 +275,8 @@ class PCGenerative(GenerativeModel):
                     acc.extend(t.clone() for t in g)
 
         cfg = self._inference(self.burn_in + self.mc_samples, temperature=1.0, max_growth=1e6)
-        r = relax(net, mode.state, cfg, on_step=collect, generator=noise)
-        return [g / self.mc_samples for g in acc], r
+        relax(net, mode.state.clone(), cfg, on_step=collect, generator=noise)
+        return [g / self.mc_samples for g in acc]
 
     def _after_step(self, net: PCNetwork, r: Relaxation) -> None:
         """What a variant learns from the relaxed state besides the network (HybridPC: its amortiser)."""
