@@ -57,7 +57,7 @@ from pcsim.network import PCNetwork
 from pcsim.optim import Adam
 from pcsim.training import train, training_energy
 
-from .base import GenerativeModel, Posterior, Tensor, as_data
+from .base import GenerativeModel, Posterior, Tensor, as_aux, as_data
 
 __all__ = ["ConditionalPC", "HybridPC", "LaplacePosterior", "PCGenerative"]
 
@@ -195,15 +195,14 @@ class PCGenerative(GenerativeModel):
         """``z`` ``(..., d)`` as the free layers ``[x_0, ..., x_{L-1}]``."""
         return list(torch.split(z, list(self.network_.sizes[:-1]), dim=-1))
 
-    def _check_z(self, z, name: str = "z", ndim: int = 3) -> Tensor:
+    def _check_z(self, z, name: str = "z") -> Tensor:
+        """Latents ``z`` ``(K, N, d)`` on the model's device, or a DataError naming ``name`` (the shape
+        here; values by :func:`~pcsim.generative.base.as_data`, the one data validator, on ``(K N, d)``)."""
         t = torch.as_tensor(np.asarray(z) if not isinstance(z, Tensor) else z)
-        if t.dim() != ndim or t.shape[-1] != self.n_latents_:
-            want = "(K, N, d)" if ndim == 3 else "(N, d)"
-            raise DataError(f"{name} must be {want} with d = {self.n_latents_} (the free layers {self.network_.sizes[:-1]} "
-                            f"concatenated), got shape {tuple(t.shape)}")
-        if not t.dtype.is_floating_point or not torch.isfinite(t).all():
-            raise DataError(f"{name} must hold finite real numbers (dtype {t.dtype})")
-        return self._to(t)
+        if t.dim() != 3 or t.shape[-1] != self.n_latents_:
+            raise DataError(f"{name} must be (K, N, d) with d = {self.n_latents_} (the free layers "
+                            f"{self.network_.sizes[:-1]} concatenated), got shape {tuple(t.shape)}")
+        return self._to(as_data(t.reshape(-1, t.shape[-1]), name)).reshape(t.shape)
 
     def _local_gradients(self, net: PCNetwork, eps, peps, fx, aux: Tensor | None) -> list[Tensor]:
         """The local (Hebbian) gradients of the energy at one state, ordered as :meth:`_parameters`
@@ -386,8 +385,6 @@ class PCGenerative(GenerativeModel):
         return x[0]
 
     def _sample_aux(self, aux, n: int) -> Tensor | None:
-        from .base import as_aux
-
         return as_aux(aux, n, self.n_aux_)
 
     def posterior_samples(self, x, n: int, burn_in: int = 100, *, thin: int = 1, dt: float | None = None, aux=None,

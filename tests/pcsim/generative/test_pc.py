@@ -10,10 +10,9 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 from scipy.stats import multivariate_normal
 
-from pcsim import energy as pc
 from pcsim.errors import ConfigError, DataError, InferenceDivergenceError, LearningDivergenceError, PCSimError
 from pcsim.generative.pc import ConditionalPC, HybridPC, PCGenerative
-from pcsim.inference import InferenceConfig
+from pcsim.inference import InferenceConfig, init_state, relax
 from pcsim.rules import StandardPC
 
 D, d = 5, 2
@@ -116,7 +115,6 @@ def test_training_step_is_standard_pc(linear):
     m, x = linear
     xb = torch.as_tensor(x[:16])
     net = m.network_
-    from pcsim.inference import relax
     r = relax(net, m._start(net, xb), m._inference())
     ours = m._local_gradients(net, r.eps, r.peps, r.fx, None)
     ref, _ = StandardPC(m._inference()).gradients(net, data=xb)
@@ -136,7 +134,6 @@ def test_mcpc_gradient_has_the_posterior_covariance_term(linear):
     m, x = linear
     xb = torch.as_tensor(x[:1]).repeat(2000, 1)        # 2000 chains on one example
     net = m.network_
-    from pcsim.inference import relax
     mode = relax(net, m._start(net, xb), m._inference())
     m2 = PCGenerative(**{**m.get_params(), "burn_in": 300, "mc_samples": 100, "dt": 0.04})
     m2.network_ = net
@@ -181,8 +178,6 @@ def test_langevin_samples_match_the_exact_posterior(linear):
 def test_preconditioned_langevin_relaxation_samples_the_posterior(linear):
     """The inference option itself: relax(temperature=1, precondition=True) from the prior sweep,
     noise scaled by 1/sqrt(Pi_0), ends at samples of the exact posterior (3000 chains)."""
-    from pcsim.inference import init_state, relax
-
     m, x = linear
     net = m.network_
     xs = torch.as_tensor(np.repeat(x[1:2], 3000, 0))
