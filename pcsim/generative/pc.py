@@ -339,6 +339,8 @@ class PCGenerative(GenerativeModel):
         x, aux = self._inputs(x, aux)
         z = self._check_z(z)
         K, N = z.shape[:2]
+        if N != x.shape[0]:
+            raise DataError(f"z holds latents of {N} examples per sample but x has {x.shape[0]}: z must be (K, N, d)")
         net = self._view(aux, repeat=K)
         xs = [t.reshape(1, K * N, -1) for t in self._split(z)] + [self._to(x).repeat(K, 1).unsqueeze(0)]
         prior = (net.prior_mean, net.prior_log_precision.exp())

@@ -280,7 +280,7 @@ def test_bad_x_is_a_data_error_naming_x(linear, kind, method):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(shape=st.sampled_from([(2, 5, d + 1), (5, d), (2, 5, 1)]), nan=st.booleans())
+@given(shape=st.sampled_from([(2, 5, d + 1), (5, d), (2, 5, 1), (2, 4, d)]), nan=st.booleans())
 def test_bad_z_is_a_data_error_naming_z(linear, shape, nan):
     m, x = linear
     z = np.zeros(shape)
@@ -288,7 +288,7 @@ def test_bad_z_is_a_data_error_naming_z(linear, shape, nan):
         z.flat[0] = np.nan
     with pytest.raises(DataError, match=r"\bz\b"):
         m.log_joint(x[:5], z)
-    if shape[-1] != d or nan:  # decode takes (N, d) or (N, n_0)
+    if shape[-1] != d or nan:  # decode takes any (N, d) or (N, n_0)
         with pytest.raises(DataError, match=r"\bz\b"):
             m.decode(z.reshape(-1, shape[-1]))
 
