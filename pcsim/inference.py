@@ -47,6 +47,13 @@ class InferenceConfig:
     nothing is recorded, no tolerance and no hook; fused kernels, no Python in the loop;
     costs seconds of compilation per shape).
     ``precondition``: divide each layer's step by its precision (see ``_update``).
+    ``temperature``: Langevin noise (Monte Carlo PC; Oliviers, Bogacz & Meulemans 2024): every
+    step adds ``sqrt(2 dt/tau temperature) xi`` (``xi ~ N(0, I)``; divided by ``sqrt(Pi_l)`` when
+    preconditioned) to each free node, so at ``temperature = 1`` the nodes sample
+    ``p(free | clamped) ~ exp(-E)`` (up to the Euler discretisation) instead of descending to
+    its mode; 0 (default) is plain descent. ``seed`` seeds that noise (when :func:`relax` is given
+    no generator). A noisy run is not a descent (criterion 3 of :mod:`pcsim.relaxation` is off);
+    it cannot be compiled nor use momentum (both refused).
     """
 
     steps: int = field(default=20, metadata={"ge": 0})
@@ -60,12 +67,17 @@ class InferenceConfig:
     check_every: int = field(default=0, metadata={"ge": 0})
     compile: bool = False
     precondition: bool = False
+    temperature: float = field(default=0.0, metadata={"ge": 0})
+    seed: int = field(default=0, metadata={"ge": 0})
 
     def __post_init__(self):
         check_ranges(self)  # the ranges are the fields' metadata, as in a config file
         for name in ("record", "compile", "precondition", "check_descent"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{type(self).__name__}.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.temperature > 0 and (self.compile or self.momentum > 0):
+            raise ConfigError(f"{type(self).__name__}.temperature={self.temperature:g} (Langevin noise) cannot be combined "
+                              f"with compile={self.compile} or momentum={self.momentum:g}; use compile=False, momentum=0")
 
     @property
     def step_size(self) -> float:
@@ -259,7 +271,8 @@ class StepPlan:
     the step ``dt/tau``; ``momentum``; ``precondition``: divide each layer's step by its
     precision; ``unit_precision``: every precision is 1 (the products are skipped);
     ``max_growth``: the divergence bound (quoted in the error message); ``hooked``: a hook may
-    change the parameters between steps (the carry then holds the next direction).
+    change the parameters between steps (the carry then holds the next direction);
+    ``temperature``: Langevin noise of each step (:class:`InferenceConfig`).
     """
 
     spec: NetworkSpec
@@ -270,6 +283,7 @@ class StepPlan:
     unit_precision: bool = False
     max_growth: float = 10.0
     hooked: bool = False
+    temperature: float = 0.0
 
 
 class PCCarry(NamedTuple):
@@ -315,7 +329,8 @@ class PCDynamics:
     (unit); ``prior = (m_0, Pi_0)`` in generative mode; ``mu``/``fx``/``slopes``: per-layer
     predictions, activities and slopes held fixed (``None`` entries are computed): frozen
     feed-forward values for the fixed-prediction rule, or ``mu_1`` and ``f(x_0)`` of a clamped
-    input, which cannot change while the weights do not.
+    input, which cannot change while the weights do not. ``generator``: the source of the
+    Langevin noise when ``plan.temperature > 0``.
     """
 
     plan: StepPlan
@@ -327,6 +342,7 @@ class PCDynamics:
     mu: list | None = None
     fx: list | None = None
     slopes: list | None = None
+    generator: torch.Generator | None = None
 
     def evaluate(self, x: list, v: list) -> PCCarry:
         """Errors and activities at value nodes ``x`` (with velocities ``v``), and the descent
@@ -357,8 +373,9 @@ class PCDynamics:
     @property
     def descends(self) -> bool:
         """Whether a step descends the energy (:mod:`pcsim.relaxation`, criterion 3): not with frozen
-        slopes, the fixed-prediction rule's dynamics, whose errors rise from zero to backprop's deltas."""
-        return self.slopes is None
+        slopes, the fixed-prediction rule's dynamics, whose errors rise from zero to backprop's deltas, nor
+        with Langevin noise, whose energy fluctuates around the posterior's mean energy."""
+        return self.slopes is None and self.plan.temperature == 0
 
     def _precisions(self) -> list | None:
         return [lp.exp() for lp in self.log_precision] if self.plan.spec.learn_precision else self.precisions
@@ -374,6 +391,13 @@ class PCDynamics:
                 x[l] = x[l] + v[i]
             else:
                 x[l] = x[l].sub(direction[i], alpha=plan.eta)
+        if plan.temperature > 0:  # unadjusted Langevin: x += sqrt(2 eta T M^-1) xi, M the preconditioner
+            pis = self._precisions() if plan.precondition else None
+            for l in plan.free:
+                xi = torch.randn(x[l].shape, generator=self.generator, dtype=x[l].dtype, device=x[l].device)
+                if pis is not None:
+                    xi = xi * (pis[l - 1] if l > 0 else self.prior[1]).rsqrt()
+                x[l] = x[l].add(xi, alpha=(2.0 * plan.eta * plan.temperature) ** 0.5)
         return self.evaluate(x, v)
 
     def energies(self, carry: PCCarry) -> Tensor:
@@ -421,17 +445,17 @@ class PCDynamics:
 
 
 def dynamics(net: PCNetwork, state: PCState, config: InferenceConfig, *, fixed: FixedPredictions | None = None,
-             hooked: bool = False) -> PCDynamics:
+             hooked: bool = False, generator: torch.Generator | None = None) -> PCDynamics:
     """The relaxing system of ``net`` with ``state``'s clamps and ``config``'s step.
 
     ``fixed`` freezes predictions and slopes (fixed-prediction rule). Unless ``hooked`` (a hook
     may move the weights between steps), ``mu_1`` and ``f(x_0)`` of a clamped input are
-    computed once.
+    computed once. ``generator``: the Langevin noise's source (``config.temperature > 0``).
     """
     spec, L = net.spec, net.depth
     unit = net.unit_precision()
     plan = StepPlan(spec, tuple(l for l, c in enumerate(state.clamped) if not c), config.step_size, config.momentum,
-                    config.precondition, unit, config.max_growth, hooked)
+                    config.precondition, unit, config.max_growth, hooked, config.temperature)
     prior = (net.prior_mean, net.prior_log_precision.exp()) if net.mode == "generative" else None
     mu = fx = slopes = None
     if fixed is not None:
@@ -440,7 +464,7 @@ def dynamics(net: PCNetwork, state: PCState, config: InferenceConfig, *, fixed: 
         fx = [net.activation(0).f(state.x[0])] + [None] * (L - 1)
         mu = [None, pc.predict(fx[0], net.weights[0], net.biases[0])] + [None] * (L - 1)
     return PCDynamics(plan, net.weights, net.biases, net.log_precision, None if unit else net.precision(), prior,
-                      mu, fx, slopes)
+                      mu, fx, slopes, generator)
 
 
 def start(system: PCDynamics, x: list[Tensor]) -> PCCarry:
@@ -475,6 +499,7 @@ def relax(
     fixed: FixedPredictions | None = None,
     on_step: OnStep | None = None,
     gradients: bool = False,
+    generator: torch.Generator | None = None,
 ) -> Relaxation:
     """Relax the free value nodes of ``state`` for ``config.steps`` Euler steps.
 
@@ -489,11 +514,19 @@ def relax(
     relaxed state (:func:`pcsim.energy.parameter_gradients`) come back in
     ``Relaxation.gradients``. Raises :class:`InferenceDivergenceError` naming the step and
     layer when the energy becomes NaN/Inf or exceeds ``max_growth`` times its start.
+    With ``config.temperature > 0`` each step adds Langevin noise drawn from ``generator`` (a
+    ``torch.Generator`` on the network's device; None: one seeded with ``config.seed``), so
+    the run samples the posterior (Monte Carlo PC); the step a divergence is located at is
+    then approximate (the replay that locates it draws new noise).
     """
     _check_state(net, state)
     if not isinstance(config, InferenceConfig):
         raise ConfigError(f"config must be an InferenceConfig, got {config!r}")
-    system = dynamics(net, state, config, fixed=fixed, hooked=on_step is not None)
+    if config.temperature > 0 and generator is None:
+        generator = torch.Generator(device=net.device).manual_seed(config.seed)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    system = dynamics(net, state, config, fixed=fixed, hooked=on_step is not None, generator=generator)
     hook = None
     if on_step is not None:
         def hook(t: int, c: PCCarry) -> None:
