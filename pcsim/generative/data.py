@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pcsim.arguments import check_number
-from pcsim.errors import ConfigError
+from pcsim.errors import ConfigError, DataError
 
 from .base import as_data
 
@@ -119,7 +119,7 @@ def dequantise(x, levels: int = 17, seed: int = 0) -> Tensor:
     off = (k - k.round()).abs()
     if (off > 1e-6).any() or (k < -1e-6).any() or (k > levels - 1 + 1e-6).any():
         i, j = (int(v) for v in torch.nonzero((off > 1e-6) | (k < -1e-6) | (k > levels - 1 + 1e-6))[0])
-        raise ConfigError(f"x[{i}, {j}] = {float(t[i, j])!r} is not on the grid k / {levels - 1} of levels={levels}")
+        raise DataError(f"x[{i}, {j}] = {float(t[i, j])!r} is not on the grid k / {levels - 1} of levels={levels}")
     eps = torch.finfo(t.dtype).eps
     u = torch.rand(t.shape, generator=torch.Generator().manual_seed(seed), dtype=t.dtype).clamp(eps, 1 - eps)
     return (k.round() + u) / levels
