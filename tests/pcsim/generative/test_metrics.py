@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.stats import multivariate_normal
 
 from pcsim.errors import ConfigError, DataError, InferenceDivergenceError
-from pcsim.generative.base import Gaussian, GenerativeModel, Posterior
+from pcsim.generative.base import Bernoulli, Gaussian, GenerativeModel, Posterior
 from pcsim.generative.data import nonlinear_ica
 from pcsim.generative.metrics import (
     Collapse, amortisation_gap, collapse_diagnostics, feature_classifier, frechet_distance, half_mask,
@@ -192,6 +192,53 @@ def test_completion_uses_a_models_own_complete_and_never_shows_it_the_hidden_val
     assert torch.allclose(seen["x"][hidden], column_means.expand_as(x)[hidden])
     assert torch.equal(c.completed[hidden], torch.full_like(x, 7.0)[hidden]) and torch.equal(c.completed[observed], x[observed])
     assert c.error == pytest.approx(float(((7.0 - x[hidden]) ** 2).mean()))
+
+
+class LogisticBernoulli(LinearGaussian):
+    """z ~ N(0, I_2), x_d ~ Bernoulli(sigmoid(A z + b)_d); A_ is a torch Parameter (a model's own gradients must stay untouched)."""
+
+    def _fit(self, x, aux):
+        self.A_ = torch.nn.Parameter(torch.as_tensor(self.A, dtype=torch.float64))
+        self.b_ = torch.linspace(-0.5, 0.5, self.A_.shape[0], dtype=torch.float64)
+
+    def encode(self, x, aux=None):
+        z = torch.zeros((x.shape[0], self.A_.shape[1]), dtype=torch.float64)
+        return Posterior(z, z)
+
+    def decode(self, z):
+        return torch.sigmoid(z @ self.A_.T + self.b_)
+
+    def log_joint(self, x, z, aux=None):
+        prior = (-0.5 * z ** 2 - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return prior + Bernoulli().log_prob(x, self.decode(z))
+
+
+def test_completion_with_a_bernoulli_observation_model_climbs_the_observed_half_alone():
+    # reference: the MAP of z given the observed pixels only, by scipy on the observed terms
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
+
+    A = np.array([[2.0, -1.0], [1.5, 0.5], [-1.0, 2.0], [0.5, 1.5], [1.0, 1.0], [-2.0, 0.5]])
+    rng = np.random.default_rng(6)
+    x = torch.as_tensor(rng.uniform(0, 1, (6, 6)).round(1))
+    model = LogisticBernoulli(A).fit(x)
+    observed = half_mask(6, 6, "right")
+    c = pattern_completion(model, x, observed, steps=1500, lr=0.05)
+    b = model.b_.numpy()
+    for i in range(6):
+        xo, Ao, bo = x.numpy()[i, :3], A[:3], b[:3]
+        neg = lambda z: 0.5 * z @ z - (xo * log_expit(Ao @ z + bo) + (1 - xo) * log_expit(-(Ao @ z + bo))).sum()
+        z = minimize(neg, np.zeros(2), method="BFGS", options={"gtol": 1e-10}).x
+        assert np.allclose(c.completed.numpy()[i, 3:], expit(A[3:] @ z + b[3:]), atol=1e-4)
+    assert model.A_.grad is None  # the metric differentiates w.r.t. the latents only
+
+
+def test_the_ascents_show_a_progress_bar_only_when_asked(capsys):
+    model, x = toy(n=8)
+    amortisation_gap(model, x, steps=5, eval_samples=4, progress=False)
+    assert "amortisation gap" not in capsys.readouterr().err
+    amortisation_gap(model, x, steps=5, eval_samples=4, progress=True)
+    assert "amortisation gap" in capsys.readouterr().err
 
 
 class CorrelatedGaussian(GenerativeModel):
