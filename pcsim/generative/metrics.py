@@ -312,8 +312,9 @@ def frechet_distance(a, b) -> float:
     ``(M, F)`` (Dowson & Landau 1982; the FID of Heusel et al. 2017 when the features are a
     classifier's): ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` with unbiased sample
     covariances, the square root by :func:`scipy.linalg.sqrtm` (its real part; a ``1e-6 I`` ridge
-    is added when the product is singular). In the features' units squared."""
-    from scipy.linalg import sqrtm
+    is added when that root is not finite or does not square back to ``S_a S_b``). In the
+    features' units squared."""
+    from scipy.linalg import LinAlgWarning, sqrtm
 
     fa = as_data(a, "a").numpy()
     fb = as_data(b, "b", width=None).numpy()
@@ -324,10 +325,14 @@ def frechet_distance(a, b) -> float:
             raise DataError(f"{name} needs at least 2 examples to fit a covariance, got {f.shape[0]}")
     mu_a, mu_b = fa.mean(0), fb.mean(0)
     s_a, s_b = np.atleast_2d(np.cov(fa, rowvar=False)), np.atleast_2d(np.cov(fb, rowvar=False))
-    root = sqrtm(s_a @ s_b)
-    if not np.isfinite(root).all():
-        ridge = 1e-6 * np.eye(s_a.shape[0])
-        root = sqrtm((s_a + ridge) @ (s_b + ridge))
+    product = s_a @ s_b
+    with warnings.catch_warnings():
+        # dead ReLU units make the covariances singular; sqrtm warns but stays accurate (checked here)
+        warnings.simplefilter("ignore", LinAlgWarning)
+        root = sqrtm(product)
+        if not np.isfinite(root).all() or np.abs(root @ root - product).max() > 1e-6 * max(np.abs(product).max(), 1e-300):
+            ridge = 1e-6 * np.eye(s_a.shape[0])
+            root = sqrtm((s_a + ridge) @ (s_b + ridge))
     root = np.real(root)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2.0 * np.trace(root))
 
@@ -335,18 +340,23 @@ def frechet_distance(a, b) -> float:
 @dataclass(frozen=True)
 class FeatureClassifier:
     """A fixed classifier of real data whose penultimate layer gives the features of
-    :func:`sample_quality`: ``mlp`` (a fitted :class:`sklearn.neural_network.MLPClassifier`),
-    ``train_accuracy``. :meth:`features` ``(N, D) -> (N, H)`` (the last hidden layer's
-    activations), :meth:`probabilities` ``(N, D) -> (N, n_classes)``."""
+    :func:`sample_quality`: ``scaler`` (a :class:`sklearn.preprocessing.StandardScaler` fitted on
+    the training data), ``mlp`` (a fitted :class:`sklearn.neural_network.MLPClassifier` on the
+    standardised data), ``train_accuracy``. :meth:`features` ``(N, D) -> (N, H)`` (the last
+    hidden layer's activations), :meth:`probabilities` ``(N, D) -> (N, n_classes)``."""
 
+    scaler: object
     mlp: object
     train_accuracy: float
+
+    def _input(self, x) -> np.ndarray:
+        return self.scaler.transform(as_data(x, "x", width=self.mlp.n_features_in_).numpy())
 
     def features(self, x) -> np.ndarray:
         """The last hidden layer's activations ``(N, H)`` for ``x`` ``(N, D)``."""
         from sklearn.neural_network._base import ACTIVATIONS
 
-        h = as_data(x, "x", width=self.mlp.n_features_in_).numpy()
+        h = self._input(x)
         for w, b in zip(self.mlp.coefs_[:-1], self.mlp.intercepts_[:-1]):
             h = h @ w + b
             ACTIVATIONS[self.mlp.activation](h)  # in place, as in MLPClassifier's own forward pass
@@ -354,16 +364,18 @@ class FeatureClassifier:
 
     def probabilities(self, x) -> np.ndarray:
         """Class probabilities ``(N, n_classes)`` for ``x`` ``(N, D)``."""
-        return self.mlp.predict_proba(as_data(x, "x", width=self.mlp.n_features_in_).numpy())
+        return self.mlp.predict_proba(self._input(x))
 
 
 def feature_classifier(x, labels, hidden: Sequence[int] = (64,), seed: int = 0, max_iter: int = 300) -> FeatureClassifier:
     """Train the fixed classifier of :func:`sample_quality` on real training data ``x`` ``(N, D)``
-    with class ``labels`` ``(N,)``: an :class:`~sklearn.neural_network.MLPClassifier` with ReLU
-    ``hidden`` layers, Adam, ``max_iter`` epochs, seeded by ``seed`` (the classifier-based FID of
+    with class ``labels`` ``(N,)``: the features standardised with the training statistics, then
+    an :class:`~sklearn.neural_network.MLPClassifier` with ReLU ``hidden`` layers, Adam,
+    ``max_iter`` epochs, seeded by ``seed`` (the classifier-based FID of
     generative-model benchmarks on MNIST-like data, in place of Inception features)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
 
     t = as_data(x, "x").numpy()
     lab = _labels(labels, t.shape[0], "labels")
@@ -372,10 +384,12 @@ def feature_classifier(x, labels, hidden: Sequence[int] = (64,), seed: int = 0, 
         raise ConfigError("hidden must name at least one hidden layer (its activations are the features), got ()")
     mlp = MLPClassifier(hidden_layer_sizes=hidden, random_state=check_number("seed", seed, integer=True, ge=0),
                         max_iter=check_number("max_iter", max_iter, integer=True, ge=1))
+    scaler = StandardScaler().fit(t)
+    t = scaler.transform(t)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         mlp.fit(t, lab)
-    return FeatureClassifier(mlp, float(mlp.score(t, lab)))
+    return FeatureClassifier(scaler, mlp, float(mlp.score(t, lab)))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pcsim.errors import ConfigError, DataError
-from pcsim.generative import data as gdata
 from pcsim.generative.data import GenerativeData, dequantise, digits, mnist1d, nonlinear_ica
 
 FAST = settings(max_examples=25, deadline=None)
@@ -169,7 +168,7 @@ def test_ica_is_invertible_with_the_exact_inverse(ica):
         assert torch.allclose(f(s), x, atol=1e-12, rtol=0)
 
 
-@FAST
+@settings(max_examples=10, deadline=None)
 @given(st.integers(1, 6), st.integers(1, 4), st.floats(0.05, 1.0), st.integers(0, 2**31 - 1))
 def test_every_mixing_mlp_is_invertible(d, layers, slope, seed):
     data = nonlinear_ica(n_sources=d, n_segments=2, n_per_segment=20, n_layers=layers, slope=slope, seed=seed)
