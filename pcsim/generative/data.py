@@ -86,7 +86,10 @@ def _fraction(test_fraction: float) -> float:
 def digits(test_fraction: float = 0.2, seed: int = 0) -> GenerativeData:
     """scikit-learn's 8x8 digits, ``x = pixel / 16`` in ``[0, 1]`` ``(N, 64)``, split into train
     and test stratified by class with ``seed`` (1437 / 360 at ``test_fraction`` 0.2); labels are
-    the digit classes, ``aux`` None, ``levels`` 17. For likelihoods use :func:`dequantise` and
+    the digit classes, ``aux`` None, ``levels`` 17. The split is the one
+    :func:`pcsim.data.load_digits` makes at the same ``seed`` and ``test_fraction`` (the same
+    ``train_test_split`` call), so generative and classification experiments test on the same
+    images; here the examples are in their original order. For likelihoods use :func:`dequantise` and
     add :attr:`GenerativeData.log_jacobian` (``-64 log 17 = -181.3`` nats) to report nats per
     example of the discrete images."""
     from sklearn.datasets import load_digits

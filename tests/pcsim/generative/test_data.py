@@ -42,6 +42,18 @@ def test_digits_on_the_grid_and_split_by_seed(digit_data):
     assert sorted(map(tuple, both.tolist())) == sorted(map(tuple, ref.tolist()))
 
 
+def test_digits_test_split_is_the_classification_split(digit_data):
+    # the same test images as pcsim.data.load_digits at the same seed (there standardised with the training statistics)
+    from pcsim.data import load_digits
+    ref = load_digits(split_seed=0)
+    raw = digit_data.x_train.numpy() * 16
+    mean, std = raw.mean(0), raw.std(0)
+    std[std == 0] = 1
+    ours = ((digit_data.x_test.numpy() * 16 - mean) / std).astype(np.float32)
+    key = lambda a: sorted(map(tuple, np.round(a, 4).tolist()))  # noqa: E731
+    assert key(ours) == key(ref.x_test.numpy())
+
+
 def test_dequantised_digits_lie_in_their_own_cell_inside_the_unit_interval(digit_data):
     y = dequantise(digit_data.x_train, 17, seed=3)
     assert float(y.min()) > 0.0 and float(y.max()) < 1.0

@@ -133,13 +133,13 @@ def test_amortisation_gap_is_nonnegative_and_stops_at_the_best_diagonal_posterio
     # the best one has the exact mean and variances 1 / L_ii, and falls short of log p(x) by
     # KL = (sum_i log L_ii - log det L) / 2 nats for every example
     model, x = toy(A_CORR, encoder="shrunk", n=32)
-    g = amortisation_gap(model, x, steps=1000, lr=0.05, samples=8, eval_samples=4000, seed=3)
+    g = amortisation_gap(model, x, steps=400, lr=0.1, samples=16, eval_samples=2000, seed=3)
     L = np.eye(2) + A_CORR.T @ A_CORR / 0.25
     shortfall = 0.5 * (np.log(np.diag(L)).sum() - np.linalg.slogdet(L)[1])
     assert shortfall > 0.5
     assert g.gap > 3 * g.stderr > 0
     deficit = exact_log_marginal(model, x) - g.optimised.numpy()
-    assert deficit.mean() == pytest.approx(shortfall, abs=0.01)
+    assert deficit.mean() == pytest.approx(shortfall, abs=0.015)
 
 
 def test_amortisation_gap_reports_a_diverging_ascent_with_its_step():
