@@ -101,6 +101,14 @@ class Posterior:
         """``log q(z | x)`` of ``z`` ``(K, N, d)`` -> ``(K, N)`` (nats)."""
         return (-0.5 * ((z - self.mean) ** 2 * torch.exp(-self.log_var) + self.log_var + math.log(2 * math.pi))).sum(-1)
 
+    @classmethod
+    def standard_normal(cls, n: int, d: int, *, dtype: torch.dtype = torch.float64,
+                        device: str | torch.device = "cpu") -> "Posterior":
+        """The prior ``N(0, I_d)`` as ``(n, d)`` zero means and log-variances (``n = 1`` broadcasts
+        over any batch in :meth:`log_prob`); ``sample(1, g)[0]`` is ``n`` standard normal draws."""
+        zero = torch.zeros(n, d, dtype=dtype, device=device)
+        return cls(zero, zero)
+
     def kl_to_standard_normal(self) -> Tensor:
         """``KL(q || N(0, I))`` per latent dimension ``(N, d)`` (nats), in closed form."""
         return 0.5 * (self.mean ** 2 + torch.exp(self.log_var) - 1.0 - self.log_var)

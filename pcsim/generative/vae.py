@@ -45,7 +45,7 @@ from pcsim.parallel import threads, threads_for
 from pcsim.training import train
 
 from .base import GenerativeModel, Posterior, as_aux, as_data
-from .decoder import Decoder, Layers
+from .decoder import Decoder, Layers, gaussian_posterior
 
 Tensor = torch.Tensor
 
@@ -107,15 +107,13 @@ class VAE(GenerativeModel):
 
     def _prior(self, aux: Tensor | None, like: Tensor) -> Posterior:
         """``p(z)``: ``N(0, I)`` as a diagonal Gaussian with ``(1, d)`` parameters."""
-        zero = like.new_zeros(1, self.latent_dim)
-        return Posterior(zero, zero)
+        return Posterior.standard_normal(1, self.latent_dim, dtype=like.dtype, device=like.device)
 
     def _init_prior(self) -> list[Tensor]:
         return []
 
     def _posterior(self, x: Tensor, aux: Tensor | None) -> Posterior:
-        out = self.encoder_(self._encoder_input(x, aux))
-        return Posterior(out[..., :self.latent_dim], out[..., self.latent_dim:])
+        return gaussian_posterior(self.encoder_, self._encoder_input(x, aux))
 
     def _log_joint(self, x: Tensor, z: Tensor, aux: Tensor | None) -> Tensor:
         """``log p(z | aux) + log p(x | z)`` ``(K, N)`` (nats), differentiable."""
