@@ -33,18 +33,14 @@ Gradients of each phase's objective come from autograd and are applied by
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Integral
 
-import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from pcsim.arguments import check_number, check_numbers
-from pcsim.data import epoch_batches
+from pcsim.arguments import check_numbers
 from pcsim.errors import DataError
 from pcsim.optim import Adam
-from pcsim.parallel import threads, threads_for
-from pcsim.training import train
 
 from .base import GenerativeModel, Posterior, as_data
 from .decoder import Decoder, Layers, gaussian_posterior
@@ -84,12 +80,7 @@ class HelmholtzMachine(GenerativeModel):
         "recognition_hidden": ["array-like"],
         "reweighted": ["boolean"],
         "samples": [Interval(Integral, 1, None, closed="left")],
-        "epochs": [Interval(Integral, 0, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "seed": [Interval(Integral, 0, None, closed="left")],
-        "progress": ["boolean"],
-        "device": [str, torch.device],
+        **GenerativeModel._training_constraints,
     }
 
     def __init__(self, sizes=(2, 16, 8), activation="tanh", observation: str = "gaussian",
@@ -152,15 +143,12 @@ class HelmholtzMachine(GenerativeModel):
             raise DataError(f"x[{i}, {j}] = {float(x[i, j])} is outside [0, 1], which observation='bernoulli' needs")
         self._init_networks(x.shape[1])
         theta, phi = self.decoder_.parameters(), self.recognition_.parameters()
-        for p in (*theta, *phi):
-            p.requires_grad_(True)
         opt_theta, opt_phi = Adam(self.lr), Adam(self.lr)
         order = torch.Generator().manual_seed(self.seed)                        # batch order, on the CPU
         gen = torch.Generator(device=x.device).manual_seed(self.seed)           # every draw, on the model's device
         n = x.shape[0]
         bs = min(self.batch_size, n)
         K = self.samples if self.reweighted else 1
-        losses: list[list[float]] = [[] for _ in range(self.epochs)]
 
         def step(idx: Tensor) -> Tensor:
             xb = x[idx]
@@ -183,20 +171,9 @@ class HelmholtzMachine(GenerativeModel):
                 opt_phi.step(phi, list(g_phi))
             return -bound.mean()
 
-        def record(s) -> None:
-            losses[s.epoch - 1].append(float(s.output))
-
-        # no wider OpenMP team than the cores free now (pcsim.parallel): a small step on a shared machine
-        try:
-            with threads(threads_for(self.decoder_.layers.sizes, bs * K)):
-                self.epoch_time_ = train(step, lambda ep: epoch_batches(n, bs, order), self.epochs, on_step=record,
-                                         progress=self.progress,
-                                         desc="reweighted wake-sleep" if self.reweighted else "wake-sleep",
-                                         parameters=lambda: [*theta, *phi], energy=lambda loss: loss, lr=self.lr)
-        finally:
-            for p in (*theta, *phi):
-                p.requires_grad_(False)
-        self.loss_ = np.array([np.mean(v) for v in losses])
+        self.epoch_time_, self.loss_ = self._train(
+            step, n, bs, order, [*theta, *phi], [(self.decoder_.layers.sizes, bs * K), (self.recognition_.sizes, bs)],
+            desc="reweighted wake-sleep" if self.reweighted else "wake-sleep")
 
     # ----------------------------------------------------------------- the surface
     def encode(self, x, aux=None) -> Posterior:
@@ -211,18 +188,10 @@ class HelmholtzMachine(GenerativeModel):
 
     def sample(self, n: int, aux=None, seed: int = 0) -> Tensor:
         """``n`` samples ``x`` ``(n, D)`` by ancestral sampling ``z ~ N(0, I)``, ``x ~ p(x | z)``, seeded with ``seed``."""
-        self._check_fitted()
-        n, seed = check_number("n", n, integer=True, ge=1), check_number("seed", seed, integer=True, ge=0)
-        return self._dream(n, torch.Generator(device=self._device()).manual_seed(seed))[1]
+        return self._dream(*self._sampling(n, seed))[1]
 
     def log_joint(self, x, z, aux=None) -> Tensor:
         """``log p(x, z) = log N(z; 0, I) + log p(x | z)`` ``(K, N)`` (nats) for ``x`` ``(N, D)``, ``z`` ``(K, N, d)``;
         differentiable in ``z`` (the learned parameters are constants here)."""
         x, _ = self._inputs(x, aux)
-        z = torch.as_tensor(z, dtype=x.dtype, device=x.device)
-        d = self.decoder_.latent_dim
-        if z.dim() != 3 or z.shape[1:] != (x.shape[0], d):
-            raise DataError(f"z must be (K, N, d) = (K, {x.shape[0]}, {d}), got shape {tuple(z.shape)}")
-        if not torch.isfinite(z).all():
-            raise DataError("z holds non-finite values")
-        return self._log_joint(x, z)
+        return self._log_joint(x, self._latents(z, x.shape[0], self.decoder_.latent_dim))
