@@ -85,6 +85,12 @@ def threads_for(sizes: Sequence[int], batch: int, ensemble: int = 1) -> int:
     return max(1, min(torch.get_num_threads(), free_cores()))
 
 
+def threads_for_stacks(stacks: Sequence[tuple[Sequence[int], int]]) -> int:
+    """Threads for a computation that runs several layer stacks (an encoder and a decoder, a
+    flow's conditioners): the most that any ``(sizes, batch)`` of ``stacks`` can use (:func:`threads_for`)."""
+    return max(threads_for(sizes, batch) for sizes, batch in stacks)
+
+
 @contextmanager
 def threads(n: int) -> Iterator[None]:
     """Run the body with ``n`` intra-op threads, restoring the previous count afterwards (no-op when equal)."""

@@ -30,14 +30,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils._param_validation import Interval, InvalidParameterError
 
 from pcsim.arguments import check_number
+from pcsim.data import epoch_batches
 from pcsim.errors import ConfigError, DataError
+from pcsim.parallel import threads, threads_for_stacks
+from pcsim.training import train
 
 Tensor = torch.Tensor
 
@@ -100,6 +105,14 @@ class Posterior:
     def log_prob(self, z: Tensor) -> Tensor:
         """``log q(z | x)`` of ``z`` ``(K, N, d)`` -> ``(K, N)`` (nats)."""
         return (-0.5 * ((z - self.mean) ** 2 * torch.exp(-self.log_var) + self.log_var + math.log(2 * math.pi))).sum(-1)
+
+    @classmethod
+    def standard_normal(cls, n: int, d: int, *, dtype: torch.dtype = torch.float64,
+                        device: str | torch.device = "cpu") -> "Posterior":
+        """The prior ``N(0, I_d)`` as ``(n, d)`` zero means and log-variances (``n = 1`` broadcasts
+        over any batch in :meth:`log_prob`); ``sample(1, g)[0]`` is ``n`` standard normal draws."""
+        zero = torch.zeros(n, d, dtype=dtype, device=device)
+        return cls(zero, zero)
 
     def kl_to_standard_normal(self) -> Tensor:
         """``KL(q || N(0, I))`` per latent dimension ``(N, d)`` (nats), in closed form."""
@@ -164,9 +177,9 @@ def as_data(x, name: str = "x", *, width: int | None = None, dtype: torch.dtype 
     return t
 
 
-def as_aux(aux, n: int, n_aux: int | None, name: str = "aux") -> Tensor | None:
-    """``aux`` (``(N,)`` integer labels ``0..n_aux-1``, or None) as an int64 tensor, or a
-    :class:`DataError` naming ``name`` and the first label out of range."""
+def as_aux(aux, n: int, n_aux: int | None, name: str = "aux", *, device: str | torch.device = "cpu") -> Tensor | None:
+    """``aux`` (``(N,)`` integer labels ``0..n_aux-1``, or None) as an int64 tensor on ``device``,
+    or a :class:`DataError` naming ``name`` and the first label out of range."""
     if aux is None:
         return None
     a = torch.as_tensor(np.asarray(aux) if not isinstance(aux, Tensor) else aux)
@@ -181,7 +194,7 @@ def as_aux(aux, n: int, n_aux: int | None, name: str = "aux") -> Tensor | None:
         if bad.any():
             i = int(torch.nonzero(bad)[0, 0])
             raise DataError(f"{name}[{i}] = {int(a[i])} is out of range: labels must be 0..{n_aux - 1}")
-    return a
+    return a.to(device)
 
 
 def _draws(samples, seed) -> tuple[int, int]:
@@ -197,11 +210,27 @@ class GenerativeModel(BaseEstimator):
     either ``_proposal(x, aux) -> Posterior`` (latent-variable models: the importance
     sampler of :meth:`log_likelihood`, by default :meth:`encode`) or their own exact
     :meth:`log_likelihood`. ``n_features_`` (``D``) and ``n_aux_`` (number of auxiliary
-    labels, or None) are set by :meth:`fit`.
+    labels, or None) are set by :meth:`fit`. What they share is here once: the training loop
+    and its thread count (:meth:`_train`, with the hyper-parameters of
+    :attr:`_training_constraints`), the checks of data, latents and draws (:meth:`_inputs`,
+    :meth:`_latents`, :meth:`_sampling`) and the importance sampler of :meth:`log_likelihood`
+    and :meth:`elbo`.
     """
 
     #: whether :meth:`log_likelihood` is exact (flows) rather than an importance-weighted estimate
     exact_likelihood = False
+
+    #: the constraints of the hyper-parameters of :meth:`_train` that every model has (a subclass
+    #: merges them into its ``_parameter_constraints``): ``epochs``, ``batch_size``, ``lr`` (the
+    #: optimiser's, per update), ``seed``, ``progress`` (a tqdm bar), ``device``
+    _training_constraints = {
+        "epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "seed": [Interval(Integral, 0, None, closed="left")],
+        "progress": ["boolean"],
+        "device": [str, torch.device],
+    }
 
     def fit(self, x, aux=None) -> "GenerativeModel":
         """Validate the hyper-parameters and ``x`` ``(N, D)`` / ``aux`` ``(N,)`` once, then train (:meth:`_fit`)."""
@@ -215,13 +244,46 @@ class GenerativeModel(BaseEstimator):
                 raise ConfigError(f"The {name!r} parameter of {type(self).__name__} must be a number, got {value!r}")
         t = as_data(x, device=self._device())
         self.n_features_ = t.shape[1]
-        a = as_aux(aux, t.shape[0], None)
+        a = as_aux(aux, t.shape[0], None, device=t.device)
         self.n_aux_ = None if a is None else int(a.max()) + 1
         self._fit(t, a)
         return self
 
     def _fit(self, x: Tensor, aux: Tensor | None) -> None:
         raise NotImplementedError
+
+    def _train(self, step: Callable[[Tensor], Tensor], n: int, batch_size: int, order: torch.Generator,
+               parameters: Sequence[Tensor], stacks: Sequence[tuple[Sequence[int], int]], *, desc: str,
+               energy: Callable[[Tensor], Tensor] = lambda loss: loss) -> tuple[np.ndarray, np.ndarray]:
+        """The training loop of every model: ``epochs`` epochs of ``loss = step(idx)`` over shuffled
+        index batches ``(batch_size,)`` of the ``n`` examples (order from ``order``), through
+        :func:`pcsim.training.train` (its divergence watch on ``parameters`` and on ``energy(loss)``
+        names ``lr``; a bar labelled ``desc`` and the epoch's mean loss where ``progress``).
+        ``parameters`` require grad for the duration and get their flags back afterwards. The
+        OpenMP team is never wider than the largest of the layer stacks ``(sizes, batch)`` that a
+        step runs can use, nor than the cores free now (:func:`pcsim.parallel.threads_for_stacks`:
+        small layers lose to oversubscription on a shared machine). Returns the seconds and the
+        mean loss (the step's output, nats per example) of every epoch, each ``(epochs,)``."""
+        losses: list[list[float]] = [[] for _ in range(self.epochs)]
+
+        def record(s) -> None:
+            losses[s.epoch - 1].append(float(s.output))
+
+        def shown(epoch: int, seconds: float) -> dict:
+            return {"loss": f"{np.mean(losses[epoch - 1]):.3f}"}
+
+        flags = [p.requires_grad for p in parameters]
+        try:
+            for p in parameters:
+                p.requires_grad_(True)
+            with threads(threads_for_stacks(stacks)):
+                seconds = train(step, lambda epoch: epoch_batches(n, batch_size, order), self.epochs, on_step=record,
+                                on_epoch=shown, progress=self.progress, desc=desc, parameters=lambda: parameters,
+                                energy=energy, lr=self.lr)
+        finally:
+            for p, flag in zip(parameters, flags):
+                p.requires_grad_(flag)
+        return seconds, np.array([np.mean(v) for v in losses])
 
     def _device(self) -> torch.device:
         """The model's ``device`` hyper-parameter (``"cpu"`` where it has none) as a torch device;
@@ -240,27 +302,49 @@ class GenerativeModel(BaseEstimator):
             raise ConfigError(f"{type(self).__name__} is not fitted yet; call fit(x) first")
 
     def _inputs(self, x, aux) -> tuple[Tensor, Tensor | None]:
+        """``x`` ``(N, D)`` and ``aux`` ``(N,)`` of a fitted model, checked, on its device."""
         self._check_fitted()
         t = as_data(x, width=self.n_features_, device=self._device())
-        return t, as_aux(aux, t.shape[0], self.n_aux_)
+        return t, as_aux(aux, t.shape[0], self.n_aux_, device=t.device)
+
+    def _latents(self, z, n: int, d: int) -> Tensor:
+        """Latents ``z`` ``(K, n, d)`` as a finite float64 tensor on the model's device (differentiable
+        where ``z`` is a tensor that requires grad), or a :class:`DataError` naming ``z``."""
+        t = torch.as_tensor(np.asarray(z) if not isinstance(z, Tensor) else z)
+        if t.dim() != 3 or t.shape[1:] != (n, d):
+            raise DataError(f"z must be (K, N, d) = (K, {n}, {d}) latents, got shape {tuple(t.shape)}")
+        t = t.to(device=self._device(), dtype=torch.float64)
+        bad = ~torch.isfinite(t)
+        if bad.any():
+            k, i, j = (int(v) for v in torch.nonzero(bad)[0])
+            raise DataError(f"z holds {int(bad.sum())} non-finite values, first at [{k}, {i}, {j}] ({float(t[k, i, j])})")
+        return t
+
+    def _sampling(self, n, seed) -> tuple[int, torch.Generator]:
+        """For :meth:`sample`: ``n`` (>= 1) draws of a fitted model and the generator of every draw,
+        on the model's device, seeded with ``seed`` (>= 0); a :class:`ConfigError` names a bad one."""
+        self._check_fitted()
+        n, seed = check_number("n", n, integer=True, ge=1), check_number("seed", seed, integer=True, ge=0)
+        return n, torch.Generator(device=self._device()).manual_seed(seed)
 
     def _proposal(self, x: Tensor, aux: Tensor | None) -> Posterior:
         return self.encode(x, aux)
 
-    def log_likelihood(self, x, aux=None, samples: int = 100, seed: int = 0) -> LogLikelihood:
-        """``log p(x)`` per example (nats) by importance sampling from :meth:`_proposal` with ``samples`` draws."""
+    def _weighted(self, x, aux, samples, seed, proposal) -> tuple[Tensor, Tensor]:
+        """``log p(x, z)`` and ``log q(z | x)`` ``(K, N)`` at ``samples`` draws ``z ~ q`` (``seed``) of
+        ``q = proposal(x, aux)``."""
         samples, seed = _draws(samples, seed)
         x, aux = self._inputs(x, aux)
-        q = self._proposal(x, aux)
+        q = proposal(x, aux)
         z = q.sample(samples, torch.Generator(device=x.device).manual_seed(seed))
         with torch.no_grad():
-            return importance_weighted(self.log_joint(x, z, aux), q.log_prob(z))
+            return self.log_joint(x, z, aux), q.log_prob(z)
+
+    def log_likelihood(self, x, aux=None, samples: int = 100, seed: int = 0) -> LogLikelihood:
+        """``log p(x)`` per example (nats) by importance sampling from :meth:`_proposal` with ``samples`` draws."""
+        return importance_weighted(*self._weighted(x, aux, samples, seed, self._proposal))
 
     def elbo(self, x, aux=None, samples: int = 1, seed: int = 0) -> Tensor:
         """The evidence lower bound ``E_q[log p(x, z) - log q(z | x)]`` per example ``(N,)`` (nats), ``samples`` draws of :meth:`encode`."""
-        samples, seed = _draws(samples, seed)
-        x, aux = self._inputs(x, aux)
-        q = self.encode(x, aux)
-        z = q.sample(samples, torch.Generator(device=x.device).manual_seed(seed))
-        with torch.no_grad():
-            return (self.log_joint(x, z, aux) - q.log_prob(z)).mean(0)
+        log_joint, log_q = self._weighted(x, aux, samples, seed, self.encode)
+        return (log_joint - log_q).mean(0)

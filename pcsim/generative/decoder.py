@@ -7,8 +7,10 @@ learning from architecture only if the generative path is the same. So every dec
 ``(1, 1, n_l)`` (the ensemble axis ``E = 1`` of :class:`~pcsim.network.PCNetwork`), swept
 from the top latent ``z`` to the data mean by :func:`pcsim.energy.sweep`, the one statement
 of the layer equation ``mu_l = f(x_{l-1}) @ W_l + b_l``. :class:`Layers` is that stack (the
-amortised encoders use it too, in discriminative mode); :class:`Decoder` adds the
-observation model ``p(x | z)`` (:func:`pcsim.generative.base.observation_model`).
+amortised encoders use it too, in discriminative mode, read as a diagonal Gaussian by
+:func:`gaussian_posterior`); :class:`Decoder` adds the observation model ``p(x | z)``
+(:func:`pcsim.generative.base.observation_model`). The VAEs and the Helmholtz machine are both
+made of these.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from pcsim.energy import sweep
 from pcsim.errors import ConfigError, DataError
 from pcsim.network import Mode, NetworkSpec, PCNetwork
 
-from .base import Bernoulli, Gaussian, observation_model
+from .base import Bernoulli, Gaussian, Posterior, observation_model
 
 Tensor = torch.Tensor
 
-__all__ = ["Decoder", "Layers"]
+__all__ = ["Decoder", "Layers", "gaussian_posterior"]
 
 
 @dataclass
@@ -76,6 +78,15 @@ class Layers:
         """The sweep's last layer ``(..., n_L)`` from ``x`` ``(..., n_0)``."""
         flat = x.reshape(1, -1, x.shape[-1])
         return sweep(self.spec, self.weights, self.biases, flat)[-1].reshape(*x.shape[:-1], self.spec.sizes[-1])
+
+
+def gaussian_posterior(encoder: Layers, x: Tensor) -> Posterior:
+    """The diagonal Gaussian an amortised encoder (a recognition network) outputs for ``x``
+    ``(..., n_0)``: its last layer ``(..., 2 d)`` split into the mean (first ``d`` units) and
+    the log-variance (last ``d``), each ``(..., d)``."""
+    out = encoder(x)
+    d = out.shape[-1] // 2
+    return Posterior(out[..., :d], out[..., d:])
 
 
 @dataclass

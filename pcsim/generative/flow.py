@@ -22,20 +22,16 @@ On the surface the latent is the exact inverse image: :meth:`Flow.encode` is a z
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Integral
 
-import numpy as np
 import torch
 import zuko
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch.distributions import AffineTransform
 
-from pcsim.arguments import check_number, check_numbers
-from pcsim.data import epoch_batches
+from pcsim.arguments import check_numbers
 from pcsim.errors import ConfigError, DataError
 from pcsim.optim import Adam
-from pcsim.parallel import threads, threads_for
-from pcsim.training import train
 
 from .base import GenerativeModel, LogLikelihood, Posterior, _draws, as_data
 
@@ -68,12 +64,7 @@ class Flow(GenerativeModel):
         "hidden": ["array-like"],
         "bins": [Interval(Integral, 2, None, closed="left")],
         "standardize": ["boolean"],
-        "epochs": [Interval(Integral, 0, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "seed": [Interval(Integral, 0, None, closed="left")],
-        "progress": ["boolean"],
-        "device": [str, torch.device],
+        **GenerativeModel._training_constraints,
     }
 
     def __init__(self, kind: str = "realnvp", transforms: int = 4, hidden=(64, 64), bins: int = 8,
@@ -120,10 +111,8 @@ class Flow(GenerativeModel):
         self.flow_, log_scale = self._build(x)
         params = [p for p in self.flow_.parameters()]
         opt = Adam(self.lr)
-        gen = torch.Generator().manual_seed(self.seed)
         n = x.shape[0]
         bs = min(self.batch_size, n)
-        losses: list[list[float]] = [[] for _ in range(self.epochs)]
 
         def step(idx: Tensor) -> Tensor:
             loss = -self.flow_().log_prob(x[idx]).mean()
@@ -132,18 +121,13 @@ class Flow(GenerativeModel):
                 opt.step(params, list(grads))
             return loss.detach()
 
-        def record(s) -> None:
-            losses[s.epoch - 1].append(float(s.output))
-
         # the divergence watch compares each step's loss with the first one's: it is the NLL of the
         # standardised data, about 1.4 nats per feature at the start whatever the data's scale
         # (the raw NLL can start near 0, and then any noise would look like a 1000-fold growth)
         widths = (x.shape[1], *check_numbers("hidden", self.hidden), x.shape[1])
-        with threads(threads_for(widths, bs * self.transforms)):  # no wider OpenMP team than free cores (pcsim.parallel)
-            self.epoch_time_ = train(step, lambda ep: epoch_batches(n, bs, gen), self.epochs, on_step=record,
-                                     progress=self.progress, desc=f"flow ({self.kind})", parameters=lambda: params,
-                                     energy=lambda loss: loss - log_scale, lr=self.lr)
-        self.loss_ = np.array([np.mean(v) for v in losses])
+        self.epoch_time_, self.loss_ = self._train(step, n, bs, torch.Generator().manual_seed(self.seed), params,
+                                                   [(widths, bs * self.transforms)], desc=f"flow ({self.kind})",
+                                                   energy=lambda loss: loss - log_scale)
 
     # ----------------------------------------------------------------- the surface
     def _log_prob(self, x: Tensor) -> Tensor:
@@ -167,20 +151,15 @@ class Flow(GenerativeModel):
 
     def sample(self, n: int, aux=None, seed: int = 0) -> Tensor:
         """``n`` samples ``(n, D)`` of ``x = T(z)``, ``z ~ N(0, I)`` drawn from a generator seeded with ``seed``."""
-        self._check_fitted()
-        n, seed = check_number("n", n, integer=True, ge=1), check_number("seed", seed, integer=True, ge=0)
-        dev = self._device()
-        z = torch.randn(n, self.n_features_, generator=torch.Generator(device=dev).manual_seed(seed),
-                        dtype=torch.float64, device=dev)
-        return self.decode(z)
+        n, gen = self._sampling(n, seed)
+        prior = Posterior.standard_normal(n, self.n_features_, device=self._device())
+        return self.decode(prior.sample(1, gen)[0])
 
     def log_joint(self, x, z, aux=None) -> Tensor:
         """``log p(x)`` (nats) broadcast to ``(K, N)`` for latents ``z`` ``(K, N, D)``, which are
         ignored: a flow's latent is a deterministic function of ``x``, ``p(x, z) = p(x)`` on it."""
         x, _ = self._inputs(x, aux)
-        z = torch.as_tensor(z)
-        if z.dim() != 3 or z.shape[1] != x.shape[0]:
-            raise DataError(f"z must be (K, N, d) with N = {x.shape[0]} examples, got shape {tuple(z.shape)}")
+        z = self._latents(z, x.shape[0], self.n_features_)
         return self._log_prob(x).expand(z.shape[0], -1)
 
     def log_likelihood(self, x, aux=None, samples: int = 1, seed: int = 0) -> LogLikelihood:

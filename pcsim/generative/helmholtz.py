@@ -18,35 +18,32 @@ paper's "wake + sleep" variant, its best).
 
 Here the latents are Gaussian, ``p(z) = N(0, I_d)``, and the observation model is
 :class:`~pcsim.generative.base.Gaussian` (a learned scalar ``log_sigma``) or
-:class:`~pcsim.generative.base.Bernoulli`. The generative path is a PC network's:
-``PCNetwork.init(sizes, activation, mode="generative")``'s :class:`~pcsim.network.NetworkSpec`
-and weights, decoded by the one sweep :func:`pcsim.energy.sweep` from the top latent ``z =
-x_0`` to the data mean ``x_L`` (with ``observation="bernoulli"`` the sweep's output is the
-logit, the mean its sigmoid). The recognition model is the same kind of layer stack, ``D ->
-recognition_hidden -> 2d`` (mean and log-variance of a diagonal Gaussian), also decoded by the
-sweep. Gradients of each phase's objective come from autograd and are applied by
+:class:`~pcsim.generative.base.Bernoulli`. The generative path is the shared
+:class:`~pcsim.generative.decoder.Decoder` (a PC network's generative path: the
+:class:`~pcsim.network.NetworkSpec` and weights ``PCNetwork.init(sizes, activation,
+mode="generative")`` makes, swept by :func:`pcsim.energy.sweep` from the top latent ``z = x_0``
+to the data mean ``x_L``; with ``observation="bernoulli"`` the sweep's output is the logit, the
+mean its sigmoid), the one the VAE uses. The recognition model is the same kind of layer stack
+(:class:`~pcsim.generative.decoder.Layers`), ``D -> recognition_hidden -> 2d``, read as a
+diagonal Gaussian by :func:`~pcsim.generative.decoder.gaussian_posterior`, as the VAE's encoder is.
+Gradients of each phase's objective come from autograd and are applied by
 :class:`pcsim.optim.Adam` (one per phase), through :func:`pcsim.training.train`.
 """
 
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Integral
 
-import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from pcsim.arguments import check_number, check_numbers
-from pcsim.data import epoch_batches
-from pcsim.energy import sweep
+from pcsim.arguments import check_numbers
 from pcsim.errors import DataError
-from pcsim.network import PCNetwork
 from pcsim.optim import Adam
-from pcsim.parallel import threads, threads_for
-from pcsim.training import train
 
-from .base import GenerativeModel, Posterior, as_data, observation_model
+from .base import GenerativeModel, Posterior, as_data
+from .decoder import Decoder, Layers, gaussian_posterior
 
 Tensor = torch.Tensor
 
@@ -66,9 +63,11 @@ class HelmholtzMachine(GenerativeModel):
     update); ``seed`` (weights, batch order and every draw); ``progress`` (tqdm bar); ``device``
     (``"cpu"`` or ``"cuda"``; every tensor is float64 there).
 
-    Learned state: ``spec_``/``weights_``/``biases_`` (generative path; weights ``(1, n_{l-1},
-    n_l)``, biases ``(1, 1, n_l)``), ``log_sigma_`` (Gaussian observation noise, nats; 0-dim),
-    ``recognition_spec_``/``recognition_weights_``/``recognition_biases_``, ``loss_``
+    Learned state: ``decoder_`` (:class:`~pcsim.generative.decoder.Decoder`, scalar ``log_sigma``)
+    and ``recognition_`` (:class:`~pcsim.generative.decoder.Layers`), also seen as
+    ``spec_``/``weights_``/``biases_`` (generative path; weights ``(1, n_{l-1}, n_l)``, biases
+    ``(1, 1, n_l)``), ``log_sigma_`` (Gaussian observation noise, nats; 0-dim; None for
+    Bernoulli), ``recognition_spec_``/``recognition_weights_``/``recognition_biases_``; ``loss_``
     ``(epochs,)`` (mean over the epoch's batches of minus the training bound: the one-sample
     ELBO for WS, the ``K``-sample IWAE bound for RWS; nats per example) and ``epoch_time_``
     ``(epochs,)`` (s). A blow-up raises :class:`~pcsim.errors.LearningDivergenceError` naming ``lr``.
@@ -81,12 +80,7 @@ class HelmholtzMachine(GenerativeModel):
         "recognition_hidden": ["array-like"],
         "reweighted": ["boolean"],
         "samples": [Interval(Integral, 1, None, closed="left")],
-        "epochs": [Interval(Integral, 0, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "seed": [Interval(Integral, 0, None, closed="left")],
-        "progress": ["boolean"],
-        "device": [str, torch.device],
+        **GenerativeModel._training_constraints,
     }
 
     def __init__(self, sizes=(2, 16, 8), activation="tanh", observation: str = "gaussian",
@@ -108,52 +102,39 @@ class HelmholtzMachine(GenerativeModel):
     # ----------------------------------------------------------------- the two networks
     def _init_networks(self, D: int) -> None:
         dev = self._device()
-        gen = PCNetwork.init(self.sizes, self.activation, mode="generative", seed=self.seed, dtype=torch.float64,
-                             device=dev)
-        if gen.sizes[-1] != D:
-            raise DataError(f"x has {D} features but sizes ends in {gen.sizes[-1]}: the last width is the data's")
+        self.decoder_ = Decoder.init(self.sizes, self.activation, observation=self.observation, sigma="scalar",
+                                     seed=self.seed, device=dev, dtype=torch.float64)
+        if self.decoder_.n_features != D:
+            raise DataError(f"x has {D} features but sizes ends in {self.decoder_.n_features}: the last width is the data's")
         hidden = check_numbers("recognition_hidden", self.recognition_hidden, integer=True, ge=1)
         act = self.activation if isinstance(self.activation, str) else self.activation[-1]
-        rec = PCNetwork.init((D, *hidden, 2 * gen.sizes[0]), act, mode="discriminative", seed=self.seed + 1,
-                             dtype=torch.float64, device=dev)
-        self.spec_, self.weights_, self.biases_ = gen.spec, gen.weights, gen.biases
-        self.recognition_spec_, self.recognition_weights_ = rec.spec, rec.weights
-        self.recognition_biases_ = rec.biases
-        self.log_sigma_ = torch.zeros((), dtype=torch.float64, device=dev)
+        self.recognition_ = Layers.init((D, *hidden, 2 * self.decoder_.latent_dim), act, mode="discriminative",
+                                        seed=self.seed + 1, device=dev, dtype=torch.float64)
 
-    def _generative_parameters(self) -> list[Tensor]:
-        extra = [] if self.observation == "bernoulli" else [self.log_sigma_]
-        return [*self.weights_, *self.biases_, *extra]
+    # the learned state under the names it has always had: views of decoder_ and recognition_
+    spec_ = property(lambda self: self.decoder_.layers.spec, doc="The generative path's NetworkSpec.")
+    weights_ = property(lambda self: self.decoder_.layers.weights, doc="Generative weights ``(1, n_{l-1}, n_l)``.")
+    biases_ = property(lambda self: self.decoder_.layers.biases, doc="Generative biases ``(1, 1, n_l)``.")
+    recognition_spec_ = property(lambda self: self.recognition_.spec, doc="The recognition network's NetworkSpec.")
+    recognition_weights_ = property(lambda self: self.recognition_.weights, doc="Recognition weights.")
+    recognition_biases_ = property(lambda self: self.recognition_.biases, doc="Recognition biases.")
 
-    def _recognition_parameters(self) -> list[Tensor]:
-        return [*self.recognition_weights_, *self.recognition_biases_]
-
-    def _mean(self, z: Tensor) -> Tensor:
-        """The mean of ``p(x | z)`` ``(..., D)`` for ``z`` ``(..., d)``: the sweep of the generative path."""
-        out = sweep(self.spec_, self.weights_, self.biases_, z.reshape(1, -1, z.shape[-1]))[-1][0]
-        out = torch.sigmoid(out) if self.observation == "bernoulli" else out
-        return out.reshape(*z.shape[:-1], out.shape[-1])
-
-    def _recognise(self, x: Tensor) -> Posterior:
-        out = sweep(self.recognition_spec_, self.recognition_weights_, self.recognition_biases_, x[None])[-1][0]
-        d = self.spec_.sizes[0]
-        return Posterior(out[:, :d], out[:, d:])
+    @property
+    def log_sigma_(self) -> Tensor | None:
+        """The Gaussian observation noise ``log sigma`` (nats; a 0-dim view of ``decoder_.log_sigma``), None for Bernoulli."""
+        ls = self.decoder_.log_sigma
+        return None if ls is None else ls[0]
 
     def _log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """``log p(z) + log p(x | z)`` ``(K, N)`` (nats) for ``x`` ``(N, D)`` and ``z`` ``(K, N, d)``."""
-        prior = (-0.5 * z * z - 0.5 * math.log(2 * math.pi)).sum(-1)
-        return prior + observation_model(self.observation, self.log_sigma_).log_prob(x, self._mean(z))
+        prior = Posterior.standard_normal(1, self.decoder_.latent_dim, dtype=x.dtype, device=x.device)
+        return prior.log_prob(z) + self.decoder_.log_prob(x, z)
 
     def _dream(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """``n`` ancestral samples ``(z, x)`` ``((n, d), (n, D))`` of the generative model."""
-        dev = self.log_sigma_.device
-        z = torch.randn(n, self.spec_.sizes[0], generator=gen, dtype=torch.float64, device=dev)
-        mean = self._mean(z)
-        if self.observation == "bernoulli":
-            x = (torch.rand(mean.shape, generator=gen, dtype=mean.dtype, device=dev) < mean).to(mean.dtype)
-        else:
-            x = mean + torch.exp(self.log_sigma_) * torch.randn(mean.shape, generator=gen, dtype=mean.dtype, device=dev)
-        return z, x
+        w = self.decoder_.layers.weights[0]
+        z = Posterior.standard_normal(n, self.decoder_.latent_dim, dtype=w.dtype, device=w.device).sample(1, gen)[0]
+        return z, self.decoder_.sample(z, gen)
 
     # ----------------------------------------------------------------- training
     def _fit(self, x: Tensor, aux: Tensor | None) -> None:
@@ -161,20 +142,17 @@ class HelmholtzMachine(GenerativeModel):
             i, j = (int(v) for v in torch.nonzero((x < 0) | (x > 1))[0])
             raise DataError(f"x[{i}, {j}] = {float(x[i, j])} is outside [0, 1], which observation='bernoulli' needs")
         self._init_networks(x.shape[1])
-        theta, phi = self._generative_parameters(), self._recognition_parameters()
-        for p in (*theta, *phi):
-            p.requires_grad_(True)
+        theta, phi = self.decoder_.parameters(), self.recognition_.parameters()
         opt_theta, opt_phi = Adam(self.lr), Adam(self.lr)
         order = torch.Generator().manual_seed(self.seed)                        # batch order, on the CPU
         gen = torch.Generator(device=x.device).manual_seed(self.seed)           # every draw, on the model's device
         n = x.shape[0]
         bs = min(self.batch_size, n)
         K = self.samples if self.reweighted else 1
-        losses: list[list[float]] = [[] for _ in range(self.epochs)]
 
         def step(idx: Tensor) -> Tensor:
             xb = x[idx]
-            q = self._recognise(xb)
+            q = gaussian_posterior(self.recognition_, xb)
             z = q.sample(K, gen).detach()                       # (K, B, d): causes for the data
             log_p = self._log_joint(xb, z)                      # (K, B)
             log_q = q.log_prob(z)
@@ -184,7 +162,7 @@ class HelmholtzMachine(GenerativeModel):
             wake = -(w * log_p).sum(0).mean()
             z_dream, x_dream = self._dream(xb.shape[0], gen)
             x_dream, z_dream = x_dream.detach(), z_dream.detach()
-            sleep = -self._recognise(x_dream).log_prob(z_dream[None]).mean()
+            sleep = -gaussian_posterior(self.recognition_, x_dream).log_prob(z_dream[None]).mean()
             recognition = 0.5 * (sleep - (w * log_q).sum(0).mean()) if self.reweighted else sleep
             g_theta = torch.autograd.grad(wake, theta)
             g_phi = torch.autograd.grad(recognition, phi)
@@ -193,46 +171,27 @@ class HelmholtzMachine(GenerativeModel):
                 opt_phi.step(phi, list(g_phi))
             return -bound.mean()
 
-        def record(s) -> None:
-            losses[s.epoch - 1].append(float(s.output))
-
-        # no wider OpenMP team than the cores free now (pcsim.parallel): a small step on a shared machine
-        try:
-            with threads(threads_for(self.spec_.sizes, bs * K)):
-                self.epoch_time_ = train(step, lambda ep: epoch_batches(n, bs, order), self.epochs, on_step=record,
-                                         progress=self.progress,
-                                         desc="reweighted wake-sleep" if self.reweighted else "wake-sleep",
-                                         parameters=lambda: [*theta, *phi], energy=lambda loss: loss, lr=self.lr)
-        finally:
-            for p in (*theta, *phi):
-                p.requires_grad_(False)
-        self.loss_ = np.array([np.mean(v) for v in losses])
+        self.epoch_time_, self.loss_ = self._train(
+            step, n, bs, order, [*theta, *phi], [(self.decoder_.layers.sizes, bs * K), (self.recognition_.sizes, bs)],
+            desc="reweighted wake-sleep" if self.reweighted else "wake-sleep")
 
     # ----------------------------------------------------------------- the surface
     def encode(self, x, aux=None) -> Posterior:
         """The recognition model's diagonal Gaussian ``q(z | x)``: mean and log-variance ``(N, d)``."""
         x, _ = self._inputs(x, aux)
-        return self._recognise(x)
+        return gaussian_posterior(self.recognition_, x)
 
     def decode(self, z) -> Tensor:
         """The mean of ``p(x | z)`` ``(N, D)`` for latents ``z`` ``(N, d)`` (Bernoulli: probabilities)."""
         self._check_fitted()
-        return self._mean(as_data(z, "z", width=self.spec_.sizes[0], device=self._device()))
+        return self.decoder_.mean(as_data(z, "z", width=self.decoder_.latent_dim, device=self._device()))
 
     def sample(self, n: int, aux=None, seed: int = 0) -> Tensor:
         """``n`` samples ``x`` ``(n, D)`` by ancestral sampling ``z ~ N(0, I)``, ``x ~ p(x | z)``, seeded with ``seed``."""
-        self._check_fitted()
-        n, seed = check_number("n", n, integer=True, ge=1), check_number("seed", seed, integer=True, ge=0)
-        return self._dream(n, torch.Generator(device=self.log_sigma_.device).manual_seed(seed))[1]
+        return self._dream(*self._sampling(n, seed))[1]
 
     def log_joint(self, x, z, aux=None) -> Tensor:
         """``log p(x, z) = log N(z; 0, I) + log p(x | z)`` ``(K, N)`` (nats) for ``x`` ``(N, D)``, ``z`` ``(K, N, d)``;
         differentiable in ``z`` (the learned parameters are constants here)."""
         x, _ = self._inputs(x, aux)
-        z = torch.as_tensor(z, dtype=x.dtype, device=x.device)
-        d = self.spec_.sizes[0]
-        if z.dim() != 3 or z.shape[1:] != (x.shape[0], d):
-            raise DataError(f"z must be (K, N, d) = (K, {x.shape[0]}, {d}), got shape {tuple(z.shape)}")
-        if not torch.isfinite(z).all():
-            raise DataError("z holds non-finite values")
-        return self._log_joint(x, z)
+        return self._log_joint(x, self._latents(z, x.shape[0], self.decoder_.latent_dim))

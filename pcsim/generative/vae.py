@@ -30,22 +30,19 @@ when a step leaves a parameter non-finite or the loss explodes. Everything is fl
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from pcsim.activations import ACTIVATIONS
-from pcsim.arguments import check_number, check_numbers
-from pcsim.data import epoch_batches
+from pcsim.arguments import check_numbers
 from pcsim.errors import DataError
 from pcsim.optim import Adam
-from pcsim.parallel import threads, threads_for
-from pcsim.training import train
 
 from .base import GenerativeModel, Posterior, as_aux, as_data
-from .decoder import Decoder, Layers
+from .decoder import Decoder, Layers, gaussian_posterior
 
 Tensor = torch.Tensor
 
@@ -74,12 +71,8 @@ class VAE(GenerativeModel):
         "observation": [StrOptions({"gaussian", "bernoulli"})],
         "sigma": [StrOptions({"per_dimension", "scalar"})],
         "iw_samples": [Interval(Integral, 1, None, closed="left")],
+        **GenerativeModel._training_constraints,
         "epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "seed": [Interval(Integral, 0, None, closed="left")],
-        "progress": ["boolean"],
-        "device": [str, torch.device],
     }
 
     def __init__(self, latent_dim: int = 2, hidden=(64,), activation: str = "tanh", observation: str = "gaussian",
@@ -107,15 +100,13 @@ class VAE(GenerativeModel):
 
     def _prior(self, aux: Tensor | None, like: Tensor) -> Posterior:
         """``p(z)``: ``N(0, I)`` as a diagonal Gaussian with ``(1, d)`` parameters."""
-        zero = like.new_zeros(1, self.latent_dim)
-        return Posterior(zero, zero)
+        return Posterior.standard_normal(1, self.latent_dim, dtype=like.dtype, device=like.device)
 
     def _init_prior(self) -> list[Tensor]:
         return []
 
     def _posterior(self, x: Tensor, aux: Tensor | None) -> Posterior:
-        out = self.encoder_(self._encoder_input(x, aux))
-        return Posterior(out[..., :self.latent_dim], out[..., self.latent_dim:])
+        return gaussian_posterior(self.encoder_, self._encoder_input(x, aux))
 
     def _log_joint(self, x: Tensor, z: Tensor, aux: Tensor | None) -> Tensor:
         """``log p(z | aux) + log p(x | z)`` ``(K, N)`` (nats), differentiable."""
@@ -131,8 +122,6 @@ class VAE(GenerativeModel):
     def _fit(self, x: Tensor, aux: Tensor | None) -> None:
         self._check_aux(aux, "fit")
         hidden = check_numbers("hidden", self.hidden, integer=True, ge=1)
-        x = x.to(self.device)
-        aux = None if aux is None else aux.to(self.device)
         d, D = self.latent_dim, self.n_features_
         dtype = x.dtype
         self.decoder_ = Decoder.init((d, *hidden, D), self.activation, observation=self.observation, sigma=self.sigma,
@@ -141,14 +130,9 @@ class VAE(GenerativeModel):
                                     mode="discriminative", seed=self.seed + 1, device=self.device, dtype=dtype)
         self._prior_params = self._init_prior()
         params = self._parameters()
-        for p in params:
-            p.requires_grad_(True)
         opt = Adam(self.lr)
-        order = torch.Generator().manual_seed(self.seed)
         noise = torch.Generator(device=x.device).manual_seed(self.seed + 2)
         K = int(self.iw_samples)
-        losses: list[float] = []
-        self.objective_ = np.zeros(self.epochs)
 
         def step(idx: Tensor) -> Tensor:
             xb = x[idx.to(x.device)]
@@ -157,26 +141,13 @@ class VAE(GenerativeModel):
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 opt.step(params, list(grads))
-            losses.append(float(loss.detach()))
             return loss.detach()
 
-        def record(epoch: int, seconds: float) -> dict:
-            self.objective_[epoch - 1] = -float(np.mean(losses))
-            losses.clear()
-            return {"bound": f"{self.objective_[epoch - 1]:.3f}"}
-
-        # small layers lose to thread oversubscription (pcsim.parallel): one thread below its work bound
-        n_threads = max(threads_for(self.decoder_.layers.sizes, self.batch_size * K),
-                        threads_for(self.encoder_.sizes, self.batch_size))
-        try:
-            with threads(n_threads):
-                self.epoch_seconds_ = train(step, lambda epoch: epoch_batches(x.shape[0], self.batch_size, order),
-                                            self.epochs, on_epoch=record, progress=self.progress,
-                                            desc=type(self).__name__, parameters=lambda: params,
-                                            energy=lambda loss: loss, lr=self.lr)
-        finally:
-            for p in params:
-                p.requires_grad_(False)
+        self.epoch_seconds_, loss = self._train(
+            step, x.shape[0], self.batch_size, torch.Generator().manual_seed(self.seed), params,
+            [(self.decoder_.layers.sizes, self.batch_size * K), (self.encoder_.sizes, self.batch_size)],
+            desc=type(self).__name__)
+        self.objective_ = -loss
 
     def _bound(self, x: Tensor, aux: Tensor | None, samples: int, generator: torch.Generator) -> Tensor:
         """The training bound ``L_K`` per example ``(N,)`` (nats) with ``K = samples``, differentiable."""
@@ -189,20 +160,7 @@ class VAE(GenerativeModel):
     def _inputs(self, x, aux) -> tuple[Tensor, Tensor | None]:
         x, aux = super()._inputs(x, aux)
         self._check_aux(aux, "aux")
-        return x.to(self.device), None if aux is None else aux.to(self.device)
-
-    def _latents(self, z, n: int | None = None) -> Tensor:
-        """``z`` ``(K, N, d)`` (``N = n`` where given) as a finite tensor, or a DataError naming ``z``."""
-        t = torch.as_tensor(np.asarray(z) if not isinstance(z, Tensor) else z)
-        if t.dim() != 3 or t.shape[-1] != self.latent_dim or (n is not None and t.shape[1] != n):
-            want = f"(K, {n if n is not None else 'N'}, {self.latent_dim})"
-            raise DataError(f"z must be {want} latents, got shape {tuple(t.shape)}")
-        t = t.to(device=self.device, dtype=torch.float64)
-        bad = ~torch.isfinite(t)
-        if bad.any():
-            k, i, j = (int(v) for v in torch.nonzero(bad)[0])
-            raise DataError(f"z holds {int(bad.sum())} non-finite values, first at [{k}, {i}, {j}] ({float(t[k, i, j])})")
-        return t
+        return x, aux
 
     def encode(self, x, aux=None) -> Posterior:
         """The amortised posterior ``q(z | x)`` of ``x`` ``(N, D)``: a :class:`Posterior` with ``(N, d)`` mean and log-variance."""
@@ -220,17 +178,14 @@ class VAE(GenerativeModel):
     def log_joint(self, x, z, aux=None) -> Tensor:
         """``log p(x, z)`` ``(K, N)`` in nats for data ``x`` ``(N, D)`` and latents ``z`` ``(K, N, d)``."""
         x, aux = self._inputs(x, aux)
-        z = self._latents(z, x.shape[0])
+        z = self._latents(z, x.shape[0], self.latent_dim)
         with torch.no_grad():
             return self._log_joint(x, z, aux)
 
     def sample(self, n: int, aux=None, seed: int = 0) -> Tensor:
         """``n`` draws ``(n, D)`` of ``x`` from the model: ``z ~ p(z)``, then ``x ~ p(x | z)`` (``seed``)."""
-        self._check_fitted()
-        n = check_number("n", n, integer=True, ge=1)
-        seed = check_number("seed", seed, integer=True, ge=0)
+        n, gen = self._sampling(n, seed)
         aux = self._sample_aux(aux, n)
-        gen = torch.Generator(device=self.device).manual_seed(seed)
         like = self.decoder_.layers.weights[0]
         with torch.no_grad():
             prior = self._prior(aux, like)
@@ -280,4 +235,4 @@ class IVAE(VAE):
         self._check_aux(aux, "sample")
         if isinstance(aux, (int, np.integer)) or (hasattr(aux, "ndim") and aux.ndim == 0):
             aux = np.full(n, int(aux))
-        return as_aux(aux, n, self.n_aux_).to(self.device)
+        return as_aux(aux, n, self.n_aux_, device=self._device())
