@@ -254,12 +254,13 @@ class GenerativeModel(BaseEstimator):
 
     def _train(self, step: Callable[[Tensor], Tensor], n: int, batch_size: int, order: torch.Generator,
                parameters: Sequence[Tensor], stacks: Sequence[tuple[Sequence[int], int]], *, desc: str,
-               energy: Callable[[Tensor], Tensor] = lambda loss: loss) -> tuple[np.ndarray, np.ndarray]:
+               energy: Callable[[Tensor], Tensor] = lambda loss: loss, grad: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The training loop of every model: ``epochs`` epochs of ``loss = step(idx)`` over shuffled
         index batches ``(batch_size,)`` of the ``n`` examples (order from ``order``), through
         :func:`pcsim.training.train` (its divergence watch on ``parameters`` and on ``energy(loss)``
         names ``lr``; a bar labelled ``desc`` and the epoch's mean loss where ``progress``).
-        ``parameters`` require grad for the duration and get their flags back afterwards. The
+        With ``grad`` (autograd-trained models) ``parameters`` require grad for the duration and
+        get their flags back afterwards; local-rule models (PC) pass ``grad=False``. The
         OpenMP team is never wider than the largest of the layer stacks ``(sizes, batch)`` that a
         step runs can use, nor than the cores free now (:func:`pcsim.parallel.threads_for_stacks`:
         small layers lose to oversubscription on a shared machine). Returns the seconds and the
@@ -275,7 +276,7 @@ class GenerativeModel(BaseEstimator):
         flags = [p.requires_grad for p in parameters]
         try:
             for p in parameters:
-                p.requires_grad_(True)
+                p.requires_grad_(grad or p.requires_grad)
             with threads(threads_for_stacks(stacks)):
                 seconds = train(step, lambda epoch: epoch_batches(n, batch_size, order), self.epochs, on_step=record,
                                 on_epoch=shown, progress=self.progress, desc=desc, parameters=lambda: parameters,

@@ -55,7 +55,7 @@ from pcsim.errors import ConfigError, DataError
 from pcsim.inference import InferenceConfig, PCState, Relaxation, init_state, relax
 from pcsim.network import PCNetwork
 from pcsim.optim import Adam
-from pcsim.training import train, training_energy
+from pcsim.training import training_energy
 
 from .base import GenerativeModel, Posterior, Tensor, as_aux, as_data
 
@@ -221,30 +221,17 @@ class PCGenerative(GenerativeModel):
         self.n_latents_ = sum(self.network_.sizes[:-1])
         self._init_extra(x, aux)
         opt = Adam(self.lr)
-        order_gen = torch.Generator().manual_seed(self.seed)
         noise = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         N = x.shape[0]
         bs = min(int(self.batch_size), N)
-        totals, energies = [0.0], []
-
-        def batches(epoch):
-            order = torch.randperm(N, generator=order_gen).to(self.device)
-            return [order[i:i + bs] for i in range(0, N, bs)]
 
         def step(idx):
-            return self._train_step(x[idx], None if aux is None else aux[idx], opt, noise)
+            r = self._train_step(x[idx], None if aux is None else aux[idx], opt, noise)
+            return training_energy(r)  # (1,): the relaxed energy, batch mean
 
-        def on_step(s):
-            totals[0] += float(s.output.energy.sum())
-
-        def on_epoch(epoch, seconds):
-            energies.append(totals[0] / N)
-            totals[0] = 0.0
-            return {"energy": f"{energies[-1]:.4g}"}
-
-        train(step, batches, int(self.epochs), on_step=on_step, on_epoch=on_epoch, progress=self.progress,
-              desc=type(self).__name__, parameters=self._watched, energy=training_energy, lr=self.lr)
-        self.energy_ = np.asarray(energies)
+        self.epoch_seconds_, self.energy_ = self._train(
+            step, N, bs, torch.Generator().manual_seed(self.seed), self._watched(), [(self.network_.sizes, bs)],
+            desc=type(self).__name__, grad=False)
 
     def _train_step(self, x: Tensor, aux: Tensor | None, optimizer: Adam, noise: torch.Generator) -> Relaxation:
         """One update on a minibatch ``x`` ``(B, D)``: relax (standard PC's update at the relaxed
