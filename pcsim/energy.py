@@ -4,9 +4,13 @@ For value nodes ``x_0..x_L`` (each ``(E, B, n_l)``) the energy of one sample is
 
     E = sum_{l=1..L} 1/2 eps_l^T Pi_l eps_l  [+ 1/2 Pi_0 ||x_0 - m_0||^2 in generative mode]
         [- 1/2 log det Pi_l when precisions are learned]
+        [+ sum_l lambda_l sum_i log(1 + x_{l,i}^2 / s^2)   (a sparse prior on chosen layers)]
 
 with ``eps_l = x_l - mu_l`` and ``mu_l = f(x_{l-1}) @ W_l + b_l`` (Rao & Ballard 1999;
-Friston 2005; Bogacz 2017). Gradients here are the explicit local expressions: the
+Friston 2005; Bogacz 2017). The sparse (Cauchy, kurtotic) prior on the value nodes is Rao &
+Ballard's ``g(r) = alpha log(1 + r^2)`` and Olshausen & Field's (1996) sparse-coding cost
+(or ``lambda_l |x_l| / s``, the L1 option); it is off (``lambda_l = 0``) unless the
+network's spec sets ``sparsity``. Gradients here are the explicit local expressions: the
 gradient at ``x_l`` uses only ``eps_l`` and the error of the layer ``x_l`` predicts.
 
 Every other module (the network's feed-forward sweep, the relaxation step of
@@ -119,6 +123,38 @@ def quadratic_energies(eps: Sequence, peps: Sequence, like: Tensor) -> Tensor:
     return torch.stack([quadratic_energy(e, pe, like) for e, pe in zip(eps, peps)], -1)
 
 
+def sparse_energy(x: Tensor, sparse: tuple[float, float, str] | None) -> Tensor | None:
+    """The sparse prior's energy of value nodes ``x`` ``(E, B, n)`` per sample, ``(E, B)``, or None without one.
+
+    ``sparse = (lambda, s, kind)`` (:meth:`~pcsim.network.NetworkSpec.sparse`): ``lambda sum_i
+    log(1 + x_i^2 / s^2)`` for ``kind = "cauchy"`` (the negative log of a Cauchy density up to
+    a constant; Rao & Ballard 1999, Olshausen & Field 1996), ``lambda sum_i |x_i| / s`` for
+    ``"l1"`` (a Laplace prior). Its gradient is in :func:`node_gradient`.
+    """
+    if sparse is None:
+        return None
+    lam, s, kind = sparse
+    if kind == "l1":
+        return x.abs().sum(-1).mul_(lam / s)
+    return torch.log1p((x / s).square()).sum(-1).mul_(lam)
+
+
+def sparse_energies(spec: "NetworkSpec", x: Sequence[Tensor]) -> Tensor | None:
+    """The sparse prior's energy of every layer and sample, ``(E, B, L+1)``, or None when no layer has one."""
+    if not spec.sparsity:
+        return None
+    terms = [sparse_energy(xl, spec.sparse(l)) for l, xl in enumerate(x)]
+    return torch.stack([x[-1].new_zeros(x[-1].shape[:-1]) if t is None else t for t in terms], -1)
+
+
+def node_energies(spec: "NetworkSpec", eps: Sequence, peps: Sequence, x: Sequence[Tensor]) -> Tensor:
+    """The energy that inference descends, per layer and sample, ``(E, B, L+1)``: the quadratic
+    energy of each layer's error (:func:`quadratic_energies`) plus its sparse prior (:func:`sparse_energies`), if any."""
+    out = quadratic_energies(eps, peps, x[-1])
+    sparse = sparse_energies(spec, x)
+    return out if sparse is None else out + sparse
+
+
 def log_det_precision(spec: "NetworkSpec", log_precision: Sequence[Tensor]) -> list[Tensor]:
     """``log det Pi_l`` of layers ``l = 1..L``, each ``(E, 1)``: a scalar precision counts ``n_l`` times."""
     return [lp[..., 0] * spec.sizes[l + 1] if spec.scalar_precision[l] else lp.sum(-1)
@@ -128,11 +164,12 @@ def log_det_precision(spec: "NetworkSpec", log_precision: Sequence[Tensor]) -> l
 def layer_energies(net: "PCNetwork", x: Sequence[Tensor]) -> Tensor:
     """Energy of each layer and sample, ``(E, B, L+1)``; column 0 is the prior term (0 if discriminative).
 
-    Includes ``-1/2 log det Pi_l`` per layer when ``net.learn_precision`` is set, so the
-    total is the negative log joint density up to a constant.
+    Includes layer ``l``'s sparse prior (:func:`sparse_energy`) where the network has one and
+    ``-1/2 log det Pi_l`` per layer when ``net.learn_precision`` is set, so the total is the
+    negative log joint density up to a constant.
     """
     eps, peps, _ = _network_errors(net, x)
-    out = quadratic_energies(eps, peps, x[-1])
+    out = node_energies(net.spec, eps, peps, x)
     if net.learn_precision:
         logdet = torch.stack([x[-1].new_zeros(net.ensemble, 1)] + log_det_precision(net.spec, net.log_precision), -1)
         out = out - 0.5 * logdet
@@ -152,20 +189,32 @@ def output_loss(net: "PCNetwork", output: Tensor, target: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- gradients
 def node_gradient(peps: Tensor | None, peps_below: Tensor | None, weight: Tensor | None, slope: Tensor | None,
-                  like: Tensor) -> Tensor:
-    """``dE/dx_l = Pi_l eps_l - f'(x_l) * ((Pi_{l+1} eps_{l+1}) @ W_{l+1}^T)``, ``(E, B, n_l)``.
+                  like: Tensor, sparse: tuple[float, float, str] | None = None) -> Tensor:
+    """``dE/dx_l = Pi_l eps_l - f'(x_l) * ((Pi_{l+1} eps_{l+1}) @ W_{l+1}^T) [+ dS/dx_l]``, ``(E, B, n_l)``.
 
     The node's own weighted error ``peps`` pushes it towards its prediction; the weighted error
     ``peps_below`` of the layer it predicts pulls it back through ``weight`` ``(E, n_l, n_{l+1})``
     and the slope ``f'(x_l)`` (``slope``). ``peps`` is None for a node without its own energy
-    (a discriminative input), ``peps_below`` None for the last layer; ``like`` gives the shape then.
+    (a discriminative input), ``peps_below`` None for the last layer; ``like`` is the node
+    ``x_l`` itself (its shape, and its values for the sparse prior). With ``sparse = (lambda,
+    s, kind)`` the sparse prior :func:`sparse_energy` pulls the node towards 0 with ``dS/dx =
+    lambda 2 x / (s^2 + x^2)`` (``"cauchy"``: strong for small responses, fading for large
+    ones, which is what makes the code sparse) or ``lambda sign(x) / s`` (``"l1"``).
     """
     if peps_below is None:
-        return torch.zeros_like(like) if peps is None else peps
-    back = torch.bmm(peps_below, weight.transpose(1, 2))
-    if peps is None:
-        return back.mul_(slope).neg_()
-    return torch.addcmul(peps, slope, back, value=-1.0)  # one fused kernel on the eager path
+        g = torch.zeros_like(like) if peps is None else peps
+    else:
+        back = torch.bmm(peps_below, weight.transpose(1, 2))
+        if peps is None:
+            g = back.mul_(slope).neg_()
+        else:
+            g = torch.addcmul(peps, slope, back, value=-1.0)  # one fused kernel on the eager path
+    if sparse is None:
+        return g
+    lam, s, kind = sparse
+    if kind == "l1":
+        return g + like.sign() * (lam / s)
+    return g + like * (2.0 * lam) / (like.square() + s * s)
 
 
 def value_gradients(net: "PCNetwork", x: Sequence[Tensor]) -> list[Tensor]:
@@ -176,9 +225,9 @@ def value_gradients(net: "PCNetwork", x: Sequence[Tensor]) -> list[Tensor]:
     for l in range(L + 1):
         if l < L:
             act = net.activation(l)
-            out.append(node_gradient(peps[l], peps[l + 1], net.weights[l], act.df(x[l], fx[l]), x[l]))
+            out.append(node_gradient(peps[l], peps[l + 1], net.weights[l], act.df(x[l], fx[l]), x[l], net.spec.sparse(l)))
         else:
-            out.append(node_gradient(peps[l], None, None, None, x[l]))
+            out.append(node_gradient(peps[l], None, None, None, x[l], net.spec.sparse(l)))
     return out
 
 

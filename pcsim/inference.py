@@ -117,9 +117,9 @@ class Relaxation:
     (``eps_0`` is None in discriminative mode); ``peps``: the same times their precision;
     ``fx``: pre-synaptic activities ``f(x_l)`` for ``l < L``. ``energy``: per-layer energy
     at the relaxed state ``(E, B, L+1)``: the quadratic (prediction-error) part that inference
-    descends; the ``-1/2 log det Pi`` of learned precisions does not depend on the nodes and
-    is left out (``energy.layer_energies`` includes it). ``steps``: Euler steps taken. ``trace``: when
-    recorded, per-step arrays ``x{l}``/``eps{l}`` ``(T+1, E, B, n_l)`` and ``energy``
+    descends, plus the sparse prior of the layers that have one; the ``-1/2 log det Pi`` of
+    learned precisions does not depend on the nodes and is left out (``energy.layer_energies``
+    includes it). ``steps``: Euler steps taken. ``trace``: when recorded, per-step arrays ``x{l}``/``eps{l}`` ``(T+1, E, B, n_l)`` and ``energy``
     ``(T+1, E, B, L+1)`` (step 0 is the initial state). ``gradients``: local ``dE/dtheta``
     at the relaxed state, ordered as ``net.parameters()``, when asked for.
     """
@@ -362,9 +362,9 @@ class PCDynamics:
         for l in self.plan.free:
             if l < L:
                 slope = self.slopes[l] if self.slopes is not None else spec.activation(l).df(x[l], fx[l])
-                g = pc.node_gradient(peps[l], peps[l + 1], self.weights[l], slope, x[l])
+                g = pc.node_gradient(peps[l], peps[l + 1], self.weights[l], slope, x[l], spec.sparse(l))
             else:
-                g = pc.node_gradient(peps[l], None, None, None, x[l])
+                g = pc.node_gradient(peps[l], None, None, None, x[l], spec.sparse(l))
             if self.plan.precondition and pis is not None:  # Newton's step on the layer's own quadratic term
                 g = g / (pis[l - 1] if l > 0 else self.prior[1])
             out.append(g)
@@ -401,8 +401,9 @@ class PCDynamics:
         return self.evaluate(x, v)
 
     def energies(self, carry: PCCarry) -> Tensor:
-        """Quadratic energy per member, sample and layer, ``(E, B, L+1)`` (column 0: the prior term or 0)."""
-        return pc.quadratic_energies(carry.eps, carry.peps, carry.x[-1])
+        """The energy inference descends per member, sample and layer, ``(E, B, L+1)`` (column 0: the prior
+        term or 0): the quadratic energy plus the sparse prior where the network has one (:func:`pcsim.energy.node_energies`)."""
+        return pc.node_energies(self.plan.spec, carry.eps, carry.peps, carry.x)
 
     def totals(self, energies: Tensor) -> Tensor:
         """Total energy per member, summed over the batch and the layers: ``(..., E)``."""

@@ -32,6 +32,7 @@ from .errors import ConfigError
 
 Tensor = torch.Tensor
 Mode = Literal["discriminative", "generative"]
+SparsePrior = Literal["cauchy", "l1"]
 
 
 def ensemble_seeds(seed: int | Sequence[int], ensemble: int) -> tuple[int, ...]:
@@ -58,6 +59,11 @@ class NetworkSpec:
     ``l + 1`` (``L + 1`` names, the last one unused); ``mode`` says which end is clamped;
     ``learn_precision``: the log-precisions are parameters; ``scalar_precision[l-1]``: layer
     ``l``'s precision is one number ``(E, 1, 1)`` rather than one per unit ``(E, 1, n_l)``.
+    ``sparsity``: the strength ``lambda_l >= 0`` of a sparse prior on the value nodes of each
+    layer ``0..L`` (``L + 1`` numbers, or ``()`` for none, today's Gaussian-only energy);
+    ``sparse_scale``: its scale ``s`` (in the units of the value nodes); ``sparse_prior``: its
+    shape, ``"cauchy"`` (``lambda log(1 + x^2/s^2)``) or ``"l1"`` (``lambda |x| / s``); the
+    term itself is :func:`pcsim.energy.sparse_energy`.
     """
 
     sizes: tuple[int, ...]
@@ -65,6 +71,9 @@ class NetworkSpec:
     mode: Mode
     learn_precision: bool
     scalar_precision: tuple[bool, ...]
+    sparsity: tuple[float, ...] = ()
+    sparse_scale: float = 1.0
+    sparse_prior: SparsePrior = "cauchy"
 
     @property
     def depth(self) -> int:
@@ -74,6 +83,12 @@ class NetworkSpec:
     def activation(self, l: int) -> Activation:
         """The :class:`Activation` applied to value layer ``l`` when it predicts ``l + 1``."""
         return get_activation(self.activations[l])
+
+    def sparse(self, l: int) -> tuple[float, float, SparsePrior] | None:
+        """``(lambda_l, s, kind)`` of layer ``l``'s sparse prior, or None where it has none (``lambda_l = 0``)."""
+        if not self.sparsity or self.sparsity[l] == 0:
+            return None
+        return self.sparsity[l], self.sparse_scale, self.sparse_prior
 
 
 @dataclass
@@ -113,6 +128,9 @@ class PCNetwork:
         per_unit_precision: bool = False,
         learn_precision: bool = False,
         prior_precision: float = 1.0,
+        sparsity: float | Sequence[float] = 0.0,
+        sparse_scale: float = 1.0,
+        sparse_prior: SparsePrior = "cauchy",
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> "PCNetwork":
@@ -126,7 +144,12 @@ class PCNetwork:
         initial precision of layers ``1..L`` (one value, or one per layer), dimensionless.
         Every argument is checked here, the boundary: widths must be integers >= 1 (``32.7``
         is refused, not truncated), precisions finite and > 0; a bad one raises
-        :class:`~pcsim.errors.ConfigError` naming it.
+        :class:`~pcsim.errors.ConfigError` naming it. ``sparsity`` (``L + 1`` strengths
+        ``lambda_l >= 0``, one per value layer ``0..L``; the default 0 is none) adds a sparse
+        (kurtotic) prior on the value nodes, ``lambda_l sum_i log(1 + x_{l,i}^2 / s^2)`` with
+        ``s = sparse_scale`` (``sparse_prior="cauchy"``, Rao & Ballard 1999; Olshausen & Field
+        1996) or ``lambda_l sum_i |x_{l,i}| / s`` (``"l1"``), to the energy of inference
+        (:func:`pcsim.energy.sparse_energy`); on a clamped layer it is a constant.
         """
         sizes = check_numbers("sizes", sizes, integer=True, ge=1)
         if len(sizes) < 2:
@@ -174,7 +197,21 @@ class PCNetwork:
         m0 = 1.0 if (mode == "generative" and acts[0] == "relu") else 0.0
         prior_mean = torch.full((ensemble, 1, sizes[0]), m0, device=device, dtype=dtype)
         prior_lp = torch.full((ensemble, 1, 1), math.log(prior_precision), device=device, dtype=dtype)
-        spec = NetworkSpec(sizes, acts, mode, bool(learn_precision), (not per_unit_precision,) * L)
+        if isinstance(sparsity, (int, float)) or hasattr(sparsity, "ndim") and sparsity.ndim == 0:
+            if check_number("sparsity", sparsity, ge=0) != 0:
+                raise ConfigError(f"sparsity: give {L + 1} strengths (one per value layer 0..{L}), got the single "
+                                  f"value {sparsity!r}; 0 (none) is the only single value")
+            lams = ()
+        else:
+            lams = check_numbers("sparsity", sparsity, ge=0)
+            if len(lams) != L + 1:
+                raise ConfigError(f"sparsity must list {L + 1} strengths (one per value layer 0..{L}), got {len(lams)}")
+            lams = lams if any(lams) else ()  # all zero: exactly the network without a sparse prior
+        sparse_scale = check_number("sparse_scale", sparse_scale, gt=0)
+        if sparse_prior not in ("cauchy", "l1"):
+            raise ConfigError(f"sparse_prior must be 'cauchy' or 'l1', got {sparse_prior!r}")
+        spec = NetworkSpec(sizes, acts, mode, bool(learn_precision), (not per_unit_precision,) * L, lams, sparse_scale,
+                           sparse_prior)
         return cls(spec, W, b, lp, prior_mean, prior_lp, seeds)
 
     # ----------------------------------------------------------------- properties

@@ -138,7 +138,9 @@ def _can_fuse(rule: StandardPC, net: PCNetwork, optimizer, data) -> bool:
 def _fused_step(rule: StandardPC, net: PCNetwork, optimizer: "Adam", inputs, target) -> Relaxation:
     """A whole StandardPC training step as one compiled graph (:func:`training_step`): feed-forward
     sweep, the T steps of :func:`pcsim.relaxation.advance`, the local gradients and
-    :func:`pcsim.optim.adam_update`. The new parameters and Adam state are kept only if every
+    :func:`pcsim.optim.adam_update`. A sparse prior on the value nodes (``net.spec.sparsity``) is
+    part of it, as of the eager step: the relaxation's directions and energies are
+    :class:`~pcsim.inference.PCDynamics`' own, which read it off the spec. The new parameters and Adam state are kept only if every
     step's energy stayed finite and bounded; else nothing changes and the divergence error
     names the step, read off the per-step energies the graph returns."""
     x0 = _as_batch(net, inputs, "inputs", net.sizes[0])

@@ -11,9 +11,11 @@ feedback lesioned the same cells keep (almost) their full response.
 The architecture is Rao & Ballard's. Three level-1 modules each see a ``16 x 16`` patch,
 horizontally offset by 5 px, so together they tile a ``16 x 26`` image; each module's
 units predict only their own patch and level 2 predicts all level-1 responses. It is one
-generative :class:`~pcsim.network.PCNetwork` with sizes ``(n2, 3 n1, 16 * 26)``: the
-locality of level 1 is a mask on the level-1 -> image weights (overlapping columns receive
-the sum of the modules' predictions), re-applied after every optimiser step.
+generative :class:`~pcsim.network.PCNetwork` with sizes ``(n2, 3 n1, 3 * 16 * 16)`` (each
+module's own copy of its patch, ``image_errors = "own"``, the shipped setting) or ``(n2, 3 n1,
+16 * 26)`` (one image, overlapping columns receiving the sum of the modules' predictions,
+``"shared"``): the locality of level 1 is a mask on the level-1 -> image weights
+(:func:`module_mask`), re-applied after every optimiser step.
 
 Choices that make the phenomenon emerge, and why:
 
@@ -21,23 +23,32 @@ Choices that make the phenomenon emerge, and why:
   turned grey, filtered by a difference of Gaussians (centre-surround, like the retina and
   LGN; Rao & Ballard 1999 did the same) and scaled to unit pixel variance. Bars go through
   the same filter and scale, so the network sees them in the units it learned.
-- *Linear predictions, Gaussian priors.* With ``f`` linear the relaxed level-1 error is
+- *Linear predictions.* With ``f`` linear (and no sparse prior) the relaxed level-1 error is
   ``Pi_1 eps_1 = C^{-1} r_1`` with ``C = I / Pi_1 + W_2^T W_2 / Pi_0`` the prior covariance
   of the level-1 responses that level 2 has learned: the error cells whiten the responses
   by the learned statistics (Srinivasan et al. 1982). A bar running through all three
   patches evokes responses along a direction of large natural variance (contours
   continue), which is predicted and suppressed; a short bar in the middle patch evokes a
   pattern that natural images rarely produce, which is not. ``tanh`` is available but not
-  needed. With Gaussian priors the level-1 fields are distributed (PCA-like), not the
-  localised ones of Rao & Ballard's sparse prior; the suppression does not depend on it.
-  Measured (seed 0, shipped config; medians over all level-1 fields, saved in the results):
-  the trained fields put 71% of their energy in the top-32 principal subspace of the
-  whitened patches (13% initially, 12.5% by chance), and within that subspace the Gaussian
-  energy is indifferent to rotations of the basis, so nothing selects localised fields:
-  their spread (:func:`~circuits.measures.field_spread`) stays at 6.2 px against 6.5 px
-  initially (6.2-6.4 px after 200 to 4000 batches, and with ``tanh``); training does make
-  them more oriented (median orientedness 0.27 vs 0.14).
-  Localised fields would need a sparse (kurtotic) prior on the level-1 causes.
+  needed.
+- *A sparse prior on the level-1 responses while learning* (Rao & Ballard 1999: ``g(r) =
+  alpha log(1 + r^2)``; Olshausen & Field 1996), ``network.level1_sparsity``. With Gaussian
+  priors alone the trained fields lie in the top-32 principal subspace of the whitened
+  patches (71% of their energy vs 13% initially) in an arbitrary rotation, since the
+  Gaussian energy is indifferent to rotations of that basis: their spread
+  (:func:`~circuits.measures.field_spread`) stays at 6.2 px against 6.5 px initially
+  (orientedness 0.27 vs 0.14; seed 0, lr 0.002). The kurtotic prior selects the rotation in
+  which responses are sparse: oriented, bandpass, more localised fields (shipped config,
+  seeds 0/1/2: median spread 5.57/5.48/5.68 px vs 6.52 initially, orientedness 0.70/0.71/0.71
+  vs 0.15, 96% in the principal subspace). The laminar circuit has no sparse prior (its
+  populations are linear), so the prior shapes the fields and the circuit runs on them; the
+  fixed-point check relaxes the same Gaussian energy (:func:`equilibrium_responses`).
+- *Each module has its own image error* (``network.image_errors = "own"``): every module
+  predicts its own copy of its patch and the modules interact only through level 2. With
+  one image error over the shared, summed columns (``"shared"``) localised fields of
+  overlapping modules compete for the same pixels, which by itself end-stops the lesioned
+  circuit as much as the intact one (SI ~0.5 both, seed 0, sparsity 1); with Gaussian
+  (distributed) fields the shared error works (SI 0.38 vs 0.12 lesioned).
 - *A bottleneck at level 2* (64 level-2 units for 96 level-1 responses) so that level 2
   keeps the dominant correlations between modules rather than every pattern.
 - *Precisions.* ``Pi_image = 1`` and a small ``Pi_1 = 0.1`` let the image drive the
@@ -53,9 +64,9 @@ Choices that make the phenomenon emerge, and why:
   relaxations (60 steps of 0.2) learn the same and end-stop slightly less (SI ~0.34
   instead of ~0.37 over seeds), at twice the cost.
 
-With the shared (summed) prediction of the overlapping columns, modules also compete to
-explain the pixels they share, so even the lesioned circuit suppresses long bars a
-little (SI ~0.1): the feedback lesion is the control that separates the two.
+The lesioned circuit still suppresses long bars a little (SI ~0.1; the fields' own
+structure, and with ``image_errors = "shared"`` the competition for shared pixels): the
+feedback lesion is the control that separates the two.
 
 The response of a cell is its sustained rate, averaged over the last ``window_ms`` of the
 bar (the circuit is then at the network's relaxed fixed point, which is computed with
@@ -70,7 +81,7 @@ feedback. The suppression index is ``SI = (peak - response to the longest bar) /
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -110,6 +121,7 @@ __all__ = [
 ]
 
 Activation = Literal["linear", "tanh"]
+ImageErrors = Literal["shared", "own"]
 AREAS = ("LGN", "V1", "V2")
 
 
@@ -150,6 +162,10 @@ class NetworkSection:
     image_precision: float = field(default=1.0, metadata={"gt": 0})
     level1_precision: float = field(default=0.1, metadata={"gt": 0})
     prior_precision: float = field(default=0.03, metadata={"gt": 0})
+    level1_sparsity: float = field(default=0.0, metadata={"ge": 0})
+    level1_sparse_scale: float = field(default=1.0, metadata={"gt": 0})
+    level2_sparsity: float = field(default=0.0, metadata={"ge": 0})
+    image_errors: ImageErrors = "shared"
 
     def __post_init__(self):
         if self.modules % 2 == 0:
@@ -166,6 +182,11 @@ class NetworkSection:
     def width(self) -> int:
         """Width of the image level 2 sees (px): ``patch + (modules - 1) * offset``."""
         return self.patch + (self.modules - 1) * self.offset
+
+    @property
+    def data_units(self) -> int:
+        """Width of the network's data layer: the image's pixels, or every module's own patch (``image_errors = "own"``)."""
+        return self.height * (self.width if self.image_errors == "shared" else self.modules * self.patch)
 
     @property
     def crf(self) -> tuple[int, int]:
@@ -262,16 +283,53 @@ class Config(ExperimentConfig):
 
 
 # --------------------------------------------------------------------------- network
-def module_mask(module_units: int, modules: int = 3, patch: int = 16, offset: int = 5) -> torch.Tensor:
+def module_mask(module_units: int, modules: int = 3, patch: int = 16, offset: int = 5,
+                image_errors: ImageErrors = "shared") -> torch.Tensor:
     """Which level-1 -> image weights exist: ``(modules * module_units, patch * width)`` bool
     with ``width = patch + (modules - 1) * offset``; row ``m * module_units + u`` (unit ``u``
     of module ``m``) is True exactly on the pixels of module ``m``'s patch, columns
-    ``[m * offset, m * offset + patch)`` of the row-major flattened image."""
+    ``[m * offset, m * offset + patch)`` of the row-major flattened image. With
+    ``image_errors = "own"`` the data layer is the patches side by side (:func:`module_pixels`)
+    and the mask ``(modules * module_units, modules * patch * patch)`` is block diagonal."""
     width = patch + (modules - 1) * offset
+    if image_errors == "own":
+        own = torch.zeros(modules, module_units, modules, patch * patch, dtype=torch.bool)
+        for m in range(modules):
+            own[m, :, m] = True
+        return own.reshape(modules * module_units, modules * patch * patch)
     mask = torch.zeros(modules, module_units, patch, width, dtype=torch.bool)
     for m in range(modules):
         mask[m, :, :, m * offset:m * offset + patch] = True
     return mask.reshape(modules * module_units, patch * width)
+
+
+def module_pixels(net_cfg: NetworkSection) -> np.ndarray | None:
+    """Where the data layer's units sit in the row-major ``height x width`` image: ``(data_units,)``
+    indices, module 0's patch row by row, then module 1's, ... (``image_errors = "own"``), or
+    None when the data layer is the image itself (``"shared"``)."""
+    if net_cfg.image_errors == "shared":
+        return None
+    rows = np.arange(net_cfg.height)[:, None] * net_cfg.width
+    return np.concatenate([(rows + m * net_cfg.offset + np.arange(net_cfg.patch)).ravel() for m in range(net_cfg.modules)])
+
+
+def _mask(net_cfg: NetworkSection) -> torch.Tensor:
+    return module_mask(net_cfg.module_units, net_cfg.modules, net_cfg.patch, net_cfg.offset, net_cfg.image_errors)
+
+
+def image_fields(net: PCNetwork, net_cfg: NetworkSection) -> np.ndarray:
+    """The level-1 projective fields of ensemble member 0 on the image: ``(modules, module_units,
+    height, width)``, zero outside each module's patch (with ``image_errors = "own"`` each
+    module's weights on its own patch copy are put back where that patch lies)."""
+    W1 = net.weights[1][0].cpu().numpy()
+    idx = module_pixels(net_cfg)
+    if idx is not None:
+        full = np.zeros((W1.shape[0], net_cfg.height * net_cfg.width), W1.dtype)
+        own = _mask(net_cfg).numpy()
+        for k in range(W1.shape[0]):
+            full[k, idx[own[k]]] = W1[k, own[k]]
+        W1 = full
+    return W1.reshape(net_cfg.modules, net_cfg.module_units, net_cfg.height, net_cfg.width)
 
 
 def constrain_(net: PCNetwork, mask: torch.Tensor) -> None:
@@ -292,10 +350,11 @@ def initial_network(net_cfg: NetworkSection, seed: int, *, device: str = "cpu") 
     (:func:`module_mask`, unit-norm fields) by :func:`constrain_`."""
     n1 = net_cfg.modules * net_cfg.module_units
     net = PCNetwork.init(
-        (net_cfg.level2_units, n1, net_cfg.height * net_cfg.width), (net_cfg.level2_activation, net_cfg.level1_activation),
+        (net_cfg.level2_units, n1, net_cfg.data_units), (net_cfg.level2_activation, net_cfg.level1_activation),
         mode="generative", seed=seed, precision=(net_cfg.level1_precision, net_cfg.image_precision),
-        prior_precision=net_cfg.prior_precision, device=device)
-    constrain_(net, module_mask(net_cfg.module_units, net_cfg.modules, net_cfg.patch, net_cfg.offset).to(device))
+        prior_precision=net_cfg.prior_precision, sparsity=(net_cfg.level2_sparsity, net_cfg.level1_sparsity, 0.0),
+        sparse_scale=net_cfg.level1_sparse_scale, device=device)
+    constrain_(net, _mask(net_cfg).to(device))
     return net
 
 
@@ -314,7 +373,7 @@ def train_network(net_cfg: NetworkSection, train_cfg: TrainingSection, images: l
     over the batch, dimensionless).
     """
     net = initial_network(net_cfg, seed, device=device)
-    mask = module_mask(net_cfg.module_units, net_cfg.modules, net_cfg.patch, net_cfg.offset).to(device)
+    mask = _mask(net_cfg).to(device)
     rule = StandardPC(InferenceConfig(steps=train_cfg.steps, dt=train_cfg.dt, tau=train_cfg.tau))
     opt = Adam(train_cfg.lr)
     patches = NaturalPatches(images, net_cfg.height, net_cfg.width, train_cfg.batches, train_cfg.batch_size, seed, device)
@@ -325,9 +384,27 @@ def train_network(net_cfg: NetworkSection, train_cfg: TrainingSection, images: l
         constrain_(net, mask)
         history[s.step] = s.output.energy.mean((0, 1)).cpu().numpy()
 
+    idx = module_pixels(net_cfg)
+    if idx is not None:  # each module's own copy of its patch
+        idx = torch.as_tensor(idx, device=device)
+        patches = _Indexed(patches, idx)
     train(lambda x: rule.step(net, opt, data=x), lambda epoch: patches, 1, on_step=after_step, progress=progress,
           parameters=net.parameters, energy=training_energy, lr=train_cfg.lr)
     return net, history
+
+
+@dataclass
+class _Indexed:
+    """The batches of ``batches`` ``(B, height * width)`` at the data layer's pixels ``index`` (:func:`module_pixels`)."""
+
+    batches: NaturalPatches
+    index: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return (x[:, self.index] for x in self.batches)
 
 
 def lesion_feedback(net: PCNetwork) -> PCNetwork:
@@ -380,7 +457,11 @@ def equilibrium_responses(net: PCNetwork, stimulus: Stimulus, net_cfg: NetworkSe
     (:func:`pcsim.inference.relax` with the bar images clamped at the data layer):
     ``(lengths, 2, module_units)``, the rectified positive and negative parts of the
     precision-weighted error ``Pi_1 (x_1 - mu_1)``, the steady state that the circuit's
-    ``l23_pos``/``l23_neg`` populations approach (rate units)."""
+    ``l23_pos``/``l23_neg`` populations approach (rate units). The energy relaxed is the
+    circuit's, the Gaussian one: a sparse prior on the level-1 responses
+    (``NetworkSection.level1_sparsity``) shapes the learned fields, but the laminar circuit's
+    populations are linear and have none, so it is left out here too."""
+    net = replace(net, spec=replace(net.spec, sparsity=()))
     x = torch.as_tensor(stimulus.patterns, dtype=net.dtype, device=net.device)
     relaxed = relax(net, init_state(net, data=x), inference)
     n1 = net_cfg.module_units
@@ -426,13 +507,15 @@ def _run(config: Config, ctx: RunContext) -> ExperimentResult:
     images, scale = whitened_images(config.images.center_sigma, config.images.surround_sigma, config.images.border)
     net, history = train_network(nc, config.training, images, config.seed, device=ctx.device, progress=ctx.progress)
     stimulus, raw = bar_stimulus(nc, bc, config.images, scale)
+    idx = module_pixels(nc)
+    seen = stimulus if idx is None else stimulus.map_patterns(lambda p: p[:, idx])  # at the network's data layer
     params = cc.params()
     relaxation = InferenceConfig(steps=config.measure.equilibrium_steps, dt=config.training.dt, tau=config.training.tau)
     rates, fixed_points = [], []
     for n in (net, lesion_feedback(net)):
         circuit = LaminarCircuit.from_network(n, area_names=AREAS, params=params)
-        rates.append(middle_module_responses(circuit, stimulus, nc, bc, cc.record_every_ms, progress=ctx.progress))
-        fixed_points.append(equilibrium_responses(n, stimulus, nc, relaxation))
+        rates.append(middle_module_responses(circuit, seen, nc, bc, cc.record_every_ms, progress=ctx.progress))
+        fixed_points.append(equilibrium_responses(n, seen, nc, relaxation))
     equilibrium = xr.DataArray(np.stack(fixed_points), dims=("feedback", "length", "population", "unit"))
     error_rate = xr.concat(rates, dim="feedback").assign_coords(feedback=["intact", "lesioned"])
     stop = seconds(bc.onset_ms + bc.duration_ms)
@@ -453,8 +536,8 @@ def _run(config: Config, ctx: RunContext) -> ExperimentResult:
     tuning_cells = response.where(selected).sum(("population", "unit")) / config.measure.n_cells
 
     h, w = nc.height, nc.width
-    W1 = net.weights[1][0].cpu().numpy().reshape(nc.modules, nc.module_units, h, w)
-    W1_init = initial_network(nc, config.seed).weights[1][0].cpu().numpy().reshape(W1.shape)
+    W1 = image_fields(net, nc)
+    W1_init = image_fields(initial_network(nc, config.seed), nc)
     own = [slice(m * nc.offset, m * nc.offset + nc.patch) for m in range(nc.modules)]  # each module's patch
     spread = np.stack([field_spread(W[m][..., own[m]]) for W in (W1, W1_init) for m in range(nc.modules)]).reshape(
         2, nc.modules, nc.module_units)
@@ -512,7 +595,8 @@ def _run(config: Config, ctx: RunContext) -> ExperimentResult:
         attrs={
             "crf_start_col": nc.crf[0], "crf_stop_col": nc.crf[1], "patch": nc.patch, "offset": nc.offset,
             "modules": nc.modules, "bar_onset_ms": bc.onset_ms, "bar_duration_ms": bc.duration_ms,
-            "window_ms": bc.window_ms, "prefilter_scale": scale,
+            "window_ms": bc.window_ms, "prefilter_scale": scale, "level1_sparsity": nc.level1_sparsity,
+            "level1_sparse_scale": nc.level1_sparse_scale, "image_errors": nc.image_errors,
         },
     )
     si = {f: suppression_index(tuning.sel(feedback=f).values) for f in ("intact", "lesioned")}
@@ -635,8 +719,11 @@ def plot(results: xr.Dataset) -> dict:
         if "field_principal_fraction" in results:
             pf = results.field_principal_fraction.isel(module=mid)
             title += (f"; in the patches' principal subspace {float(pf.sel(weights='trained').median()):.2f} vs "
-                      f"{float(pf.sel(weights='initial').median()):.2f}\n(Gaussian priors learn that subspace in any "
-                      "rotation: the localised fields of Rao & Ballard need a sparse prior)")
+                      f"{float(pf.sel(weights='initial').median()):.2f}")
+        lam = float(results.attrs.get("level1_sparsity", 0.0))
+        title += (f"\nsparse prior on the level-1 responses, {lam:g} log(1 + r^2/s^2) (Rao & Ballard 1999)" if lam > 0
+                  else "\n(Gaussian priors learn that subspace in any rotation: the localised fields of Rao & Ballard "
+                       "need a sparse prior, network.level1_sparsity)")
     fig.suptitle(title, fontsize=9)
     figs["receptive_fields"] = fig
     return figs

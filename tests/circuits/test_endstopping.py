@@ -21,8 +21,10 @@ from pcsim.config import from_dict
 from pcsim.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-# half the shipped training (500 batches at twice the learning rate): ~10 s on one thread
-SMALL = ["--set", "training.batches=500", "--set", "training.lr=0.004", "--no-progress"]
+# the shipped training (1000 batches; ~20 s on one thread): with the sparse prior, half of it at
+# a higher learning rate is not enough (500 batches at lr 0.0075: the fields not yet localised
+# and the single-cell lesion effect at its margin; at 0.01 the intact SI falls to 0.18)
+SMALL = ["--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,8 @@ def test_error_cells_are_end_stopped_by_the_feedback(endstopping_run):
     pop = ds.error_rate.sel(feedback="intact", length=lengths[-1]).sum(("population", "unit"))
     assert float(pop.max()) > 1.5 * float(ds.tuning.sel(feedback="intact", length=lengths[-1]))
     # the circuit's sustained response is the relaxed network's fixed point (pcsim.inference.relax)
-    np.testing.assert_allclose(ds.tuning.values, ds.equilibrium_tuning.values, rtol=0.05)
+    # (within 6 %: the intact circuit settles slowly and is still a little above it at 800 ms)
+    np.testing.assert_allclose(ds.tuning.values, ds.equilibrium_tuning.values, rtol=0.07)
     assert summary["suppression_index_equilibrium"] == pytest.approx(si, abs=0.03)
     for name in ("endstopping", "receptive_fields"):
         assert (out / f"{name}.png").stat().st_size > 5000
@@ -89,13 +92,11 @@ def test_level1_modules_stay_local_through_training(endstopping_run):
     np.testing.assert_allclose(np.sqrt((rf ** 2).sum((-2, -1))), 1.0, rtol=1e-5)
 
 
-def test_trained_fields_are_measured_and_more_oriented_but_not_localised(endstopping_run):
-    """The saved field measures are those of the saved fields; training (500 batches) makes
-    the level-1 fields more oriented than the initial random ones (median 0.23 vs 0.15 when
-    measured) and moves them into the principal subspace of the patches, but not localised:
-    with Gaussian priors the energy is invariant to rotations within that subspace, so their
-    spread stays near the 6.5 px of an even 16 px field (Rao & Ballard's localised fields
-    need a sparse prior)."""
+def test_trained_fields_are_measured_localised_and_oriented(endstopping_run):
+    """The saved field measures are those of the saved fields; training (500 batches) with the
+    shipped sparse prior on the level-1 responses makes the level-1 fields localised and
+    oriented (Rao & Ballard 1999), more than the initial random ones (an even 16 px field
+    spreads 6.5 px), and puts them in the principal subspace of the patches."""
     from circuits.measures import field_orientedness, field_spread
 
     ds, summary, _ = endstopping_run
@@ -105,8 +106,8 @@ def test_trained_fields_are_measured_and_more_oriented_but_not_localised(endstop
         np.testing.assert_allclose(ds.field_spread.sel(weights="trained").isel(module=m), field_spread(own))
         np.testing.assert_allclose(ds.field_orientedness.sel(weights="trained").isel(module=m), field_orientedness(own))
     ori, sp = summary["field_orientedness"], summary["field_spread_px"]
-    assert ori["trained"] > ori["initial"] + 0.04, ori
-    assert abs(sp["trained"] - sp["initial"]) < 0.5 and sp["trained"] > 5.5, sp
+    assert ori["trained"] > ori["initial"] + 0.3, ori
+    assert sp["trained"] < sp["initial"] - 0.5, sp
     # ... because they learn the principal subspace of the patches (chance: 32 / 256)
     pf = summary["field_principal_fraction"]
     assert pf["initial"] < 0.2 and pf["trained"] > 3 * pf["initial"], pf
@@ -133,6 +134,53 @@ def test_training_is_seeded_masked_and_normalised():
     assert hist_a.shape == (6, 3) and np.isfinite(hist_a).all()
 
 
+@pytest.fixture(scope="module")
+def whitened():
+    """The training images and their scale (loading and filtering them takes seconds: once per module)."""
+    return es.whitened_images(1.0, 3.0, 12)
+
+
+def test_a_sparse_prior_localises_and_orients_the_fields(whitened):
+    """Rao & Ballard's sparse prior on the level-1 responses, against the same short training
+    without it (12 px patches, 300 batches, seed 0): with Gaussian priors only the fields are
+    any rotation of the principal subspace; the sparse prior picks localised, oriented ones."""
+    from circuits.measures import field_orientedness, field_spread
+
+    images, _ = whitened
+    measured = {}
+    with es._threads(1):  # small matrices: one thread is fastest
+        for lam in (0.0, 1.0):
+            nc = es.NetworkSection(patch=12, offset=4, module_units=16, level2_units=24, level1_sparsity=lam,
+                                   image_errors="own")
+            net, _ = es.train_network(nc, es.TrainingSection(batches=300, batch_size=40, lr=0.01), images, seed=0)
+            W = es.image_fields(net, nc)
+            own = np.concatenate([W[m][..., m * 4:m * 4 + 12] for m in range(3)])
+            measured[lam] = np.median(field_spread(own)), np.median(field_orientedness(own))
+    (sp_gauss, ori_gauss), (sp_sparse, ori_sparse) = measured[0.0], measured[1.0]
+    assert sp_sparse < sp_gauss - 0.1, measured
+    assert ori_sparse > ori_gauss + 0.1, measured
+
+
+def test_own_image_errors_give_each_module_its_own_copy_of_its_patch():
+    nc = es.NetworkSection(module_units=2, image_errors="own")
+    idx = es.module_pixels(nc)
+    assert idx.shape == (3 * 16 * 16,) and nc.data_units == 768
+    image = np.arange(16 * 26).reshape(16, 26)
+    for m in range(3):
+        np.testing.assert_array_equal(image.ravel()[idx[m * 256:(m + 1) * 256]], image[:, 5 * m:5 * m + 16].ravel())
+    mask = es.module_mask(2, 3, 16, 5, "own").reshape(3, 2, 3, 256).numpy()
+    for m in range(3):
+        assert mask[m, :, m].all() and not np.delete(mask[m], m, axis=1).any()
+    assert es.module_pixels(es.NetworkSection()) is None
+    # the fields come back on the image, where each module's patch lies, and nowhere else
+    net = es.initial_network(nc, seed=0)
+    W = es.image_fields(net, nc)
+    assert W.shape == (3, 2, 16, 26)
+    for m in range(3):
+        np.testing.assert_array_equal(W[m][..., 5 * m:5 * m + 16].reshape(2, -1), net.weights[1][0, 2 * m:2 * m + 2, 256 * m:256 * (m + 1)].numpy())
+        assert not np.delete(W[m], np.s_[5 * m:5 * m + 16], axis=-1).any()
+
+
 def test_module_mask_tiles_the_image_with_overlapping_patches():
     mask = es.module_mask(2, modules=3, patch=16, offset=5).reshape(3, 2, 16, 26).numpy()
     for m in range(3):
@@ -143,8 +191,8 @@ def test_module_mask_tiles_the_image_with_overlapping_patches():
     assert coverage.tolist() == [1] * 5 + [2] * 5 + [3] * 6 + [2] * 5 + [1] * 5
 
 
-def test_bars_are_prefiltered_like_the_training_images():
-    images, scale = es.whitened_images(1.0, 3.0, 12)
+def test_bars_are_prefiltered_like_the_training_images(whitened):
+    images, scale = whitened
     pixels = np.concatenate([im.ravel() for im in images])
     assert np.mean(pixels ** 2) == pytest.approx(1.0)
     cfg = es.Config(experiment="circuits.experiments.endstopping")

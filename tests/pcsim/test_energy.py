@@ -2,7 +2,8 @@
 
 - ``layer_energies`` equals the DESIGN.md formula evaluated sample by sample in numpy;
 - ``value_gradients`` (the explicit local rule for ``dE/dx_l``) equals autograd of the energy
-  at random, non-equilibrium states, for every activation, mode and precision setting;
+  at random, non-equilibrium states, for every activation, mode and precision setting, with
+  and without a sparse (Cauchy or L1) prior on the value nodes;
 - every activation's ``df`` equals the autograd derivative of its ``f``;
 - the feed-forward sweep is a zero-error state; ``output_loss`` is the output-layer energy.
 """
@@ -27,14 +28,23 @@ NP_ACTS = {
     "linear": lambda a: a,
 }
 SETTINGS = settings(max_examples=25, deadline=None)
+SPARSE = st.one_of(st.none(), st.tuples(st.sampled_from(["cauchy", "l1"]), st.floats(0.3, 2.0)))
 
 
 # --------------------------------------------------------------------------- helpers
-def random_net(sizes, act, mode, seed, *, ensemble=1, precision="unit", learn=False):
-    """A float64 network whose biases, prior mean and precisions are randomised (not at their init values)."""
+def sparse_strengths(n_layers, seed):
+    """Sparse-prior strengths of ``n_layers`` value layers, some of them 0 (never all)."""
+    return [0.0 if (l + seed) % 3 == 0 else 0.4 + 0.3 * l for l in range(n_layers)]
+
+
+def random_net(sizes, act, mode, seed, *, ensemble=1, precision="unit", learn=False, sparse=None):
+    """A float64 network whose biases, prior mean and precisions are randomised (not at their init values).
+    ``sparse = (kind, scale)`` adds a sparse prior of that kind and scale on some layers (:func:`sparse_strengths`)."""
     per_unit = precision == "per_unit"
+    kw = {} if sparse is None else dict(sparsity=sparse_strengths(len(sizes), seed), sparse_prior=sparse[0],
+                                        sparse_scale=sparse[1])
     net = PCNetwork.init(sizes, act, mode=mode, seed=seed, ensemble=ensemble, dtype=torch.float64,
-                         per_unit_precision=per_unit, learn_precision=learn, prior_precision=1.7)
+                         per_unit_precision=per_unit, learn_precision=learn, prior_precision=1.7, **kw)
     g = torch.Generator().manual_seed(seed + 12345)
     for b in net.biases:
         b.copy_(0.5 * torch.randn(b.shape, generator=g, dtype=torch.float64))
@@ -80,31 +90,36 @@ def reference_layer_energies(net, x):
                 out[e, b, l] = 0.5 * eps @ np.diag(pi) @ eps
                 if net.learn_precision:
                     out[e, b, l] -= 0.5 * np.log(np.prod(pi))
+            for l in range(L + 1):  # the sparse prior: Rao & Ballard's alpha log(1 + r^2), or L1
+                if net.spec.sparsity and net.spec.sparsity[l]:
+                    r = x[l][e, b].numpy() / net.spec.sparse_scale
+                    cost = np.abs(r) if net.spec.sparse_prior == "l1" else np.log(1.0 + r ** 2)
+                    out[e, b, l] += net.spec.sparsity[l] * cost.sum()
     return out
 
 
 # --------------------------------------------------------------------------- tests
 @SETTINGS
 @given(arch=architectures(), precision=st.sampled_from(["unit", "scalar", "per_unit"]), learn=st.booleans(),
-       ensemble=st.integers(1, 2))
-def test_layer_energies_equal_the_design_formula(arch, precision, learn, ensemble):
+       ensemble=st.integers(1, 2), sparse=SPARSE)
+def test_layer_energies_equal_the_design_formula(arch, precision, learn, ensemble, sparse):
     sizes, act, mode, seed = arch
-    net = random_net(sizes, act, mode, seed, ensemble=ensemble, precision=precision, learn=learn)
+    net = random_net(sizes, act, mode, seed, ensemble=ensemble, precision=precision, learn=learn, sparse=sparse)
     x = random_state(net, 3, seed)
     got = energy.layer_energies(net, x).numpy()
     want = reference_layer_energies(net, x)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(energy.energy(net, x).numpy(), want.sum(-1), rtol=1e-12, atol=1e-12)
-    if mode == "discriminative":
+    if mode == "discriminative" and sparse is None:
         assert np.all(got[..., 0] == 0.0)
 
 
 @SETTINGS
 @given(arch=architectures(), precision=st.sampled_from(["unit", "scalar", "per_unit"]), learn=st.booleans(),
-       ensemble=st.integers(1, 2), scale=st.floats(0.1, 3.0))
-def test_value_gradients_equal_autograd(arch, precision, learn, ensemble, scale):
+       ensemble=st.integers(1, 2), scale=st.floats(0.1, 3.0), sparse=SPARSE)
+def test_value_gradients_equal_autograd(arch, precision, learn, ensemble, scale, sparse):
     sizes, act, mode, seed = arch
-    net = random_net(sizes, act, mode, seed, ensemble=ensemble, precision=precision, learn=learn)
+    net = random_net(sizes, act, mode, seed, ensemble=ensemble, precision=precision, learn=learn, sparse=sparse)
     x = [t.requires_grad_(True) for t in random_state(net, 4, seed, scale)]
     auto = torch.autograd.grad(energy.energy(net, x).sum(), x)
     with torch.no_grad():
@@ -113,6 +128,29 @@ def test_value_gradients_equal_autograd(arch, precision, learn, ensemble, scale)
     for l, (a, b) in enumerate(zip(explicit, auto)):
         assert a.shape == x[l].shape
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"layer {l}")
+
+
+def test_zero_sparsity_is_the_network_without_a_sparse_prior():
+    """``sparsity`` of zeros leaves the spec (what compiled code specialises on) and every number as they were."""
+    plain = random_net([3, 4, 2], "tanh", "generative", 5)
+    zeros = PCNetwork.init([3, 4, 2], "tanh", mode="generative", seed=5, sparsity=(0, 0, 0), dtype=torch.float64)
+    assert zeros.spec == PCNetwork.init([3, 4, 2], "tanh", mode="generative", seed=5, dtype=torch.float64).spec
+    x = random_state(plain, 3, 5)
+    sparse = random_net([3, 4, 2], "tanh", "generative", 5, sparse=("cauchy", 1.0))
+    # the sparse term adds lambda_l sum log(1 + x^2) to its layer's column, nothing else
+    diff = energy.layer_energies(sparse, x) - energy.layer_energies(plain, x)
+    want = torch.stack([lam * torch.log1p(xl ** 2).sum(-1) for lam, xl in zip(sparse.spec.sparsity, x)], -1)
+    torch.testing.assert_close(diff, want, rtol=1e-12, atol=1e-12)
+
+
+def test_sparse_prior_arguments_are_checked():
+    from pcsim.errors import ConfigError
+
+    for kw, key in ((dict(sparsity=(0.1, 0.2)), "sparsity"), (dict(sparsity=(0, -1, 0)), r"sparsity\[1\]"),
+                    (dict(sparsity=0.5), "sparsity"), (dict(sparsity=(0, 1, 0), sparse_scale=0), "sparse_scale"),
+                    (dict(sparsity=(0, 1, 0), sparse_prior="gauss"), "sparse_prior")):
+        with pytest.raises(ConfigError, match=key):
+            PCNetwork.init([2, 3, 4], mode="generative", **kw)
 
 
 @pytest.mark.parametrize("name", ACTS)

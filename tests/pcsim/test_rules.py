@@ -420,8 +420,8 @@ def test_gradient_alignment_rejects_rules_it_cannot_compare():
 FUSED = InferenceConfig(steps=5, dt=1.0, tau=5.0, compile=True)
 
 
-def fused_case(diverge: bool):
-    net = PCNetwork.init([4, 6, 5, 3], "tanh", seed=4, dtype=F64, precision=[1.0, 2.0, 1.5])
+def fused_case(diverge: bool, sparsity=0.0):
+    net = PCNetwork.init([4, 6, 5, 3], "tanh", seed=4, dtype=F64, precision=[1.0, 2.0, 1.5], sparsity=sparsity)
     if diverge:
         net.log_precision[1].fill_(math.log(40.0))  # dt/tau * Pi = 8 on layer 2: unstable
     return net
@@ -444,6 +444,29 @@ def test_fused_compiled_training_step_equals_the_stepped_one():
         torch.testing.assert_close(s, t, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(ra.energy, rb.energy, rtol=1e-9, atol=1e-12)
     assert ob.t == oa.t == 3
+
+
+def test_fused_training_step_includes_the_sparse_prior():
+    """The function the fused path compiles (rules.training_step, run here uncompiled: compiling
+    it is checked above) relaxes with the sparse prior of the network's spec: it equals the eager
+    StandardPC step with that prior, and differs from the step without it."""
+    from pcsim.inference import StepPlan
+    from pcsim.rules import _run_fused, training_step
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(7, 4, generator=g, dtype=F64), torch.randn(7, 3, generator=g, dtype=F64)
+    cfg = replace(FUSED, compile=False)
+    a = fused_case(False, (0.0, 0.5, 0.8, 0.0))
+    b, plain = a.clone(), fused_case(False)
+    oa, ob = Adam(1e-2), Adam(1e-2)
+    ra = StandardPC(cfg).step(a, oa, x, y)
+    plan = StepPlan(b.spec, (1, 2), cfg.step_size, cfg.momentum, cfg.precondition, b.unit_precision(), cfg.max_growth)
+    rb = _run_fused(plan, cfg, (True, False, False, True), b, ob, x[None], y[None], training_step)
+    for p, q in zip(a.parameters() + oa.state.m, b.parameters() + ob.state.m):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(ra.energy, rb.energy, rtol=1e-9, atol=1e-12)
+    StandardPC(cfg).step(plain, Adam(1e-2), x, y)
+    assert (plain.weights[1] - a.weights[1]).abs().max() > 1e-6  # the prior changed the relaxed state, so the update
 
 
 def test_fused_step_that_diverges_changes_nothing_and_names_the_step():
