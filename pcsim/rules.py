@@ -248,7 +248,13 @@ class FixedPredictionPC:
         return self.inference or InferenceConfig(steps=max(net.depth - 1, 0), dt=1.0, tau=1.0, precondition=True)
 
     def gradients(self, net: PCNetwork, inputs=None, target=None, *, data=None) -> tuple[list[Tensor], Relaxation]:
-        """Relax with frozen feed-forward predictions and return ``(dE/dtheta, relaxation)``; equals ``nudge`` x the backprop gradient."""
+        """Relax with frozen feed-forward predictions and return ``(dE/dtheta, relaxation)``; equals ``nudge`` x the backprop gradient.
+
+        A network with a sparse prior on its value nodes is refused: the equality holds for the
+        Gaussian energy only (the prior moves the fixed point off the feed-forward values)."""
+        if any(net.spec.sparsity):
+            raise ConfigError(f"FixedPredictionPC: net has a sparse prior (sparsity={list(net.spec.sparsity)}); the "
+                              "fixed-prediction rule's backprop equivalence holds for Gaussian energies only")
         view = nudged(net, self.nudge)
         state = _training_state(view, inputs, target, data)
         fixed: FixedPredictions = freeze_predictions(view, state)

@@ -486,3 +486,13 @@ def test_fused_step_that_diverges_changes_nothing_and_names_the_step():
     assert opt.t == 0 and opt.state is None
     for p, q in zip(before, net.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_fixed_prediction_rule_refuses_a_sparse_prior():
+    # its exact-backprop claim holds for the Gaussian energy only
+    from pcsim.errors import ConfigError
+
+    net = PCNetwork.init([4, 5, 3], "tanh", seed=0, sparsity=[0.0, 0.5, 0.0])
+    x, y = torch.randn(2, 4), torch.randn(2, 3)
+    with pytest.raises(ConfigError, match="sparse prior"):
+        FixedPredictionPC().gradients(net, x, y)
