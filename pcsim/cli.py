@@ -63,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pcsim: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pcsim show CONFIG | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -248,3 +248,16 @@ def test_every_run_command_takes_overwrite_and_passes_it_on(tmp_path, monkeypatc
         calls.clear()
         assert main([*argv, "--overwrite"]) == 0 and calls[-1]["overwrite"] is True
         assert main(argv) == 0 and calls[-1]["overwrite"] is False
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    # `pcsim show CONFIG | head -1`: the pipe closes under pcsim, which exits quietly
+    import subprocess
+    import sys
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "oddball_mmn.toml"
+    proc = subprocess.Popen([sys.executable, "-m", "pcsim", "show", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0)
+    proc.stdout.close()  # before pcsim (still importing) writes a line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err
