@@ -153,6 +153,10 @@ def run_config(config_path: Path, out_dir: Path, *, device: str | None = None, o
     source = str(config_path)
     module, config = load_experiment(config_path, overrides, device=device)
     check_device(config.device, source=source)
+    try:
+        config.check_inputs()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     with RunDirectory(out_dir, experiment=config.experiment, overwrite=overwrite, command="run",
                       config_source=str(Path(source).resolve()), names=FIXED_FILES) as run:
         _note_previous(run)

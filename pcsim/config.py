@@ -87,6 +87,12 @@ class ExperimentConfig:
     device: Literal["cpu", "cuda"] = "cpu"
     description: str = ""
 
+    def check_inputs(self) -> None:
+        """Check what the config names outside itself (a file that must exist), raising
+        :class:`ConfigError` naming the key. ``pcsim run`` calls it after validation and before
+        anything is written; reading a config (``pcsim show``, :func:`load_config`) does not,
+        so a config whose file the user has not given yet can still be inspected. No-op here."""
+
 
 # --------------------------------------------------------------------------- validation
 

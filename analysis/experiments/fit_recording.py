@@ -63,9 +63,9 @@ class Config(ExperimentConfig):
     recording: RecordingSection = field(default_factory=RecordingSection)
     models: ModelsSection = field(default_factory=lambda: ModelsSection(fit=("smoothing", "fa", "gpfa", "pc")))
 
-    def __post_init__(self):
-        # checked when the config is read, before anything runs (pcsim.config reports it as a
-        # ConfigError naming the config file); the section's own default (path "") stays valid
+    def check_inputs(self) -> None:
+        """The recording file must exist (checked by ``pcsim run`` before anything is written;
+        ``pcsim show`` lists the keys without it)."""
         if not Path(self.recording.path).is_file():
             raise ConfigError(f"key 'recording.path' = {self.recording.path!r} is not a recording file: run "
                              "`pcsim fit FILE.nwb --config CONFIG`, or give one with --set recording.path=FILE")
