@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -49,13 +49,16 @@ Activation = Literal["tanh", "relu", "sigmoid", "linear"]
 @dataclass(frozen=True, kw_only=True)
 class DataSection:
     """``dataset``: ``digits`` (dequantised when ``dequantise``) or ``mnist1d`` (``num_samples``
-    generated offline); ``test_fraction`` held out, stratified by class with ``split_seed``."""
+    generated offline); ``test_fraction`` held out, stratified by class with ``split_seed``;
+    ``max_train``/``max_test`` > 0 keep only that many examples of a split (quick runs, tests)."""
 
     dataset: Literal["digits", "mnist1d"] = "digits"
     test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1})
     split_seed: int = field(default=0, metadata={"ge": 0})
     num_samples: int = field(default=4000, metadata={"ge": 20})
     dequantise: bool = True
+    max_train: int = field(default=0, metadata={"ge": 0})
+    max_test: int = field(default=0, metadata={"ge": 0})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,6 +155,11 @@ def load_data(section: DataSection):
         data = gd.digits(section.test_fraction, section.split_seed)
     else:
         data = gd.mnist1d(section.num_samples, section.test_fraction, section.split_seed)
+    if section.max_train or section.max_test:
+        tr = slice(section.max_train or None)
+        te = slice(section.max_test or None)
+        data = replace(data, x_train=data.x_train[tr], labels_train=data.labels_train[tr],
+                       x_test=data.x_test[te], labels_test=data.labels_test[te])
     if data.levels is not None and section.dequantise:
         # independent noise for the two halves; the seeds follow from split_seed
         x_train = gd.dequantise(data.x_train, data.levels, 2 * section.split_seed)
