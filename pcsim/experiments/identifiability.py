@@ -55,7 +55,7 @@ class ModelSection:
     activation: Activation = "tanh"
     epochs: int = field(default=60, metadata={"ge": 1})
     batch_size: int = field(default=64, metadata={"ge": 1})
-    lr: float = field(default=3e-3, metadata={"gt": 0})
+    lr: float = field(default=1e-3, metadata={"gt": 0})
     inference_steps: int = field(default=20, metadata={"ge": 0})
     dt: float = field(default=1.0, metadata={"gt": 0, "units": "ms"})
     tau: float = field(default=10.0, metadata={"gt": 0, "units": "ms"})
