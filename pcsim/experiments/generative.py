@@ -39,6 +39,7 @@ import torch
 import xarray as xr
 
 from ..config import ExperimentConfig
+from ..errors import InferenceDivergenceError
 from ..registry import ExperimentResult, RunContext
 
 ModelName = Literal["pc", "hybrid_pc", "mcpc", "vae", "iwae", "flow", "helmholtz"]
@@ -121,7 +122,8 @@ class EvaluationSection:
     completion of the hidden bottom half (the right half of a sequence) by ``completion_steps``
     Adam steps of ``completion_lr``; amortisation gap on the first ``gap_examples`` test examples
     (``gap_steps`` per-example steps) and PC's ELBO after each of ``steps`` inference steps;
-    ``n_generated`` samples for the Fréchet distance; ``n_show`` examples per figure."""
+    ``n_generated`` samples for the Fréchet distance, in the features of a classifier trained for
+    ``classifier_max_iter`` epochs on the real training split; ``n_show`` examples per figure."""
 
     nll_samples: int = field(default=100, metadata={"ge": 2})
     elbo_samples: int = field(default=10, metadata={"ge": 1})
@@ -131,6 +133,7 @@ class EvaluationSection:
     gap_steps: int = field(default=200, metadata={"ge": 0})
     steps: tuple[int, ...] = field(default=(0, 1, 2, 5, 10, 20, 50, 100), metadata={"ge": 0, "nonempty": True})
     n_generated: int = field(default=500, metadata={"ge": 2})
+    classifier_max_iter: int = field(default=300, metadata={"ge": 1})
     n_show: int = field(default=8, metadata={"ge": 1})
 
 
@@ -255,8 +258,15 @@ def evaluate(name: str, model, fit_seconds: float, data, x_train, x_test, log_ja
     if name in PC_MODELS:
         for i, t in enumerate(T):
             at_t = copy.copy(model).set_params(inference_steps=int(t))  # the same fitted network, T steps
-            _, secs = _seconds(lambda: at_t.relax(xg, steps=int(t)))
-            out["elbo_vs_steps"][i] = float(at_t.elbo(xg, samples=ev.elbo_samples, seed=config.seed).mean()) + log_jacobian
+            try:
+                secs = min(_seconds(lambda: at_t.relax(xg, steps=int(t)))[1] for _ in range(3))  # least-disturbed of 3
+                elbo = float(at_t.elbo(xg, samples=ev.elbo_samples, seed=config.seed).mean()) + log_jacobian
+            except InferenceDivergenceError as exc:
+                # Euler steps of dt/tau that were stable for the training T can diverge over longer
+                # relaxations once the precisions have grown: a finding, recorded, not a failed run
+                out.setdefault("diverged", []).append({"T": int(t), "error": str(exc).split(";")[0]})
+                continue
+            out["elbo_vs_steps"][i] = elbo
             out["relax_seconds"][i] = secs / xg.shape[0]
     out["samples"] = generated[:n_show].numpy()
     out["reconstructions"] = recon[:n_show].numpy()
@@ -298,7 +308,8 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     t_run = time.perf_counter()
     data, x_train, x_test, log_jacobian = load_data(config.data)
     D = data.n_features
-    classifier = M.feature_classifier(x_train, data.labels_train, seed=config.seed)
+    classifier = M.feature_classifier(x_train, data.labels_train, seed=config.seed,
+                                        max_iter=config.evaluation.classifier_max_iter)
     names = list(dict.fromkeys(config.training.models))
     results, losses = {}, {}
     for name in tqdm(names, desc="generative models", disable=not ctx.progress):
@@ -309,6 +320,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     ds = _dataset(config, names, results, losses, data, x_test, log_jacobian)
     summary = {
         "models": {n: {k: results[n][k] for k in _SCALARS} for n in names},
+        "diverged_relaxations": {n: results[n]["diverged"] for n in names if results[n].get("diverged")},
         "dataset": data.name, "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]),
         "log_jacobian": log_jacobian, "classifier_train_accuracy": classifier.train_accuracy,
         "wall_seconds": time.perf_counter() - t_run,

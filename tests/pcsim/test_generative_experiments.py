@@ -20,7 +20,7 @@ TINY = ["--set", "training.epochs=1", "--set", "decoder.latent_dim=2", "--set", 
         "--set", "evaluation.nll_samples=4", "--set", "evaluation.elbo_samples=1",
         "--set", "evaluation.completion_steps=2", "--set", "evaluation.gap_examples=10",
         "--set", "evaluation.gap_steps=2", "--set", "evaluation.steps=[0,3]",
-        "--set", "evaluation.n_generated=20", "--set", "evaluation.n_show=2"]
+        "--set", "evaluation.n_generated=20", "--set", "evaluation.classifier_max_iter=20", "--set", "evaluation.n_show=2"]
 
 
 def _run(config, tmp_path, *extra):
