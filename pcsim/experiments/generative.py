@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -39,7 +40,7 @@ import torch
 import xarray as xr
 
 from ..config import ExperimentConfig
-from ..errors import InferenceDivergenceError
+from ..errors import InferenceDivergenceError, LearningDivergenceError
 from ..registry import ExperimentResult, RunContext
 
 ModelName = Literal["pc", "hybrid_pc", "mcpc", "vae", "iwae", "flow", "helmholtz"]
@@ -311,15 +312,30 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     classifier = M.feature_classifier(x_train, data.labels_train, seed=config.seed,
                                         max_iter=config.evaluation.classifier_max_iter)
     names = list(dict.fromkeys(config.training.models))
-    results, losses = {}, {}
+    results, losses, failed = {}, {}, {}
     for name in tqdm(names, desc="generative models", disable=not ctx.progress):
         model = build_model(name, config, ctx.device)(D)
-        _, fit_s = _seconds(lambda: model.fit(x_train))
+        try:
+            _, fit_s = _seconds(lambda: model.fit(x_train))
+        except LearningDivergenceError as exc:
+            # one baseline's blow-up must not hide the others: it is reported (summary 'failed',
+            # a warning, NaN in every metric of that model), never silently continued
+            failed[name] = str(exc)
+            warnings.warn(f"generative: {name} diverged in training and is left out of the table: {exc}", stacklevel=2)
+            continue
         losses[name] = _training_loss(model)
         results[name] = evaluate(name, model, fit_s, data, x_train, x_test, log_jacobian, classifier, config)
+    if not results:
+        raise LearningDivergenceError("every model diverged in training: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    ok = next(iter(results.values()))
+    for name in failed:  # NaN rows of the right shapes for the models that failed
+        results[name] = {k: (np.full_like(np.asarray(v, dtype=float), np.nan) if k != "observed" else v)
+                         for k, v in ok.items() if k != "diverged"}
+        losses[name] = np.full(config.training.epochs, np.nan)
     ds = _dataset(config, names, results, losses, data, x_test, log_jacobian)
     summary = {
         "models": {n: {k: results[n][k] for k in _SCALARS} for n in names},
+        "failed": failed,
         "diverged_relaxations": {n: results[n]["diverged"] for n in names if results[n].get("diverged")},
         "dataset": data.name, "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]),
         "log_jacobian": log_jacobian, "classifier_train_accuracy": classifier.train_accuracy,
