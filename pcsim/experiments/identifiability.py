@@ -169,7 +169,8 @@ def plot(results: xr.Dataset) -> dict:
             s = results.true_sources.sel(model=m, source=j)
             ax[i, j].scatter(s, results.recovered.sel(model=m, source=j), s=3, alpha=0.5)
             r = float(results.source_correlation.sel(model=m, seed=results.best_seed.sel(model=m), source=j))
-            ax[i, j].set(title=f"{m}, source {j}: |r| = {r:.2f}", xlabel="true source")
+            ax[i, j].set_title(f"{m} s{j}: |r| = {r:.2f}", fontsize=9)
+            ax[i, j].set_xlabel("true source")
         ax[i, 0].set_ylabel("matched latent (aligned)")
     fig.tight_layout()
     figs = {"sources": fig}
