@@ -160,7 +160,8 @@ class Flow(GenerativeModel):
         ignored: a flow's latent is a deterministic function of ``x``, ``p(x, z) = p(x)`` on it."""
         x, _ = self._inputs(x, aux)
         z = self._latents(z, x.shape[0], self.n_features_)
-        return self._log_prob(x).expand(z.shape[0], -1)
+        # differentiable in x (pattern completion climbs log p(x) in the hidden features)
+        return self.flow_().log_prob(x).expand(z.shape[0], -1)
 
     def log_likelihood(self, x, aux=None, samples: int = 1, seed: int = 0) -> LogLikelihood:
         """The exact ``log p(x)`` per example ``(N,)`` (nats), standard error 0 (``samples`` and ``seed`` are checked, not used)."""

@@ -179,8 +179,9 @@ class VAE(GenerativeModel):
         """``log p(x, z)`` ``(K, N)`` in nats for data ``x`` ``(N, D)`` and latents ``z`` ``(K, N, d)``."""
         x, aux = self._inputs(x, aux)
         z = self._latents(z, x.shape[0], self.latent_dim)
-        with torch.no_grad():
-            return self._log_joint(x, z, aux)
+        # differentiable in z (the learned parameters are constants here): the metrics that climb
+        # log p(x, z) per example (amortisation gap, pattern completion) need its gradient
+        return self._log_joint(x, z, aux)
 
     def sample(self, n: int, aux=None, seed: int = 0) -> Tensor:
         """``n`` draws ``(n, D)`` of ``x`` from the model: ``z ~ p(z)``, then ``x ~ p(x | z)`` (``seed``)."""
