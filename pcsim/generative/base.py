@@ -114,9 +114,17 @@ class Posterior:
         zero = torch.zeros(n, d, dtype=dtype, device=device)
         return cls(zero, zero)
 
+    def kl(self, other: "Posterior") -> Tensor:
+        """``KL(self || other)`` of two diagonal Gaussians per latent dimension ``(N, d)`` (nats),
+        in closed form (``other``'s parameters broadcast, e.g. a ``(1, d)`` prior)."""
+        diff = self.mean - other.mean
+        return 0.5 * ((diff * diff + torch.exp(self.log_var)) * torch.exp(-other.log_var)
+                      - 1.0 + other.log_var - self.log_var)
+
     def kl_to_standard_normal(self) -> Tensor:
-        """``KL(q || N(0, I))`` per latent dimension ``(N, d)`` (nats), in closed form."""
-        return 0.5 * (self.mean ** 2 + torch.exp(self.log_var) - 1.0 - self.log_var)
+        """``KL(q || N(0, I))`` per latent dimension ``(N, d)`` (nats), in closed form (:meth:`kl`)."""
+        return self.kl(Posterior.standard_normal(1, self.mean.shape[-1], dtype=self.mean.dtype,
+                                                 device=self.mean.device))
 
 
 @dataclass(frozen=True)

@@ -354,3 +354,18 @@ def test_other_bad_arguments_are_refused_by_name(fitted, toy):
             fitted.sample(n)
     with pytest.raises(ConfigError, match="not fitted"):
         VAE().encode(toy[0])
+
+
+def test_the_closed_form_gaussian_kl_is_torchs():
+    # Posterior.kl: the KL term of the K = 1 training bound (VAE and iVAE priors)
+    from torch.distributions import Normal, kl_divergence
+
+    from pcsim.generative.base import Posterior
+
+    g = torch.Generator().manual_seed(4)
+    q, p = (Posterior(torch.randn(6, 3, generator=g, dtype=torch.float64),
+                      torch.randn(6, 3, generator=g, dtype=torch.float64)) for _ in range(2))
+    ref = kl_divergence(Normal(q.mean, (0.5 * q.log_var).exp()), Normal(p.mean, (0.5 * p.log_var).exp()))
+    torch.testing.assert_close(q.kl(p), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(q.kl_to_standard_normal(), kl_divergence(Normal(q.mean, (0.5 * q.log_var).exp()),
+                                                                      Normal(0.0, 1.0)), rtol=1e-12, atol=1e-12)
