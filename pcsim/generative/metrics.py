@@ -222,6 +222,7 @@ class _LatentRelaxation:
     x: Tensor
     aux: Tensor | None
     eta: float
+    max_growth: float = 10.0
 
     def evaluate(self, z: Tensor) -> _JointDescent:
         z = z.detach().requires_grad_()
@@ -245,7 +246,7 @@ class _LatentRelaxation:
         if not bool(finite.all()):
             what = f"-log p(x, z) of example {int(torch.nonzero(~finite)[0, 0])} became NaN/Inf at step {t}"
         else:
-            what = relaxation.growth_what(float(start.sum()), float(energies.sum()), t, 10.0)
+            what = relaxation.growth_what(float(start.sum()), float(energies.sum()), t, self.max_growth)
         return InferenceDivergenceError(relaxation.divergence_message(what, relaxation.step_cause(self.eta)), t, 0)
 
     def observe(self, carry: _JointDescent, energies: Tensor) -> dict[str, Tensor]:
@@ -281,8 +282,9 @@ class IterativeELBO:
 
 
 def iterative_elbo(model, x, steps: Sequence[int] = (0, 1, 2, 5, 10, 20, 50, 100), step_size: float = 0.01, *,
-                   start: Literal["amortised", "prior"] = "amortised", aux=None, samples: int = 64, seed: int = 0,
-                   floor: float = 1e-3, max_growth: float = 10.0) -> IterativeELBO:
+                   start: Literal["amortised", "prior"] = "amortised", posterior: Literal["laplace", "encoder"] = "laplace",
+                   aux=None, samples: int = 64, seed: int = 0, floor: float = 1e-3,
+                   max_growth: float = 10.0) -> IterativeELBO:
     """Predictive coding's iterative inference on ``model``'s own joint, scored by the ELBO per ``T``.
 
     The latents of ``x`` ``(N, D)`` start at ``model.encode(x, aux).mean`` (``start="amortised"``:
@@ -291,7 +293,9 @@ def iterative_elbo(model, x, steps: Sequence[int] = (0, 1, 2, 5, 10, 20, 50, 100
     down ``-log p(x, z)`` (:class:`_LatentRelaxation`, driven by :func:`pcsim.relaxation.run`, the
     one relaxation loop: a blow-up past ``max_growth`` is an :class:`InferenceDivergenceError`
     naming the step). After each ``T`` of ``steps`` the posterior is the Laplace Gaussian at the
-    current latents (:func:`_laplace_at`, eigenvalues floored at ``floor``) and its ELBO is
+    current latents (``posterior="laplace"``, :func:`_laplace_at`, eigenvalues floored at ``floor``;
+    a poor Gaussian away from the mode, e.g. at ``T = 0``) or the encoder's own diagonal variance
+    around them (``"encoder"``: at ``T = 0`` from the encoder's mean, exactly the encoder) and its ELBO is
     estimated with ``samples`` draws of the same standard-normal noise at every ``T`` (common
     random numbers, ``seed``), as is the encoder's own (amortised) ELBO beside it. On a VAE this
     is the same-decoder comparison of Cremer, Li & Duvenaud (2018): the iterative ELBO at large
@@ -307,15 +311,18 @@ def iterative_elbo(model, x, steps: Sequence[int] = (0, 1, 2, 5, 10, 20, 50, 100
     samples = check_number("samples", samples, integer=True, ge=1)
     seed = check_number("seed", seed, integer=True, ge=0)
     floor = check_number("floor", floor, gt=0)
+    max_growth = check_number("max_growth", max_growth, gt=1)
     if start not in ("amortised", "prior"):
         raise ConfigError(f"start must be 'amortised' or 'prior', got {start!r}")
+    if posterior not in ("laplace", "encoder"):
+        raise ConfigError(f"posterior must be 'laplace' or 'encoder', got {posterior!r}")
     x, a = m._inputs(x, aux)
     with torch.no_grad():
         q0 = m.encode(x, a)
     z0 = q0.mean if start == "amortised" else torch.zeros_like(q0.mean)
     # small layers lose to oversubscription on a shared machine (pcsim.parallel): one team size for all of it
     with parallel.threads(parallel.threads_for((z0.shape[-1], x.shape[1]), samples * x.shape[0])):
-        system = _LatentRelaxation(m, x, a, step_size)
+        system = _LatentRelaxation(m, x, a, step_size, max_growth)
         means: dict[int, Tensor] = {}
         wanted = set(steps.tolist())
 
@@ -333,7 +340,7 @@ def iterative_elbo(model, x, steps: Sequence[int] = (0, 1, 2, 5, 10, 20, 50, 100
 
         rows, energy = [], []
         for t in steps.tolist():
-            q = _laplace_at(m, x, a, means[t], floor)
+            q = _laplace_at(m, x, a, means[t], floor) if posterior == "laplace" else Posterior(means[t], q0.log_var)
             rows.append(elbo(q))
             with torch.no_grad():
                 energy.append(-m.log_joint(x, means[t][None], a)[0])
