@@ -25,6 +25,15 @@ epoch and per inference (``encode`` of the test set). The amortisation gap (Crem
 2018) of every latent-variable model on ``gap_examples`` test examples, and, for the PC
 models, the ELBO of the Laplace posterior after ``T`` inference steps with the seconds per
 example that relaxation takes, for every ``T`` of ``[evaluation] steps``.
+
+Same decoder (``summary["same_decoder"]``, ``results.nc`` ``same_decoder_elbo (start, T)``): the
+trained VAE's own decoder ``z -> hidden -> x`` (hidden layers deterministic, the VAE's model)
+with PC's inference on it, :func:`pcsim.generative.metrics.iterative_elbo`: Euler steps of
+``same_decoder_step`` down ``-log p(x, z)`` in ``z`` from the prior mean (plain PC's start) and from the
+encoder's mean (hybrid PC's start), the Laplace ELBO after each ``T``, beside the encoder's
+amortised ELBO on the same examples and noise; ``gap`` is the prior start's ELBO at the largest
+``T`` minus the amortised one, and ``steps_to_amortised`` the least ``T`` of ``steps`` at which
+each start reaches the amortised ELBO.
 """
 
 from __future__ import annotations
@@ -123,6 +132,8 @@ class EvaluationSection:
     completion of the hidden bottom half (the right half of a sequence) by ``completion_steps``
     Adam steps of ``completion_lr``; amortisation gap on the first ``gap_examples`` test examples
     (``gap_steps`` per-example steps) and PC's ELBO after each of ``steps`` inference steps;
+    ``same_decoder_step``: the Euler step ``dt/tau`` of PC's inference on the VAE's decoder (its
+    curvature grows as the VAE's ``sigma`` shrinks: 0.03 diverges on digits after 300 epochs);
     ``n_generated`` samples for the Fréchet distance, in the features of a classifier trained for
     ``classifier_max_iter`` epochs on the real training split; ``n_show`` examples per figure."""
 
@@ -133,6 +144,7 @@ class EvaluationSection:
     gap_examples: int = field(default=200, metadata={"ge": 2})
     gap_steps: int = field(default=200, metadata={"ge": 0})
     steps: tuple[int, ...] = field(default=(0, 1, 2, 5, 10, 20, 50, 100), metadata={"ge": 0, "nonempty": True})
+    same_decoder_step: float = field(default=0.01, metadata={"gt": 0})
     n_generated: int = field(default=500, metadata={"ge": 2})
     classifier_max_iter: int = field(default=300, metadata={"ge": 1})
     n_show: int = field(default=8, metadata={"ge": 1})
@@ -276,6 +288,39 @@ def evaluate(name: str, model, fit_seconds: float, data, x_train, x_test, log_ja
     return out
 
 
+_STARTS = ("prior", "amortised")  # plain PC's start and hybrid PC's
+
+
+def same_decoder(vae, x_test, log_jacobian: float, config: Config) -> dict:
+    """PC's iterative inference on the trained VAE's decoder against its encoder (module docstring),
+    on the gap subset; a relaxation that diverges leaves NaN from that start and is named in ``diverged``."""
+    from ..generative import metrics as M
+
+    ev = config.evaluation
+    xg = x_test[:min(ev.gap_examples, x_test.shape[0])]
+    out: dict = {"elbo_by_T": {}, "diverged": {}, "step_size": ev.same_decoder_step}
+    amortised = np.nan
+    for start in _STARTS:
+        try:
+            r = M.iterative_elbo(vae, xg, ev.steps, ev.same_decoder_step, start=start,
+                                 samples=max(ev.elbo_samples, 64), seed=config.seed)
+        except InferenceDivergenceError as exc:
+            out["elbo_by_T"][start] = np.full(len(ev.steps), np.nan)
+            out["diverged"][start] = str(exc).split(";")[0]
+            continue
+        by_t = dict(zip(r.steps.tolist(), (r.elbo.mean(1) + log_jacobian).tolist()))
+        out["elbo_by_T"][start] = np.array([by_t[int(t)] for t in ev.steps])
+        amortised = float(r.amortised.mean()) + log_jacobian
+    out["amortised_elbo"] = amortised
+    last = int(np.argmax(ev.steps))
+    out["gap"] = float(out["elbo_by_T"]["prior"][last] - amortised)
+    out["gap_from_amortised"] = float(out["elbo_by_T"]["amortised"][last] - amortised)
+    order = np.argsort(ev.steps)
+    out["steps_to_amortised"] = {k: next((int(ev.steps[i]) for i in order if v[i] >= amortised), None)
+                                 for k, v in out["elbo_by_T"].items()}
+    return out
+
+
 # --------------------------------------------------------------------------- the run
 _SCALARS = {  # name: (units, long_name)
     "nll": ("nats/example", "test negative log-likelihood (importance-weighted; exact for the flow)"),
@@ -312,7 +357,7 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     classifier = M.feature_classifier(x_train, data.labels_train, seed=config.seed,
                                         max_iter=config.evaluation.classifier_max_iter)
     names = list(dict.fromkeys(config.training.models))
-    results, losses, failed = {}, {}, {}
+    results, losses, failed, same = {}, {}, {}, None
     for name in tqdm(names, desc="generative models", disable=not ctx.progress):
         model = build_model(name, config, ctx.device)(D)
         try:
@@ -325,6 +370,8 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
             continue
         losses[name] = _training_loss(model)
         results[name] = evaluate(name, model, fit_s, data, x_train, x_test, log_jacobian, classifier, config)
+        if name == "vae":
+            same = same_decoder(model, x_test, log_jacobian, config)
     if not results:
         raise LearningDivergenceError("every model diverged in training: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     ok = next(iter(results.values()))
@@ -333,6 +380,11 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
                          for k, v in ok.items() if k != "diverged"}
         losses[name] = np.full(config.training.epochs, np.nan)
     ds = _dataset(config, names, results, losses, data, x_test, log_jacobian)
+    if same is not None:
+        ds["same_decoder_elbo"] = xr.Variable(("start", "T"), np.stack([same["elbo_by_T"][k] for k in _STARTS]), {
+            "units": "nats/example", "long_name": "Laplace ELBO after T steps of PC inference on the VAE's decoder"})
+        ds = ds.assign_coords(start=xr.Variable("start", list(_STARTS), {"units": "", "long_name": "where inference starts"}))
+        ds.attrs["same_decoder_amortised_elbo"] = same["amortised_elbo"]
     summary = {
         "models": {n: {k: results[n][k] for k in _SCALARS} for n in names},
         "failed": failed,
@@ -341,6 +393,9 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
         "log_jacobian": log_jacobian, "classifier_train_accuracy": classifier.train_accuracy,
         "wall_seconds": time.perf_counter() - t_run,
     }
+    if same is not None:
+        summary["same_decoder"] = {**same, "elbo_by_T": {"T": list(config.evaluation.steps),
+                                                         **{k: v.tolist() for k, v in same["elbo_by_T"].items()}}}
     return ExperimentResult(ds, summary)
 
 
@@ -455,6 +510,10 @@ def plot(results: xr.Dataset) -> dict:
                        label=f"{m}: per-example optimised ELBO")
             ax2.axhline(float(results.amortised_seconds.sel(model=m)), color=style, ls=":", lw=0.8)
             ax2.axhline(float(results.optimised_seconds.sel(model=m)), color=style, ls=":", lw=1.6)
+    if "same_decoder_elbo" in results:
+        for start, ls in (("prior", "-"), ("amortised", "--")):
+            ax.plot(Tplot, results.same_decoder_elbo.sel(start=start).values, color="k", ls=ls, marker="s", ms=3,
+                    label=f"PC inference on the VAE's decoder, from the {start}")
     ax.set(xscale="log", xlabel="inference steps T (T = 0 drawn at 0.5)", ylabel="ELBO (nats per example)",
            title="amortisation gap vs T (dotted, right: seconds per example)")
     ax2.set(yscale="log", ylabel="seconds per example")

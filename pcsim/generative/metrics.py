@@ -6,6 +6,8 @@ tensors, so PC networks, VAEs, iVAEs, flows and Helmholtz machines are measured 
 
 - :func:`likelihood_scores`: test NLL in nats per example with its Monte Carlo standard error, and the ELBO;
 - :func:`amortisation_gap`: the amortised ELBO against the ELBO of the same Gaussian family optimised per example;
+- :func:`iterative_elbo`: PC-style iterative inference on any model's decoder (Euler steps down
+  ``-log p(x, z)``), the ELBO of the Laplace posterior after each of ``T`` steps;
 - :func:`reconstruction_error`, :func:`pattern_completion` (with :func:`half_mask`);
 - :func:`frechet_distance` and :func:`sample_quality` in the features of a :func:`feature_classifier`;
 - :func:`probe_accuracy` (linear probe of the latents), :func:`mean_correlation` (MCC with true sources);
@@ -20,24 +22,25 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from pcsim import parallel
+from pcsim import parallel, relaxation
 from pcsim.arguments import check_number
 from pcsim.errors import ConfigError, DataError, InferenceDivergenceError
 from pcsim.optim import Adam
 
 from .base import GenerativeModel, Posterior, as_aux, as_data
+from .pc import LaplacePosterior
 
 Tensor = torch.Tensor
 
-__all__ = ["AmortisationGap", "Collapse", "Completion", "FeatureClassifier", "LikelihoodScores", "SampleQuality",
-           "SourceMatch", "amortisation_gap", "collapse_diagnostics", "feature_classifier", "frechet_distance",
-           "half_mask", "likelihood_scores", "mean_correlation", "pattern_completion", "probe_accuracy",
-           "reconstruction_error", "sample_quality"]
+__all__ = ["AmortisationGap", "Collapse", "Completion", "FeatureClassifier", "IterativeELBO", "LikelihoodScores",
+           "SampleQuality", "SourceMatch", "amortisation_gap", "collapse_diagnostics", "feature_classifier",
+           "frechet_distance", "half_mask", "iterative_elbo", "likelihood_scores", "mean_correlation",
+           "pattern_completion", "probe_accuracy", "reconstruction_error", "sample_quality"]
 
 
 def _model(model) -> GenerativeModel:
@@ -195,6 +198,153 @@ def amortisation_gap(model, x, steps: int = 200, lr: float = 0.05, samples: int 
     diff = optimised - amortised
     stderr = float(diff.std() / math.sqrt(diff.numel())) if diff.numel() > 1 else 0.0
     return AmortisationGap(amortised, optimised, float(diff.mean()), stderr)
+
+
+# --------------------------------------------------------------------------- PC's inference on any decoder
+class _JointDescent(NamedTuple):
+    """The carry of :class:`_LatentRelaxation`: latents ``z`` ``(N, d)``, the energy
+    ``-log p(x, z)`` ``(N,)`` and its gradient ``(N, d)`` at ``z``."""
+
+    z: Tensor
+    energy: Tensor
+    grad: Tensor
+
+
+@dataclass
+class _LatentRelaxation:
+    """PC's inference as a relaxing system (:mod:`pcsim.relaxation`) on any model's joint: Euler
+    steps ``z <- z - eta dE/dz`` of the gradient flow ``tau dz/dt = -dE/dz`` on the energy
+    ``E(z) = -log p(x, z)`` (``model.log_joint``, its gradient by autograd), ``x`` clamped.
+    On a VAE's decoder the hidden layers are deterministic (the VAE's model), so ``z`` is the top
+    latent alone, unlike :class:`~pcsim.generative.pc.PCGenerative`'s hierarchical Gaussian."""
+
+    model: GenerativeModel
+    x: Tensor
+    aux: Tensor | None
+    eta: float
+    max_growth: float = 10.0
+
+    def evaluate(self, z: Tensor) -> _JointDescent:
+        z = z.detach().requires_grad_()
+        energy = -self.model.log_joint(self.x, z[None], self.aux)[0]
+        if not energy.requires_grad:
+            raise ConfigError("iterative_elbo: the model's log_joint is not differentiable in z (computed under no_grad?)")
+        (grad,) = torch.autograd.grad(energy.sum(), z)
+        return _JointDescent(z.detach(), energy.detach(), grad)
+
+    def step(self, carry: _JointDescent) -> _JointDescent:
+        return self.evaluate(carry.z - self.eta * carry.grad)
+
+    def energies(self, carry: _JointDescent) -> Tensor:
+        return carry.energy
+
+    def totals(self, energies: Tensor) -> Tensor:
+        return energies.sum(-1)
+
+    def diverged(self, t: int, energies: Tensor, start: Tensor) -> InferenceDivergenceError:
+        finite = torch.isfinite(energies)
+        if not bool(finite.all()):
+            what = f"-log p(x, z) of example {int(torch.nonzero(~finite)[0, 0])} became NaN/Inf at step {t}"
+        else:
+            what = relaxation.growth_what(float(start.sum()), float(energies.sum()), t, self.max_growth)
+        return InferenceDivergenceError(relaxation.divergence_message(what, relaxation.step_cause(self.eta)), t, 0)
+
+    def observe(self, carry: _JointDescent, energies: Tensor) -> dict[str, Tensor]:
+        return {"energy": energies, "z": carry.z}
+
+
+def _laplace_at(model: GenerativeModel, x: Tensor, aux: Tensor | None, z: Tensor, floor: float) -> LaplacePosterior:
+    """The Laplace Gaussian at ``z`` ``(N, d)``: precision the Hessian of ``-log p(x, z)`` w.r.t. ``z``
+    (autograd, per example: the examples are independent), its eigenvalues raised to at least
+    ``floor`` so that it is a precision also away from the mode (any Gaussian gives a valid ELBO)."""
+    z = z.detach().requires_grad_()
+    (g,) = torch.autograd.grad(-model.log_joint(x, z[None], aux)[0].sum(), z, create_graph=True)
+    rows = [torch.autograd.grad(g[:, j].sum(), z, retain_graph=True)[0] for j in range(z.shape[1])]
+    H = torch.stack(rows, 1).detach()                                         # (N, d, d)
+    vals, vecs = torch.linalg.eigh(0.5 * (H + H.transpose(1, 2)))
+    H = (vecs * vals.clamp_min(floor)[:, None, :]) @ vecs.transpose(1, 2)
+    chol = torch.linalg.cholesky(H)
+    var = torch.diagonal(torch.cholesky_inverse(chol), dim1=-2, dim2=-1)
+    return LaplacePosterior(z.detach(), var.log(), chol)
+
+
+@dataclass(frozen=True)
+class IterativeELBO:
+    """:func:`iterative_elbo`'s result: ``steps`` ``(S,)`` (the ``T`` asked for, ascending),
+    ``elbo`` ``(S, N)`` (nats) of the Laplace posterior after each ``T``, ``amortised`` ``(N,)``
+    the ELBO of the model's own encoder on the same noise, and ``energy`` ``(S, N)`` the
+    ``-log p(x, z)`` at the relaxed means."""
+
+    steps: np.ndarray
+    elbo: Tensor
+    amortised: Tensor
+    energy: Tensor
+
+
+def iterative_elbo(model, x, steps: Sequence[int] = (0, 1, 2, 5, 10, 20, 50, 100), step_size: float = 0.01, *,
+                   start: Literal["amortised", "prior"] = "amortised", posterior: Literal["laplace", "encoder"] = "laplace",
+                   aux=None, samples: int = 64, seed: int = 0, floor: float = 1e-3,
+                   max_growth: float = 10.0) -> IterativeELBO:
+    """Predictive coding's iterative inference on ``model``'s own joint, scored by the ELBO per ``T``.
+
+    The latents of ``x`` ``(N, D)`` start at ``model.encode(x, aux).mean`` (``start="amortised"``:
+    hybrid PC's start, Tschantz et al. 2023) or at ``0`` (``"prior"``: the mean of a standard-normal
+    prior, plain PC's) and relax by ``max(steps)`` Euler steps of size ``step_size`` (``dt/tau``)
+    down ``-log p(x, z)`` (:class:`_LatentRelaxation`, driven by :func:`pcsim.relaxation.run`, the
+    one relaxation loop: a blow-up past ``max_growth`` is an :class:`InferenceDivergenceError`
+    naming the step). After each ``T`` of ``steps`` the posterior is the Laplace Gaussian at the
+    current latents (``posterior="laplace"``, :func:`_laplace_at`, eigenvalues floored at ``floor``;
+    a poor Gaussian away from the mode, e.g. at ``T = 0``) or the encoder's own diagonal variance
+    around them (``"encoder"``: at ``T = 0`` from the encoder's mean, exactly the encoder) and its ELBO is
+    estimated with ``samples`` draws of the same standard-normal noise at every ``T`` (common
+    random numbers, ``seed``), as is the encoder's own (amortised) ELBO beside it. On a VAE this
+    is the same-decoder comparison of Cremer, Li & Duvenaud (2018): the iterative ELBO at large
+    ``T`` minus the amortised one is the amortisation gap left by the encoder's mean and
+    variance, measured with PC's inference rather than an optimiser."""
+    m = _model(model)
+    if m.exact_likelihood:
+        raise ConfigError(f"iterative_elbo needs a latent-variable model; {type(m).__name__} has an exact likelihood")
+    steps = np.array(sorted({check_number(f"steps[{i}]", s, integer=True, ge=0) for i, s in enumerate(steps)}))
+    if steps.size == 0:
+        raise ConfigError("steps must name at least one number of inference steps T, got ()")
+    step_size = check_number("step_size", step_size, gt=0)
+    samples = check_number("samples", samples, integer=True, ge=1)
+    seed = check_number("seed", seed, integer=True, ge=0)
+    floor = check_number("floor", floor, gt=0)
+    max_growth = check_number("max_growth", max_growth, gt=1)
+    if start not in ("amortised", "prior"):
+        raise ConfigError(f"start must be 'amortised' or 'prior', got {start!r}")
+    if posterior not in ("laplace", "encoder"):
+        raise ConfigError(f"posterior must be 'laplace' or 'encoder', got {posterior!r}")
+    x, a = m._inputs(x, aux)
+    with torch.no_grad():
+        q0 = m.encode(x, a)
+    z0 = q0.mean if start == "amortised" else torch.zeros_like(q0.mean)
+    # small layers lose to oversubscription on a shared machine (pcsim.parallel): one team size for all of it
+    with parallel.threads(parallel.threads_for((z0.shape[-1], x.shape[1]), samples * x.shape[0])):
+        system = _LatentRelaxation(m, x, a, step_size, max_growth)
+        means: dict[int, Tensor] = {}
+        wanted = set(steps.tolist())
+
+        def keep(t: int, carry: _JointDescent) -> None:  # called before step t moves z: z after t steps
+            if t in wanted:
+                means[t] = carry.z
+
+        out = relaxation.run(system, system.evaluate(z0), int(steps[-1]), max_growth=max_growth, on_step=keep)
+        means[int(steps[-1])] = out.carry.z
+
+        def elbo(q: Posterior) -> Tensor:
+            z = q.sample(samples, torch.Generator(device=x.device).manual_seed(seed))
+            with torch.no_grad():
+                return (m.log_joint(x, z, a) - q.log_prob(z)).mean(0)
+
+        rows, energy = [], []
+        for t in steps.tolist():
+            q = _laplace_at(m, x, a, means[t], floor) if posterior == "laplace" else Posterior(means[t], q0.log_var)
+            rows.append(elbo(q))
+            with torch.no_grad():
+                energy.append(-m.log_joint(x, means[t][None], a)[0])
+        return IterativeELBO(steps, torch.stack(rows), elbo(q0), torch.stack(energy))
 
 
 # --------------------------------------------------------------------------- reconstruction and completion

@@ -40,6 +40,12 @@ def test_generative_experiment_writes_every_model_and_figure(config, tmp_path):
     # the flow's likelihood is exact, every other model's NLL has a Monte Carlo error
     assert summary["models"]["flow"]["nll_stderr"] == 0
     assert all(summary["models"][m]["nll_stderr"] > 0 for m in ALL if m != "flow")
+    # PC's inference on the VAE's own decoder, from both starts, beside the VAE's amortised ELBO
+    same = summary["same_decoder"]
+    assert set(same["elbo_by_T"]) == {"T", "prior", "amortised"} and same["elbo_by_T"]["T"] == [0, 3]
+    assert np.isfinite(same["amortised_elbo"]) and same["gap"] == pytest.approx(
+        same["elbo_by_T"]["prior"][-1] - same["amortised_elbo"])
+    assert ds.same_decoder_elbo.dims == ("start", "T")
 
 
 def test_pc_elbo_does_not_fall_with_inference_steps(tmp_path):
