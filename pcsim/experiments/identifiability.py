@@ -10,7 +10,8 @@ prior's mean and precision are tables indexed by the segment). Each model's late
 sources' width (for PC: the top layer ``x_0`` of its posterior mean). The score is the mean
 correlation coefficient (MCC, :func:`pcsim.generative.metrics.mean_correlation`) between the
 posterior means of the test split and the true sources: 1 = recovered up to permutation, sign
-and scale. The iVAE paper's claim is iVAE's MCC clearly above the VAE's.
+and scale. The iVAE paper's claim is iVAE's MCC clearly above the VAE's. ``"observations"``
+(``x`` itself) and ``"linear_ica"`` (FastICA) are reference rows: what a nonlinear method must beat.
 """
 
 from __future__ import annotations
