@@ -10,7 +10,8 @@ prior's mean and precision are tables indexed by the segment). Each model's late
 sources' width (for PC: the top layer ``x_0`` of its posterior mean). The score is the mean
 correlation coefficient (MCC, :func:`pcsim.generative.metrics.mean_correlation`) between the
 posterior means of the test split and the true sources: 1 = recovered up to permutation, sign
-and scale. The iVAE paper's claim is iVAE's MCC clearly above the VAE's.
+and scale. The iVAE paper's claim is iVAE's MCC clearly above the VAE's. ``"observations"``
+(``x`` itself) and ``"linear_ica"`` (FastICA) are reference rows: what a nonlinear method must beat.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import xarray as xr
 from ..config import ExperimentConfig
 from ..registry import ExperimentResult, RunContext
 
-ModelName = Literal["vae", "ivae", "conditional_pc"]
+ModelName = Literal["vae", "ivae", "conditional_pc", "observations", "linear_ica"]
 Activation = Literal["tanh", "relu", "sigmoid", "linear"]
 
 
@@ -71,10 +72,33 @@ class Config(ExperimentConfig):
     models: ModelSection = field(default_factory=ModelSection)
 
 
+class _Reference:
+    """A reference row with the models' ``fit`` / ``encode`` surface: ``"observations"`` scores
+    ``x`` itself, ``"linear_ica"`` the sources of scikit-learn's FastICA fitted on the training
+    split (what any nonlinear method must beat: the mixing's linear part undone)."""
+
+    def __init__(self, name: str, d: int, seed: int):
+        self.name, self.d, self.seed = name, d, seed
+
+    def fit(self, x, aux=None) -> "_Reference":
+        if self.name == "linear_ica":
+            from sklearn.decomposition import FastICA
+            self.ica_ = FastICA(self.d, whiten="unit-variance", max_iter=2000, random_state=self.seed).fit(x.numpy())
+        return self
+
+    def encode(self, x, aux=None):
+        from ..generative.base import Posterior
+        m = x if self.name == "observations" else torch.as_tensor(self.ica_.transform(x.numpy()))
+        return Posterior(m, torch.zeros_like(m))
+
+
 def build_model(name: str, ms: ModelSection, d: int, seed: int, device: str):
     """The unfitted model ``name`` for ``d`` sources and observations."""
     from ..generative.pc import ConditionalPC
     from ..generative.vae import IVAE, VAE
+
+    if name in ("observations", "linear_ica"):
+        return _Reference(name, d, seed)
 
     common = dict(epochs=ms.epochs, batch_size=ms.batch_size, lr=ms.lr, seed=seed, device=device)
     if name == "conditional_pc":

@@ -61,10 +61,11 @@ def test_pc_elbo_does_not_fall_with_inference_steps(tmp_path):
 def test_identifiability_writes_mcc_per_model_and_seed(tmp_path):
     out, summary, ds = _run("identifiability.toml", tmp_path, "--set", "models.epochs=2", "--set", "models.seeds=[0,1,2]",
                             "--set", "data.n_per_segment=20", "--set", "models.hidden=[8]",
-                            "--set", "models.inference_steps=5")
+                            "--set", "models.inference_steps=5",
+                            "--set", 'models.models=["observations", "linear_ica", "vae", "ivae", "conditional_pc"]')
     assert convention_problems(ds) == []
-    assert sorted(summary["models"]) == ["conditional_pc", "ivae", "vae"]
-    assert ds.mcc.shape == (3, 3) and ((ds.mcc >= 0) & (ds.mcc <= 1)).all()
+    assert sorted(summary["models"]) == ["conditional_pc", "ivae", "linear_ica", "observations", "vae"]
+    assert ds.mcc.shape == (5, 3) and ((ds.mcc >= 0) & (ds.mcc <= 1)).all()
     assert (out / "sources.png").exists() and (out / "mcc.png").exists()
 
 
