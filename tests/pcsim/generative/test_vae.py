@@ -369,3 +369,15 @@ def test_the_closed_form_gaussian_kl_is_torchs():
     torch.testing.assert_close(q.kl(p), ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(q.kl_to_standard_normal(), kl_divergence(Normal(q.mean, (0.5 * q.log_var).exp()),
                                                                       Normal(0.0, 1.0)), rtol=1e-12, atol=1e-12)
+
+
+def test_ivae_with_zero_prior_means_learns_only_the_label_variances():
+    # prior_mean="zero": every label's mean stays 0; the variances alone carry the label
+    x, u = label_sources(600, 1)
+    model = IVAE(latent_dim=2, hidden=(), activation="linear", epochs=40, batch_size=50, lr=2e-2, seed=0,
+                 prior_mean="zero").fit(x, u)
+    assert torch.equal(model.prior_mean_, torch.zeros_like(model.prior_mean_))
+    total = model.prior_log_var_.numpy().sum(1)
+    assert total[0] < total[1] - 1.0 and total[1] < total[2] - 1.0
+    with pytest.raises(ConfigError, match="prior_mean"):
+        IVAE(prior_mean="mean").fit(x, u)
