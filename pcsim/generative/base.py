@@ -50,6 +50,14 @@ __all__ = ["Bernoulli", "Gaussian", "GenerativeModel", "LogLikelihood", "Posteri
            "importance_weighted", "observation_model"]
 
 
+def diagonal_normal_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
+    """``log N(x; mean, diag exp(log_var))`` summed over the last axis (nats): the one statement of
+    the diagonal Gaussian density, for observation models and posteriors alike; ``x``, ``mean``
+    and ``log_var`` broadcast, ``(..., d) -> (...)``."""
+    diff = x - mean
+    return -0.5 * (diff * diff * torch.exp(-log_var) + log_var + math.log(2 * math.pi)).sum(-1)
+
+
 # --------------------------------------------------------------------------- observation models
 @dataclass(frozen=True)
 class Gaussian:
@@ -63,8 +71,7 @@ class Gaussian:
     def log_prob(self, x: Tensor, mean: Tensor) -> Tensor:
         """``log N(x; mean, sigma^2)`` summed over the last axis: ``x`` and ``mean`` ``(..., D)`` -> ``(...)``."""
         log_sigma = torch.as_tensor(self.log_sigma, dtype=mean.dtype, device=mean.device)
-        z = (x - mean) * torch.exp(-log_sigma)
-        return (-0.5 * z * z - log_sigma - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return diagonal_normal_log_prob(x, mean, 2.0 * log_sigma)
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,7 @@ class Posterior:
 
     def log_prob(self, z: Tensor) -> Tensor:
         """``log q(z | x)`` of ``z`` ``(K, N, d)`` -> ``(K, N)`` (nats)."""
-        return (-0.5 * ((z - self.mean) ** 2 * torch.exp(-self.log_var) + self.log_var + math.log(2 * math.pi))).sum(-1)
+        return diagonal_normal_log_prob(z, self.mean, self.log_var)
 
     @classmethod
     def standard_normal(cls, n: int, d: int, *, dtype: torch.dtype = torch.float64,
