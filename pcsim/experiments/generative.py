@@ -493,7 +493,7 @@ def plot(results: xr.Dataset) -> dict:
     fig.tight_layout()
     figs["nll"] = fig
 
-    fig = Figure(figsize=(7, 4))
+    fig = Figure(figsize=(10, 4.5))
     ax = fig.subplots()
     ax2 = ax.twinx()
     T = results["T"].values
@@ -517,7 +517,8 @@ def plot(results: xr.Dataset) -> dict:
     ax.set(xscale="log", xlabel="inference steps T (T = 0 drawn at 0.5)", ylabel="ELBO (nats per example)",
            title="amortisation gap vs T (dotted, right: seconds per example)")
     ax2.set(yscale="log", ylabel="seconds per example")
-    ax.legend(fontsize=7, loc="lower right")
+    # the key beside the axes, never over a curve; the dotted lines (right axis) share the colours
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.2, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     figs["amortisation"] = fig
     return figs
