@@ -2,7 +2,7 @@
 
 ::
 
-    pcsim run configs/NAME.toml [--out DIR] [--overwrite] [--device cpu|cuda] [--set key=value ...]
+    pcsim run configs/NAME.toml [--out DIR] [--overwrite | --resume] [--device cpu|cuda] [--set key=value ...]
     pcsim list [--configs DIR]
     pcsim show configs/NAME.toml [--set key=value ...]
     pcsim replot OUT_DIR
@@ -19,7 +19,9 @@ names ``circuits`` or ``analysis``.
 
 Errors in the user's input (config, data, a diverging inference) are printed as
 ``pcsim: error: <message>`` with exit status 2 and no traceback; anything else is a bug and
-keeps its traceback.
+keeps its traceback. Ctrl-C (SIGINT) stops a run cleanly with exit status 130: its last
+checkpoint stays in the run directory, whose manifest then says ``"interrupted"``, and the
+message names the checkpoint and the exact ``pcsim run ... --resume`` command that continues it.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PCSimError as exc:
         print(f"pcsim: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("pcsim: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        detail = str(exc)
+        print(f"pcsim: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `pcsim show CONFIG | head`: the reader left; not an error of ours
         import os
@@ -109,11 +112,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, default_out: str) -> None:
-    """The options of every command that runs a config: ``--out``, ``--overwrite``, ``--device``,
-    ``--set``, ``--no-progress``."""
+    """The options of every command that runs a config: ``--out``, ``--overwrite``, ``--resume``,
+    ``--device``, ``--set``, ``--no-progress``."""
     parser.add_argument("--out", type=Path, help=f"output directory (default: {default_out})")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a complete earlier run in --out (only the files pcsim wrote there)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace a complete earlier run in --out (only the files pcsim wrote there)")
+    again.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out from its checkpoint (same config and --set)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="override the config's device")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -132,11 +138,12 @@ def _entry_points(group: str) -> list:
 def _cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     out = args.out if args.out is not None else Path("runs") / args.config.stem
     return run_config(args.config, out, device=args.device, overrides=args.overrides,
-                      progress=not args.no_progress, overwrite=args.overwrite)
+                      progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume)
 
 
 def run_config(config_path: Path, out_dir: Path, *, device: str | None = None, overrides: Sequence[str] = (),
-               progress: bool = True, overwrite: bool = False) -> int:
+               progress: bool = True, overwrite: bool = False, resume: bool = False,
+               command: Sequence[str] | None = None) -> int:
     """Validate the config at ``config_path`` (with ``overrides``, ``"key=value"`` strings, and
     ``device``), run its experiment, write the results into ``out_dir`` and print the summary
     table; returns the exit status 0. Input errors raise :class:`~pcsim.errors.PCSimError`.
@@ -144,7 +151,15 @@ def run_config(config_path: Path, out_dir: Path, *, device: str | None = None, o
     The config is validated before ``out_dir`` is touched; ``out_dir`` is then held for the
     whole run under the protocol of :mod:`pcsim.outdir` (a complete earlier run is replaced
     only with ``overwrite``; a failed run leaves no directory it created).
+
+    Its trainings checkpoint into ``out_dir`` (:mod:`pcsim.checkpoint`, ``[checkpoint] every``);
+    ``resume`` continues an interrupted run there from its checkpoint, refused (naming the keys)
+    when the config differs from the checkpoint's, and when there is no checkpoint or the run
+    finished. A ``KeyboardInterrupt`` keeps the last checkpoint and is re-raised with a message
+    naming it and the command that resumes the run: ``command`` (the words that ran this one,
+    default ``pcsim run CONFIG --out DIR [--device D] [--set ...]``) with ``--resume``.
     """
+    from pcsim.checkpoint import Checkpoints
     from pcsim.config import check_device, load_experiment
     from pcsim.outdir import RunDirectory
     from pcsim.registry import ExperimentResult, RunContext
@@ -157,25 +172,58 @@ def run_config(config_path: Path, out_dir: Path, *, device: str | None = None, o
         config.check_inputs()
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    with RunDirectory(out_dir, experiment=config.experiment, overwrite=overwrite, command="run",
-                      config_source=str(Path(source).resolve()), names=FIXED_FILES) as run:
-        _note_previous(run)
-        ctx = RunContext(out_dir=out_dir, device=config.device, progress=progress, config_source=source)
-        result = module.run(config, ctx)
-        if not isinstance(result, ExperimentResult):
-            raise TypeError(f"{config.experiment}.run returned {type(result).__name__}, "
-                            "not an ExperimentResult")
-        paths = write_results(result, module.plot(result.dataset), run, config)
+    if command is None:
+        command = ["pcsim", "run", source, "--out", str(out_dir), *(["--device", device] if device else []),
+                   *(word for text in overrides for word in ("--set", text))]
+    run = RunDirectory(out_dir, experiment=config.experiment, overwrite=overwrite, command="run",
+                       config_source=str(Path(source).resolve()), names=FIXED_FILES, resume=resume)
+    try:
+        with run:
+            _note_previous(run, resume)
+            checkpoints = Checkpoints(run, config, resume=resume, source=source)
+            ctx = RunContext(out_dir=out_dir, device=config.device, progress=progress, config_source=source)
+            with checkpoints.active():
+                result = module.run(config, ctx)
+            if not isinstance(result, ExperimentResult):
+                raise TypeError(f"{config.experiment}.run returned {type(result).__name__}, "
+                                "not an ExperimentResult")
+            paths = write_results(result, module.plot(result.dataset), run, config)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_interrupted(run, command)) from None
     _print_table(_flatten(result.summary), title=f"{config.experiment} (seed {config.seed})")
     _print_paths(paths)
     return 0
 
 
-def _note_previous(run: RunDirectory) -> None:
-    """Say on stderr when a run replaces an earlier run directory's content."""
+def _note_previous(run: RunDirectory, resume: bool = False) -> None:
+    """Say on stderr when a run replaces (or resumes) an earlier run directory's content."""
     previous = run.previous
-    if previous is not None:
-        print(f"pcsim: note: {run.path} held {previous.describe()}; replacing it", file=sys.stderr)
+    if previous is None:
+        return
+    if resume:
+        print(f"pcsim: note: {run.path} holds {previous.describe()}; resuming it", file=sys.stderr)
+        return
+    hint = " (--resume would have continued it from its checkpoint)" \
+        if previous.state == "interrupted" and previous.manifest.get("checkpoint") else ""
+    print(f"pcsim: note: {run.path} held {previous.describe()}; replacing it{hint}", file=sys.stderr)
+
+
+def _interrupted(run: RunDirectory, command: Sequence[str]) -> str:
+    """The message of a Ctrl-C: where the last checkpoint is and the command that resumes from it."""
+    import shlex
+
+    from pcsim.outdir import CHECKPOINT_FILE
+
+    info = run.checkpoint
+    if info is None or not (run.path / CHECKPOINT_FILE).is_file():
+        return (f"no checkpoint was written yet (the first is saved after [checkpoint] every epochs of a "
+                f"training); run the command again to start over")
+    words = [w for w in command if w != "--overwrite"]
+    if "--resume" not in words:
+        words.append("--resume")
+    return (f"the last checkpoint, {run.path / CHECKPOINT_FILE}, holds epoch {info['epoch']} of {info['epochs']} "
+            f"of training {info['stage'] + 1} ({info['desc'].strip()!r}); continue the run with\n  "
+            + shlex.join(words))
 
 
 def _cmd_list(args: argparse.Namespace, extra: list[str]) -> int:

@@ -39,6 +39,7 @@ from typing import Any, Literal, TypeVar
 from pcsim.errors import ConfigError
 
 __all__ = [
+    "CheckpointSection",
     "ExperimentConfig",
     "check_device",
     "check_ranges",
@@ -73,19 +74,33 @@ _TOML_ESCAPES = {
 
 
 @dataclass(frozen=True, kw_only=True)
+class CheckpointSection:
+    """The ``[checkpoint]`` table of every config: how often a ``pcsim run`` saves the state of
+    its training so that ``pcsim run ... --resume`` continues it (:mod:`pcsim.checkpoint`).
+    ``every``: epochs between checkpoints of each training the run does (0: never; a training's
+    end is always saved while it is not 0); a checkpoint costs one write of the model,
+    optimiser and records, a few milliseconds for the shipped networks. It does not change a
+    run's results, so it is the one setting a resume may change."""
+
+    every: int = field(default=1, metadata={"ge": 0, "units": "epochs"})
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     """Settings every experiment shares; experiments subclass it and add their sections.
 
     ``experiment`` is the dotted path of the module that runs the config (it defines
     ``Config``, ``run`` and ``plot``), ``seed`` seeds every random generator the run
     creates, ``device`` is where tensors live, and ``description`` is the one line that
-    ``pcsim list`` shows. Subclasses must be ``@dataclass(frozen=True, kw_only=True)``.
+    ``pcsim list`` shows; ``checkpoint`` (:class:`CheckpointSection`) says how often a run
+    saves its training state. Subclasses must be ``@dataclass(frozen=True, kw_only=True)``.
     """
 
     experiment: str = field(metadata={"nonempty": True})
     seed: int = field(default=0, metadata={"ge": 0})
     device: Literal["cpu", "cuda"] = "cpu"
     description: str = ""
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
 
     def check_inputs(self) -> None:
         """Check what the config names outside itself (a file that must exist), raising

@@ -59,6 +59,17 @@ class SGD:
     def lr(self, value) -> None:
         self._lr = _checked_lr("SGD", value)
 
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to continue this optimiser exactly: ``lr`` and the momentum
+        ``velocity`` (None before the first step); the tensors are the live ones (a checkpoint copies them)."""
+        return {"lr": self.lr, "velocity": self._velocity}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`'s ``state`` (new tensors; the momentum is the constructor's)."""
+        self.lr = state["lr"]
+        velocity = state["velocity"]
+        self._velocity = None if velocity is None else [v.clone() for v in velocity]
+
     def step(self, params: list[Tensor], grads: list[Tensor]) -> None:
         """Update ``params`` in place from ``grads`` (same order and shapes, ``(E, ...)`` each)."""
         if self.momentum > 0:
@@ -146,6 +157,19 @@ class Adam:
     def t(self) -> int:
         """Number of updates taken."""
         return 0 if self.state is None else int(self.state.step)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to continue this optimiser exactly: ``lr`` and ``state`` (the
+        :class:`AdamState` as a dict of ``step``, ``m``, ``v``; None before the first step). The
+        tensors are the live ones (a checkpoint copies them)."""
+        st = None if self.state is None else {"step": self.state.step, "m": list(self.state.m), "v": list(self.state.v)}
+        return {"lr": self.lr, "state": st}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`'s ``state`` (new tensors; betas and eps are the constructor's)."""
+        self.lr = state["lr"]
+        st = state["state"]
+        self.state = None if st is None else AdamState(st["step"], [m.clone() for m in st["m"]], [v.clone() for v in st["v"]])
 
     def step(self, params: list[Tensor], grads: list[Tensor]) -> None:
         """Update ``params`` in place from ``grads`` (same order and shapes, ``(E, ...)`` each)."""

@@ -19,6 +19,13 @@ Every command that writes a run (``pcsim run``, ``pcsim fit``, ``pcsim replot``,
    can catch, and stale ones (after a SIGKILL) are removed by the next writer.
 5. **No debris.** A run that fails removes the directory if it created it (and the parents it
    created); in a directory that existed before, it leaves the manifest in state ``"failed"``.
+6. **Checkpoints.** A run's training state is saved to ``DIR/checkpoint.pt``
+   (:meth:`RunDirectory.write_checkpoint`: temporary file, fsync, rename, fsync of the
+   directory; :mod:`pcsim.checkpoint` says what it holds) and described in the manifest's
+   ``checkpoint`` entry. A run stopped by Ctrl-C (``KeyboardInterrupt``) keeps its checkpoint
+   and records ``state: "interrupted"``; so does a SIGKILLed one (its ``"running"`` manifest
+   reads as interrupted). ``resume=True`` continues such a run in place (refused for a
+   complete or failed run, or without a checkpoint); a complete run removes its checkpoint.
 
 Every problem with the directory itself (a file in the way, read-only, full, in use, holding
 another result) is an :class:`~pcsim.errors.OutputError` naming the path and the cause.
@@ -44,10 +51,11 @@ from typing import Any, Literal
 from pcsim import __version__
 from pcsim.errors import OutputError
 
-__all__ = ["LOCK_FILE", "MANIFEST_FILE", "RunDirectory", "RunStatus", "run_status"]
+__all__ = ["CHECKPOINT_FILE", "LOCK_FILE", "MANIFEST_FILE", "RunDirectory", "RunStatus", "run_status"]
 
 MANIFEST_FILE = "pcsim_run.json"
 LOCK_FILE = ".pcsim.lock"
+CHECKPOINT_FILE = "checkpoint.pt"
 _FORMAT = 1  # version of the manifest layout
 _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 
@@ -57,8 +65,11 @@ State = Literal["running", "complete", "failed", "interrupted"]
 @dataclass(frozen=True)
 class RunStatus:
     """What a directory's manifest says: ``state`` (``"interrupted"`` for a ``"running"``
-    manifest whose process is gone), and the manifest itself as a dict (``pid``, ``host``,
-    ``started``, ``ended``, ``experiment``, ``command``, ``files``, ``error``)."""
+    manifest whose process is gone, or a run stopped by Ctrl-C), and the manifest itself as a
+    dict (``pid``, ``host``, ``started``, ``ended``, ``experiment``, ``command``, ``files``,
+    ``error``; ``checkpoint``: None or the last checkpoint's ``file``, ``stage``, ``desc``,
+    ``epoch``, ``epochs``, ``complete``, ``config_hash``, ``saved``; ``resumed``: the times the
+    run was resumed)."""
 
     state: State
     manifest: dict[str, Any] = field(repr=False)
@@ -76,6 +87,10 @@ class RunStatus:
             text += f": {m['error']}"
         if self.state == "interrupted":
             text += " that never finished: its process is gone"
+            ckpt = m.get("checkpoint")
+            if isinstance(ckpt, Mapping):
+                text += (f"; its checkpoint holds epoch {ckpt.get('epoch', '?')} of {ckpt.get('epochs', '?')} "
+                         f"of training {ckpt.get('desc', '?')!r}")
         return text
 
 
@@ -108,12 +123,18 @@ class RunDirectory:
     normally completes the manifest; leaving it by an exception marks the run failed (or
     removes the directories it created) and re-raises. ``command="replot"`` instead updates a
     complete run in place: the run's manifest stays ``"complete"``, and its figure files may
-    be replaced.
+    be replaced. ``resume=True`` continues an interrupted run that left a checkpoint, in place
+    (its files and manifest kept, the manifest's ``resumed`` list extended).
     """
 
     def __init__(self, path: str | Path, *, experiment: str, overwrite: bool = False,
-                 command: str = "run", config_source: str = "", names: Iterable[str] = ()) -> None:
+                 command: str = "run", config_source: str = "", names: Iterable[str] = (),
+                 resume: bool = False) -> None:
+        if resume and overwrite:
+            raise OutputError(f"output directory {path}: resume and overwrite exclude each other "
+                              "(--resume continues the run there, --overwrite replaces it)")
         self.path = Path(path)
+        self.resume = resume
         self.names = tuple(names)
         self.experiment = experiment
         self.overwrite = overwrite
@@ -124,6 +145,7 @@ class RunDirectory:
         self._manifest: dict[str, Any] = {}
         self._previous: RunStatus | None = None
         self._files: list[str] = []  # files (names) of this run, written or kept
+        self._resumed_from: dict[str, Any] | None = None  # the interrupted run's manifest, until we write anything
 
     # ----------------------------------------------------------------- entering
 
@@ -135,6 +157,9 @@ class RunDirectory:
             self._previous = _status_under_lock(self.path)
             if self.command == "replot":
                 self._adopt_complete_run()
+            elif self.resume:
+                self._resume_previous_run()
+                self._save_manifest()
             else:
                 self._clear_previous_run()
                 self._manifest = {
@@ -142,6 +167,7 @@ class RunDirectory:
                     "command": self.command, "config": self.config_source, "pid": os.getpid(),
                     "host": socket.gethostname(), "started": _now(), "ended": None,
                     "pcsim_version": __version__, "files": [], "error": None,
+                    "checkpoint": None, "resumed": [],
                 }
                 self._save_manifest()
         except BaseException:
@@ -242,6 +268,63 @@ class RunDirectory:
             (self.path / name).unlink(missing_ok=True)
         self._files = []
 
+    def _resume_previous_run(self) -> None:
+        previous = self._previous
+        if previous is None:
+            raise OutputError(f"{self.path} holds no run to resume (no {MANIFEST_FILE}); run without --resume")
+        if previous.state == "complete":
+            raise OutputError(f"{self.path} holds {previous.describe()}: it already finished, there is nothing to "
+                              "resume; pass --overwrite (not --resume) to run it again, or choose another --out")
+        if previous.state == "failed":
+            raise OutputError(f"{self.path} holds {previous.describe()}; a failed run keeps no checkpoint: "
+                              "run it again without --resume")
+        if previous.manifest.get("experiment") != self.experiment:
+            raise OutputError(f"{self.path} holds {previous.describe()}, not a run of {self.experiment}; "
+                              "resume it with its own config, or choose another --out")
+        files = _listed_files(previous.manifest)
+        if CHECKPOINT_FILE not in files or not (self.path / CHECKPOINT_FILE).is_file():
+            raise OutputError(f"{self.path} holds {previous.describe()} but no checkpoint ({CHECKPOINT_FILE}): it "
+                              "stopped before its first checkpoint was written; run it again without --resume")
+        self._files = [name for name in files if (self.path / name).exists()]
+        self._resumed_from = {**previous.manifest, "state": "interrupted"}
+        self._manifest = dict(previous.manifest)
+        self._manifest.update(state="running", pid=os.getpid(), host=socket.gethostname(), ended=None, error=None,
+                              files=list(self._files), pcsim_version=__version__,
+                              resumed=[*(self._manifest.get("resumed") or []), _now()])
+
+    @property
+    def checkpoint(self) -> dict[str, Any] | None:
+        """The manifest's description of the run's last checkpoint (see :class:`RunStatus`), or None."""
+        info = self._manifest.get("checkpoint")
+        return dict(info) if isinstance(info, Mapping) else None
+
+    def write_checkpoint(self, write: Callable[[Path], None], info: Mapping[str, Any]) -> Path:
+        """Replace ``checkpoint.pt`` durably by ``write(temporary_path)``: the file is written
+        under a temporary name, fsynced, renamed over the previous checkpoint and the directory
+        fsynced, so a crash at any moment leaves the previous or the new checkpoint, whole.
+        Then ``info`` becomes the manifest's ``checkpoint`` entry. Returns the file's path; an
+        ``OSError`` is raised as :class:`OutputError` naming it."""
+        final = self.path / CHECKPOINT_FILE
+        self._resumed_from = None  # from now on the directory holds this run's work
+        if CHECKPOINT_FILE not in self._files:  # listed before it exists: a crash leaves pcsim's file
+            self.claim([CHECKPOINT_FILE])
+            self._files = [*self._files, CHECKPOINT_FILE]
+            self._manifest["files"] = list(self._files)
+            self._save_manifest()
+        temporary = self.path / f".{CHECKPOINT_FILE}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            write(temporary)
+            _fsync(temporary)
+            os.replace(temporary, final)
+            _fsync(self.path)
+        except OSError as exc:
+            raise _output_error(exc, f"cannot write {final}") from exc
+        finally:
+            temporary.unlink(missing_ok=True)
+        self._manifest["checkpoint"] = dict(info)
+        self._save_manifest()
+        return final
+
     def _adopt_complete_run(self) -> None:
         previous = self._previous
         if previous is None:
@@ -273,6 +356,7 @@ class RunDirectory:
         an ``OSError`` (disk full, read-only) is raised as :class:`OutputError` naming the file.
         """
         self.claim(writers)
+        self._resumed_from = None
         staged: list[tuple[Path, Path]] = []
         renamed: list[Path] = []
         try:
@@ -281,6 +365,7 @@ class RunDirectory:
                 staged.append((temporary, self.path / name))
                 try:
                     write(temporary)
+                    _fsync(temporary)
                 except OSError as exc:
                     raise _output_error(exc, f"cannot write {self.path / name}") from exc
             self._files = [*self._files, *(n for n in writers if n not in self._files)]
@@ -292,6 +377,7 @@ class RunDirectory:
                 except OSError as exc:
                     raise _output_error(exc, f"cannot write {final}") from exc
                 renamed.append(final)
+            _fsync(self.path)
         except BaseException:
             for temporary, _ in staged:
                 temporary.unlink(missing_ok=True)
@@ -320,19 +406,53 @@ class RunDirectory:
                  traceback: TracebackType | None) -> None:
         try:
             if error is None:
+                if CHECKPOINT_FILE in self._files and self.command != "replot":
+                    # gone before the manifest says complete: a crash in between reads as an interrupted
+                    # run without checkpoint, never as a complete one
+                    (self.path / CHECKPOINT_FILE).unlink(missing_ok=True)
+                    self._files = [n for n in self._files if n != CHECKPOINT_FILE]
+                    self._manifest["checkpoint"] = None
                 self._manifest.update(state="complete", ended=_now(), files=list(self._files))
                 if self.command == "replot":
                     self._manifest["replotted"] = _now()
+                self._resumed_from = None
                 self._save_manifest()
+            elif isinstance(error, KeyboardInterrupt) and self.command != "replot" and self._keeps_checkpoint():
+                self._interrupt()
             else:
                 self._abandon(error)
         finally:
             self._unlock()
 
+    def _keeps_checkpoint(self) -> bool:
+        return CHECKPOINT_FILE in self._files and (self.path / CHECKPOINT_FILE).is_file()
+
+    def _interrupt(self) -> None:
+        """Ctrl-C with a checkpoint: keep it (and the directory), drop the run's other files
+        (written only at its end, so never complete here), record ``"interrupted"``."""
+        for name in self._files:
+            if name != CHECKPOINT_FILE:
+                (self.path / name).unlink(missing_ok=True)
+        self._files = [CHECKPOINT_FILE]
+        self._created = []  # the directory holds the checkpoint now: it stays
+        self._manifest.update(state="interrupted", ended=_now(), files=list(self._files), error=None)
+        try:
+            self._save_manifest()
+        except OutputError:
+            pass  # the manifest stays "running", which reads as interrupted once we are gone
+
     def _abandon(self, error: BaseException | None = None) -> None:
         """Undo a run that failed: remove what it created, else mark it failed (a failed
         replot leaves the complete run as it was, its manifest listing the files that exist)."""
-        if self._created:
+        if self._resumed_from is not None and self._lock_fd is not None:
+            # a resume that failed before it saved anything (a config that differs from the
+            # checkpoint's, say): the interrupted run and its checkpoint stay as they were
+            self._manifest = self._resumed_from
+            try:
+                self._save_manifest()
+            except OutputError:
+                pass
+        elif self._created:
             self._remove_created()
         elif self.command == "replot" and self._manifest and self._lock_fd is not None:
             self._files = [name for name in self._files if (self.path / name).exists()]
@@ -345,7 +465,11 @@ class RunDirectory:
             for name in self._files:
                 (self.path / name).unlink(missing_ok=True)
             message = (str(error) or type(error).__name__) if error is not None else "unknown error"
-            self._manifest.update(state="failed", ended=_now(), files=[], error=message.splitlines()[0])
+            if isinstance(error, KeyboardInterrupt):
+                self._manifest.update(state="interrupted", ended=_now(), files=[], checkpoint=None, error=None)
+            else:
+                self._manifest.update(state="failed", ended=_now(), files=[], checkpoint=None,
+                                      error=message.splitlines()[0])
             try:
                 self._save_manifest()
             except OutputError:
@@ -366,6 +490,7 @@ class RunDirectory:
         temporary = self.path / f".{MANIFEST_FILE}.{uuid.uuid4().hex[:12]}.tmp"
         try:
             temporary.write_text(text, encoding="utf-8")
+            _fsync(temporary)
             os.replace(temporary, final)
         except OSError as exc:
             temporary.unlink(missing_ok=True)
@@ -441,6 +566,15 @@ def _writer_alive(directory: Path, manifest: Mapping[str, Any]) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a directory after a rename in it) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_lock(fd: int) -> str:

@@ -81,6 +81,7 @@ def train(
     energy: Callable[[Any], Any] | None = None,
     lr: Any = None,
     max_growth: float = 1e3,
+    state: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Run ``epochs`` epochs of ``step(batch)`` over ``batches(epoch)`` (epoch = 1..epochs).
 
@@ -102,28 +103,53 @@ def train(
     by a step is re-raised with the epoch and batch prefixed (``step``/``layer`` kept) while the
     weights are still the initial ones (then the inference settings are to blame); once the
     watched ``parameters`` have changed it becomes a LearningDivergenceError blaming ``lr``.
+
+    Checkpoints, here once for every training: inside a ``pcsim run`` (an active
+    :class:`pcsim.checkpoint.Checkpoints` session) a call is a stage that saves, every
+    ``[checkpoint] every`` epochs and after its last, ``state`` (a mapping naming everything
+    ``step``, ``batches`` and the hooks change: parameters, optimiser, the generators that draw
+    the batches, the records the hooks fill; each restored in place, see
+    :mod:`pcsim.checkpoint`) with this loop's counters and the global random states. On
+    ``--resume`` a finished stage is restored without running a step (it returns the saved
+    epoch times) and an interrupted one continues after its last saved epoch, neither calling
+    the ``initial`` hook again; so the run ends exactly as an uninterrupted one would. Without
+    ``state`` (or outside a session) nothing is saved and a resumed run trains the stage again.
     """
     from tqdm.auto import tqdm
 
+    from .checkpoint import active_checkpoints
+
     epochs = check_number("epochs", epochs, integer=True, ge=0)
     max_growth = check_number("max_growth", max_growth, gt=1)
+    session = active_checkpoints()
+    stage = session.begin(desc, epochs, state) if session is not None else None
     seconds = np.zeros(epochs)
-    total = None
-    first = batches(1) if epochs else []
-    if hasattr(first, "__len__"):
-        total = epochs * len(first)
     initial_params = [p.detach().clone() for p in parameters()] if parameters is not None else None
     reference: list[np.ndarray] = []  # the energy of the first step, per member
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, mininterval=0.5)
+    done, start = 0, 1
+    saved = stage.restore() if stage is not None else None
+    if saved is not None:
+        seconds[:] = saved["seconds"].numpy()
+        reference[:] = [r.numpy() for r in saved["reference"]]
+        if initial_params is not None and saved["initial"] is not None:
+            initial_params = list(saved["initial"])
+        done, start = int(saved["done"]), int(saved["epoch"]) + 1
+        if start > epochs:
+            return seconds
+    total = None
+    first = batches(start) if start <= epochs else []
+    if hasattr(first, "__len__"):
+        total = epochs * len(first)
+    bar = tqdm(total=total, initial=done if total is not None else 0, desc=desc, disable=not progress,
+               leave=False, mininterval=0.5)
     try:
-        if initial and on_epoch is not None:
+        if initial and on_epoch is not None and start == 1:
             shown = on_epoch(0, 0.0)
             if shown:
                 bar.set_postfix(shown)
-        done = 0
-        for epoch in range(1, epochs + 1):
+        for epoch in range(start, epochs + 1):
             t0 = time.perf_counter()
-            for index, batch in enumerate(first if epoch == 1 else batches(epoch)):
+            for index, batch in enumerate(first if epoch == start else batches(epoch)):
                 where = f"epoch {epoch}, batch {index}"
                 try:
                     out = step(batch)
@@ -148,8 +174,13 @@ def train(
                 shown = on_epoch(epoch, float(seconds[epoch - 1]))
                 if shown:
                     bar.set_postfix(shown)
+            if stage is not None and stage.due(epoch):
+                stage.save(epoch, {"epoch": epoch, "done": done, "seconds": seconds, "reference": reference,
+                                   "initial": initial_params})
     finally:
         bar.close()
+    if stage is not None:
+        stage.finish()
     return seconds
 
 
@@ -282,9 +313,10 @@ def compare_rules(
             cos[i, ep], rel[i, ep] = al.cosine.values, al.rel_error.values
             return {"test_acc": f"{acc[i, ep].mean():.3f}"}
 
+        params = twin.params if twin is not None else net.parameters
         train(step, lambda ep: orders[ep - 1], training.epochs, on_epoch=measure, initial=True,
-              progress=progress, desc=f"{name:>4}", parameters=twin.params if twin is not None else net.parameters,
-              energy=training_energy, lr=training.lr)
+              progress=progress, desc=f"{name:>4}", parameters=params, energy=training_energy, lr=training.lr,
+              state={"parameters": params(), "optimizer": opt, "records": [loss, acc, secs, cos, rel]})
     coords = {
         "rule": ("rule", list(rules), {"long_name": "learning rule", "units": ""}),
         "epoch": ("epoch", np.arange(training.epochs + 1), {"long_name": "training epoch (0 = untrained)", "units": "1"}),

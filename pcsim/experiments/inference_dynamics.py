@@ -58,7 +58,8 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
         gen = torch.Generator().manual_seed(config.seed)
         train(lambda idx: rule.step(net, opt, data.x_train[idx], data.y_train[idx]),
               lambda epoch: epoch_batches(data.x_train.shape[0], 64, gen), dyn.pretrain_epochs,
-              progress=ctx.progress, desc="pretrain", parameters=net.parameters, energy=training_energy, lr=dyn.lr)
+              progress=ctx.progress, desc="pretrain", parameters=net.parameters, energy=training_energy, lr=dyn.lr,
+              state={"parameters": net.parameters(), "optimizer": opt, "order": gen})
     n = min(dyn.trials, data.x_test.shape[0])
     x, y = data.x_test[:n], data.y_test[:n]
     state = init_state(net, x, y if dyn.clamp_target else None)
