@@ -155,16 +155,18 @@ def _mismatch(name: str, target: Any, saved: Any) -> OutputError:
                        "the code changed since the checkpoint was written: run again without --resume")
 
 
-def check_state(state: Mapping[str, Any]) -> None:
+def check_state(state: Mapping[str, Any], *, deep: bool = True) -> None:
     """Refuse (:class:`TypeError` naming the key) a ``state`` mapping whose values cannot be
-    restored in place: a number or string at the top level would be restored into nothing."""
+    restored in place: a number or string at the top level would be restored into nothing;
+    with ``deep``, also anything :func:`capture` cannot hold."""
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a mapping of names to objects, got {type(state).__name__}")
     for key, value in state.items():
         if isinstance(value, (*_PLAIN, tuple)):
             raise TypeError(f"state[{key!r}] is a {type(value).__name__}: train can restore only objects it "
                             "changes in place (tensors, arrays, lists, optimisers ...)")
-        capture(value, f"state[{key!r}]")  # fails now, not at the first checkpoint
+        if deep:
+            capture(value, f"state[{key!r}]")  # fails now, not at the first checkpoint
 
 
 def global_rng_state() -> dict:

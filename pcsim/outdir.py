@@ -86,7 +86,8 @@ class RunStatus:
         if self.state == "failed" and m.get("error"):
             text += f": {m['error']}"
         if self.state == "interrupted":
-            text += " that never finished: its process is gone"
+            text += (" stopped by an interrupt (Ctrl-C)" if m.get("state") == "interrupted"
+                     else " that never finished: its process is gone")
             ckpt = m.get("checkpoint")
             if isinstance(ckpt, Mapping):
                 text += (f"; its checkpoint holds epoch {ckpt.get('epoch', '?')} of {ckpt.get('epochs', '?')} "

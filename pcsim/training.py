@@ -117,11 +117,13 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    from .checkpoint import active_checkpoints
+    from .checkpoint import active_checkpoints, check_state
 
     epochs = check_number("epochs", epochs, integer=True, ge=0)
     max_growth = check_number("max_growth", max_growth, gt=1)
     session = active_checkpoints()
+    if state is not None and session is None:
+        check_state(state, deep=False)  # a session checks it all
     stage = session.begin(desc, epochs, state) if session is not None else None
     seconds = np.zeros(epochs)
     initial_params = [p.detach().clone() for p in parameters()] if parameters is not None else None
