@@ -192,7 +192,9 @@ class PCLatentModel(LatentModel):
             return {"epoch": epoch, "energy": f"{energies[-1]:.4g}"}
 
         train(step, batches, self.epochs, on_step=on_step, on_epoch=on_epoch, progress=self.progress,
-              desc="PC latent model EM", parameters=net.parameters, energy=lambda out: out[0], lr=self.lr)
+              desc="PC latent model EM", parameters=net.parameters, energy=lambda out: out[0], lr=self.lr,
+              state={"parameters": net.parameters(), "latents": x, "optimizer": opt, "order": gen,
+                     "records": [energies, free_energies, totals]})
         self.network_ = net
         self.latent_mean_ = x.mean((1, 2), keepdim=True)                    # (1, 1, 1, D)
         self.energy_ = np.asarray(energies)

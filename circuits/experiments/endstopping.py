@@ -389,7 +389,8 @@ def train_network(net_cfg: NetworkSection, train_cfg: TrainingSection, images: l
         idx = torch.as_tensor(idx, device=device)
         patches = _Indexed(patches, idx)
     train(lambda x: rule.step(net, opt, data=x), lambda epoch: patches, 1, on_step=after_step, progress=progress,
-          parameters=net.parameters, energy=training_energy, lr=train_cfg.lr)
+          parameters=net.parameters, energy=training_energy, lr=train_cfg.lr,
+          state={"parameters": net.parameters(), "optimizer": opt, "history": history})
     return net, history
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -269,7 +269,8 @@ class GenerativeModel(BaseEstimator):
 
     def _train(self, step: Callable[[Tensor], Tensor], n: int, batch_size: int, order: torch.Generator,
                parameters: Sequence[Tensor], stacks: Sequence[tuple[Sequence[int], int]], *, desc: str,
-               energy: Callable[[Tensor], Tensor] = lambda loss: loss, grad: bool = True) -> tuple[np.ndarray, np.ndarray]:
+               energy: Callable[[Tensor], Tensor] = lambda loss: loss, grad: bool = True,
+               state: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The training loop of every model: ``epochs`` epochs of ``loss = step(idx)`` over shuffled
         index batches ``(batch_size,)`` of the ``n`` examples (order from ``order``), through
         :func:`pcsim.training.train` (its divergence watch on ``parameters`` and on ``energy(loss)``
@@ -279,7 +280,11 @@ class GenerativeModel(BaseEstimator):
         OpenMP team is never wider than the largest of the layer stacks ``(sizes, batch)`` that a
         step runs can use, nor than the cores free now (:func:`pcsim.parallel.threads_for_stacks`:
         small layers lose to oversubscription on a shared machine). Returns the seconds and the
-        mean loss (the step's output, nats per example) of every epoch, each ``(epochs,)``."""
+        mean loss (the step's output, nats per example) of every epoch, each ``(epochs,)``.
+        ``state`` names what else a step changes (the optimisers, the generators of its draws):
+        given it, a ``pcsim run`` checkpoints the training (with ``parameters``, ``order`` and the
+        losses) and a resumed run continues it (:mod:`pcsim.checkpoint`); without it a resumed
+        run trains the model again."""
         losses: list[list[float]] = [[] for _ in range(self.epochs)]
 
         def record(s) -> None:
@@ -295,7 +300,9 @@ class GenerativeModel(BaseEstimator):
             with threads(threads_for_stacks(stacks)):
                 seconds = train(step, lambda epoch: epoch_batches(n, batch_size, order), self.epochs, on_step=record,
                                 on_epoch=shown, progress=self.progress, desc=desc, parameters=lambda: parameters,
-                                energy=energy, lr=self.lr)
+                                energy=energy, lr=self.lr,
+                                state=None if state is None else {"parameters": list(parameters), "order": order,
+                                                                  "losses": losses, **state})
         finally:
             for p, flag in zip(parameters, flags):
                 p.requires_grad_(flag)

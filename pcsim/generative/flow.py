@@ -127,7 +127,7 @@ class Flow(GenerativeModel):
         widths = (x.shape[1], *check_numbers("hidden", self.hidden), x.shape[1])
         self.epoch_time_, self.loss_ = self._train(step, n, bs, torch.Generator().manual_seed(self.seed), params,
                                                    [(widths, bs * self.transforms)], desc=f"flow ({self.kind})",
-                                                   energy=lambda loss: loss - log_scale)
+                                                   energy=lambda loss: loss - log_scale, state={"optimizer": opt})
 
     # ----------------------------------------------------------------- the surface
     def _log_prob(self, x: Tensor) -> Tensor:

@@ -173,7 +173,8 @@ class HelmholtzMachine(GenerativeModel):
 
         self.epoch_time_, self.loss_ = self._train(
             step, n, bs, order, [*theta, *phi], [(self.decoder_.layers.sizes, bs * K), (self.recognition_.sizes, bs)],
-            desc="reweighted wake-sleep" if self.reweighted else "wake-sleep")
+            desc="reweighted wake-sleep" if self.reweighted else "wake-sleep",
+            state={"optimizers": [opt_theta, opt_phi], "draws": gen})
 
     # ----------------------------------------------------------------- the surface
     def encode(self, x, aux=None) -> Posterior:

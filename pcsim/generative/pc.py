@@ -182,6 +182,11 @@ class PCGenerative(GenerativeModel):
         """Every learned tensor, watched by :func:`pcsim.training.train` for a blow-up."""
         return self._parameters()
 
+    def _training_state(self) -> dict:
+        """What training changes beside :meth:`_watched` and the optimiser of :meth:`_fit` (a
+        checkpoint's ``state``, :mod:`pcsim.checkpoint`); subclasses add their own optimisers."""
+        return {}
+
     # ------------------------------------------------------------------ the model's pieces
     def _view(self, aux: Tensor | None, repeat: int = 1) -> PCNetwork:
         """The network whose prior serves examples with labels ``aux`` (tiled ``repeat`` times); plain PC: the network."""
@@ -231,7 +236,7 @@ class PCGenerative(GenerativeModel):
 
         self.epoch_seconds_, self.energy_ = self._train(
             step, N, bs, torch.Generator().manual_seed(self.seed), self._watched(), [(self.network_.sizes, bs)],
-            desc=type(self).__name__, grad=False)
+            desc=type(self).__name__, grad=False, state={"optimizer": opt, "noise": noise, **self._training_state()})
 
     def _train_step(self, x: Tensor, aux: Tensor | None, optimizer: Adam, noise: torch.Generator) -> Relaxation:
         """One update on a minibatch ``x`` ``(B, D)``: relax (standard PC's update at the relaxed
@@ -446,6 +451,9 @@ class HybridPC(PCGenerative):
 
     def _watched(self) -> list[Tensor]:
         return super()._watched() + self.amortiser_["V"] + self.amortiser_["c"]
+
+    def _training_state(self) -> dict:
+        return {"amortiser_optimizer": self._amortiser_opt}
 
     def amortised(self, x) -> Tensor:
         """The amortiser's latents ``z`` ``(N, d)`` for ``x`` ``(N, D)`` (before any relaxation)."""

@@ -146,7 +146,7 @@ class VAE(GenerativeModel):
         self.epoch_seconds_, loss = self._train(
             step, x.shape[0], self.batch_size, torch.Generator().manual_seed(self.seed), params,
             [(self.decoder_.layers.sizes, self.batch_size * K), (self.encoder_.sizes, self.batch_size)],
-            desc=type(self).__name__)
+            desc=type(self).__name__, state={"optimizer": opt, "noise": noise})
         self.objective_ = -loss
 
     def _bound(self, x: Tensor, aux: Tensor | None, samples: int, generator: torch.Generator) -> Tensor:
