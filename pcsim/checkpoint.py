@@ -325,7 +325,7 @@ class Checkpoints:
         records = [s.record for s in self.stages if s.record]
         document = {"pcsim_checkpoint": _FORMAT, "experiment": self.experiment, "config": self.config,
                     "config_hash": self.config_hash, "stages": records}
-        info = {"file": CHECKPOINT_FILE, "stage": stage.index, "desc": stage.desc, "epoch": stage.record["epoch"],
+        info = {"file": CHECKPOINT_FILE, "stage": stage.index, "desc": stage.desc.strip(), "epoch": stage.record["epoch"],
                 "epochs": stage.epochs, "complete": stage.record["complete"], "config_hash": self.config_hash,
                 "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         self.run.write_checkpoint(lambda path: torch.save(document, path), info)

@@ -179,8 +179,8 @@ def run_config(config_path: Path, out_dir: Path, *, device: str | None = None, o
                        config_source=str(Path(source).resolve()), names=FIXED_FILES, resume=resume)
     try:
         with run:
+            checkpoints = Checkpoints(run, config, resume=resume, source=source)  # a refused resume says why first
             _note_previous(run, resume)
-            checkpoints = Checkpoints(run, config, resume=resume, source=source)
             ctx = RunContext(out_dir=out_dir, device=config.device, progress=progress, config_source=source)
             with checkpoints.active():
                 result = module.run(config, ctx)
@@ -222,7 +222,7 @@ def _interrupted(run: RunDirectory, command: Sequence[str]) -> str:
     if "--resume" not in words:
         words.append("--resume")
     return (f"the last checkpoint, {run.path / CHECKPOINT_FILE}, holds epoch {info['epoch']} of {info['epochs']} "
-            f"of training {info['stage'] + 1} ({info['desc'].strip()!r}); continue the run with\n  "
+            f"of training {info['stage'] + 1} ({info['desc']!r}); continue the run with\n  "
             + shlex.join(words))
 
 
