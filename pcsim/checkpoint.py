@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from pcsim import __version__
 from pcsim.config import config_to_dict
 from pcsim.errors import ConfigError, OutputError
 from pcsim.outdir import CHECKPOINT_FILE
@@ -323,8 +324,8 @@ class Checkpoints:
 
     def _write(self, stage: Stage) -> None:
         records = [s.record for s in self.stages if s.record]
-        document = {"pcsim_checkpoint": _FORMAT, "experiment": self.experiment, "config": self.config,
-                    "config_hash": self.config_hash, "stages": records}
+        document = {"pcsim_checkpoint": _FORMAT, "pcsim_version": __version__, "experiment": self.experiment,
+                    "config": self.config, "config_hash": self.config_hash, "stages": records}
         info = {"file": CHECKPOINT_FILE, "stage": stage.index, "desc": stage.desc.strip(), "epoch": stage.record["epoch"],
                 "epochs": stage.epochs, "complete": stage.record["complete"], "config_hash": self.config_hash,
                 "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -184,6 +184,14 @@ def test_resume_is_refused_without_a_checkpoint_or_after_the_run_finished(tmp_pa
     assert not (tmp_path / "never").exists()  # every = 0: no checkpoint, so nothing kept
 
 
+def test_resume_and_overwrite_exclude_each_other(tmp_path, capsys):
+    assert main(["run", str(ROOT / "configs" / "pc_vs_bp_digits.toml"), "--out", str(tmp_path / "x"),
+                 "--resume", "--overwrite"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    with pytest.raises(OutputError, match="exclude each other"):
+        RunDirectory(tmp_path / "x", experiment="toy", resume=True, overwrite=True)
+
+
 def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
     with RunDirectory(tmp_path / "run", experiment="toy") as run:
         run.write_checkpoint(lambda p: torch.save({"epoch": 1}, p), {"epoch": 1})
