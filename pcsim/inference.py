@@ -23,7 +23,7 @@ from . import relaxation
 from .config import check_ranges
 from .errors import ConfigError, DataError, InferenceDivergenceError
 from .network import NetworkSpec, PCNetwork
-from .parallel import threads_for
+from .parallel import threads, threads_for
 
 Tensor = torch.Tensor
 
@@ -527,16 +527,19 @@ def relax(
         generator = torch.Generator(device=net.device).manual_seed(config.seed)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ConfigError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    system = dynamics(net, state, config, fixed=fixed, hooked=on_step is not None, generator=generator)
     hook = None
     if on_step is not None:
         def hook(t: int, c: PCCarry) -> None:
             on_step(InferenceStep(t, c.x, c.eps, c.peps, c.fx))
     E, B = state.x[-1].shape[:2]
-    out = relaxation.run(system, start(system, state.x), config.steps, max_growth=config.max_growth, tol=config.tol,
-                         record=config.record, check_every=config.check_every, compile=config.compile, on_step=hook,
-                         threads=threads_for(net.sizes, B, E), check_descent=config.check_descent)
-    c: PCCarry = out.carry
-    grads = pc.parameter_gradients(net.spec, c.peps, c.fx, c.eps) if gradients else None
+    n_threads = threads_for(net.sizes, B, E)
+    with threads(n_threads):  # the sweep that sets the system up and the gradients too (pcsim.parallel)
+        system = dynamics(net, state, config, fixed=fixed, hooked=on_step is not None, generator=generator)
+        out = relaxation.run(system, start(system, state.x), config.steps, max_growth=config.max_growth,
+                             tol=config.tol, record=config.record, check_every=config.check_every,
+                             compile=config.compile, on_step=hook, threads=n_threads,
+                             check_descent=config.check_descent)
+        c: PCCarry = out.carry
+        grads = pc.parameter_gradients(net.spec, c.peps, c.fx, c.eps) if gradients else None
     state.x[:] = c.x
     return Relaxation(state, c.eps, c.peps, list(c.fx), out.energy, out.steps, out.trace, config.dt, grads)

@@ -82,6 +82,11 @@ def threads_for(sizes: Sequence[int], batch: int, ensemble: int = 1) -> int:
     work = max(ensemble * batch * a * b for a, b in zip(sizes[:-1], sizes[1:]))
     if work < SERIAL_WORK:
         return 1
+    return usable()
+
+
+def usable() -> int:
+    """Threads a computation of unknown size may use: ``torch.get_num_threads()`` capped at :func:`free_cores`."""
     return max(1, min(torch.get_num_threads(), free_cores()))
 
 

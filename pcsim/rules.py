@@ -22,6 +22,7 @@ and works with any rule.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -93,6 +94,19 @@ def _check_rule(rule, optional_inference: bool = False) -> None:
     check_number(f"{cls}.nudge", rule.nudge, gt=0)
 
 
+def _sized(step):
+    """Run a rule's ``step`` whole (feed-forward sweep, relaxation, gradients, optimiser update)
+    with the threads its batch's products can use (:func:`pcsim.parallel.threads_for`): the
+    products around the relaxation are as small as those inside it, and a two-thread team on
+    them stalls as soon as another process takes a core (:mod:`pcsim.parallel`)."""
+    @functools.wraps(step)
+    def sized_step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
+        batch = getattr(inputs if data is None else data, "shape", ())
+        with threads(threads_for(net.sizes, batch[-2] if len(batch) >= 2 else 1, net.ensemble)):
+            return step(self, net, optimizer, inputs, target, data=data)
+    return sized_step
+
+
 def _check_optimizer(optimizer) -> None:
     if not callable(getattr(optimizer, "step", None)):
         raise ConfigError(f"optimizer must be an optimiser with step(params, grads) (pcsim.optim), got {optimizer!r}")
@@ -115,6 +129,7 @@ class StandardPC:
         r = _relax_nudged(view, _training_state(view, inputs, target, data), self.inference, self.nudge, gradients=True)
         return r.gradients, r
 
+    @_sized
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
         """One training step on one batch: relax, then let ``optimizer`` apply the local gradients.
 
@@ -151,9 +166,9 @@ def _fused_step(rule: StandardPC, net: PCNetwork, optimizer: "Adam", inputs, tar
     clamped = (True,) + (False,) * (L - 1) + (True,)
     plan = StepPlan(net.spec, tuple(range(1, L)), cfg.step_size, cfg.momentum, cfg.precondition, net.unit_precision(),
                     cfg.max_growth)
-    n_threads = threads_for(net.sizes, x0.shape[1], net.ensemble)
-    with threads(n_threads):
-        return _run_fused(plan, cfg, clamped, net, optimizer, x0, y, relaxation.compiled(training_step, n_threads))
+    # the threads of the whole step (:func:`_sized`), baked into the graph it compiles
+    step = relaxation.compiled(training_step, torch.get_num_threads())
+    return _run_fused(plan, cfg, clamped, net, optimizer, x0, y, step)
 
 
 def _run_fused(plan: StepPlan, cfg: InferenceConfig, clamped, net: PCNetwork, optimizer: Adam, x0, y, step) -> Relaxation:
@@ -211,6 +226,7 @@ class IncrementalPC:
     def __post_init__(self):
         _check_rule(self)
 
+    @_sized
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
         """One training step: T inference steps, each followed by a weight update from the same errors.
 
@@ -261,6 +277,7 @@ class FixedPredictionPC:
         r = _relax_nudged(view, state, self._config(view), self.nudge, fixed=fixed, gradients=True)
         return r.gradients, r
 
+    @_sized
     def step(self, net: PCNetwork, optimizer, inputs=None, target=None, *, data=None) -> Relaxation:
         """One training step with the fixed-prediction update (shapes as :meth:`StandardPC.step`)."""
         _check_optimizer(optimizer)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from . import parallel
 from .alignment import gradient_alignment
 from .data import Classification, epoch_batches
 from .energy import output_loss
@@ -150,35 +151,38 @@ def train(
             if shown:
                 bar.set_postfix(shown)
         for epoch in range(start, epochs + 1):
-            t0 = time.perf_counter()
-            for index, batch in enumerate(first if epoch == start else batches(epoch)):
-                where = f"epoch {epoch}, batch {index}"
-                try:
-                    out = step(batch)
-                except InferenceDivergenceError as exc:
-                    if initial_params is not None and _changed(parameters(), initial_params):
-                        what, _, inference_cause = str(exc).partition(CAUSE)
-                        raise LearningDivergenceError(
-                            f"{where}: {what}, with weights already changed by learning ({done} step(s) before this batch)"
-                            f"{CAUSE}{_lr_cause(lr)} (with the initial weights it would be: {inference_cause})",
-                            epoch - 1, index) from exc
-                    raise InferenceDivergenceError(f"{where}: {exc}", exc.step, exc.layer) from exc
-                if initial_params is not None:
-                    _check_parameters(parameters(), where, lr, epoch, index)
-                if energy is not None:
-                    _check_energy(energy(out), reference, max_growth, where, lr, epoch, index)
-                if on_step is not None:
-                    on_step(TrainStep(epoch, index, done, batch, out))
-                done += 1
-                bar.update()
-            seconds[epoch - 1] = time.perf_counter() - t0
-            if on_epoch is not None:
-                shown = on_epoch(epoch, float(seconds[epoch - 1]))
-                if shown:
-                    bar.set_postfix(shown)
-            if stage is not None and stage.due(epoch):
-                stage.save(epoch, {"epoch": epoch, "done": done, "seconds": seconds, "reference": reference,
-                                   "initial": initial_params})
+            # an epoch (its steps and its evaluation) never forks more threads than the cores free
+            # as it starts: a team wider than that stalls at every barrier (pcsim.parallel)
+            with parallel.threads(parallel.usable()):
+                t0 = time.perf_counter()
+                for index, batch in enumerate(first if epoch == start else batches(epoch)):
+                    where = f"epoch {epoch}, batch {index}"
+                    try:
+                        out = step(batch)
+                    except InferenceDivergenceError as exc:
+                        if initial_params is not None and _changed(parameters(), initial_params):
+                            what, _, inference_cause = str(exc).partition(CAUSE)
+                            raise LearningDivergenceError(
+                                f"{where}: {what}, with weights already changed by learning ({done} step(s) before this batch)"
+                                f"{CAUSE}{_lr_cause(lr)} (with the initial weights it would be: {inference_cause})",
+                                epoch - 1, index) from exc
+                        raise InferenceDivergenceError(f"{where}: {exc}", exc.step, exc.layer) from exc
+                    if initial_params is not None:
+                        _check_parameters(parameters(), where, lr, epoch, index)
+                    if energy is not None:
+                        _check_energy(energy(out), reference, max_growth, where, lr, epoch, index)
+                    if on_step is not None:
+                        on_step(TrainStep(epoch, index, done, batch, out))
+                    done += 1
+                    bar.update()
+                seconds[epoch - 1] = time.perf_counter() - t0
+                if on_epoch is not None:
+                    shown = on_epoch(epoch, float(seconds[epoch - 1]))
+                    if shown:
+                        bar.set_postfix(shown)
+                if stage is not None and stage.due(epoch):
+                    stage.save(epoch, {"epoch": epoch, "done": done, "seconds": seconds, "reference": reference,
+                                       "initial": initial_params})
     finally:
         bar.close()
     if stage is not None:
