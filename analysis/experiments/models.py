@@ -143,6 +143,9 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
         if has_behaviour:
             decoding = _behaviour_decoding(inferred.rates, rec.dataset.behaviour, train, test)
             entry["behaviour_r2"] = float(decoding.r2)
+            labels = decoding.behaviour_dim.values
+            if labels.size > 1 and labels.dtype.kind in "US":   # named variables of a file: each one's R2 too
+                entry.update({f"behaviour_r2_{label}": float(v) for label, v in zip(labels, decoding.r2_per_dim.values)})
             decoded.append(decoding.decoded.values)
         if fwd is not None and model.can_forecast:
             predicted = on_test(inferred.forecast(fwd.counts.shape[1]))
@@ -211,6 +214,36 @@ def _behaviour_decoding(rates: xr.DataArray, behaviour: xr.DataArray, train: np.
                                 behaviour.isel(trial=te), multioutput="variance_weighted", per_dim=True)
 
 
+def _behaviour_figure(results: xr.Dataset, n_trials: int = 3):
+    """True vs decoded behaviour over the first ``n_trials`` test trials, one row per behaviour
+    variable (angles as points, so that a wrap from pi to -pi draws no vertical line)."""
+    from matplotlib.figure import Figure
+
+    dims = list(results.behaviour_dim.values)
+    circular = results.circular.values if "circular" in results.coords else np.zeros(len(dims), bool)
+    shown = min(n_trials, results.sizes["trial"])
+    bw = float(results.bin_width)
+    n_bins = results.sizes["time"]
+    t = np.arange(shown * n_bins) * bw   # test trials side by side
+    fig = Figure(figsize=(8, 1.9 * len(dims) + 0.6), layout="constrained")
+    axes = fig.subplots(len(dims), 1, squeeze=False, sharex=True)[:, 0]
+    for j, (ax, name) in enumerate(zip(axes, dims)):
+        true = results.behaviour.isel(trial=slice(0, shown), behaviour_dim=j).values.ravel()
+        style = dict(ls="none", marker=".", ms=2) if circular[j] else dict(lw=1)
+        ax.plot(t, true, color="k", label="true", **({**style, "lw": 2} if not circular[j] else style))
+        for m in results.model.values:
+            ax.plot(t, results.decoded_behaviour.sel(model=m).isel(trial=slice(0, shown), behaviour_dim=j).values.ravel(),
+                    label=str(m), alpha=0.8, **style)
+        for k in range(1, shown):
+            ax.axvline(k * n_bins * bw, color="0.8", lw=0.8)
+        units = results.behaviour_units.values[j] if "behaviour_units" in results.coords else ""
+        ax.set_ylabel(f"{name} ({units})" if units else str(name), fontsize=8)
+    axes[-1].set_xlabel(f"time (s), test trials {', '.join(str(v) for v in results.trial.values[:shown])} side by side")
+    axes[0].legend(fontsize=7, ncols=len(results.model) + 1, loc="upper right", frameon=False)
+    fig.suptitle("behaviour decoded from each model's rates (ridge fitted on training trials)", fontsize=9)
+    return fig
+
+
 def representative_trials(r2: np.ndarray, n: int = 2) -> np.ndarray:
     """Positions of the ``n`` trials whose per-trial R2 ``(trial,)`` lies closest to its median
     (NaN last): trials that show what a typical fit looks like, neither the best nor the worst."""
@@ -266,6 +299,9 @@ def plot_results(results: xr.Dataset) -> dict:
         fig.suptitle("test trials at the median per-trial latent R2: true (dashed) vs inferred (solid), "
                      "aligned on training trials", fontsize=9)
         figs["latents"] = fig
+
+    if "decoded_behaviour" in results:
+        figs["behaviour"] = _behaviour_figure(results)
 
     neurons = results.neuron.values[:3]
     fig = Figure(figsize=(3.3 * len(neurons) + 1.2, 3), layout="constrained")
