@@ -28,7 +28,8 @@ def head_direction(t: np.ndarray, seed: int = 0) -> np.ndarray:
     drift plus sinusoidal turns of random phase, so that it wraps around many times."""
     rng = np.random.default_rng(seed)
     freqs, amps, phases = rng.uniform(0.05, 0.4, 4), rng.uniform(1.0, 3.0, 4), rng.uniform(0, 2 * np.pi, 4)
-    theta = 0.6 * t + (amps[:, None] * np.sin(2 * np.pi * freqs[:, None] * t[None, :] + phases[:, None])).sum(0)
+    t = np.asarray(t, np.float64)
+    theta = 0.6 * t + (amps * np.sin(2 * np.pi * freqs * t[..., None] + phases)).sum(-1)
     return np.mod(theta + np.pi, 2 * np.pi) - np.pi
 
 
