@@ -149,6 +149,17 @@ def test_behaviour_is_resampled_onto_the_bins(hd_file):
     assert np.abs(np.angle(np.exp(1j * (naive - head_direction(centres, seed=3))))).max() > 1.0
 
 
+def test_behaviour_is_resampled_onto_trials_too(tmp_path):
+    stamps = np.linspace(-1, 11, 301)
+    path = _small_file(tmp_path, behaviour=(stamps, np.sin(stamps)), trials=[(0.5, 1.5), (4.0, 5.0), (7.2, 8.2)])
+    rec = read_nwb(path, bin_width=0.1, window=(0.0, 1.0), behaviour=["speed"], test_fraction=0.0,
+                   heldout_fraction=0.0)
+    centres = rec.start_time.values[:, None] + rec.time.values[None, :]
+    np.testing.assert_allclose(rec.behaviour.sel(behaviour_dim="speed").values,
+                               interp1d(stamps, np.abs(np.sin(stamps)))(centres), atol=1e-12)
+    assert rec.behaviour.behaviour_units.values.tolist() == ["m/s"] and not rec.behaviour.circular.values.any()
+
+
 def test_resampling_marks_bins_beside_a_lost_sample_missing():
     t = np.arange(10.0)
     v = np.arange(10.0)
@@ -185,7 +196,7 @@ def test_circular_r2_decodes_an_angle_through_its_wrap_around():
 
 
 def _small_file(tmp_path, *, units=True, spikes=None, epochs=((0.0, 10.0, "wake"),), invalid=(), behaviour=None,
-                name="small.nwb"):
+                trials=(), name="small.nwb"):
     """A 10 s session written with pynwb: 3 units, an epochs table, optional behaviour (timestamps, values)."""
     rng = np.random.default_rng(0)
     nwb = NWBFile(session_description="test", identifier=name, session_start_time=START)
@@ -197,6 +208,8 @@ def _small_file(tmp_path, *, units=True, spikes=None, epochs=((0.0, 10.0, "wake"
         nwb.add_epoch(start_time=start, stop_time=stop, tags=[tag])
     for start, stop in invalid:
         nwb.add_invalid_time_interval(start_time=start, stop_time=stop)
+    for start, stop in trials:
+        nwb.add_trial(start_time=start, stop_time=stop)
     if behaviour is not None:
         stamps, values = behaviour
         module = nwb.create_processing_module(name="behavior", description="behaviour")
