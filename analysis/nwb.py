@@ -4,6 +4,10 @@
 (the layout the Neural Latents Benchmark distributes: a boolean ``heldout`` column and
 ``obs_intervals`` in ``Units``, a ``split`` column and event columns such as
 ``move_onset_time`` in ``trials``), so a user with such a file can fit and score directly.
+Files without a trials table (continuous sessions from any writer) are cut into fixed windows
+of a ``TimeIntervals`` table (``epochs``, ...) or of the whole session, each window a trial;
+units can be chosen by their columns, and behaviour series of the ``behavior`` processing
+module are resampled onto the bins (:mod:`analysis.sessions` holds the numerics).
 
 :func:`write_nwb` saves a recording Dataset *as binned data*: every variable with dims
 ``(trial, time, ...)`` (``counts``, ``rates``, ``latents``, ``behaviour``, ``observed``) becomes
