@@ -152,12 +152,16 @@ def test_behaviour_is_resampled_onto_the_bins(hd_file):
 def test_behaviour_is_resampled_onto_trials_too(tmp_path):
     stamps = np.linspace(-1, 11, 301)
     path = _small_file(tmp_path, behaviour=(stamps, np.sin(stamps)), trials=[(0.5, 1.5), (4.0, 5.0), (7.2, 8.2)])
-    rec = read_nwb(path, bin_width=0.1, window=(0.0, 1.0), behaviour=["speed"], test_fraction=0.0,
+    rec = read_nwb(path, bin_width=0.1, window=(0.0, 1.0), behaviour=["speed", "heading"], test_fraction=0.0,
                    heldout_fraction=0.0)
     centres = rec.start_time.values[:, None] + rec.time.values[None, :]
     np.testing.assert_allclose(rec.behaviour.sel(behaviour_dim="speed").values,
                                interp1d(stamps, np.abs(np.sin(stamps)))(centres), atol=1e-12)
-    assert rec.behaviour.behaviour_units.values.tolist() == ["m/s"] and not rec.behaviour.circular.values.any()
+    # degrees in [0, 360) become radians in [-pi, pi), interpolated across the 0/360 seam
+    np.testing.assert_allclose(rec.behaviour.sel(behaviour_dim="heading").values,
+                               interp1d(stamps, np.sin(stamps))(centres), atol=1e-9)
+    assert rec.behaviour.behaviour_units.values.tolist() == ["m/s", "rad"]
+    assert rec.behaviour.circular.values.tolist() == [False, True]
 
 
 def test_resampling_marks_bins_beside_a_lost_sample_missing():
@@ -216,6 +220,7 @@ def _small_file(tmp_path, *, units=True, spikes=None, epochs=((0.0, 10.0, "wake"
         module.add(CompassDirection(spatial_series=SpatialSeries(
             name="head_direction", data=values, timestamps=stamps, reference_frame="north", unit="radians")))
         module.add(TimeSeries(name="speed", data=np.abs(values), timestamps=stamps, unit="m/s"))
+        module.add(TimeSeries(name="heading", data=np.degrees(values) % 360, timestamps=stamps, unit="degrees"))
     path = tmp_path / name
     with NWBHDF5IO(str(path), mode="w") as io:
         io.write(nwb)
