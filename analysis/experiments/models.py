@@ -239,7 +239,8 @@ def _behaviour_figure(results: xr.Dataset, n_trials: int = 3):
         units = results.behaviour_units.values[j] if "behaviour_units" in results.coords else ""
         ax.set_ylabel(f"{name} ({units})" if units else str(name), fontsize=8)
     axes[-1].set_xlabel(f"time (s), test trials {', '.join(str(v) for v in results.trial.values[:shown])} side by side")
-    axes[0].legend(fontsize=7, ncols=len(results.model) + 1, loc="upper right", frameon=False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False, markerscale=4)
     fig.suptitle("behaviour decoded from each model's rates (ridge fitted on training trials)", fontsize=9)
     return fig
 
