@@ -97,6 +97,15 @@ def test_cut_windows_leaves_out_each_intervals_remainder():
     np.testing.assert_array_equal(row, [0, 0, 2])
 
 
+def test_a_short_epoch_of_a_long_session_is_read_without_a_units_warning(tmp_path, recwarn):
+    rng = np.random.default_rng(2)
+    path = _small_file(tmp_path, spikes=[np.sort(rng.uniform(0, 500, 2000)) for _ in range(2)],
+                       epochs=((0.0, 3.0, "wake"),))
+    rec = read_nwb(path, bin_width=0.1, intervals="epochs", window_length=1.0)
+    assert rec.sizes["trial"] == 3 and rec.counts.sum() > 0
+    assert not [w for w in recwarn if "milliseconds" in str(w.message)]
+
+
 def test_windows_overlapping_invalid_times_are_dropped(tmp_path):
     path = _small_file(tmp_path, invalid=[(3.2, 3.4)])
     rec = read_nwb(path, bin_width=0.1, intervals="epochs", window_length=1.0)
