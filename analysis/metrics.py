@@ -376,7 +376,7 @@ def _r2_dataset(r2: float, per_dim: np.ndarray, dim: str, da: xr.DataArray | Non
 
 def behaviour_r2(features_train, behaviour_train, features_test, behaviour_test,
                  alphas: Sequence[float] = NLB_RIDGE_ALPHAS, *, multioutput: str = "uniform_average",
-                 cv: int = 5, per_dim: bool = False) -> float | xr.Dataset:
+                 cv: int = 5, circular=None, per_dim: bool = False) -> float | xr.Dataset:
     """Behaviour decoding R² (NLB's ``vel R2``; Pei et al. 2021): a ridge regression with intercept
     from features (inferred latents ``(trial, time, latent)`` or rates ``(trial, time, neuron)``, in
     counts per bin) to behaviour ``(trial, time, behaviour_dim)`` is fitted on the training trials,
@@ -384,10 +384,16 @@ def behaviour_r2(features_train, behaviour_train, features_test, behaviour_test,
     ``logspace(-4, 0, 9)``) by ``cv``-fold unshuffled cross-validation on the training samples
     (NLB's ``GridSearchCV(Ridge())``); the score is ``R² = 1 - SS_res / SS_tot`` of its predictions on
     the test trials. ``multioutput="uniform_average"`` averages the per-dimension R² with equal
-    weights — what NLB reports, since it uses ``Ridge.score`` — and ``"variance_weighted"`` pools
-    ``SS_res`` and ``SS_tot`` over dimensions, weighting them by their variance. Bins whose
-    behaviour is NaN are dropped (as NLB does). Returns a float, or with ``per_dim=True`` a Dataset
-    with ``r2``, ``r2_per_dim`` (behaviour_dim) and the chosen ``alpha``.
+    weights — what NLB's ``fit_and_eval_decoder`` returns, since it uses ``Ridge.score`` — and
+    ``"variance_weighted"`` pools ``SS_res`` and ``SS_tot`` over dimensions, weighting them by their
+    variance. **Circular** dimensions (angles in radians: ``circular``, a ``(behaviour_dim,)`` bool
+    mask, default the behaviour DataArray's ``circular`` coordinate, else none) are decoded as
+    their cosine and sine, two targets in place of one, so that an angle that wraps from pi to
+    -pi is no jump; their R² is that of the (cos, sin) pair. Bins whose behaviour is NaN are
+    dropped (as NLB does). Returns a float, or with ``per_dim=True`` a Dataset with ``r2``,
+    ``r2_per_dim`` (behaviour_dim; a circular one pooled over its cos and sin), the chosen
+    ``alpha`` and ``decoded`` ``(trial, time, behaviour_dim)``, the test trials' decoded
+    behaviour (angles as ``atan2(sin, cos)``; NaN where the behaviour is).
     """
     feat_dims = ("latent", "neuron")
     ftr, ftr_da = _as_trial_array(features_train, "features_train", feat_dims)
@@ -404,24 +410,46 @@ def behaviour_r2(features_train, behaviour_train, features_test, behaviour_test,
         else np.array([float(alphas)])
     if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
         raise DataError(f"alphas: expected finite non-negative ridge penalties, got {alphas!r}")
-    x_tr, y_tr, x_te, y_te = _flat(ftr), _flat(btr), _flat(fte), _flat(bte)
+    if circular is None:
+        coord = btr_da.coords.get("circular") if btr_da is not None else None
+        circular = coord.values if coord is not None and coord.dims == ("behaviour_dim",) else np.zeros(btr.shape[2], bool)
+    circular = np.asarray(circular)
+    if circular.dtype != bool or circular.shape != (btr.shape[2],):
+        raise DataError(f"circular: expected a bool mask with one entry per behaviour dimension ({btr.shape[2]}), "
+                        f"got {circular.dtype} {circular.shape}")
+    # each behaviour dimension's target columns: itself, or the cosine and sine of an angle
+    owner = np.concatenate([[j, j] if c else [j] for j, c in enumerate(circular)]).astype(int)
+
+    def targets(b: np.ndarray) -> np.ndarray:
+        cols = [[np.cos(b[..., j]), np.sin(b[..., j])] if c else [b[..., j]] for j, c in enumerate(circular)]
+        return np.stack([c for pair in cols for c in pair], axis=-1)
+
+    x_tr, y_tr, x_te, y_te = _flat(ftr), _flat(targets(btr)), _flat(fte), _flat(targets(bte))
     keep_tr, keep_te = ~np.isnan(y_tr).any(axis=1), ~np.isnan(y_te).any(axis=1)
-    x_tr, y_tr, x_te, y_te = x_tr[keep_tr], y_tr[keep_tr], x_te[keep_te], y_te[keep_te]
+    x_tr, y_tr = x_tr[keep_tr], y_tr[keep_tr]
     cv = _check_int(cv, "cv", 2)
     if len(y_tr) < cv:
         raise DataError(f"behaviour_train: only {len(y_tr)} bins with behaviour, fewer than cv={cv} folds")
-    if len(y_te) < 2:
-        raise DataError(f"behaviour_test: needs at least 2 bins with behaviour, has {len(y_te)}")
+    if keep_te.sum() < 2:
+        raise DataError(f"behaviour_test: needs at least 2 bins with behaviour, has {int(keep_te.sum())}")
     search = GridSearchCV(Ridge(), {"alpha": grid.tolist()}, cv=KFold(cv),
                           scoring=make_scorer(r2_score, multioutput=multioutput))
     search.fit(x_tr, y_tr)
-    pred = search.predict(x_te)
+    pred_all = search.predict(x_te)
+    pred, y_te = pred_all[keep_te], y_te[keep_te]
     r2 = float(r2_score(y_te, pred, multioutput=multioutput))
     if not per_dim:
         return r2
-    per = np.atleast_1d(r2_score(y_te, pred, multioutput="raw_values"))
-    return _r2_dataset(r2, per, "behaviour_dim", bte_da, "behaviour decoding",
-                       alpha=((), float(search.best_params_["alpha"]), {"long_name": "chosen ridge penalty"}))
+    per = np.array([r2_score(y_te[:, owner == j], pred[:, owner == j], multioutput="variance_weighted")
+                    for j in range(circular.size)])
+    decoded = np.stack([np.arctan2(pred_all[:, owner == j][:, 1], pred_all[:, owner == j][:, 0]) if c
+                        else pred_all[:, owner == j][:, 0] for j, c in enumerate(circular)], axis=-1)
+    decoded = np.where(keep_te[:, None], decoded, np.nan).reshape(bte.shape)
+    out = _r2_dataset(r2, per, "behaviour_dim", bte_da, "behaviour decoding",
+                      alpha=((), float(search.best_params_["alpha"]), {"long_name": "chosen ridge penalty"}))
+    out["decoded"] = (("trial", "time", "behaviour_dim"), decoded,
+                      {"long_name": "decoded behaviour of the test trials (angles: atan2 of the decoded sin, cos)"})
+    return out
 
 
 def latent_r2(inferred_train, true_train, inferred_test, true_test, *, per_dim: bool = False) -> float | xr.Dataset:

@@ -4,6 +4,10 @@
 (the layout the Neural Latents Benchmark distributes: a boolean ``heldout`` column and
 ``obs_intervals`` in ``Units``, a ``split`` column and event columns such as
 ``move_onset_time`` in ``trials``), so a user with such a file can fit and score directly.
+Files without a trials table (continuous sessions from any writer) are cut into fixed windows
+of a ``TimeIntervals`` table (``epochs``, ...) or of the whole session, each window a trial;
+units can be chosen by their columns, and behaviour series of the ``behavior`` processing
+module are resampled onto the bins (:mod:`analysis.sessions` holds the numerics).
 
 :func:`write_nwb` saves a recording Dataset *as binned data*: every variable with dims
 ``(trial, time, ...)`` (``counts``, ``rates``, ``latents``, ``behaviour``, ``observed``) becomes
@@ -79,6 +83,12 @@ def read_nwb(
     bin_width: float,
     window: tuple[float, float] | None = None,
     align: str = "start_time",
+    intervals: str = "trials",
+    window_length: float | None = None,
+    intervals_where: Mapping[str, Any] | None = None,
+    neurons: Mapping[str, Any] | None = None,
+    behaviour: str | Sequence[str] = (),
+    circular: str | Sequence[str] = (),
     heldout: Any | None = None,
     split_column: str | None = "split",
     heldout_fraction: float = 0.25,
@@ -102,19 +112,53 @@ def read_nwb(
     dropped, ``heldout_fraction`` of the neurons are held out at random when none is, and
     ``val`` trials, else ``test_fraction`` of the trials at random, become ``"test"`` when no
     trial is (``seed`` seeds the draws; a fraction of 0 draws nothing). Other
-    one-value-per-unit columns, and ``electrode``/``location`` of each unit's (first) electrode,
-    neuron coordinates. With ``obs_intervals`` the Dataset gains the bool variable ``observed``
+    one-value-per-unit columns (``quality``, ``location``, ...), and ``electrode``/``location`` of
+    each unit's (first) electrode, become neuron coordinates; ``neurons`` (``{column: value or
+    [values]}``, :func:`analysis.sessions.where_mask`) keeps only the units they match, before
+    anything is drawn. With ``obs_intervals`` the Dataset gains the bool variable ``observed``
     ``(trial, time, neuron)``. Ragged columns are skipped with a warning. ``window=None`` is the
-    whole trial (equal-length trials aligned at ``start_time``). A file :func:`write_nwb` stored
-    as binned data without spike times is read through :func:`read_binned_nwb`: ``bin_width``
-    and ``align`` must be its own, ``window`` (default: all bins) picks whole bins of it, and
-    the same split policy follows. Errors (:class:`~pcsim.errors.DataError`) name the file and
-    the column, unit or trial at fault; a missing ``align`` column is reported with the trials
-    table's columns; a file that is not NWB (random bytes, truncated, HDF5 without the NWB
-    layout) raises :class:`~pcsim.errors.FileFormatError` naming it.
+    whole trial (equal-length trials aligned at ``start_time``).
+
+    **Sessions without trials.** With ``window_length`` (s) the trials are windows instead:
+    the rows of the ``TimeIntervals`` table ``intervals`` (``"epochs"``, ``"trials"``, any table
+    under ``/intervals``; ``"session"``: the whole recording, from its first spike to its last)
+    that ``intervals_where`` keeps (e.g. ``{"tags": "wake"}``) are cut into consecutive windows
+    of ``window_length`` s (:func:`analysis.sessions.cut_windows`; windows that overlap the
+    file's ``invalid_times`` are dropped), each a trial aligned at its start (``window`` and
+    ``align`` do not apply), with coordinates ``start_time``/``stop_time`` (session s),
+    ``interval`` (the row id it was cut from) and the table's one-value-per-row columns.
+    ``behaviour`` names time series in the file's ``behavior`` processing module (or
+    acquisition): a series' name (``"position"``), or ``"Container/series"``; each is resampled
+    onto the bins (:func:`analysis.sessions.resample_series`) into the variable ``behaviour``
+    ``(trial, time, behaviour_dim)``, with coordinates ``behaviour_dim`` (labels such as
+    ``position_x``), ``circular`` (bool: an angle, in radians) and ``behaviour_units``.
+    Series in a ``CompassDirection`` or with angle units (radians, degrees: converted) are
+    circular, and so are those named in ``circular``. This works with trials too.
+
+    A file :func:`write_nwb` stored as binned data without spike times is read through
+    :func:`read_binned_nwb`: ``bin_width`` and ``align`` must be its own, ``window`` (default: all
+    bins) picks whole bins of it, and the same split policy follows. Errors
+    (:class:`~pcsim.errors.DataError`) name the file and the table, column, unit, trial, series
+    or window at fault: no Units table, a missing ``align`` column (listed with the trials
+    table's columns), an intervals table the file lacks (listed with those it has), a window
+    longer than every interval, spikes that fall in no window, behaviour timestamps that are
+    not increasing or do not cover the windows; a file that is not NWB (random bytes,
+    truncated, HDF5 without the NWB layout) raises :class:`~pcsim.errors.FileFormatError`
+    naming it.
     """
+    from analysis.sessions import _as_sequence, where_mask
+
     path = Path(path)
     bin_width = _check_bin_width(bin_width)
+    behaviour, circular = _as_sequence(behaviour), _as_sequence(circular)
+    unknown = [name for name in circular if name not in behaviour]
+    if unknown:
+        raise DataError(f"circular names {unknown}, which are not among the behaviour series {behaviour}")
+    windowed = window_length is not None or intervals != "trials"
+    if windowed:
+        window_length = _check_bin_width(window_length, "window_length") if window_length is not None else None
+        if window_length is None:
+            raise DataError(f"intervals {intervals!r} are cut into windows: give window_length (s)")
     try:
         with _open(path) as nwbfile:
             if nwbfile.units is None or "spike_times" not in nwbfile.units.colnames:
@@ -124,6 +168,9 @@ def read_nwb(
             else:
                 binned = False
         if binned:
+            if windowed or behaviour or neurons:
+                raise DataError("a binned recording written by write_nwb is read at its own trials, neurons and "
+                                "variables: intervals, window_length, neurons and behaviour do not apply")
             recording = _binned_window(read_binned_nwb(path), bin_width, window, align)
             if split_column not in (None, "split"):
                 if split_column not in recording.coords:
@@ -137,50 +184,228 @@ def read_nwb(
             recording.attrs.update(source=str(path))
             return recording
         with _open(path) as nwbfile:
-            units, trials = nwbfile.units, nwbfile.trials
-            if trials is None or len(trials.id) == 0:
-                raise DataError("no trials table (or an empty one): read_nwb bins spikes per trial")
+            units = nwbfile.units
             spike_times = _ragged(units, "spike_times")
             obs_intervals = _ragged(units, "obs_intervals") if "obs_intervals" in units.colnames else None
             neuron_ids = np.asarray(units.id[:])
             column_heldout = (np.asarray(units["heldout"].data[:], bool) if "heldout" in units.colnames else None)
             neuron_coords, skipped_units = _table_columns(units, skip=_UNIT_SKIP, two_d=False)
             neuron_coords.update({k: v for k, v in _electrode_coords(units).items() if k not in neuron_coords})
-            columns, skipped_trials = _table_columns(trials, skip=())
-            trial_ids = np.asarray(trials.id[:])
+            if windowed:
+                table = _interval_rows(nwbfile, intervals, spike_times)
+                invalid = nwbfile.invalid_times
+                invalid = ((np.asarray(invalid["start_time"].data[:]), np.asarray(invalid["stop_time"].data[:]))
+                           if invalid is not None and len(invalid.id) else None)
+                skipped_trials = []
+            else:
+                trials = nwbfile.trials
+                if trials is None or len(trials.id) == 0:
+                    raise DataError("no trials table (or an empty one): read_nwb bins spikes per trial; for a session "
+                                    "without trials give window_length (s) and intervals (a TimeIntervals table such "
+                                    f"as 'epochs', or 'session'); this file has the interval tables {_interval_names(nwbfile)}")
+                columns, skipped_trials = _table_columns(trials, skip=())
+                trial_ids = np.asarray(trials.id[:])
+            series = [_behaviour_series(nwbfile, name, name in circular) for name in behaviour]
             identifier, session_start = nwbfile.identifier, nwbfile.session_start_time.isoformat()
         _warn_skipped(path, skipped_units, "Units")
         _warn_skipped(path, skipped_trials, "trials")
 
-        if align not in columns:
-            raise DataError(f"alignment column {align!r} not found in the trials table; available trial columns: "
-                            f"{list(columns) + skipped_trials}")
-        split = None
-        if split_column is not None and split_column in columns:
-            split = columns.pop(split_column)
-        elif split_column not in (None, "split"):
-            raise DataError(f"split column {split_column!r} not found in the trials table; available trial columns: "
-                            f"{list(columns) + skipped_trials}")
-        starts, stops = columns.pop("start_time"), columns.pop("stop_time")
-        wide = {name: columns.pop(name) for name in [n for n, v in columns.items() if v.ndim == 2]}
+        keep = where_mask(neuron_coords, neurons, "the Units table") if neurons else np.ones(neuron_ids.size, bool)
+        if not keep.all():
+            index = np.flatnonzero(keep)
+            spike_times = [spike_times[i] for i in index]
+            obs_intervals = None if obs_intervals is None else [obs_intervals[i] for i in index]
+            neuron_ids = neuron_ids[index]
+            column_heldout = None if column_heldout is None else column_heldout[index]
+            neuron_coords = {k: v[index] for k, v in neuron_coords.items()}
         if column_heldout is not None and heldout is None:
             heldout = column_heldout
-        counts = bin_spike_times(
-            spike_times, starts, stops, bin_width=bin_width, window=window, align_times=align,
-            neuron_ids=neuron_ids, trial_ids=trial_ids, trial_coords=columns, obs_intervals=obs_intervals,
-        )
-        recording = split_recording(to_recording(counts, heldout=heldout, split=split),
-                                    heldout_fraction=heldout_fraction, test_fraction=test_fraction, seed=seed)
+        split, wide = None, {}
+        if windowed:
+            counts = _bin_windows(path, table, intervals, intervals_where, window_length, invalid, spike_times,
+                                  bin_width, neuron_ids, obs_intervals)
+            align = "start_time"
+        else:
+            if align not in columns:
+                raise DataError(f"alignment column {align!r} not found in the trials table; available trial columns: "
+                                f"{list(columns) + skipped_trials}")
+            if split_column is not None and split_column in columns:
+                split = columns.pop(split_column)
+            elif split_column not in (None, "split"):
+                raise DataError(f"split column {split_column!r} not found in the trials table; available trial "
+                                f"columns: {list(columns) + skipped_trials}")
+            starts, stops = columns.pop("start_time"), columns.pop("stop_time")
+            wide = {name: columns.pop(name) for name in [n for n, v in columns.items() if v.ndim == 2]}
+            counts = bin_spike_times(
+                spike_times, starts, stops, bin_width=bin_width, window=window, align_times=align,
+                neuron_ids=neuron_ids, trial_ids=trial_ids, trial_coords=columns, obs_intervals=obs_intervals,
+            )
+        extras = {"behaviour": _resampled_behaviour(series, counts, align)} if series else {}
+        recording = to_recording(counts, heldout=heldout, split=split, **extras)
         reserved = set(recording.coords) | set(recording.data_vars)
         recording = recording.assign_coords(
             {name: ("neuron", values, _column_attrs(name, "Units")) for name, values in neuron_coords.items()
              if name not in reserved})
+        recording = split_recording(recording, heldout_fraction=heldout_fraction, test_fraction=test_fraction,
+                                    seed=seed)
         recording = recording.assign_coords({name: (("trial", f"{name}_dim"), values, _column_attrs(name, "trials"))
                                              for name, values in wide.items()})
     except DataError as error:
         raise _in_file(path, error) from error
     recording.attrs.update(source=str(path), nwb_identifier=identifier, nwb_session_start_time=session_start)
+    if windowed:
+        recording.attrs.update(intervals=intervals, window_length=float(window_length))
     return recording
+
+
+# ----------------------------------------------------------------------------- sessions without trials
+
+
+def _interval_names(nwbfile: NWBFile) -> list[str]:
+    """Names of the file's TimeIntervals tables (``epochs``, ``trials``, ``invalid_times`` and any under ``/intervals``)."""
+    names = [name for name in ("epochs", "trials", "invalid_times") if getattr(nwbfile, name) is not None]
+    return names + [name for name in (nwbfile.intervals or {}) if name not in names]
+
+
+def _interval_rows(nwbfile: NWBFile, name: str, spike_times: list[np.ndarray]) -> dict[str, Any]:
+    """The rows of the intervals table ``name`` as ``{column: values}`` (``id``, ``start_time``,
+    ``stop_time``, scalar columns as arrays, ragged ones such as ``tags`` as lists of arrays);
+    ``"session"`` is one row spanning the spikes. DataError naming the table if it does not exist."""
+    if name == "session":
+        trains = [t for t in spike_times if t.size]
+        if not trains:
+            raise DataError("the Units table has no spikes, so the session has no extent to cut windows from")
+        return {"id": np.array([0]), "start_time": np.array([min(float(t[0]) for t in trains)]),
+                "stop_time": np.array([np.nextafter(max(float(t[-1]) for t in trains), np.inf)])}
+    table = getattr(nwbfile, name, None) if name in ("epochs", "trials", "invalid_times") else None
+    if table is None:
+        table = (nwbfile.intervals or {}).get(name)
+    if table is None:
+        raise DataError(f"no TimeIntervals table {name!r} to cut windows from; the file has {_interval_names(nwbfile)} "
+                        "(or use 'session' for the whole recording)")
+    if len(table.id) == 0:
+        raise DataError(f"the TimeIntervals table {name!r} is empty")
+    rows: dict[str, Any] = {"id": np.asarray(table.id[:])}
+    for column in table.colnames:
+        data = table[column]
+        if isinstance(data, VectorIndex):
+            rows[column] = [_coord_values(np.asarray(v)) for v in _ragged(table, column)]
+        elif not isinstance(data, DynamicTableRegion):
+            values = _coord_values(np.asarray(data.data[:]))
+            if values.ndim == 1 and values.dtype != object:
+                rows[column] = values
+    return rows
+
+
+def _bin_windows(path: Path, rows: dict[str, Any], name: str, where: Mapping[str, Any] | None, length: float,
+                 invalid: tuple[np.ndarray, np.ndarray] | None, spike_times: list[np.ndarray], bin_width: float,
+                 neuron_ids: np.ndarray, obs_intervals: list[np.ndarray] | None) -> xr.DataArray:
+    """Counts ``(trial, time, neuron)`` of the windows of ``length`` s cut from the rows of ``name``
+    that ``where`` keeps (trial = window), minus those overlapping ``invalid`` intervals."""
+    from analysis.sessions import cut_windows, drop_overlapping, where_mask
+
+    what = "the whole session" if name == "session" else f"TimeIntervals table {name!r}"
+    keep = where_mask(rows, where, what) if where else np.ones(rows["id"].size, bool)
+    starts, row = cut_windows(rows["start_time"][keep], rows["stop_time"][keep], length, what)
+    row = np.flatnonzero(keep)[row]
+    if invalid is not None:
+        valid = drop_overlapping(starts, length, *invalid)
+        if not valid.any():
+            raise DataError(f"every one of the {starts.size} windows cut from {what} overlaps the file's invalid_times")
+        starts, row = starts[valid], row[valid]
+    trains = _check_spike_trains(spike_times, neuron_ids=neuron_ids)
+    inside = sum(int((np.searchsorted(t, starts + length, side="left") - np.searchsorted(t, starts, side="left")).sum())
+                 for t in trains)
+    total = sum(t.size for t in trains)
+    if total and inside == 0:
+        first = min(float(t[0]) for t in trains if t.size)
+        last = max(float(t[-1]) for t in trains if t.size)
+        raise DataError(f"no spike of the Units table falls in any of the {starts.size} windows cut from {what} "
+                        f"({float(starts.min()):.6g} s to {float(starts.max() + length):.6g} s): the {total} spike "
+                        f"times run from {first:.6g} s to {last:.6g} s, outside every interval (were they stored in "
+                        "another unit, or relative to another start?)")
+    coords = {"interval": rows["id"][row]}
+    coords.update({k: v[row] for k, v in rows.items()
+                   if k not in ("id", "start_time", "stop_time") and not isinstance(v, list)})
+    with warnings.catch_warnings():
+        # a short epoch of a long session looks like spike times in ms to bin_spike_times' heuristic;
+        # the check above has already refused the one real failure, no spike in any window
+        warnings.filterwarnings("ignore", message=r".*stored in milliseconds", category=UserWarning)
+        return bin_spike_times(trains, starts, starts + length, bin_width=bin_width, window=(0.0, length),
+                               neuron_ids=neuron_ids, trial_coords=coords, obs_intervals=obs_intervals)
+
+
+def _behaviour_containers(nwbfile: NWBFile) -> list[tuple[str, Any]]:
+    """``(path, TimeSeries)`` of every series in the ``behavior`` processing module(s) and acquisition,
+    including those inside containers (``Position``, ``CompassDirection``, ``BehavioralTimeSeries``)."""
+    places = [(f"processing/{name}", module.data_interfaces) for name, module in nwbfile.processing.items()
+              if name.lower() in ("behavior", "behaviour")]
+    places.append(("acquisition", nwbfile.acquisition))
+    found = []
+    for prefix, interfaces in places:
+        for name, item in interfaces.items():
+            if isinstance(item, TimeSeries):
+                found.append((f"{prefix}/{name}", item, False))
+                continue
+            children = getattr(item, "spatial_series", None) or getattr(item, "time_series", None) or {}
+            angular = type(item).__name__ == "CompassDirection"
+            found.extend((f"{prefix}/{name}/{child}", series, angular) for child, series in children.items())
+    return found
+
+
+def _behaviour_series(nwbfile: NWBFile, name: str, circular: bool) -> dict[str, Any]:
+    """The behaviour series ``name`` read into memory: path, label, timestamps (s), values, unit, circular."""
+    from analysis.sessions import ANGLE_UNITS
+
+    found = _behaviour_containers(nwbfile)
+    matches = [(p, s, a) for p, s, a in found if p.split("/")[-1] == name or p.endswith("/" + name)]
+    if not matches:
+        raise DataError(f"no behaviour series {name!r}: the file's behaviour module and acquisition hold "
+                        f"{[p for p, _, _ in found] or 'no time series'}")
+    if len(matches) > 1:
+        raise DataError(f"behaviour series {name!r} is ambiguous: {[p for p, _, _ in matches]}; name it as "
+                        "'Container/series'")
+    where, ts, angular = matches[0]
+    values = np.asarray(ts.data[:], np.float64) * float(ts.conversion) + float(getattr(ts, "offset", 0.0) or 0.0)
+    if ts.timestamps is not None:
+        timestamps = np.asarray(ts.timestamps[:] if hasattr(ts.timestamps, "__getitem__") else ts.timestamps)
+    else:
+        timestamps = float(ts.starting_time) + np.arange(values.shape[0]) / float(ts.rate)
+    unit = str(ts.unit or "")
+    factor = ANGLE_UNITS.get(unit.strip().lower())
+    circular = circular or angular or factor is not None
+    if circular:
+        values, unit = values * (factor or 1.0), "rad"
+    return {"path": where, "name": name.split("/")[-1], "timestamps": timestamps, "values": values,
+            "unit": unit, "circular": circular, "spatial": type(ts).__name__ == "SpatialSeries"}
+
+
+def _resampled_behaviour(series: list[dict[str, Any]], counts: xr.DataArray, align: str) -> xr.DataArray:
+    """The behaviour series resampled at the bin centres of ``counts``: ``(trial, time, behaviour_dim)``."""
+    from analysis.sessions import column_labels, resample_series
+
+    centres = counts[align].values.astype(np.float64)[:, None] + counts["time"].values[None, :]
+    blocks, labels, circular, units = [], [], [], []
+    for s in series:
+        block = resample_series(s["timestamps"], s["values"], centres, circular=s["circular"],
+                                what=f"behaviour series {s['path']!r}")
+        blocks.append(block)
+        labels += column_labels(s["name"], block.shape[2], s["spatial"])
+        circular += [s["circular"]] * block.shape[2]
+        units += [s["unit"]] * block.shape[2]
+    if len(set(labels)) != len(labels):
+        raise DataError(f"behaviour series give repeated labels {labels}; name each series once")
+    unit = units[0] if len(set(units)) == 1 else "see behaviour_units"
+    return xr.DataArray(
+        np.concatenate(blocks, axis=2), dims=("trial", "time", "behaviour_dim"),
+        coords={"trial": counts["trial"].values, "time": counts["time"].values,
+                "behaviour_dim": ("behaviour_dim", labels, {"units": "", "long_name": "behaviour variable"}),
+                "circular": ("behaviour_dim", np.array(circular, bool),
+                             {"units": "", "long_name": "behaviour variable is an angle (rad), decoded as cos/sin"}),
+                "behaviour_units": ("behaviour_dim", units, {"units": "", "long_name": "units of each behaviour variable"})},
+        attrs={"units": unit, "long_name": "behaviour resampled at the bin centres (linear interpolation; angles "
+                                           "along their unwrapped trajectory)",
+               "sources": ", ".join(s["path"] for s in series)})
 
 
 def read_binned_nwb(path: str | os.PathLike) -> xr.Dataset:

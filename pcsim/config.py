@@ -9,7 +9,9 @@ the type hints, so the dataclass is the single statement of what a config may ho
 - arrays: ``tuple[int, ...]``, ``tuple[float, ...]``, ``tuple[str, ...]`` (``list[...]`` is
   accepted as a spelling too); values are stored as tuples so the config stays hashable;
 - ``typing.Literal[...]`` choices, ``X | None`` (absent from the file means ``None``, so
-  such a field must default to ``None``), and nested dataclasses (TOML tables).
+  such a field must default to ``None``), and nested dataclasses (TOML tables);
+- ``dict[str, Any]``: a table of free keys whose values are scalars or arrays of scalars
+  (a selection such as ``where = {quality = "good"}``); arrays are stored as tuples.
 
 Ranges come from field metadata, ``field(default=0.1, metadata={"gt": 0})``, with the keys
 ``ge``, ``gt``, ``le``, ``lt`` (applied to a scalar, or to each element of an array) and
@@ -209,6 +211,8 @@ def _check(value: Any, hint: Any, meta: Mapping[str, Any], key: str, source: str
         return tuple(
             _check(item, element, meta, f"{key}[{i}]", source) for i, item in enumerate(value)
         )
+    if origin is dict:
+        return _check_free_table(value, key, source)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(value, hint):  # a section built in Python: validate it all the same
             value = config_to_dict(value)
@@ -241,6 +245,20 @@ def _check(value: Any, hint: Any, meta: Mapping[str, Any], key: str, source: str
     if problem:
         raise ConfigError(f"{_where(source)}key '{key}' {problem}")
     return value
+
+
+def _check_free_table(value: Any, key: str, source: str) -> dict[str, Any]:
+    """A ``dict[str, Any]`` field: a table of free keys, each a scalar or an array of scalars."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{_where(source)}key '{key}' must be a table, got {_describe(value)}")
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        items = item if isinstance(item, (list, tuple)) else (item,)
+        if not items or not all(isinstance(v, (str, int, float, bool)) for v in items):
+            raise ConfigError(f"{_where(source)}key '{key}.{name}' must be a string, number or boolean, or a "
+                              f"non-empty array of them, got {_describe(item)}")
+        out[str(name)] = tuple(item) if isinstance(item, (list, tuple)) else item
+    return out
 
 
 def _range_problem(value: Any, meta: Mapping[str, Any]) -> str | None:
@@ -344,6 +362,8 @@ def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) in (list, tuple):
         inner = _type_name(_element_type(hint)).split(" ", 1)[-1]
         return f"an array of {inner}s"
+    if typing.get_origin(hint) is dict:
+        return "a table of values"
     return repr(hint)
 
 
@@ -569,6 +589,8 @@ def _plain(value: Any) -> Any:
         return config_to_dict(value)
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
     return copy.copy(value)
 
 
@@ -618,6 +640,8 @@ def _toml_value(value: Any) -> str:
         return _toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")
 
 

@@ -91,7 +91,10 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
     ``long_name``, times in s (:func:`pcsim.results.convention_problems`). ``summary[model]``
     has ``co_bps``, ``psth_r2`` (when conditions exist), ``latent_r2`` (when true latents
     exist), ``fp_bps`` (given ``forward``, the same trials' next bins, and a model that can
-    forecast; every neuron is scored there, as in NLB) and ``fit_seconds``. Unobserved bins
+    forecast; every neuron is scored there, as in NLB), ``behaviour_r2`` (when the recording has a
+    ``behaviour`` variable: ridge decoding from the model's rates, fitted on the training trials,
+    R2 on the test trials, variance-weighted over dimensions, angles as cos/sin; the dataset then
+    holds ``behaviour`` and ``decoded_behaviour``) and ``fit_seconds``. Unobserved bins
     count in no score.
     """
     from tqdm.auto import tqdm
@@ -114,14 +117,16 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
     has_truth = "latents" in rec.dataset
     has_rates = "rates" in rec.dataset
     has_conditions = "condition" in rec.dataset.coords and np.unique(rec.dataset.condition.values).size > 1
+    has_behaviour = "behaviour" in rec.dataset
+    infer_all = has_truth or has_behaviour   # the latent R2 map and the behaviour decoder are fitted on training trials
     fwd = None if forward is None else as_recording(forward, name="forward").trials(test)
-    pred, aligned, trial_r2, summary = [], [], [], {}
+    pred, aligned, trial_r2, decoded, summary = [], [], [], [], {}
     bar = tqdm(models.fit, desc="models", unit="model", disable=not progress, leave=False)
     for name in bar:
         bar.set_description(f"models (fitting {name})")
         model = build_model(name, models, seed, device, progress).fit(rec)
-        inferred = model.infer(rec if has_truth else rec_test)       # the one inference of this model
-        on_test = (lambda da: da.isel(trial=np.flatnonzero(test))) if has_truth else (lambda da: da)
+        inferred = model.infer(rec if infer_all else rec_test)       # the one inference of this model
+        on_test = (lambda da: da.isel(trial=np.flatnonzero(test))) if infer_all else (lambda da: da)
         rates = on_test(inferred.rates).isel(neuron=np.flatnonzero(heldout))
         entry = {"co_bps": metrics.co_bps(rates.values, ho_counts), "fit_seconds": float(model.fit_seconds_)}
         if has_conditions:
@@ -135,6 +140,13 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
                                                    true.isel(trial=np.flatnonzero(test)))
             aligned.append(metrics.align_latents(lat_train, true_train, lat.isel(trial=np.flatnonzero(test))))
             trial_r2.append(metrics.trial_latent_r2(aligned[-1], ds_test.latents.values))
+        if has_behaviour:
+            decoding = _behaviour_decoding(inferred.rates, rec.dataset.behaviour, train, test)
+            entry["behaviour_r2"] = float(decoding.r2)
+            labels = decoding.behaviour_dim.values
+            if labels.size > 1 and labels.dtype.kind in "US":   # named variables of a file: each one's R2 too
+                entry.update({f"behaviour_r2_{label}": float(v) for label, v in zip(labels, decoding.r2_per_dim.values)})
+            decoded.append(decoding.decoded.values)
         if fwd is not None and model.can_forecast:
             predicted = on_test(inferred.forecast(fwd.counts.shape[1]))
             entry["fp_bps"] = metrics.fp_bps(predicted.values, fwd.counts, observed=fwd.observed)
@@ -171,10 +183,66 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
                                  {"long_name": "latent R2 of each test trial (aligned vs true, the trial's own mean as baseline)",
                                   "units": "1"})
         ds = ds.assign_coords(latent=("latent", rec.dataset.latent.values, {**label, "long_name": "true latent dimension"}))
+    if has_behaviour:
+        beh = ds_test.behaviour
+        ds["behaviour"] = (("trial", "time", "behaviour_dim"), beh.values,
+                           {"units": beh.attrs.get("units", ""), "long_name": "behaviour (test trials)"})
+        ds["decoded_behaviour"] = (("model", "trial", "time", "behaviour_dim"), np.stack(decoded),
+                                   {"units": beh.attrs.get("units", ""), "long_name": "behaviour decoded from the "
+                                    "model's rates by ridge regression fitted on the training trials (angles: "
+                                    "atan2 of the decoded sin and cos)"})
+        ds = ds.assign_coords({name: ("behaviour_dim", beh[name].values, dict(beh[name].attrs) or
+                                      {"units": "", "long_name": name})
+                               for name in ("behaviour_dim", "circular", "behaviour_units") if name in beh.coords})
+        for name in ("behaviour_dim", "circular", "behaviour_units"):
+            if name in ds.coords and not ds[name].attrs.get("long_name"):
+                ds[name].attrs.update(units="", long_name=f"behaviour {name}")
     if "condition" in ds_test.coords:
         ds = ds.assign_coords(condition=("trial", ds_test.condition.values, {**label, "long_name": "trial condition"}))
     ds.attrs["bin_width"] = rec.bin_width
     return ds, summary
+
+
+def _behaviour_decoding(rates: xr.DataArray, behaviour: xr.DataArray, train: np.ndarray, test: np.ndarray) -> xr.Dataset:
+    """Behaviour R2 (NLB: ridge from the rates of every neuron, fitted on the training trials,
+    scored on the test trials), pooled over behaviour dimensions weighted by their variance;
+    circular dimensions (the ``circular`` coordinate) as cos/sin (:func:`analysis.metrics.behaviour_r2`)."""
+    from analysis import metrics
+
+    tr, te = np.flatnonzero(train), np.flatnonzero(test)
+    return metrics.behaviour_r2(rates.isel(trial=tr), behaviour.isel(trial=tr), rates.isel(trial=te),
+                                behaviour.isel(trial=te), multioutput="variance_weighted", per_dim=True)
+
+
+def _behaviour_figure(results: xr.Dataset, n_trials: int = 3):
+    """True vs decoded behaviour over the first ``n_trials`` test trials, one row per behaviour
+    variable (angles as points, so that a wrap from pi to -pi draws no vertical line)."""
+    from matplotlib.figure import Figure
+
+    dims = list(results.behaviour_dim.values)
+    circular = results.circular.values if "circular" in results.coords else np.zeros(len(dims), bool)
+    shown = min(n_trials, results.sizes["trial"])
+    bw = float(results.bin_width)
+    n_bins = results.sizes["time"]
+    t = np.arange(shown * n_bins) * bw   # test trials side by side
+    fig = Figure(figsize=(8, 1.9 * len(dims) + 0.6), layout="constrained")
+    axes = fig.subplots(len(dims), 1, squeeze=False, sharex=True)[:, 0]
+    for j, (ax, name) in enumerate(zip(axes, dims)):
+        true = results.behaviour.isel(trial=slice(0, shown), behaviour_dim=j).values.ravel()
+        style = dict(ls="none", marker=".", ms=2) if circular[j] else dict(lw=1)
+        ax.plot(t, true, color="k", label="true", **({**style, "lw": 2} if not circular[j] else style))
+        for m in results.model.values:
+            ax.plot(t, results.decoded_behaviour.sel(model=m).isel(trial=slice(0, shown), behaviour_dim=j).values.ravel(),
+                    label=str(m), alpha=0.8, **style)
+        for k in range(1, shown):
+            ax.axvline(k * n_bins * bw, color="0.8", lw=0.8)
+        units = results.behaviour_units.values[j] if "behaviour_units" in results.coords else ""
+        ax.set_ylabel(f"{name} ({units})" if units else str(name), fontsize=8)
+    axes[-1].set_xlabel(f"time (s), test trials {', '.join(str(v) for v in results.trial.values[:shown])} side by side")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False, markerscale=4)
+    fig.suptitle("behaviour decoded from each model's rates (ridge fitted on training trials)", fontsize=9)
+    return fig
 
 
 def representative_trials(r2: np.ndarray, n: int = 2) -> np.ndarray:
@@ -232,6 +300,9 @@ def plot_results(results: xr.Dataset) -> dict:
         fig.suptitle("test trials at the median per-trial latent R2: true (dashed) vs inferred (solid), "
                      "aligned on training trials", fontsize=9)
         figs["latents"] = fig
+
+    if "decoded_behaviour" in results:
+        figs["behaviour"] = _behaviour_figure(results)
 
     neurons = results.neuron.values[:3]
     fig = Figure(figsize=(3.3 * len(neurons) + 1.2, 3), layout="constrained")

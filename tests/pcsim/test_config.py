@@ -3,7 +3,7 @@
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from hypothesis import given, settings
@@ -347,3 +347,25 @@ def test_a_partial_table_keeps_the_experiments_own_section_defaults():
     assert from_dict(Top, {}, source="t.toml") == Top()
     with pytest.raises(ConfigError, match=r"t\.toml: key 'sec\.inner\.a' must be an integer"):
         from_dict(Top, {"sec": {"inner": {"a": "seven"}}}, source="t.toml")
+
+
+@dataclass(frozen=True)
+class _Selection:
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _WithSelection:
+    neurons: _Selection = field(default_factory=_Selection)
+
+
+def test_a_free_table_holds_scalars_and_arrays_and_round_trips_through_toml():
+    cfg = from_dict(_WithSelection, {"neurons": {"where": {"quality": "good", "depth": [1, 2.5], "ok": True}}},
+                    source="x.toml")
+    assert cfg.neurons.where == {"quality": "good", "depth": (1, 2.5), "ok": True}
+    assert from_dict(_WithSelection, tomllib.loads(config_to_toml(cfg)), source="y.toml") == cfg
+    assert from_dict(_WithSelection, {}, source="z.toml").neurons.where == {}
+    for bad, key in (({"quality": {"a": 1}}, "neurons.where.quality"), ({"depth": []}, "neurons.where.depth"),
+                     ("good", "neurons.where")):
+        with pytest.raises(ConfigError, match=rf"x.toml: key '{key}'"):
+            from_dict(_WithSelection, {"neurons": {"where": bad}}, source="x.toml")
