@@ -16,29 +16,37 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
-from analysis.models import GPFA, FactorAnalysisModel, PCLatentModel, SmoothingModel, config_section
+from analysis.models import (GPFA, LFADS, FactorAnalysisModel, PCLatentModel, PiVAE, PoissonVAE, SmoothingModel,
+                             config_section)
 
-MODELS = {"smoothing": SmoothingModel, "fa": FactorAnalysisModel, "gpfa": GPFA, "pc": PCLatentModel}
+MODELS = {"smoothing": SmoothingModel, "fa": FactorAnalysisModel, "gpfa": GPFA, "pc": PCLatentModel, "lfads": LFADS,
+          "pivae": PiVAE, "vae": PoissonVAE}
 """The latent models a config's ``models.fit`` may name, by config name."""
 
-ModelName = Literal["smoothing", "fa", "gpfa", "pc"]
+ModelName = Literal["smoothing", "fa", "gpfa", "pc", "lfads", "pivae", "vae"]
 assert set(ModelName.__args__) == set(MODELS)
 
 SmoothingSection = config_section(SmoothingModel)
 FASection = config_section(FactorAnalysisModel)
 GPFASection = config_section(GPFA)
 PCSection = config_section(PCLatentModel)
+LFADSSection = config_section(LFADS)
+PiVAESection = config_section(PiVAE)
+VAESection = config_section(PoissonVAE)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelsSection:
     """Which models to fit (``fit``) and their settings, one table each (the model's constructor parameters)."""
 
-    fit: tuple[ModelName, ...] = field(default=("smoothing", "fa", "gpfa", "pc"), metadata={"nonempty": True})
+    fit: tuple[ModelName, ...] = field(default=("smoothing", "fa", "gpfa", "pc", "lfads"), metadata={"nonempty": True})
     smoothing: SmoothingSection = field(default_factory=SmoothingSection)
     fa: FASection = field(default_factory=FASection)
     gpfa: GPFASection = field(default_factory=GPFASection)
     pc: PCSection = field(default_factory=PCSection)
+    lfads: LFADSSection = field(default_factory=LFADSSection)
+    pivae: PiVAESection = field(default_factory=PiVAESection)
+    vae: VAESection = field(default_factory=VAESection)
 
 
 def size_problems(models: ModelsSection, n_neurons: int, n_heldin: int, n_bins: int) -> list[str]:
