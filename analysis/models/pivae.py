@@ -79,7 +79,7 @@ class PiVAE(LatentModel):
 
     _parameter_constraints = {
         "n_latents": [Interval(Integral, 1, None, closed="left")],
-        "label": [str, None],
+        "label": [str],
         "label_type": [StrOptions({"discrete", "continuous"})],
         "hidden": ["array-like"],
         "prior_hidden": ["array-like"],
@@ -93,7 +93,7 @@ class PiVAE(LatentModel):
         "progress": ["boolean"],
     }
 
-    def __init__(self, n_latents: int = 2, *, label: str | None = "behaviour", label_type: str = "continuous",
+    def __init__(self, n_latents: int = 2, *, label: str = "behaviour", label_type: str = "continuous",
                  hidden: tuple[int, ...] = (60, 60), prior_hidden: tuple[int, ...] = (20,), epochs: int = 200,
                  batch_size: int = 256, lr: float = 2e-3, validation_fraction: float = 0.1, patience: int = 20,
                  seed: int = 0, device: str = "cpu", progress: bool = False):
@@ -112,10 +112,8 @@ class PiVAE(LatentModel):
         self.progress = progress
 
     # ------------------------------------------------------------------ the label
-    @property
-    def conditioned(self) -> bool:
-        """Whether the prior is conditioned on a label (False: the unconditioned VAE)."""
-        return self.label is not None
+    #: whether the prior is conditioned on a label (False: the unconditioned VAE)
+    conditioned = True
 
     def _read_labels(self, rec: Recording, fitting: bool = False) -> Tensor | None:
         """The label of every bin of ``rec``: ``(trial, time)`` class indices (discrete) or
@@ -218,7 +216,7 @@ class PiVAE(LatentModel):
     def _fit_latents(self, counts: np.ndarray, observed: np.ndarray, heldin: np.ndarray, bin_width: float) -> None:
         dev = self._device()
         hidden = check_numbers("hidden", self.hidden, integer=True, ge=1)
-        prior_hidden = check_numbers("prior_hidden", self.prior_hidden, integer=True, ge=1)
+        prior_hidden = check_numbers("prior_hidden", self.prior_hidden, integer=True, ge=1) if self.conditioned else ()
         y = torch.as_tensor(counts, dtype=torch.float32, device=dev)
         obs = torch.as_tensor(observed, dtype=torch.float32, device=dev)
         B, T, N = y.shape
@@ -326,6 +324,15 @@ class PoissonVAE(PiVAE):
     def __init__(self, n_latents: int = 2, *, hidden: tuple[int, ...] = (60, 60), epochs: int = 200,
                  batch_size: int = 256, lr: float = 2e-3, validation_fraction: float = 0.1, patience: int = 20,
                  seed: int = 0, device: str = "cpu", progress: bool = False):
-        super().__init__(n_latents, label=None, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
-                         validation_fraction=validation_fraction, patience=patience, seed=seed, device=device,
-                         progress=progress)
+        self.n_latents = n_latents
+        self.hidden = hidden
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+
+    conditioned = False
