@@ -142,8 +142,8 @@ class PiVAE(LatentModel):
             unseen = classes[index] != values
             if unseen.any():
                 i, j = np.argwhere(unseen)[0]
-                raise DataError(f"label {name!r}[{i}, {j}] = {values[i, j]!r} is a class not seen at fit "
-                                f"(classes {list(classes)})")
+                raise DataError(f"label {name!r}[{i}, {j}] = {np.asarray(values[i, j]).tolist()!r} is a class not seen "
+                                f"at fit (classes {np.asarray(classes).tolist()})")
             self._classes = classes
             return torch.as_tensor(index, dtype=torch.int64, device=self._device())
         try:
