@@ -99,7 +99,9 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
     ``long_name``, times in s (:func:`pcsim.results.convention_problems`). ``summary[model]``
     has ``co_bps``, ``psth_r2`` (when conditions exist), ``latent_r2`` (when true latents
     exist), ``fp_bps`` (given ``forward``, the same trials' next bins, and a model that can
-    forecast; every neuron is scored there, as in NLB) and ``fit_seconds``. Unobserved bins
+    forecast; every neuron is scored there, as in NLB), ``fit_seconds`` and, for a model with
+    posterior-collapse diagnostics (LFADS), ``active_units`` and ``kl_nats`` (KL of ``q(g0)`` summed
+    over its dimensions, mean over training trials). Unobserved bins
     count in no score.
     """
     from tqdm.auto import tqdm
@@ -132,6 +134,9 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
         on_test = (lambda da: da.isel(trial=np.flatnonzero(test))) if has_truth else (lambda da: da)
         rates = on_test(inferred.rates).isel(neuron=np.flatnonzero(heldout))
         entry = {"co_bps": metrics.co_bps(rates.values, ho_counts), "fit_seconds": float(model.fit_seconds_)}
+        if hasattr(model, "active_units_"):   # posterior-collapse diagnostics of a VAE's initial condition
+            entry["active_units"] = model.active_units_
+            entry["kl_nats"] = float(np.sum(model.kl_per_latent_))
         if has_conditions:
             truth = ds_test.rates.values[..., heldout] if has_rates else ho_counts
             entry["psth_r2"] = metrics.psth_r2(rates.values, truth, ds_test.condition.values)
