@@ -49,11 +49,11 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 
 from analysis.models.base import LatentModel
-from pcsim.errors import ConfigError, LearningDivergenceError
-from pcsim.generative.base import Posterior
+from pcsim.errors import LearningDivergenceError
+from pcsim.generative.base import GenerativeModel, Posterior
 from pcsim.generative.metrics import collapse_diagnostics
 from pcsim.optim import Adam
 from pcsim.parallel import threads
@@ -263,14 +263,8 @@ class LFADS(LatentModel):
         self.progress = progress
 
     # ------------------------------------------------------------------ helpers
-    def _device(self) -> torch.device:
-        try:
-            dev = torch.device(self.device)
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"device must be a torch device such as 'cpu' or 'cuda', got {self.device!r}") from exc
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {self.device!r} is not available here (torch.cuda.is_available() is False)")
-        return dev
+    # the one check of a ``device`` hyper-parameter (a ConfigError naming it), shared with pcsim's generative models
+    _device = GenerativeModel._device
 
     def _tensor(self, a: np.ndarray) -> Tensor:
         return torch.as_tensor(np.asarray(a, dtype=np.float32), device=self._device())

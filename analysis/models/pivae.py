@@ -28,7 +28,6 @@ best parameters kept) and the NaN guard of :func:`pcsim.training.guarded_step`.
 
 from __future__ import annotations
 
-import math
 from numbers import Integral, Real
 
 import numpy as np
@@ -39,8 +38,8 @@ from analysis.models.base import LatentModel
 from analysis.models.lfads import poisson_nll
 from analysis.recording import Recording, as_recording
 from pcsim.arguments import check_numbers
-from pcsim.errors import ConfigError, DataError
-from pcsim.generative.base import Posterior
+from pcsim.errors import DataError
+from pcsim.generative.base import GenerativeModel, Posterior
 from pcsim.generative.decoder import Layers, gaussian_posterior
 from pcsim.optim import Adam
 from pcsim.parallel import threads, threads_for_stacks
@@ -180,11 +179,8 @@ class PiVAE(LatentModel):
             self._infer_labels = None
 
     # ------------------------------------------------------------------ the model's pieces
-    def _device(self) -> torch.device:
-        try:
-            return torch.device(self.device)
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"device must be a torch device such as 'cpu' or 'cuda', got {self.device!r}") from exc
+    # the one check of a ``device`` hyper-parameter (a ConfigError naming it), shared with pcsim's generative models
+    _device = GenerativeModel._device
 
     def _prior(self, u: Tensor | None, like: Tensor) -> Posterior:
         """``p(z | u)`` ``(..., d)`` for labels ``u`` (``(...,)`` classes or ``(..., k)`` values), or ``N(0, I)``."""
