@@ -231,7 +231,7 @@ class LFADS(LatentModel):
         kl_weight: float = 1.0,
         l2_weight: float = 1.0,
         warmup_epochs: int = 30,
-        epochs: int = 200,
+        epochs: int = 300,
         batch_size: int = 64,
         lr: float = 1e-2,
         grad_clip: float = 200.0,
