@@ -124,3 +124,82 @@ def lorenz_recording(
     )
     # held-out neurons and test trials by the one split policy, drawn from the same generator
     return split_recording(ds, heldout_fraction=heldout_fraction, test_fraction=test_fraction, seed=rng)
+
+
+def pivae_recording(
+    n_trials: int = 100,
+    n_neurons: int = 50,
+    n_bins: int = 50,
+    *,
+    bin_width: float = 0.05,
+    mean_rate_hz: float = 20.0,
+    noise_correlation: float = 0.8,
+    hidden: int = 20,
+    heldout_fraction: float = 0.25,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> xr.Dataset:
+    """pi-VAE's synthetic benchmark as a recording Dataset: a 2-D latent tied to a continuous
+    label, mixed non-linearly into Poisson spikes (after Zhou & Wei 2020, section 3.1).
+
+    The label of every bin is an angle-like variable ``u(t) = pi (1 + sin(phi + omega t))`` in
+    ``[0, 2 pi]`` (a random phase ``phi`` per trial and angular speed ``omega`` in 1-3 rad/s, so
+    it sweeps smoothly like a position or a heading). The latent is ``z = mu(u) + sigma(u) * e``
+    with ``mu(u) = (u, 2 sin u)``, ``sigma(u) = (0.6 - 0.3 |sin u|, 0.3 |sin u|)`` (the label
+    sets the mean and the spread) and ``e`` unit-variance AR(1) noise with lag-one correlation
+    ``noise_correlation`` per bin (0: independent bins as in the paper). Log rates are a random
+    one-hidden-layer tanh network of the standardised ``z`` (``hidden`` units, weights
+    ``N(0, 1/fan_in)``, readout scaled to 1.2), offset so the population mean rate is
+    ``mean_rate_hz``. Returns ``counts`` (trial, time, neuron), ``rates`` (counts per bin),
+    ``latents`` (trial, time, latent; ``z``), ``behaviour`` (trial, time, behaviour_dim = 1;
+    ``u``, rad), coordinates ``heldout``/``split`` (:func:`analysis.recording.split_recording`),
+    ``condition`` (the trial's mean label in 4 bins) and ``start_time``/``stop_time``. Same
+    seed, same data."""
+    n_trials, n_neurons, n_bins, hidden = (check_number(key, value, integer=True, ge=1) for key, value in
+                                           (("n_trials", n_trials), ("n_neurons", n_neurons), ("n_bins", n_bins),
+                                            ("hidden", hidden)))
+    bin_width, mean_rate_hz = (check_number(key, value, gt=0) for key, value in
+                               (("bin_width", bin_width), ("mean_rate_hz", mean_rate_hz)))
+    rho = check_number("noise_correlation", noise_correlation, ge=0, lt=1)
+    rng = np.random.default_rng(seed)
+    time = (np.arange(n_bins) + 0.5) * bin_width
+    phase = rng.uniform(0, 2 * np.pi, (n_trials, 1))
+    omega = rng.uniform(1.0, 3.0, (n_trials, 1)) * rng.choice([-1, 1], (n_trials, 1))
+    u = np.pi * (1.0 + np.sin(phase + omega * time))                                  # (trial, time)
+    e = np.empty((n_trials, n_bins, 2))
+    e[:, 0] = rng.standard_normal((n_trials, 2))
+    for t in range(1, n_bins):
+        e[:, t] = rho * e[:, t - 1] + np.sqrt(1 - rho ** 2) * rng.standard_normal((n_trials, 2))
+    s = np.abs(np.sin(u))
+    z = np.stack([u, 2 * np.sin(u)], -1) + np.stack([0.6 - 0.3 * s, 0.3 * s], -1) * e
+    zs = (z - z.reshape(-1, 2).mean(0)) / z.reshape(-1, 2).std(0)
+    W1 = rng.standard_normal((2, hidden)) / np.sqrt(2)
+    b1 = 0.5 * rng.standard_normal(hidden)
+    W2 = rng.standard_normal((hidden, n_neurons)) / np.sqrt(hidden)
+    log_rate = 1.2 * np.tanh(zs @ W1 + b1) @ W2
+    target = mean_rate_hz * bin_width
+    rates = np.exp(log_rate + np.log(target) - np.log(np.exp(log_rate).mean()))
+    counts = rng.poisson(rates)
+    condition = np.minimum((u.mean(1) / (2 * np.pi) * 4).astype(int), 3)
+    start = np.arange(n_trials) * n_bins * bin_width
+    ds = xr.Dataset(
+        {
+            "counts": (("trial", "time", "neuron"), counts.astype(np.int64), {"long_name": "spike count", "units": "counts/bin"}),
+            "rates": (("trial", "time", "neuron"), rates, {"long_name": "true firing rate", "units": "counts/bin"}),
+            "latents": (("trial", "time", "latent"), z, {"long_name": "true latent z = mu(u) + sigma(u) e", "units": "1"}),
+            "behaviour": (("trial", "time", "behaviour_dim"), u[..., None], {"long_name": "label u", "units": "rad"}),
+        },
+        coords={
+            "trial": ("trial", np.arange(n_trials), {"units": "", "long_name": "trial id"}),
+            "time": ("time", time, {"units": "s", "long_name": "bin centre"}),
+            "neuron": ("neuron", np.arange(n_neurons), {"units": "", "long_name": "neuron id"}),
+            "latent": ("latent", ["z1", "z2"], {"units": "", "long_name": "latent dimension"}),
+            "behaviour_dim": ("behaviour_dim", ["u"], {"units": "", "long_name": "label dimension"}),
+            "condition": ("trial", condition, {"units": "", "long_name": "trial's mean label, in 4 bins"}),
+            "start_time": ("trial", start, {"units": "s", "long_name": "trial start (session time)"}),
+            "stop_time": ("trial", start + n_bins * bin_width, {"units": "s", "long_name": "trial stop (session time)"}),
+        },
+        attrs={"bin_width": bin_width, "align": "start_time", "source": "pivae_recording", "seed": seed,
+               "mean_rate_hz": mean_rate_hz},
+    )
+    return split_recording(ds, heldout_fraction=heldout_fraction, test_fraction=test_fraction, seed=rng)

@@ -83,6 +83,7 @@ def train(
     lr: Any = None,
     max_growth: float = 1e3,
     state: Mapping[str, Any] | None = None,
+    stop: Callable[[int], bool] | None = None,
 ) -> np.ndarray:
     """Run ``epochs`` epochs of ``step(batch)`` over ``batches(epoch)`` (epoch = 1..epochs).
 
@@ -90,8 +91,9 @@ def train(
     after every epoch ``on_epoch(epoch, seconds)``, where ``seconds`` is the wall time of that
     epoch's steps and step hooks (evaluation in ``on_epoch`` is not counted); with ``initial``
     it is also called once before training as ``on_epoch(0, 0.0)`` (the untrained model). A
-    mapping returned by ``on_epoch`` is shown beside the progress bar. Returns the seconds
-    of every epoch, ``(epochs,)``.
+    mapping returned by ``on_epoch`` is shown beside the progress bar. ``stop(epoch)``, asked
+    after ``on_epoch``, ends training early when it returns True (early stopping on a
+    validation split). Returns the seconds of every epoch run, ``(epochs run,)``.
 
     Divergence, checked here once for every model and rule: with ``parameters`` (a callable
     returning the learned tensors) every step must leave them finite, and with ``energy`` (the
@@ -183,6 +185,9 @@ def train(
                 if stage is not None and stage.due(epoch):
                     stage.save(epoch, {"epoch": epoch, "done": done, "seconds": seconds, "reference": reference,
                                        "initial": initial_params})
+                if stop is not None and stop(epoch):
+                    seconds = seconds[:epoch]
+                    break
     finally:
         bar.close()
     if stage is not None:
@@ -339,3 +344,52 @@ def compare_rules(
         },
         coords=coords,
     )
+
+
+class EarlyStopping:
+    """Early stopping on a validation loss, with the best parameters kept (the ``stop`` of :func:`train`).
+
+    Call :meth:`record` from ``on_epoch`` with the epoch (1-based) and its validation loss;
+    ``snapshot()`` returns a copy of the parameters worth keeping. Until epoch ``start`` (a
+    warm-up during which the objective itself changes) every epoch's snapshot is kept and no
+    epoch counts as best; after it, the snapshot of the epoch with the lowest finite loss is kept
+    (``checkpoint``, ``best_epoch``, ``best_loss``), and calling the object with an epoch says to
+    stop once ``patience`` epochs have passed without a new best.
+    """
+
+    def __init__(self, patience: int, snapshot: Callable[[], Any], start: int = 0):
+        self.patience = check_number("patience", patience, integer=True, ge=1)
+        self.start = check_number("start", start, integer=True, ge=0)
+        self.snapshot = snapshot
+        self.best_loss = float("inf")
+        self.best_epoch = 0
+        self.checkpoint = snapshot()
+
+    def record(self, epoch: int, loss: float) -> None:
+        """Keep the parameters of ``epoch`` if it is still in warm-up or its ``loss`` is the best so far."""
+        if epoch < self.start or (np.isfinite(loss) and loss < self.best_loss):
+            if epoch >= self.start:
+                self.best_loss = float(loss)
+            self.best_epoch = epoch
+            self.checkpoint = self.snapshot()
+
+    def __call__(self, epoch: int) -> bool:
+        return epoch >= self.start and epoch - self.best_epoch >= self.patience
+
+
+def guarded_step(optimizer, params: Sequence[torch.Tensor], loss: torch.Tensor, grad_clip: float | None = None) -> float:
+    """One optimiser step of an autograd-trained model on ``loss`` (a scalar tensor), its gradient
+    norm clipped at ``grad_clip``; returns the loss as a float. When the loss or any gradient is
+    NaN/Inf the parameters are left as they were and NaN (or the loss) is returned, so that the
+    ``energy`` watch of :func:`train` raises a :class:`~pcsim.errors.LearningDivergenceError`
+    naming the epoch and batch while the last good parameters are still in place."""
+    grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    value = float(loss.detach())
+    if not (np.isfinite(value) and bool(torch.isfinite(norm))):
+        return value if not np.isfinite(value) else float("nan")
+    scale = 1.0 if grad_clip is None else min(1.0, grad_clip / (float(norm) + 1e-12))
+    with torch.no_grad():
+        optimizer.step(list(params), [g * scale for g in grads] if scale < 1.0 else grads)
+    return value

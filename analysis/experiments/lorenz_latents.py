@@ -2,7 +2,7 @@
 
 A Lorenz-driven Poisson population (:func:`analysis.synthetic.lorenz_recording`) is split
 into training and test trials and held-in/held-out neurons; smoothing, factor analysis,
-GPFA and the dynamical predictive-coding model are fitted on the training trials and scored
+GPFA, the dynamical predictive-coding model and the LFADS-style sequential VAE are fitted on the training trials and scored
 on the test trials, next to the ceiling given by the true rates.
 """
 

@@ -16,29 +16,37 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
-from analysis.models import GPFA, FactorAnalysisModel, PCLatentModel, SmoothingModel, config_section
+from analysis.models import (GPFA, LFADS, FactorAnalysisModel, PCLatentModel, PiVAE, PoissonVAE, SmoothingModel,
+                             config_section)
 
-MODELS = {"smoothing": SmoothingModel, "fa": FactorAnalysisModel, "gpfa": GPFA, "pc": PCLatentModel}
+MODELS = {"smoothing": SmoothingModel, "fa": FactorAnalysisModel, "gpfa": GPFA, "pc": PCLatentModel, "lfads": LFADS,
+          "pivae": PiVAE, "vae": PoissonVAE}
 """The latent models a config's ``models.fit`` may name, by config name."""
 
-ModelName = Literal["smoothing", "fa", "gpfa", "pc"]
+ModelName = Literal["smoothing", "fa", "gpfa", "pc", "lfads", "pivae", "vae"]
 assert set(ModelName.__args__) == set(MODELS)
 
 SmoothingSection = config_section(SmoothingModel)
 FASection = config_section(FactorAnalysisModel)
 GPFASection = config_section(GPFA)
 PCSection = config_section(PCLatentModel)
+LFADSSection = config_section(LFADS)
+PiVAESection = config_section(PiVAE)
+VAESection = config_section(PoissonVAE)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelsSection:
     """Which models to fit (``fit``) and their settings, one table each (the model's constructor parameters)."""
 
-    fit: tuple[ModelName, ...] = field(default=("smoothing", "fa", "gpfa", "pc"), metadata={"nonempty": True})
+    fit: tuple[ModelName, ...] = field(default=("smoothing", "fa", "gpfa", "pc", "lfads"), metadata={"nonempty": True})
     smoothing: SmoothingSection = field(default_factory=SmoothingSection)
     fa: FASection = field(default_factory=FASection)
     gpfa: GPFASection = field(default_factory=GPFASection)
     pc: PCSection = field(default_factory=PCSection)
+    lfads: LFADSSection = field(default_factory=LFADSSection)
+    pivae: PiVAESection = field(default_factory=PiVAESection)
+    vae: VAESection = field(default_factory=VAESection)
 
 
 def size_problems(models: ModelsSection, n_neurons: int, n_heldin: int, n_bins: int) -> list[str]:
@@ -94,7 +102,9 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
     forecast; every neuron is scored there, as in NLB), ``behaviour_r2`` (when the recording has a
     ``behaviour`` variable: ridge decoding from the model's rates, fitted on the training trials,
     R2 on the test trials, variance-weighted over dimensions, angles as cos/sin; the dataset then
-    holds ``behaviour`` and ``decoded_behaviour``) and ``fit_seconds``. Unobserved bins
+    holds ``behaviour`` and ``decoded_behaviour``), ``fit_seconds`` and, for a model with
+    posterior-collapse diagnostics (LFADS), ``active_units`` and ``kl_nats`` (KL of ``q(g0)`` summed
+    over its dimensions, mean over training trials). Unobserved bins
     count in no score.
     """
     from tqdm.auto import tqdm
@@ -129,6 +139,9 @@ def fit_and_score(recording: xr.Dataset, models: ModelsSection, seed: int, devic
         on_test = (lambda da: da.isel(trial=np.flatnonzero(test))) if infer_all else (lambda da: da)
         rates = on_test(inferred.rates).isel(neuron=np.flatnonzero(heldout))
         entry = {"co_bps": metrics.co_bps(rates.values, ho_counts), "fit_seconds": float(model.fit_seconds_)}
+        if hasattr(model, "active_units_"):   # posterior-collapse diagnostics of a VAE's initial condition
+            entry["active_units"] = model.active_units_
+            entry["kl_nats"] = float(np.sum(model.kl_per_latent_))
         if has_conditions:
             truth = ds_test.rates.values[..., heldout] if has_rates else ho_counts
             entry["psth_r2"] = metrics.psth_r2(rates.values, truth, ds_test.condition.values)

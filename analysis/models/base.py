@@ -144,7 +144,7 @@ class LatentModel(BaseEstimator):
     def _forecast(self, state: Any, n_forward: int) -> np.ndarray:
         raise NotImplementedError(
             f"{type(self).__name__} cannot forecast: it has no dynamics to run on past the recording's window "
-            "(GPFA and PCLatentModel can)")
+            "(GPFA, PCLatentModel and LFADS can)")
 
     # --- shared -----------------------------------------------------------------------------
     @property

@@ -17,7 +17,8 @@ from scipy.linalg import subspace_angles
 from scipy.stats import multivariate_normal
 
 from analysis.metrics import fp_bps, latent_r2
-from analysis.models import GPFA, FactorAnalysisModel, PCLatentModel, PoissonGLM, SmoothingModel, factor_analysis
+from analysis.models import (GPFA, LFADS, FactorAnalysisModel, PCLatentModel, PiVAE, PoissonGLM, PoissonVAE,
+                             SmoothingModel, factor_analysis)
 from analysis.models.gpfa import (GPFAParams, _fold_grids, _fold_matrix, _fold_matrix_halves, _gp_objective,
                                   gp_covariances, gpfa_em, gpfa_posterior, segment_trials)
 from analysis.synthetic import lorenz_recording
@@ -350,7 +351,11 @@ def test_gpfa_agrees_with_elephant(lorenz):
 
 @pytest.mark.parametrize("make", [lambda: SmoothingModel(), lambda: SmoothingModel(n_components=4),
                                   lambda: FactorAnalysisModel(n_latents=4), lambda: GPFA(n_latents=4, max_iter=5),
-                                  lambda: PCLatentModel(n_latents=4, epochs=2, transform_steps=5)])
+                                  lambda: PCLatentModel(n_latents=4, epochs=2, transform_steps=5),
+                                  lambda: LFADS(n_latents=4, ic_dim=4, encoder_dim=8, generator_dim=8, epochs=2),
+                                  lambda: PiVAE(n_latents=4, hidden=(8,), epochs=2),
+                                  lambda: PiVAE(n_latents=4, label="condition", label_type="discrete", epochs=2),
+                                  lambda: PoissonVAE(n_latents=4, hidden=(8,), epochs=2)])
 def test_surface_shapes_and_labels(lorenz, make):
     model = make().fit(lorenz)
     assert model.fit_seconds_ > 0
@@ -411,7 +416,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-@pytest.mark.parametrize("cls", [SmoothingModel, FactorAnalysisModel, GPFA, PCLatentModel])
+@pytest.mark.parametrize("cls", [SmoothingModel, FactorAnalysisModel, GPFA, PCLatentModel, LFADS, PiVAE, PoissonVAE])
 def test_bad_input_raises_data_error_naming_the_problem(lorenz, case, cls):
     corrupt, words = BAD[case]
     with pytest.raises(DataError, match=words):

@@ -14,7 +14,8 @@ from sklearn.base import clone
 
 from analysis import metrics
 from analysis.glm import PoissonGLM
-from analysis.models import GPFA, FactorAnalysisModel, PCLatentModel, SmoothingModel, config_section
+from analysis.models import (GPFA, LFADS, FactorAnalysisModel, PCLatentModel, PiVAE, PoissonVAE, SmoothingModel,
+                             config_section)
 from analysis.models.smoothing import smooth_counts
 from analysis.recording import Recording, as_recording, split_recording
 from analysis.synthetic import lorenz_recording
@@ -40,6 +41,9 @@ MODELS = {
     "gpfa-gaussian": lambda: GPFA(n_latents=2, max_iter=5, readout="gaussian"),
     "pc": lambda: PCLatentModel(n_latents=3, epochs=3, transform_steps=10),
     "pc-glm-map": lambda: PCLatentModel(n_latents=3, epochs=2, transform_steps=5, readout="glm", learning="map"),
+    "lfads": lambda: LFADS(n_latents=3, ic_dim=4, encoder_dim=8, generator_dim=8, epochs=3, batch_size=8),
+    "pivae": lambda: PiVAE(n_latents=2, hidden=(8,), epochs=3),
+    "vae": lambda: PoissonVAE(n_latents=2, hidden=(8,), epochs=3),
 }
 
 
