@@ -435,7 +435,7 @@ def behaviour_r2(features_train, behaviour_train, features_test, behaviour_test,
     search = GridSearchCV(Ridge(), {"alpha": grid.tolist()}, cv=KFold(cv),
                           scoring=make_scorer(r2_score, multioutput=multioutput))
     search.fit(x_tr, y_tr)
-    pred_all = search.predict(x_te)
+    pred_all = search.predict(x_te).reshape(len(x_te), -1)  # one target column comes back 1-D
     pred, y_te = pred_all[keep_te], y_te[keep_te]
     r2 = float(r2_score(y_te, pred, multioutput=multioutput))
     if not per_dim:
