@@ -55,7 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from pcsim.config import (ConfigField, SweepSection, config_to_toml, key_field, load_experiment, parse_grid)
+from pcsim.config import (ConfigField, SweepSection, check_device, config_to_toml, key_field, load_experiment,
+                          parse_grid)
 from pcsim.errors import ConfigError, OutputError
 
 __all__ = ["FAILURES_FILE", "SWEEP_FILE", "SweepOutcome", "SweepPlan", "SweepPoint", "combine_points",
@@ -134,6 +135,7 @@ def plan_sweep(config_path: str | Path, *, grid: Sequence[str] = (), seeds: int 
     config_path = Path(config_path)
     source = str(config_path)
     module, base = load_experiment(config_path, overrides, device=device)
+    check_device(base.device, source=source)
     section = base.sweep if base.sweep is not None else SweepSection()
     from_table = not grid
     grid = tuple(grid) if grid else section.grid
@@ -338,17 +340,23 @@ def _execute(plan: SweepPlan, todo: Sequence[tuple[SweepPoint, bool]], progress:
             futures[future] = point
         bar = stack.enter_context(tqdm(total=len(futures), desc=f"sweep {plan.config_path.stem}", unit="point",
                                        disable=not progress, mininterval=0.5))
-        for future in as_completed(futures):
-            point = futures[future]
-            try:
-                record = future.result()
-            except Exception as exc:  # noqa: BLE001 - KilledWorker, a lost scheduler: reported per point
-                record = {"state": "failed", "seconds": math.nan, "traceback": "",
-                          "error": _future_error(exc, plan.retries)}
-            records[point.name] = record
-            bar.update()
-            if record["state"] != "complete":
-                bar.write(f"pcsim: point {point.name} failed: {record['error'].splitlines()[0]}", file=sys.stderr)
+        try:
+            for future in as_completed(futures):
+                point = futures[future]
+                try:
+                    record = future.result()
+                except Exception as exc:  # noqa: BLE001 - KilledWorker, a lost scheduler: reported per point
+                    record = {"state": "failed", "seconds": math.nan, "traceback": "",
+                              "error": _future_error(exc, plan.retries)}
+                records[point.name] = record
+                bar.update()
+                if record["state"] != "complete":
+                    bar.write(f"pcsim: point {point.name} failed: {record['error'].splitlines()[0]}", file=sys.stderr)
+        except KeyboardInterrupt:
+            done = sum(1 for r in records.values() if r["state"] == "complete")
+            print(f"pcsim: sweep interrupted: {done} point(s) of this run finished and are kept in {plan.out}; "
+                  "run the same command again to run the rest", file=sys.stderr)
+            raise
     return records
 
 
