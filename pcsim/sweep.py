@@ -134,7 +134,7 @@ def plan_sweep(config_path: str | Path, *, grid: Sequence[str] = (), seeds: int 
     """
     config_path = Path(config_path)
     source = str(config_path)
-    module, base = load_experiment(config_path, overrides, device=device)
+    _, base = load_experiment(config_path, overrides, device=device)
     check_device(base.device, source=source)
     section = base.sweep if base.sweep is not None else SweepSection()
     from_table = not grid
