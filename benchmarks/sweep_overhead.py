@@ -1,6 +1,6 @@
 """The Dask path of ``pcsim sweep``: its per-point overhead and its speed-up on 2 local workers.
 
-``python benchmarks/sweep_overhead.py [--repeats N] [--points N] [--json]``
+``python benchmarks/sweep_overhead.py [--repeats N] [--points N] [--by-hand] [--json]``
 
 1. **Overhead.** A trivial experiment (its ``run`` returns at once; written to a temporary
    module) swept over ``--points`` points (default 16): the same points run one after another in
@@ -11,7 +11,13 @@
 2. **Speed-up.** A 16-point grid of a short real experiment (``configs/pc_vs_bp_digits.toml``
    with only standard PC, 1 epoch, ``inference.steps`` 5, 10 x ``training.lr`` 1e-3, 2e-3 x 4
    seeds): sequentially in this process against ``run_sweep`` on 2 local worker processes, in
-   one run. Target: >= 1.7x.
+   one run. Target: >= 1.7x. With ``--by-hand`` the same 16 points are also timed as one
+   ``python -m pcsim run`` process after another (what a sweep was before ``pcsim sweep``: each
+   pays its imports), against the same Dask times.
+
+The Dask times include the cluster's start-up: each worker process imports torch, xarray,
+matplotlib and pcsim once (2-3 s on a quiet machine, 10-20 s on a heavily shared one), which a
+grid of points lasting a few seconds each does not amortise.
 
 Each repeat measures both orders' halves back to back (sequential first on even repeats,
 Dask first on odd ones), and the medians and the ranges over repeats are reported, because
