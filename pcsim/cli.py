@@ -11,7 +11,7 @@
 Every command that writes a run directory (``run``, ``fit``, ``replot``) goes through the one
 output-directory protocol of :mod:`pcsim.outdir` (lock, manifest, ``--overwrite``).
 
-Further commands (``pcsim fit``) and every benchmark are registered where they are defined,
+Further commands (``pcsim fit``, ``pcsim sweep`` of :mod:`pcsim.sweep`) and every benchmark are registered where they are defined,
 as package entry points (pyproject.toml): group ``pcsim.commands`` names functions
 ``register(commands)`` that add a subparser whose ``handler(args, extra)`` runs it, group
 ``pcsim.benchmarks`` names functions ``main(name, as_json, args) -> int``. So pcsim never

@@ -43,6 +43,7 @@ from pcsim.errors import ConfigError
 __all__ = [
     "CheckpointSection",
     "ExperimentConfig",
+    "SweepSection",
     "check_device",
     "check_ranges",
     "ConfigField",
@@ -51,8 +52,10 @@ __all__ = [
     "config_to_toml",
     "from_dict",
     "import_experiment_module",
+    "key_field",
     "load_config",
     "load_experiment",
+    "parse_grid",
 ]
 
 C = TypeVar("C")
@@ -85,6 +88,24 @@ class CheckpointSection:
     run's results, so it is the one setting a resume may change."""
 
     every: int = field(default=1, metadata={"ge": 0, "units": "epochs"})
+class SweepSection:
+    """The ``[sweep]`` table: a grid of config values that ``pcsim sweep CONFIG`` runs (its
+    command-line options, where given, replace these). ``grid``: one ``"KEY=V1,V2,..."`` string
+    per swept key, in the syntax of ``--grid`` (each value a TOML literal, as ``--set`` takes it).
+    ``seeds``: run every point with seeds ``seed, seed+1, ..., seed+seeds-1`` (a ``seed``
+    dimension). ``out``: the sweep's directory (default ``runs/<config stem>_sweep``).
+    ``scheduler``: ``"local"`` (a Dask LocalCluster of worker processes on this machine) or the
+    address of a running Dask scheduler (``tcp://host:8786``). ``workers``: the local cluster's
+    worker processes (default: the CPU cores this process may use). ``retries``: how many times a
+    point is started again after its worker process died (Dask's allowed-failures) before it is
+    reported as failed. ``pcsim run`` runs the config itself and ignores this table."""
+
+    grid: tuple[str, ...] = ()
+    seeds: int | None = field(default=None, metadata={"ge": 1})
+    out: str | None = None
+    scheduler: str = field(default="local", metadata={"nonempty": True})
+    workers: int | None = field(default=None, metadata={"ge": 1})
+    retries: int = field(default=2, metadata={"ge": 0})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,7 +116,8 @@ class ExperimentConfig:
     ``Config``, ``run`` and ``plot``), ``seed`` seeds every random generator the run
     creates, ``device`` is where tensors live, and ``description`` is the one line that
     ``pcsim list`` shows; ``checkpoint`` (:class:`CheckpointSection`) says how often a run
-    saves its training state. Subclasses must be ``@dataclass(frozen=True, kw_only=True)``.
+    saves its training state; ``sweep`` the grid ``pcsim sweep`` runs (:class:`SweepSection`;
+    absent: none). Subclasses must be ``@dataclass(frozen=True, kw_only=True)``.
     """
 
     experiment: str = field(metadata={"nonempty": True})
@@ -103,6 +125,7 @@ class ExperimentConfig:
     device: Literal["cpu", "cuda"] = "cpu"
     description: str = ""
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    sweep: SweepSection | None = None
 
     def check_inputs(self) -> None:
         """Check what the config names outside itself (a file that must exist), raising
@@ -492,6 +515,14 @@ def _check_override(
     cls: type, keys: tuple[str, ...], value: Any, label: str
 ) -> None:
     """Check that an override's key exists in ``cls`` and that its value fits the field."""
+    fld, hint, owner = _resolve_key(cls, keys, label)
+    _check(value, hint, fld.metadata, ".".join(keys), label)
+
+
+def _resolve_key(cls: type, keys: tuple[str, ...], label: str) -> tuple[dataclasses.Field[Any], Any, type]:
+    """The field that the dotted key ``keys`` names in the config class ``cls``: ``(field, its
+    type hint, the dataclass that declares it)``; an unknown key, or a key below a field that is
+    not a table, raises :class:`ConfigError` starting with ``label``."""
     current = cls
     for depth, key in enumerate(keys):
         prefix = "".join(k + "." for k in keys[:depth])
@@ -500,8 +531,7 @@ def _check_override(
             raise ConfigError(_unknown_key_message(f"{label}: ", prefix, key, fields))
         hint = _field_hints(current)[key]
         if depth == len(keys) - 1:
-            _check(value, hint, fields[key].metadata, prefix + key, label)
-            return
+            return fields[key], hint, current
         inner = _optional_inner(hint) if _is_optional(hint) else hint
         if not (isinstance(inner, type) and dataclasses.is_dataclass(inner)):
             raise ConfigError(
@@ -509,6 +539,65 @@ def _check_override(
                 f"so '{'.'.join(keys)}' does not exist"
             )
         current = inner
+    raise ConfigError(f"{label}: empty key")
+
+
+def key_field(cls: type, key: str) -> ConfigField:
+    """What the dotted ``key`` of the config class ``cls`` is, as ``pcsim show`` describes it
+    (:class:`ConfigField`; ``value`` is its default as TOML, "" when none): used to label a swept
+    key with its units (field metadata ``units``) and meaning. An unknown key raises
+    :class:`ConfigError` naming it."""
+    fld, hint, owner = _resolve_key(cls, tuple(key.split(".")), f"key '{key}'")
+    row = _field_row(owner, fld.name, fld, hint, _field_default(fld), "")
+    return dataclasses.replace(row, key=key)
+
+
+def _field_default(fld: dataclasses.Field[Any]) -> Any:
+    if fld.default is not dataclasses.MISSING:
+        return fld.default
+    if fld.default_factory is not dataclasses.MISSING:
+        return fld.default_factory()
+    return None
+
+
+def parse_grid(text: str, source: str = "") -> tuple[str, tuple[Any, ...], tuple[str, ...]]:
+    """Split one grid axis ``"KEY=V1,V2,..."`` (``--grid`` and the ``[sweep]`` table's ``grid``)
+    into ``(key, values, overrides)``: the dotted key, the values parsed as TOML literals exactly
+    as ``--set`` parses them (a bare word is a string), and one ``"KEY=VALUE"`` override string
+    per value, for :func:`load_experiment`. Commas inside brackets or quotes belong to the value
+    (``network.hidden=[64,64],[128]`` has two values). A missing ``=``, an empty value or a value
+    given twice raises :class:`ConfigError` naming the key; whether the key exists and each
+    value fits it is checked when the overrides are applied."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not all(part.strip() for part in key.split(".")):
+        raise ConfigError(f"{_where(source)}grid {text!r} must look like KEY=V1,V2,..., "
+                          "e.g. training.lr=0.001,0.01")
+    pieces, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(raw):
+        if quote:
+            quote = "" if ch == quote and raw[i - 1] != "\\" else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            pieces.append(raw[start:i])
+            start = i + 1
+    pieces.append(raw[start:])
+    overrides, values = [], []
+    for piece in pieces:
+        if not piece.strip():
+            raise ConfigError(f"{_where(source)}grid '{key}': empty value in {raw!r}")
+        override = f"{key}={piece.strip()}"
+        _, value, _ = _parse_override(override, source)
+        if any(type(value) is type(v) and value == v for v in values):
+            raise ConfigError(f"{_where(source)}grid '{key}': value {piece.strip()} is given twice")
+        overrides.append(override)
+        values.append(value)
+    return key, tuple(values), tuple(overrides)
 
 
 def import_experiment_module(name: str, *, source: str = "") -> types.ModuleType:
@@ -664,13 +753,15 @@ def _toml_string(text: str) -> str:
 class ConfigField:
     """One settable key of a config, as ``pcsim show`` prints it: the dotted ``key``, its
     ``value`` written as TOML (``""`` when unset), its ``type`` in words, its ``constraint``
-    (range from the field metadata, choices, units) and a one-line ``doc``."""
+    (range from the field metadata, choices, units), a one-line ``doc`` and the ``units`` alone
+    (field metadata ``units``; "" when the field declares none)."""
 
     key: str
     value: str
     type: str
     constraint: str
     doc: str
+    units: str = ""
 
 
 def config_fields(cfg: Any) -> list[ConfigField]:
@@ -691,20 +782,31 @@ def _describe_fields(cfg: Any, prefix: str, rows: list[ConfigField]) -> None:
     hints = _field_hints(cls)
     for name, fld in _init_fields(cls).items():
         value = getattr(cfg, name)
+        hint = hints[name]
+        inner = _optional_inner(hint) if _is_optional(hint) else hint
+        if value is None and isinstance(inner, type) and dataclasses.is_dataclass(inner):
+            value = inner()  # an absent optional table (``[sweep]``): its keys with their defaults
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             _describe_fields(value, f"{prefix}{name}.", rows)
             continue
-        kind = _kind_name(hints[name])
-        limits = [f"{symbol} {fld.metadata[key]!r}" for key, (_, symbol) in _RANGES.items()
-                  if key in fld.metadata]
-        if fld.metadata.get("nonempty"):
-            limits.append("non-empty")
-        constraint = ", ".join(limits)
-        if "units" in fld.metadata:
-            constraint = f"{constraint} [{fld.metadata['units']}]".strip()
-        shown = "" if value is None else _toml_value(_plain(value))
-        rows.append(ConfigField(key=prefix + name, value=shown, type=kind, constraint=constraint,
-                                doc=fld.metadata.get("doc") or _docstring_entry(cls, name)))
+        rows.append(_field_row(cls, name, fld, hint, value, prefix))
+
+
+def _field_row(cls: type, name: str, fld: dataclasses.Field[Any], hint: Any, value: Any,
+               prefix: str) -> ConfigField:
+    """The :class:`ConfigField` row of field ``name`` of ``cls`` holding ``value``."""
+    kind = _kind_name(hint)
+    limits = [f"{symbol} {fld.metadata[key]!r}" for key, (_, symbol) in _RANGES.items()
+              if key in fld.metadata]
+    if fld.metadata.get("nonempty"):
+        limits.append("non-empty")
+    constraint = ", ".join(limits)
+    if "units" in fld.metadata:
+        constraint = f"{constraint} [{fld.metadata['units']}]".strip()
+    shown = "" if value is None or dataclasses.is_dataclass(value) else _toml_value(_plain(value))
+    return ConfigField(key=prefix + name, value=shown, type=kind, constraint=constraint,
+                       doc=fld.metadata.get("doc") or _docstring_entry(cls, name),
+                       units=str(fld.metadata.get("units", "")))
 
 
 def _kind_name(hint: Any) -> str:

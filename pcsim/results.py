@@ -28,7 +28,8 @@ from pcsim.errors import ConfigError, FileFormatError
 from pcsim.outdir import RunDirectory
 from pcsim.registry import ExperimentResult, to_jsonable
 
-__all__ = ["convention_problems", "load_summary", "netcdf_ready", "open_results", "write_figures", "write_results"]
+__all__ = ["convention_problems", "figure_writers", "load_summary", "netcdf_ready", "netcdf_writer", "open_results",
+           "write_figures", "write_results"]
 
 RESULTS_FILE = "results.nc"
 SUMMARY_FILE = "summary.json"
@@ -65,23 +66,32 @@ def write_results(
         with RunDirectory(out_dir, experiment=config.experiment, overwrite=overwrite,
                           names=FIXED_FILES) as run:
             return write_results(result, figures, run, config)
-    problems = convention_problems(result.dataset)
-    if problems:  # a bug of the experiment module, not of the user's input: nothing is written
-        raise ValueError(f"{config.experiment}: its results dataset breaks pcsim's result conventions "
-                         f"(pcsim.results.convention_problems): {'; '.join(problems)}")
     toml_text = config_to_toml(config)
-    dataset = netcdf_ready(result.dataset)
-    dataset.attrs.update(
-        config=toml_text, pcsim_version=__version__, experiment=config.experiment
-    )
+    results = netcdf_writer(result.dataset, what=config.experiment,
+                            attrs=dict(config=toml_text, pcsim_version=__version__, experiment=config.experiment))
     summary = json.dumps(result.summary, indent=2,  # made JSON-ready once, by ExperimentResult
                          sort_keys=True, allow_nan=False) + "\n"
-    engine = _netcdf_engine()
-    writers = _figure_writers(figures)
+    writers = figure_writers(figures)
     writers[CONFIG_FILE] = lambda path: path.write_text(toml_text, encoding="utf-8")
     writers[SUMMARY_FILE] = lambda path: path.write_text(summary, encoding="utf-8")
-    writers[RESULTS_FILE] = lambda path: dataset.to_netcdf(path, engine=engine, encoding=_compression(dataset, engine))
+    writers[RESULTS_FILE] = results
     return out_dir.write(writers)
+
+
+def netcdf_writer(dataset: xr.Dataset, *, what: str, attrs: Mapping[str, Any] | None = None) -> Callable[[Path], None]:
+    """A writer for :meth:`RunDirectory.write <pcsim.outdir.RunDirectory.write>` that saves
+    ``dataset`` as netCDF (``attrs`` added to its own, every attr made netCDF-ready by
+    :func:`netcdf_ready`, large numeric variables compressed). A dataset that breaks
+    :func:`convention_problems` is refused now (ValueError naming ``what``, the experiment or
+    command that made it), before anything is written: such a dataset is a bug of its maker."""
+    problems = convention_problems(dataset)
+    if problems:  # a bug of the experiment module, not of the user's input: nothing is written
+        raise ValueError(f"{what}: its results dataset breaks pcsim's result conventions "
+                         f"(pcsim.results.convention_problems): {'; '.join(problems)}")
+    ready = netcdf_ready(dataset)
+    ready.attrs.update(_clean_attrs(attrs or {}))
+    engine = _netcdf_engine()
+    return lambda path: ready.to_netcdf(path, engine=engine, encoding=_compression(ready, engine))
 
 
 #: the unit of every time coordinate or variable named ``time`` in pcsim results (SI, as NWB)
@@ -135,7 +145,7 @@ def write_figures(figures: Mapping[str, Figure], out_dir: str | Path | RunDirect
     if not isinstance(out_dir, RunDirectory):
         with RunDirectory(out_dir, experiment="", command="replot") as run:
             return write_figures(figures, run)
-    paths = out_dir.write(_figure_writers(figures))
+    paths = out_dir.write(figure_writers(figures))
     out_dir.remove([name for name in out_dir.files if name.endswith(".png") and name not in paths])
     return paths
 
@@ -224,7 +234,10 @@ def _netcdf_engine() -> str:
     raise RuntimeError("no netCDF backend: install netCDF4 (or h5netcdf, or scipy)")
 
 
-def _figure_writers(figures: Mapping[str, Figure]) -> dict[str, Callable[[Path], None]]:
+def figure_writers(figures: Mapping[str, Figure]) -> dict[str, Callable[[Path], None]]:
+    """``{"NAME.png": writer}`` for :meth:`RunDirectory.write <pcsim.outdir.RunDirectory.write>`,
+    one per figure (dpi :data:`FIGURE_DPI`); a name that is not a plain file stem, or an object
+    that is not a Figure, raises :class:`ConfigError` naming it."""
     writers: dict[str, Callable[[Path], None]] = {}
     for name, figure in figures.items():
         if not isinstance(name, str) or not _FIGURE_NAME.fullmatch(name):

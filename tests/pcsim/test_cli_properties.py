@@ -32,6 +32,9 @@ def keys_of(path: Path) -> tuple[tuple[str, Any, dict], ...]:
             if not fld.init:
                 continue
             value = getattr(obj, fld.name)
+            inner = strip_optional(hints[fld.name])
+            if value is None and dataclasses.is_dataclass(inner):
+                value = inner()  # an absent optional table ([sweep]): its keys, as `pcsim show` lists them
             if dataclasses.is_dataclass(value):
                 walk(value, f"{prefix}{fld.name}.")
             else:
