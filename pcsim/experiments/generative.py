@@ -99,12 +99,16 @@ class PCSection:
     """PC's inference: ``inference_steps`` T Euler steps of ``dt/tau`` (ms) when training and
     encoding (``hybrid_steps`` for hybrid PC, which starts from its amortiser, trained with
     ``amortiser_lr``); ``learn_precision`` of the prediction errors (the data's noise level, as the
-    VAE learns its ``sigma``); Monte Carlo PC: ``mc_samples`` Langevin samples after ``burn_in`` steps."""
+    VAE learns its ``sigma``); Monte Carlo PC: ``mc_samples`` Langevin samples after ``burn_in`` steps;
+    ``precondition``: the relaxation's step scaling (:class:`pcsim.inference.InferenceConfig`;
+    ``"curvature"``, each layer's step divided by its curvature bound, is stable for ``dt/tau < 1``
+    however far the learned precisions and weights grow)."""
 
     inference_steps: int = field(default=20, metadata={"ge": 0})
     hybrid_steps: int = field(default=5, metadata={"ge": 0})
     dt: float = field(default=1.0, metadata={"gt": 0, "units": "ms"})
     tau: float = field(default=10.0, metadata={"gt": 0, "units": "ms"})
+    precondition: Literal["none", "precision", "curvature"] = "curvature"
     learn_precision: bool = True
     amortiser_lr: float = field(default=1e-2, metadata={"gt": 0})
     mc_samples: int = field(default=5, metadata={"ge": 1})
@@ -194,7 +198,8 @@ def build_model(name: str, config: Config, device: str):
     dec, tr, pcs, bl = config.decoder, config.training, config.pc, config.baselines
     common = dict(epochs=tr.epochs, batch_size=tr.batch_size, lr=tr.lr, seed=config.seed, device=device)
     if name in PC_MODELS:
-        pc_kw = dict(learn_precision=pcs.learn_precision, dt=pcs.dt, tau=pcs.tau, **common)
+        pc_kw = dict(learn_precision=pcs.learn_precision, dt=pcs.dt, tau=pcs.tau, precondition=pcs.precondition,
+                     **common)
         sizes = lambda D: (dec.latent_dim, *dec.hidden, D)  # noqa: E731
         if name == "hybrid_pc":
             return lambda D: HybridPC(sizes(D), dec.activation, inference_steps=pcs.hybrid_steps,

@@ -95,7 +95,10 @@ class PCGenerative(GenerativeModel):
     data width ``D``); ``activation`` (one name, or ``L`` names for layers ``0..L-1``);
     ``precision`` ``Pi_1..Pi_L`` (one or ``L`` values, dimensionless inverse variances) and
     ``prior_precision`` ``Pi_0``; ``learn_precision``; ``inference_steps`` T and ``dt``, ``tau``
-    (ms; step ``dt/tau``) of the relaxation; ``learning`` ``"standard"`` or ``"mcpc"`` with
+    (ms; step ``dt/tau``) of the relaxation, ``precondition`` its step scaling (``"none"``;
+    ``"precision"``: by each layer's own precision; ``"curvature"``: by each layer's curvature
+    bound, stable for ``dt/tau < 1`` whatever the precisions and weights grow to, the setting for
+    learned precisions; :class:`pcsim.inference.InferenceConfig`); ``learning`` ``"standard"`` or ``"mcpc"`` with
     ``mc_samples`` and ``burn_in`` (Langevin steps); ``epochs``, ``batch_size``, ``lr`` (Adam);
     ``seed`` (weights, batch order, Langevin noise); ``device``, ``dtype``; ``progress`` (a bar
     over the training steps). Learned state: ``network_`` (:class:`pcsim.network.PCNetwork`),
@@ -112,6 +115,7 @@ class PCGenerative(GenerativeModel):
         "inference_steps": [Interval(Integral, 0, None, closed="left")],
         "dt": [Interval(Real, 0, None, closed="neither")],
         "tau": [Interval(Real, 0, None, closed="neither")],
+        "precondition": [StrOptions({"none", "precision", "curvature"})],
         "learning": [StrOptions({"standard", "mcpc"})],
         "mc_samples": [Interval(Integral, 1, None, closed="left")],
         "burn_in": [Interval(Integral, 0, None, closed="left")],
@@ -126,7 +130,7 @@ class PCGenerative(GenerativeModel):
 
     def __init__(self, sizes=(2, 4), activation="tanh", *, precision=1.0, prior_precision: float = 1.0,
                  learn_precision: bool = False, inference_steps: int = 50, dt: float = 1.0, tau: float = 10.0,
-                 learning: str = "standard", mc_samples: int = 10, burn_in: int = 10, epochs: int = 10,
+                 precondition: str = "none", learning: str = "standard", mc_samples: int = 10, burn_in: int = 10, epochs: int = 10,
                  batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str = "cpu", dtype: str = "float64",
                  progress: bool = False):
         self.sizes = sizes
@@ -137,6 +141,7 @@ class PCGenerative(GenerativeModel):
         self.inference_steps = inference_steps
         self.dt = dt
         self.tau = tau
+        self.precondition = precondition
         self.learning = learning
         self.mc_samples = mc_samples
         self.burn_in = burn_in
@@ -151,7 +156,9 @@ class PCGenerative(GenerativeModel):
     # ------------------------------------------------------------------ configuration
     def _inference(self, steps: int | None = None, **kw) -> InferenceConfig:
         """The relaxation's settings: ``steps`` (default ``inference_steps``) Euler steps of ``dt/tau``."""
-        return InferenceConfig(steps=self.inference_steps if steps is None else steps, dt=self.dt, tau=self.tau, **kw)
+        pre = {"none": False}.get(self.precondition, self.precondition)
+        return InferenceConfig(steps=self.inference_steps if steps is None else steps, dt=self.dt, tau=self.tau,
+                               precondition=pre, **kw)
 
     def _to(self, t: Tensor) -> Tensor:
         return t.to(device=self.device, dtype=_DTYPES[self.dtype])
@@ -397,8 +404,7 @@ class PCGenerative(GenerativeModel):
             if s.t >= burn_in and (s.t - burn_in) % thin == 0:
                 keep.append(torch.cat(s.x[:-1], -1)[0].clone())
 
-        cfg = InferenceConfig(steps=burn_in + (n - 1) * thin + 1, dt=dt, tau=self.tau, temperature=1.0,
-                              max_growth=1e6)
+        cfg = replace(self._inference(burn_in + (n - 1) * thin + 1, temperature=1.0, max_growth=1e6), dt=dt)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         with torch.no_grad():
             relax(net, mode.state, cfg, on_step=collect, generator=gen)
@@ -423,12 +429,12 @@ class HybridPC(PCGenerative):
 
     def __init__(self, sizes=(2, 4), activation="tanh", *, precision=1.0, prior_precision: float = 1.0,
                  learn_precision: bool = False, inference_steps: int = 5, dt: float = 1.0, tau: float = 10.0,
-                 learning: str = "standard", mc_samples: int = 10, burn_in: int = 10, epochs: int = 10,
+                 precondition: str = "none", learning: str = "standard", mc_samples: int = 10, burn_in: int = 10, epochs: int = 10,
                  batch_size: int = 64, lr: float = 1e-3, amortiser_lr: float = 1e-2, seed: int = 0,
                  device: str = "cpu", dtype: str = "float64", progress: bool = False):
         super().__init__(sizes, activation, precision=precision, prior_precision=prior_precision,
                          learn_precision=learn_precision, inference_steps=inference_steps, dt=dt, tau=tau,
-                         learning=learning, mc_samples=mc_samples, burn_in=burn_in, epochs=epochs,
+                         precondition=precondition, learning=learning, mc_samples=mc_samples, burn_in=burn_in, epochs=epochs,
                          batch_size=batch_size, lr=lr, seed=seed, device=device, dtype=dtype, progress=progress)
         self.amortiser_lr = amortiser_lr
 
@@ -494,12 +500,12 @@ class ConditionalPC(PCGenerative):
 
     def __init__(self, sizes=(2, 4), activation="tanh", *, precision=1.0, prior_precision: float = 1.0,
                  learn_precision: bool = False, learn_prior_precision: bool = True, inference_steps: int = 50,
-                 dt: float = 1.0, tau: float = 10.0, learning: str = "standard", mc_samples: int = 10,
+                 dt: float = 1.0, tau: float = 10.0, precondition: str = "none", learning: str = "standard", mc_samples: int = 10,
                  burn_in: int = 10, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
                  device: str = "cpu", dtype: str = "float64", progress: bool = False):
         super().__init__(sizes, activation, precision=precision, prior_precision=prior_precision,
                          learn_precision=learn_precision, inference_steps=inference_steps, dt=dt, tau=tau,
-                         learning=learning, mc_samples=mc_samples, burn_in=burn_in, epochs=epochs,
+                         precondition=precondition, learning=learning, mc_samples=mc_samples, burn_in=burn_in, epochs=epochs,
                          batch_size=batch_size, lr=lr, seed=seed, device=device, dtype=dtype, progress=progress)
         self.learn_prior_precision = learn_prior_precision
 
