@@ -363,21 +363,23 @@ class PCGenerative(GenerativeModel):
                 return pc.predict(net.activation(k).f(last), net.weights[k], net.biases[k])[0]
             return pc.sweep(net.spec, net.weights, net.biases, t.unsqueeze(0))[-1][0]
 
-    def sample(self, n: int, aux=None, seed: int = 0) -> Tensor:
+    def sample(self, n: int, aux=None, seed: int = 0, *, noise: bool = True) -> Tensor:
         """``n`` ancestral samples ``(n, D)``: ``x_0`` from the prior, then each layer from its
-        prediction plus Gaussian noise of its precision, ``x_l = mu_l(x_{l-1}) + xi / sqrt(Pi_l)``."""
+        prediction plus Gaussian noise of its precision, ``x_l = mu_l(x_{l-1}) + xi / sqrt(Pi_l)``;
+        with ``noise=False`` the data layer is its prediction ``mu_L`` (the decoder mean ``E[x | z]`` at
+        the sampled latents ``z = [x_0..x_{L-1}]``), without the observation noise."""
         self._check_fitted()
         n = check_number("n", n, integer=True, ge=1)
         seed = check_number("seed", seed, integer=True, ge=0)
         aux = self._sample_aux(aux, n)
         net = self._view(aux)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        noise = lambda shape: torch.randn(shape, generator=gen, dtype=net.dtype, device=net.device)  # noqa: E731
-        x = net.prior_mean.expand(1, n, -1) + noise((1, n, net.sizes[0])) * net.prior_log_precision.exp().rsqrt()
+        draw = lambda shape: torch.randn(shape, generator=gen, dtype=net.dtype, device=net.device)  # noqa: E731
+        x = net.prior_mean.expand(1, n, -1) + draw((1, n, net.sizes[0])) * net.prior_log_precision.exp().rsqrt()
         with torch.no_grad():
             for k, pi in enumerate(net.precision()):
                 mu = pc.predict(net.activation(k).f(x), net.weights[k], net.biases[k])
-                x = mu + noise(mu.shape) * pi.rsqrt()
+                x = mu + draw(mu.shape) * pi.rsqrt() if noise or k < net.depth - 1 else mu
         return x[0]
 
     def _sample_aux(self, aux, n: int) -> Tensor | None:

@@ -107,6 +107,10 @@ def test_ancestral_samples_have_the_model_covariance(linear):
     assert (np.abs(np.cov(s.T) - cov) < 5 * se).all()
     assert (np.abs(s.mean(0) - (m0 @ W + b)) < 5 * np.sqrt(np.diag(cov) / len(s))).all()
     assert torch.equal(m.sample(5, seed=1), m.sample(5, seed=1))
+    mean = m.sample(20000, seed=4, noise=False).numpy()  # the decoder mean at the same x_0: no 1/Pi_1 term
+    cov = W.T @ W / PI0
+    assert (np.abs(np.cov(mean.T) - cov) < 5 * se + 1e-3).all()
+    assert (s - mean).std() == pytest.approx(1 / math.sqrt(PI1), rel=0.03)
 
 
 # --------------------------------------------------------------------------- training

@@ -107,6 +107,9 @@ def test_sample_draws_from_the_linear_gaussian_marginal(lg):
     np.testing.assert_allclose(s.mean(0), b, atol=0.05)
     np.testing.assert_allclose(np.cov(s.T), A @ A.T + S ** 2 * np.eye(D), atol=0.08)
     assert torch.equal(model.sample(5, seed=4), model.sample(5, seed=4))
+    mean = model.sample(20000, seed=3, noise=False).numpy()  # the decoder mean at the same z: A A^T only
+    np.testing.assert_allclose(np.cov(mean.T), A @ A.T, atol=0.06)
+    assert (s - mean).std() == pytest.approx(S, rel=0.03)
 
 
 # --------------------------------------------------------------------------- the shared decoder
