@@ -98,7 +98,12 @@ class PCGenerative(GenerativeModel):
     (ms; step ``dt/tau``) of the relaxation, ``precondition`` its step scaling (``"none"``;
     ``"precision"``: by each layer's own precision; ``"curvature"``: by each layer's curvature
     bound, stable for ``dt/tau < 1`` whatever the precisions and weights grow to, the setting for
-    learned precisions; :class:`pcsim.inference.InferenceConfig`); ``learning`` ``"standard"`` or ``"mcpc"`` with
+    learned precisions; :class:`pcsim.inference.InferenceConfig`); ``precision_update`` the
+    learned precisions' statistic (``"mode"``: PC's local rule at the relaxed state,
+    ``dE/dlog Pi = 1/2 (Pi eps^2 - 1)``; ``"laplace"``: the variational-Laplace M-step, the same
+    with ``eps^2`` replaced by its expectation under the Laplace posterior, ``eps^2 + diag Cov_q(eps)``
+    (Friston et al. 2007), see :meth:`_error_variances`; Monte Carlo PC's Langevin average is
+    that expectation already and uses ``"mode"``); ``learning`` ``"standard"`` or ``"mcpc"`` with
     ``mc_samples`` and ``burn_in`` (Langevin steps); ``epochs``, ``batch_size``, ``lr`` (Adam);
     ``seed`` (weights, batch order, Langevin noise); ``device``, ``dtype``; ``progress`` (a bar
     over the training steps). Learned state: ``network_`` (:class:`pcsim.network.PCNetwork`),
@@ -116,6 +121,7 @@ class PCGenerative(GenerativeModel):
         "dt": [Interval(Real, 0, None, closed="neither")],
         "tau": [Interval(Real, 0, None, closed="neither")],
         "precondition": [StrOptions({"none", "precision", "curvature"})],
+        "precision_update": [StrOptions({"mode", "laplace"})],
         "learning": [StrOptions({"standard", "mcpc"})],
         "mc_samples": [Interval(Integral, 1, None, closed="left")],
         "burn_in": [Interval(Integral, 0, None, closed="left")],
@@ -130,7 +136,7 @@ class PCGenerative(GenerativeModel):
 
     def __init__(self, sizes=(2, 4), activation="tanh", *, precision=1.0, prior_precision: float = 1.0,
                  learn_precision: bool = False, inference_steps: int = 50, dt: float = 1.0, tau: float = 10.0,
-                 precondition: str = "none", learning: str = "standard", mc_samples: int = 10, burn_in: int = 10, epochs: int = 10,
+                 precondition: str = "none", precision_update: str = "mode", learning: str = "standard", mc_samples: int = 10, burn_in: int = 10, epochs: int = 10,
                  batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str = "cpu", dtype: str = "float64",
                  progress: bool = False):
         self.sizes = sizes
@@ -142,6 +148,7 @@ class PCGenerative(GenerativeModel):
         self.dt = dt
         self.tau = tau
         self.precondition = precondition
+        self.precision_update = precision_update
         self.learning = learning
         self.mc_samples = mc_samples
         self.burn_in = burn_in
@@ -211,10 +218,42 @@ class PCGenerative(GenerativeModel):
                             f"{self.network_.sizes[:-1]} concatenated), got shape {tuple(t.shape)}")
         return self._to(as_data(t.reshape(-1, t.shape[-1]), name)).reshape(t.shape)
 
-    def _local_gradients(self, net: PCNetwork, eps, peps, fx, aux: Tensor | None) -> list[Tensor]:
+    def _local_gradients(self, net: PCNetwork, eps, peps, fx, aux: Tensor | None,
+                         variances: list[Tensor] | None = None) -> list[Tensor]:
         """The local (Hebbian) gradients of the energy at one state, ordered as :meth:`_parameters`
-        (:func:`pcsim.energy.parameter_gradients`)."""
-        return pc.parameter_gradients(net.spec, peps, fx, eps)
+        (:func:`pcsim.energy.parameter_gradients`); with ``variances`` (:meth:`_error_variances`) the
+        precisions' gradients take the posterior's spread of each error too, ``+ 1/2 Pi diag Cov_q(eps)``."""
+        grads = pc.parameter_gradients(net.spec, peps, fx, eps)
+        if variances is not None and net.learn_precision:
+            L = net.depth
+            for k in range(L):
+                extra = 0.5 * (net.log_precision[k].exp() * variances[k + 1]).mean(1, keepdim=True)  # (1, 1, n)
+                grads[2 * L + k] = grads[2 * L + k] + (extra.sum(-1, keepdim=True) if net.spec.scalar_precision[k]
+                                                       else extra)
+        return grads
+
+    def _error_variances(self, net: PCNetwork, xs: list[Tensor]) -> list[Tensor]:
+        """``diag Cov_q(eps_l)`` ``(1, N, n_l)`` for ``l = 0..L`` under the Laplace posterior ``q`` at value
+        nodes ``xs`` (:meth:`_laplace`'s ``H``, ``Sigma = H^-1``), with the errors linearised there:
+        ``eps_0 = x_0 - m_0`` has ``Sigma_00``; ``eps_l = x_l - mu_l(x_{l-1})``, ``d mu_l = A_l^T dx_{l-1}``
+        (``A_l = diag f'(x_{l-1}) W_l``), has ``Sigma_ll - 2 A_l^T Sigma_{l-1,l} + A_l^T Sigma_{l-1,l-1} A_l``
+        (the data layer ``L`` is clamped: the last term only). What the mode alone leaves out of the
+        expected squared error, and why precisions learned at the mode run away (a free layer
+        can shrink its error at the mode, its spread under ``q`` stays)."""
+        q = self._laplace(net, xs)
+        S = torch.cholesky_inverse(q.precision_cholesky)                           # (N, d, d)
+        L, widths = net.depth, net.spec.sizes[:net.depth]
+        offs = np.concatenate([[0], np.cumsum(widths)]).tolist()
+        block = lambda a, b: S[:, offs[a]:offs[a + 1], offs[b]:offs[b + 1]]      # noqa: E731
+        out = [torch.diagonal(block(0, 0), dim1=-2, dim2=-1).unsqueeze(0)]
+        for l in range(1, L + 1):
+            act = net.spec.activation(l - 1)
+            A = act.df(xs[l - 1], act.f(xs[l - 1]))[0][:, :, None] * net.weights[l - 1][0][None]  # (N, n_{l-1}, n_l)
+            v = torch.einsum("nij,nik,nkj->nj", A, block(l - 1, l - 1), A)
+            if l < L:
+                v = v + torch.diagonal(block(l, l), dim1=-2, dim2=-1) - 2.0 * torch.einsum("nij,nij->nj", A, block(l - 1, l))
+            out.append(v.unsqueeze(0))
+        return out
 
     def _relaxed(self, net: PCNetwork, x: Tensor, steps: int | None = None, start: str | None = None) -> Relaxation:
         state = self._start(net, x) if start is None else init_state(net, data=x)
@@ -247,7 +286,9 @@ class PCGenerative(GenerativeModel):
         net = self._view(aux)
         r = relax(net, self._start(net, x), self._inference())
         if self.learning == "standard":
-            grads = self._local_gradients(net, r.eps, r.peps, r.fx, aux)
+            laplace = self.precision_update == "laplace"
+            grads = self._local_gradients(net, r.eps, r.peps, r.fx, aux,
+                                          self._error_variances(net, r.state.x) if laplace else None)
         else:
             grads = self._mcpc_gradients(net, r, aux, noise)
         optimizer.step(self._parameters(), grads)
@@ -431,12 +472,12 @@ class HybridPC(PCGenerative):
 
     def __init__(self, sizes=(2, 4), activation="tanh", *, precision=1.0, prior_precision: float = 1.0,
                  learn_precision: bool = False, inference_steps: int = 5, dt: float = 1.0, tau: float = 10.0,
-                 precondition: str = "none", learning: str = "standard", mc_samples: int = 10, burn_in: int = 10, epochs: int = 10,
+                 precondition: str = "none", precision_update: str = "mode", learning: str = "standard", mc_samples: int = 10, burn_in: int = 10, epochs: int = 10,
                  batch_size: int = 64, lr: float = 1e-3, amortiser_lr: float = 1e-2, seed: int = 0,
                  device: str = "cpu", dtype: str = "float64", progress: bool = False):
         super().__init__(sizes, activation, precision=precision, prior_precision=prior_precision,
                          learn_precision=learn_precision, inference_steps=inference_steps, dt=dt, tau=tau,
-                         precondition=precondition, learning=learning, mc_samples=mc_samples, burn_in=burn_in, epochs=epochs,
+                         precondition=precondition, precision_update=precision_update, learning=learning, mc_samples=mc_samples, burn_in=burn_in, epochs=epochs,
                          batch_size=batch_size, lr=lr, seed=seed, device=device, dtype=dtype, progress=progress)
         self.amortiser_lr = amortiser_lr
 
@@ -502,12 +543,12 @@ class ConditionalPC(PCGenerative):
 
     def __init__(self, sizes=(2, 4), activation="tanh", *, precision=1.0, prior_precision: float = 1.0,
                  learn_precision: bool = False, learn_prior_precision: bool = True, inference_steps: int = 50,
-                 dt: float = 1.0, tau: float = 10.0, precondition: str = "none", learning: str = "standard", mc_samples: int = 10,
+                 dt: float = 1.0, tau: float = 10.0, precondition: str = "none", precision_update: str = "mode", learning: str = "standard", mc_samples: int = 10,
                  burn_in: int = 10, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
                  device: str = "cpu", dtype: str = "float64", progress: bool = False):
         super().__init__(sizes, activation, precision=precision, prior_precision=prior_precision,
                          learn_precision=learn_precision, inference_steps=inference_steps, dt=dt, tau=tau,
-                         precondition=precondition, learning=learning, mc_samples=mc_samples, burn_in=burn_in, epochs=epochs,
+                         precondition=precondition, precision_update=precision_update, learning=learning, mc_samples=mc_samples, burn_in=burn_in, epochs=epochs,
                          batch_size=batch_size, lr=lr, seed=seed, device=device, dtype=dtype, progress=progress)
         self.learn_prior_precision = learn_prior_precision
 
@@ -541,13 +582,17 @@ class ConditionalPC(PCGenerative):
         return replace(self.network_, prior_mean=self.prior_mean_[a].unsqueeze(0),
                        prior_log_precision=self.prior_log_precision_[a].reshape(1, -1, 1))
 
-    def _local_gradients(self, net: PCNetwork, eps, peps, fx, aux: Tensor | None) -> list[Tensor]:
-        grads = pc.parameter_gradients(net.spec, peps, fx, eps)[:-1]
+    def _local_gradients(self, net: PCNetwork, eps, peps, fx, aux: Tensor | None,
+                         variances: list[Tensor] | None = None) -> list[Tensor]:
+        grads = super()._local_gradients(net, eps, peps, fx, aux, variances)[:-1]
         B, n0 = eps[0].shape[1], eps[0].shape[2]
         a = aux.to(self.prior_mean_.device)
         gm = self.prior_mean_.new_zeros(self.prior_mean_.shape).index_add_(0, a, -peps[0][0] / B)
         grads.append(gm)
         if self.learn_prior_precision:
-            per = 0.5 * ((peps[0][0] * eps[0][0]).sum(-1) - n0) / B
+            sq = (peps[0][0] * eps[0][0]).sum(-1)                                     # Pi_u ||eps_0||^2, (B,)
+            if variances is not None:  # + Pi_u tr Sigma_00: the prior's M-step under the Laplace posterior
+                sq = sq + net.prior_log_precision.exp().reshape(-1) * variances[0][0].sum(-1)
+            per = 0.5 * (sq - n0) / B
             grads.append(self.prior_log_precision_.new_zeros(self.prior_log_precision_.shape).index_add_(0, a, per))
         return grads

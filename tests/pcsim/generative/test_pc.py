@@ -437,3 +437,57 @@ def test_inference_blow_up_names_the_step():
     with pytest.raises(InferenceDivergenceError, match="dt/tau") as info:
         PCGenerative((d, D), "linear", precision=50.0, epochs=1, batch_size=16, dt=10.0, tau=1.0).fit(x)
     assert isinstance(info.value, PCSimError)
+
+
+# --------------------------------------------------------------------------- the precisions' M-step
+def _marginal_nll(W, b, m0, log_pi0, log_pi1, x):
+    """-mean log N(x; m0 W + b, W^T W / Pi_0 + I / Pi_1) (torch, differentiable in the log-precisions)."""
+    cov = W.T @ W / log_pi0.exp() + torch.eye(W.shape[1], dtype=W.dtype) / log_pi1.exp()
+    return -torch.distributions.MultivariateNormal(m0 @ W + b, cov).log_prob(x).mean()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_laplace_precision_update_is_the_exact_likelihood_gradient(seed):
+    """On a linear-Gaussian network the Laplace posterior is exact, so the variational-Laplace M-step
+    (precision_update='laplace': Pi (eps^2 + diag Cov_q eps) - 1) is the gradient of the exact marginal
+    -log p(x) in log Pi_1 (Fisher's identity) for random weights and precisions; the rule at the mode
+    alone is not (it is biased towards larger precisions, the runaway direction)."""
+    rng = np.random.default_rng(seed)
+    x = torch.as_tensor(linear_data(80, seed))
+    pi1 = float(10 ** rng.uniform(-1, 1))
+    m = PCGenerative((d, D), "linear", precision=pi1, prior_precision=PI0, learn_precision=True, epochs=0,
+                     inference_steps=0, precision_update="laplace").fit(x)
+    net = m.network_
+    with torch.no_grad():
+        net.weights[0].copy_(torch.as_tensor(rng.normal(size=(1, d, D))))
+        net.biases[0].copy_(torch.as_tensor(rng.normal(size=(1, 1, D))) * 0.3)
+    r = relax(net, init_state(net, data=x), InferenceConfig(steps=400, dt=0.9, tau=1.0, precondition="curvature"))
+    laplace = m._local_gradients(net, r.eps, r.peps, r.fx, None, m._error_variances(net, r.state.x))[2]
+    mode = m._local_gradients(net, r.eps, r.peps, r.fx, None)[2]
+    lp1 = torch.tensor(math.log(pi1), dtype=torch.float64, requires_grad=True)
+    nll = _marginal_nll(net.weights[0][0], net.biases[0][0, 0], net.prior_mean[0, 0],
+                        torch.tensor(math.log(PI0), dtype=torch.float64), lp1, x)
+    (exact,) = torch.autograd.grad(nll, lp1)
+    assert float(laplace) == pytest.approx(float(exact), rel=1e-6, abs=1e-8)
+    assert float(mode) < float(exact) - 0.05  # the mode's rule: a lower energy for a larger Pi_1
+
+
+def test_laplace_prior_precision_update_is_the_exact_likelihood_gradient():
+    """The same identity for the conditional prior's per-label precision Pi_u (one label here)."""
+    rng = np.random.default_rng(4)
+    x = torch.as_tensor(linear_data(60, 4))
+    u = np.zeros(60, dtype=int)
+    m = ConditionalPC((d, D), "linear", precision=PI1, prior_precision=1.5, epochs=0, inference_steps=0,
+                      precision_update="laplace").fit(x, u)
+    with torch.no_grad():
+        m.network_.weights[0].copy_(torch.as_tensor(rng.normal(size=(1, d, D))))
+        m.prior_mean_.copy_(torch.as_tensor(rng.normal(size=(1, d))))
+    a = torch.as_tensor(u)
+    net = m._view(a)
+    r = relax(net, init_state(net, data=x), InferenceConfig(steps=400, dt=0.9, tau=1.0, precondition="curvature"))
+    g = m._local_gradients(net, r.eps, r.peps, r.fx, a, m._error_variances(net, r.state.x))[-1]
+    lp0 = torch.tensor(math.log(1.5), dtype=torch.float64, requires_grad=True)
+    nll = _marginal_nll(net.weights[0][0], net.biases[0][0, 0], m.prior_mean_[0], lp0,
+                        torch.tensor(math.log(PI1), dtype=torch.float64), x)
+    (exact,) = torch.autograd.grad(nll, lp0)
+    assert float(g[0]) == pytest.approx(float(exact), rel=1e-6, abs=1e-8)
