@@ -105,13 +105,16 @@ class PCSection:
     VAE learns its ``sigma``); Monte Carlo PC: ``mc_samples`` Langevin samples after ``burn_in`` steps;
     ``precondition``: the relaxation's step scaling (:class:`pcsim.inference.InferenceConfig`;
     ``"curvature"``, each layer's step divided by its curvature bound, is stable for ``dt/tau < 1``
-    however far the learned precisions and weights grow)."""
+    however far the learned precisions and weights grow); ``precision_update``: the learned
+    precisions' rule, at the mode (PC's) or the variational-Laplace M-step
+    (:class:`pcsim.generative.pc.PCGenerative`; Monte Carlo PC always averages over its samples)."""
 
     inference_steps: int = field(default=20, metadata={"ge": 0})
     hybrid_steps: int = field(default=5, metadata={"ge": 0})
     dt: float = field(default=1.0, metadata={"gt": 0, "units": "ms"})
     tau: float = field(default=10.0, metadata={"gt": 0, "units": "ms"})
     precondition: Literal["none", "precision", "curvature"] = "curvature"
+    precision_update: Literal["mode", "laplace"] = "mode"
     learn_precision: bool = True
     amortiser_lr: float = field(default=1e-2, metadata={"gt": 0})
     mc_samples: int = field(default=5, metadata={"ge": 1})
@@ -210,7 +213,8 @@ def build_model(name: str, config: Config, device: str):
         if name == "hybrid_pc":
             return lambda D: HybridPC(sizes(D), dec.activation, inference_steps=pcs.hybrid_steps,
                                       amortiser_lr=pcs.amortiser_lr, **pc_kw)
-        extra = dict(learning="mcpc", mc_samples=pcs.mc_samples, burn_in=pcs.burn_in) if name == "mcpc" else {}
+        extra = (dict(learning="mcpc", mc_samples=pcs.mc_samples, burn_in=pcs.burn_in) if name == "mcpc"
+                 else dict(precision_update=pcs.precision_update))
         return lambda D: PCGenerative(sizes(D), dec.activation, inference_steps=pcs.inference_steps, **extra, **pc_kw)
     if name in ("vae", "iwae"):
         K = bl.iw_samples if name == "iwae" else 1

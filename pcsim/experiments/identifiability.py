@@ -50,6 +50,9 @@ class ModelSection:
     with ``activation``; ``epochs``, ``batch_size``, ``lr`` (Adam) for all; PC's relaxation
     ``inference_steps`` of ``dt/tau`` (ms) scaled by ``precondition`` (``"curvature"``: stable for
     ``dt/tau < 1`` whatever the prior precisions grow to) with learned precisions when ``learn_precision``;
+    ``precision_update``: conditional PC's per-segment prior precisions learned at the relaxed mode
+    (``"mode"``, which shrinks ``x_0`` onto the segment mean and lets the precisions run away) or by
+    the variational-Laplace M-step (``"laplace"``: the posterior's spread of ``x_0`` counted);
     ``ivae_prior_mean``: the iVAE's per-segment prior means learned, or fixed at 0 (the paper's
     setting: only the variances carry the segment)."""
 
@@ -64,6 +67,7 @@ class ModelSection:
     dt: float = field(default=1.0, metadata={"gt": 0, "units": "ms"})
     tau: float = field(default=10.0, metadata={"gt": 0, "units": "ms"})
     precondition: Literal["none", "precision", "curvature"] = "curvature"
+    precision_update: Literal["mode", "laplace"] = "laplace"
     learn_precision: bool = False
     ivae_prior_mean: Literal["learned", "zero"] = "zero"
     n_plot: int = field(default=400, metadata={"ge": 3})
@@ -108,7 +112,8 @@ def build_model(name: str, ms: ModelSection, d: int, seed: int, device: str):
     common = dict(epochs=ms.epochs, batch_size=ms.batch_size, lr=ms.lr, seed=seed, device=device)
     if name == "conditional_pc":
         return ConditionalPC((d, *ms.hidden, d), ms.activation, inference_steps=ms.inference_steps, dt=ms.dt,
-                             tau=ms.tau, precondition=ms.precondition, learn_precision=ms.learn_precision, **common)
+                             tau=ms.tau, precondition=ms.precondition,
+                             precision_update=ms.precision_update, learn_precision=ms.learn_precision, **common)
     if name == "ivae":
         return IVAE(d, ms.hidden, ms.activation, prior_mean=ms.ivae_prior_mean, **common)
     return VAE(d, ms.hidden, ms.activation, **common)
