@@ -53,6 +53,9 @@ class ModelSection:
     ``precision_update``: conditional PC's per-segment prior precisions learned at the relaxed mode
     (``"mode"``, which shrinks ``x_0`` onto the segment mean and lets the precisions run away) or by
     the variational-Laplace M-step (``"laplace"``: the posterior's spread of ``x_0`` counted);
+    ``pc_precision``: conditional PC's (initial) precision of every layer's prediction error (the
+    iVAE's hidden layers are deterministic: a large value makes PC's nearly so, and leaves ``x_0``
+    the only cause with room to vary);
     ``ivae_prior_mean``: the iVAE's per-segment prior means learned, or fixed at 0 (the paper's
     setting: only the variances carry the segment)."""
 
@@ -68,6 +71,7 @@ class ModelSection:
     tau: float = field(default=10.0, metadata={"gt": 0, "units": "ms"})
     precondition: Literal["none", "precision", "curvature"] = "curvature"
     precision_update: Literal["mode", "laplace"] = "laplace"
+    pc_precision: float = field(default=1.0, metadata={"gt": 0})
     learn_precision: bool = False
     ivae_prior_mean: Literal["learned", "zero"] = "zero"
     n_plot: int = field(default=400, metadata={"ge": 3})
@@ -113,7 +117,7 @@ def build_model(name: str, ms: ModelSection, d: int, seed: int, device: str):
     if name == "conditional_pc":
         return ConditionalPC((d, *ms.hidden, d), ms.activation, inference_steps=ms.inference_steps, dt=ms.dt,
                              tau=ms.tau, precondition=ms.precondition,
-                             precision_update=ms.precision_update, learn_precision=ms.learn_precision, **common)
+                             precision_update=ms.precision_update, precision=ms.pc_precision, learn_precision=ms.learn_precision, **common)
     if name == "ivae":
         return IVAE(d, ms.hidden, ms.activation, prior_mean=ms.ivae_prior_mean, **common)
     return VAE(d, ms.hidden, ms.activation, **common)
