@@ -19,11 +19,14 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class Activation:
-    """A pointwise non-linearity ``f`` with derivative ``df(x, fx)``; shapes are preserved."""
+    """A pointwise non-linearity ``f`` with derivative ``df(x, fx)``; shapes are preserved.
+    ``slope_bound``: ``sup_x |f'(x)|`` (1 for tanh, relu and linear, 1/4 for the sigmoid), the
+    gain the curvature bound of a preconditioned relaxation needs (:mod:`pcsim.inference`)."""
 
     name: str
     f: Callable[[Tensor], Tensor]
     df: Callable[[Tensor, Tensor], Tensor]
+    slope_bound: float = 1.0
 
 
 def _tanh(x: Tensor) -> Tensor:
@@ -42,7 +45,7 @@ def _relu_df(x: Tensor, fx: Tensor) -> Tensor:
 ACTIVATIONS: dict[str, Activation] = {
     "tanh": Activation("tanh", _tanh, lambda x, fx: 1.0 - fx * fx),
     "relu": Activation("relu", torch.relu, _relu_df),
-    "sigmoid": Activation("sigmoid", torch.sigmoid, lambda x, fx: fx * (1.0 - fx)),
+    "sigmoid": Activation("sigmoid", torch.sigmoid, lambda x, fx: fx * (1.0 - fx), 0.25),
     "linear": Activation("linear", lambda x: x, lambda x, fx: torch.ones_like(x)),
 }
 

@@ -13,7 +13,7 @@ one :class:`InferenceStep`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +26,10 @@ from .network import NetworkSpec, PCNetwork
 from .parallel import threads, threads_for
 
 Tensor = torch.Tensor
+
+
+#: the named preconditioners of :class:`InferenceConfig` (``True`` means ``"precision"``)
+PRECONDITIONERS = ("precision", "curvature")
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,18 @@ class InferenceConfig:
     ``compile``: run the steps as ``torch.compile``d chunks (all T steps in one graph when
     nothing is recorded, no tolerance and no hook; fused kernels, no Python in the loop;
     costs seconds of compilation per shape).
-    ``precondition``: divide each layer's step by its precision (see ``_update``).
+    ``precondition``: scale each free layer's step. ``True`` (or ``"precision"``): divide it by
+    the layer's own precision ``Pi_l`` (Newton's step on its own quadratic term; with frozen
+    predictions and ``dt/tau = 1`` the fixed-prediction rule's exact backprop deltas).
+    ``"curvature"``: divide it by a bound ``c_l`` on the layer's curvature (:func:`curvature_bound`),
+    ``c_l = Pi_l + g_l^2 (s_{l+1} |W'_{l+1}|^T)`` with ``W'_{l+1} = |W_{l+1}| Pi_{l+1}^{1/2}`` (columns
+    weighted by the precision of the error the layer predicts), ``s`` its column sums and ``g_l``
+    the activation's largest slope: the Gauss-Newton Hessian of the energy then satisfies
+    ``H <= 2 diag(c)``, so for every precision and weight scale the preconditioned Euler step is
+    stable and descends the (Gauss-Newton) energy whenever ``dt/tau < 1`` (exactly for linear
+    networks). It is local: the layer's own precision, the precision of the error below it and its
+    own outgoing weights. A learned precision that grows therefore slows the layer it weighs
+    instead of pushing ``dt/tau * Pi`` past its stability bound.
     ``temperature``: Langevin noise (Monte Carlo PC; Oliviers, Bogacz & Meulemans 2024): every
     step adds ``sqrt(2 dt/tau temperature) xi`` (``xi ~ N(0, I)``; divided by ``sqrt(Pi_l)`` when
     preconditioned) to each free node, so at ``temperature = 1`` the nodes sample
@@ -66,15 +81,18 @@ class InferenceConfig:
     record: bool = False
     check_every: int = field(default=0, metadata={"ge": 0})
     compile: bool = False
-    precondition: bool = False
+    precondition: bool | Literal["precision", "curvature"] = False
     temperature: float = field(default=0.0, metadata={"ge": 0})
     seed: int = field(default=0, metadata={"ge": 0})
 
     def __post_init__(self):
         check_ranges(self)  # the ranges are the fields' metadata, as in a config file
-        for name in ("record", "compile", "precondition", "check_descent"):
+        for name in ("record", "compile", "check_descent"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{type(self).__name__}.{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.precondition, bool) and self.precondition not in PRECONDITIONERS:
+            raise ConfigError(f"{type(self).__name__}.precondition must be True, False, 'precision' or 'curvature', "
+                              f"got {self.precondition!r}")
         if self.temperature > 0 and (self.compile or self.momentum > 0):
             raise ConfigError(f"{type(self).__name__}.temperature={self.temperature:g} (Langevin noise) cannot be combined "
                               f"with compile={self.compile} or momentum={self.momentum:g}; use compile=False, momentum=0")
@@ -269,7 +287,7 @@ class StepPlan:
 
     ``spec``: the network's static part; ``free``: indices of the layers that move; ``eta``:
     the step ``dt/tau``; ``momentum``; ``precondition``: divide each layer's step by its
-    precision; ``unit_precision``: every precision is 1 (the products are skipped);
+    precision (``True``/``"precision"``) or by its curvature bound (``"curvature"``, :func:`curvature_bound`); ``unit_precision``: every precision is 1 (the products are skipped);
     ``max_growth``: the divergence bound (quoted in the error message); ``hooked``: a hook may
     change the parameters between steps (the carry then holds the next direction);
     ``temperature``: Langevin noise of each step (:class:`InferenceConfig`).
@@ -279,7 +297,7 @@ class StepPlan:
     free: tuple[int, ...]
     eta: float
     momentum: float = 0.0
-    precondition: bool = False
+    precondition: bool | str = False
     unit_precision: bool = False
     max_growth: float = 10.0
     hooked: bool = False
@@ -292,7 +310,7 @@ class PCCarry(NamedTuple):
     ``x``: value nodes ``[x_0..x_L]`` ``(E, B, n_l)``; ``v``: heavy-ball velocity of each free
     layer (``None`` entries without momentum); ``eps``/``peps``: errors and precision-weighted
     errors (:func:`pcsim.energy.errors`); ``fx``: activities ``f(x_l)``, ``l < L``;
-    ``direction``: ``dE/dx_l`` of each free layer (divided by ``Pi_l`` when preconditioned),
+    ``direction``: ``dE/dx_l`` of each free layer (divided by its preconditioner when preconditioned),
     computed with the parameters of this step so that a hook may change them before the move
     (``plan.hooked``); ``None`` otherwise: the step computes it, and a relaxation's last state
     costs no direction that nothing would use.
@@ -354,21 +372,36 @@ class PCDynamics:
         return carry._replace(direction=self.directions(carry)) if self.plan.hooked else carry
 
     def directions(self, carry: PCCarry) -> list[Tensor]:
-        """``dE/dx_l`` (:func:`pcsim.energy.node_gradient`) of each free layer at ``carry``, divided by ``Pi_l`` when preconditioned."""
+        """``dE/dx_l`` (:func:`pcsim.energy.node_gradient`) of each free layer at ``carry``, divided by
+        its preconditioner (:meth:`scales`) when preconditioned."""
         spec, L = self.plan.spec, self.plan.spec.depth
         x, peps, fx = carry.x, carry.peps, carry.fx
-        pis = self._precisions()
+        scales = self.scales()
         out = []
-        for l in self.plan.free:
+        for i, l in enumerate(self.plan.free):
             if l < L:
                 slope = self.slopes[l] if self.slopes is not None else spec.activation(l).df(x[l], fx[l])
                 g = pc.node_gradient(peps[l], peps[l + 1], self.weights[l], slope, x[l], spec.sparse(l))
             else:
                 g = pc.node_gradient(peps[l], None, None, None, x[l], spec.sparse(l))
-            if self.plan.precondition and pis is not None:  # Newton's step on the layer's own quadratic term
-                g = g / (pis[l - 1] if l > 0 else self.prior[1])
+            if scales is not None and scales[i] is not None:
+                g = g / scales[i]
             out.append(g)
         return out
+
+    def scales(self) -> list | None:
+        """The preconditioner of each free layer (``(E, 1, n_l)`` or ``(E, 1, 1)``; None entries: unscaled),
+        or None without preconditioning: its own precision (``"precision"``) or :func:`curvature_bound`."""
+        plan = self.plan
+        if not plan.precondition:
+            return None
+        pis = self._precisions()
+        if plan.precondition == "curvature":
+            return curvature_bound(plan.spec, self.weights, pis, None if self.prior is None else self.prior[1],
+                                   plan.free)
+        if pis is None:
+            return None
+        return [pis[l - 1] if l > 0 else self.prior[1] for l in plan.free]
 
     @property
     def descends(self) -> bool:
@@ -392,11 +425,11 @@ class PCDynamics:
             else:
                 x[l] = x[l].sub(direction[i], alpha=plan.eta)
         if plan.temperature > 0:  # unadjusted Langevin: x += sqrt(2 eta T M^-1) xi, M the preconditioner
-            pis = self._precisions() if plan.precondition else None
-            for l in plan.free:
+            scales = self.scales()
+            for i, l in enumerate(plan.free):
                 xi = torch.randn(x[l].shape, generator=self.generator, dtype=x[l].dtype, device=x[l].device)
-                if pis is not None:
-                    xi = xi * (pis[l - 1] if l > 0 else self.prior[1]).rsqrt()
+                if scales is not None and scales[i] is not None:
+                    xi = xi * scales[i].rsqrt()
                 x[l] = x[l].add(xi, alpha=(2.0 * plan.eta * plan.temperature) ** 0.5)
         return self.evaluate(x, v)
 
@@ -430,6 +463,10 @@ class PCDynamics:
         """:func:`pcsim.relaxation.step_cause` with this system's step, momentum and largest precision per layer."""
         pis = self._precisions()
         named = {}
+        if self.plan.precondition == "curvature":  # no precision can lift the step past its bound
+            return relaxation.step_cause(self.plan.eta, self.plan.momentum, None,
+                                         "(the curvature-preconditioned step is stable for dt/tau < 1 on the "
+                                         "Gauss-Newton energy; above that, or with strongly curved activations, lower it)")
         if pis is not None:
             named = {f"Pi_{l}": float(p.max()) for l, p in enumerate(pis, start=1) if torch.isfinite(p).all()}
         if self.prior is not None and torch.isfinite(self.prior[1]).all():
@@ -443,6 +480,46 @@ class PCDynamics:
             out[f"x{l}"] = xl
             out[f"eps{l}"] = torch.zeros_like(xl) if e is None else e
         return out
+
+
+def curvature_bound(spec: NetworkSpec, weights, precisions: list | None, prior_precision: Tensor | None,
+                    layers) -> list[Tensor | None]:
+    """A bound ``c_l`` on the curvature of the energy in each of ``layers`` (value-node layer indices),
+    ``(E, 1, n_l)``, from the layer's own precision and the error it predicts.
+
+    The Gauss-Newton Hessian of ``E = sum_l 1/2 ||Pi_l^{1/2} (x_l - mu_l)||^2`` is ``H = sum_l J_l^T
+    Pi_l J_l`` with ``J_l v = v_l - A_l v_{l-1}``, ``A_l = diag(f'(x_{l-1})) W_l``. By
+    ``|a - b|^2 <= 2 |a|^2 + 2 |b|^2``, ``v^T H v <= 2 sum_l v_l^T (Pi_l + A_{l+1} Pi_{l+1}
+    A_{l+1}^T) v_l``, and by the Schur test ``|B^T v|^2 <= sum_i v_i^2 sum_j |B_ij| s_j`` with ``s_j
+    = sum_k |B_kj|``; with ``B = g_l |W_{l+1}| Pi_{l+1}^{1/2}`` (``g_l`` the activation's
+    :attr:`~pcsim.activations.Activation.slope_bound`) that gives ``H <= 2 diag(c)``,
+
+        c_l = Pi_l + g_l^2 (s_{l+1} @ |W'_{l+1}|^T),   W'_{l+1} = |W_{l+1}| Pi_{l+1}^{1/2},
+
+    for every state (``Pi_0`` the prior precision in generative mode; a discriminative input is
+    clamped and carries no own term). The sparse prior adds its largest curvature
+    ``2 lambda / s^2`` (Cauchy). ``precisions`` ``[Pi_1..Pi_L]`` or None (unit); ``weights[k]``
+    ``(E, n_k, n_{k+1})``. Euler steps ``x_l -= dt/tau dE/dx_l / c_l`` thus have
+    ``dt/tau lambda_max(C^{-1} H) <= 2 dt/tau``: stable for ``dt/tau < 1``."""
+    L = spec.depth
+    out: list[Tensor | None] = []
+    for l in layers:
+        if l > 0:
+            own = precisions[l - 1] if precisions is not None else weights[l - 1].new_ones(1, 1, 1)
+        else:
+            own = prior_precision if prior_precision is not None else weights[0].new_zeros(1, 1, 1)
+        c = own
+        if l < L:
+            W = weights[l].abs()                                            # (E, n_l, n_{l+1})
+            if precisions is not None:
+                W = W * precisions[l].sqrt()                                # columns weighted by Pi_{l+1}^{1/2}
+            s = W.sum(1, keepdim=True)                                      # (E, 1, n_{l+1})
+            c = c + spec.activation(l).slope_bound ** 2 * torch.bmm(s, W.transpose(1, 2))
+        sparse = spec.sparse(l)
+        if sparse is not None and sparse[2] == "cauchy":
+            c = c + 2.0 * sparse[0] / sparse[1] ** 2
+        out.append(c)
+    return out
 
 
 def dynamics(net: PCNetwork, state: PCState, config: InferenceConfig, *, fixed: FixedPredictions | None = None,

@@ -85,13 +85,16 @@ class DecoderSection:
 @dataclass(frozen=True, kw_only=True)
 class TrainingSection:
     """``models`` to compare, each trained ``epochs`` passes of minibatches of ``batch_size`` with
-    Adam of step ``lr``."""
+    Adam of step ``lr``, once per seed of ``seeds`` (weights, batch order, noise; the split is
+    fixed by ``[data] split_seed``): every metric is reported per seed and as mean +- sd over them;
+    an empty list means the config's ``seed`` alone."""
 
     models: tuple[ModelName, ...] = field(default=("pc", "hybrid_pc", "mcpc", "vae", "iwae", "flow", "helmholtz"),
                                           metadata={"nonempty": True})
     epochs: int = field(default=20, metadata={"ge": 1})
     batch_size: int = field(default=64, metadata={"ge": 1})
     lr: float = field(default=1e-3, metadata={"gt": 0})
+    seeds: tuple[int, ...] = field(default=(), metadata={"ge": 0})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,12 +102,19 @@ class PCSection:
     """PC's inference: ``inference_steps`` T Euler steps of ``dt/tau`` (ms) when training and
     encoding (``hybrid_steps`` for hybrid PC, which starts from its amortiser, trained with
     ``amortiser_lr``); ``learn_precision`` of the prediction errors (the data's noise level, as the
-    VAE learns its ``sigma``); Monte Carlo PC: ``mc_samples`` Langevin samples after ``burn_in`` steps."""
+    VAE learns its ``sigma``); Monte Carlo PC: ``mc_samples`` Langevin samples after ``burn_in`` steps;
+    ``precondition``: the relaxation's step scaling (:class:`pcsim.inference.InferenceConfig`;
+    ``"curvature"``, each layer's step divided by its curvature bound, is stable for ``dt/tau < 1``
+    however far the learned precisions and weights grow); ``precision_update``: the learned
+    precisions' rule, at the mode (PC's) or the variational-Laplace M-step
+    (:class:`pcsim.generative.pc.PCGenerative`; Monte Carlo PC always averages over its samples)."""
 
     inference_steps: int = field(default=20, metadata={"ge": 0})
     hybrid_steps: int = field(default=5, metadata={"ge": 0})
     dt: float = field(default=1.0, metadata={"gt": 0, "units": "ms"})
     tau: float = field(default=10.0, metadata={"gt": 0, "units": "ms"})
+    precondition: Literal["none", "precision", "curvature"] = "curvature"
+    precision_update: Literal["mode", "laplace"] = "mode"
     learn_precision: bool = True
     amortiser_lr: float = field(default=1e-2, metadata={"gt": 0})
     mc_samples: int = field(default=5, metadata={"ge": 1})
@@ -135,7 +145,9 @@ class EvaluationSection:
     ``same_decoder_step``: the Euler step ``dt/tau`` of PC's inference on the VAE's decoder (its
     curvature grows as the VAE's ``sigma`` shrinks: 0.03 diverges on digits after 300 epochs);
     ``n_generated`` samples for the Fréchet distance, in the features of a classifier trained for
-    ``classifier_max_iter`` epochs on the real training split; ``n_show`` examples per figure."""
+    ``classifier_max_iter`` epochs on the real training split, scored (and shown) as the decoder
+    mean ``E[x | z]`` at each sampled latent unless ``sample_noise`` (then with the observation noise,
+    which at a learned ``sigma`` dominates the distance); ``n_show`` examples per figure."""
 
     nll_samples: int = field(default=100, metadata={"ge": 2})
     elbo_samples: int = field(default=10, metadata={"ge": 1})
@@ -147,6 +159,7 @@ class EvaluationSection:
     same_decoder_step: float = field(default=0.01, metadata={"gt": 0})
     n_generated: int = field(default=500, metadata={"ge": 2})
     classifier_max_iter: int = field(default=300, metadata={"ge": 1})
+    sample_noise: bool = False
     n_show: int = field(default=8, metadata={"ge": 1})
 
 
@@ -194,12 +207,14 @@ def build_model(name: str, config: Config, device: str):
     dec, tr, pcs, bl = config.decoder, config.training, config.pc, config.baselines
     common = dict(epochs=tr.epochs, batch_size=tr.batch_size, lr=tr.lr, seed=config.seed, device=device)
     if name in PC_MODELS:
-        pc_kw = dict(learn_precision=pcs.learn_precision, dt=pcs.dt, tau=pcs.tau, **common)
+        pc_kw = dict(learn_precision=pcs.learn_precision, dt=pcs.dt, tau=pcs.tau, precondition=pcs.precondition,
+                     **common)
         sizes = lambda D: (dec.latent_dim, *dec.hidden, D)  # noqa: E731
         if name == "hybrid_pc":
             return lambda D: HybridPC(sizes(D), dec.activation, inference_steps=pcs.hybrid_steps,
                                       amortiser_lr=pcs.amortiser_lr, **pc_kw)
-        extra = dict(learning="mcpc", mc_samples=pcs.mc_samples, burn_in=pcs.burn_in) if name == "mcpc" else {}
+        extra = (dict(learning="mcpc", mc_samples=pcs.mc_samples, burn_in=pcs.burn_in) if name == "mcpc"
+                 else dict(precision_update=pcs.precision_update))
         return lambda D: PCGenerative(sizes(D), dec.activation, inference_steps=pcs.inference_steps, **extra, **pc_kw)
     if name in ("vae", "iwae"):
         K = bl.iw_samples if name == "iwae" else 1
@@ -243,7 +258,7 @@ def evaluate(name: str, model, fit_seconds: float, data, x_train, x_test, log_ja
     observed = M.half_mask(x_test.shape[0], x_test.shape[1], "bottom", image_shape)
     completion = M.pattern_completion(model, x_test, observed, steps=ev.completion_steps, lr=ev.completion_lr)
     out["completion_mse"] = completion.error
-    generated = model.sample(ev.n_generated, seed=config.seed + 1)
+    generated = model.sample(ev.n_generated, seed=config.seed + 1, noise=ev.sample_noise)
     quality = M.sample_quality(classifier, x_test, generated)
     out.update(frechet_distance=quality.frechet, label_entropy=quality.label_entropy)
     out["probe_accuracy"] = M.probe_accuracy(x_train, data.labels_train, x_test, data.labels_test, model=model,
@@ -345,20 +360,11 @@ _SCALARS = {  # name: (units, long_name)
 }
 
 
-def run(config: Config, ctx: RunContext) -> ExperimentResult:
-    """Fit every model on the same split; return the metrics ``(model)``, curves ``(model, epoch)`` and ``(model, T)``."""
-    from tqdm.auto import tqdm
-
-    from ..generative import metrics as M
-
-    t_run = time.perf_counter()
-    data, x_train, x_test, log_jacobian = load_data(config.data)
+def _fit_all(config: Config, ctx: RunContext, names, data, x_train, x_test, log_jacobian, classifier, bar):
+    """Every model of ``names`` fitted and scored with ``config.seed``: (results, losses, failed, same decoder)."""
     D = data.n_features
-    classifier = M.feature_classifier(x_train, data.labels_train, seed=config.seed,
-                                        max_iter=config.evaluation.classifier_max_iter)
-    names = list(dict.fromkeys(config.training.models))
     results, losses, failed, same = {}, {}, {}, None
-    for name in tqdm(names, desc="generative models", disable=not ctx.progress):
+    for name in names:
         model = build_model(name, config, ctx.device)(D)
         try:
             _, fit_s = _seconds(lambda: model.fit(x_train))
@@ -366,44 +372,105 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
             # one baseline's blow-up must not hide the others: it is reported (summary 'failed',
             # a warning, NaN in every metric of that model), never silently continued
             failed[name] = str(exc)
-            warnings.warn(f"generative: {name} diverged in training and is left out of the table: {exc}", stacklevel=2)
+            warnings.warn(f"generative: {name} (seed {config.seed}) diverged in training and is left out of the "
+                          f"table: {exc}", stacklevel=2)
+            bar.update()
             continue
         losses[name] = _training_loss(model)
         results[name] = evaluate(name, model, fit_s, data, x_train, x_test, log_jacobian, classifier, config)
         if name == "vae":
             same = same_decoder(model, x_test, log_jacobian, config)
-    if not results:
-        raise LearningDivergenceError("every model diverged in training: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
-    ok = next(iter(results.values()))
-    for name in failed:  # NaN rows of the right shapes for the models that failed
-        results[name] = {k: (np.full_like(np.asarray(v, dtype=float), np.nan) if k != "observed" else v)
-                         for k, v in ok.items() if k != "diverged"}
-        losses[name] = np.full(config.training.epochs, np.nan)
-    ds = _dataset(config, names, results, losses, data, x_test, log_jacobian)
-    if same is not None:
-        ds["same_decoder_elbo"] = xr.Variable(("start", "T"), np.stack([same["elbo_by_T"][k] for k in _STARTS]), {
+        bar.update()
+    return results, losses, failed, same
+
+
+def run(config: Config, ctx: RunContext) -> ExperimentResult:
+    """Fit every model on the same split once per seed; return the metrics ``(model, seed)``, curves
+    ``(model, seed, epoch)`` and ``(model, seed, T)``, and the first seed's samples and reconstructions."""
+    from tqdm.auto import tqdm
+
+    from ..generative import metrics as M
+
+    t_run = time.perf_counter()
+    data, x_train, x_test, log_jacobian = load_data(config.data)
+    classifier = M.feature_classifier(x_train, data.labels_train, seed=config.seed,
+                                        max_iter=config.evaluation.classifier_max_iter)
+    names = list(dict.fromkeys(config.training.models))
+    seeds = list(dict.fromkeys(config.training.seeds)) or [config.seed]
+    per_seed = []
+    with tqdm(total=len(names) * len(seeds), desc="generative models x seeds", disable=not ctx.progress) as bar:
+        for seed in seeds:
+            per_seed.append(_fit_all(replace(config, seed=seed), ctx, names, data, x_train, x_test, log_jacobian,
+                                     classifier, bar))
+    ok = next((r[n] for r, *_ in per_seed for n in names if n in r), None)
+    if ok is None:
+        raise LearningDivergenceError("every model diverged in training: " + "; ".join(
+            f"{k} (seed {s}): {v}" for s, (_, _, failed, _) in zip(seeds, per_seed) for k, v in failed.items()))
+    for results, losses, failed, _ in per_seed:
+        for name in failed:  # NaN rows of the right shapes for the models that failed
+            results[name] = {k: (np.full_like(np.asarray(v, dtype=float), np.nan) if k != "observed" else v)
+                             for k, v in ok.items() if k != "diverged"}
+            losses[name] = np.full(config.training.epochs, np.nan)
+    ds = _dataset(config, names, seeds, [r for r, *_ in per_seed], [l for _, l, *_ in per_seed], data, x_test,
+                  log_jacobian)
+    sames = [s for *_, s in per_seed]
+    if all(s is not None for s in sames):
+        ds["same_decoder_elbo"] = xr.Variable(("seed", "start", "T"), np.stack(
+            [np.stack([s["elbo_by_T"][k] for k in _STARTS]) for s in sames]), {
             "units": "nats/example", "long_name": "Laplace ELBO after T steps of PC inference on the VAE's decoder"})
+        ds["same_decoder_amortised_elbo"] = xr.Variable("seed", np.array([s["amortised_elbo"] for s in sames]), {
+            "units": "nats/example", "long_name": "the VAE encoder's amortised ELBO on the same examples"})
         ds = ds.assign_coords(start=xr.Variable("start", list(_STARTS), {"units": "", "long_name": "where inference starts"}))
-        ds.attrs["same_decoder_amortised_elbo"] = same["amortised_elbo"]
     summary = {
-        "models": {n: {k: results[n][k] for k in _SCALARS} for n in names},
-        "failed": failed,
-        "diverged_relaxations": {n: results[n]["diverged"] for n in names if results[n].get("diverged")},
+        "models": {n: _seed_summary([r[n] for r, *_ in per_seed]) for n in names},
+        "seeds": seeds,
+        "failed": {f"{k} (seed {s})": v for s, (_, _, failed, _) in zip(seeds, per_seed) for k, v in failed.items()},
+        "diverged_relaxations": {f"{n} (seed {s})": r[n]["diverged"] for s, (r, *_) in zip(seeds, per_seed)
+                                 for n in names if r[n].get("diverged")},
         "dataset": data.name, "n_train": int(x_train.shape[0]), "n_test": int(x_test.shape[0]),
         "log_jacobian": log_jacobian, "classifier_train_accuracy": classifier.train_accuracy,
+        "samples_scored": ds.attrs["samples_scored"],
         "wall_seconds": time.perf_counter() - t_run,
     }
-    if same is not None:
-        summary["same_decoder"] = {**same, "elbo_by_T": {"T": list(config.evaluation.steps),
-                                                         **{k: v.tolist() for k, v in same["elbo_by_T"].items()}}}
+    if all(s is not None for s in sames):
+        first = sames[0]
+        gaps = np.array([s["gap"] for s in sames])
+        summary["same_decoder"] = {
+            **first, "elbo_by_T": {"T": list(config.evaluation.steps),
+                                   **{k: v.tolist() for k, v in first["elbo_by_T"].items()}},
+            "gap_mean": float(gaps.mean()), "gap_sd": _sd(gaps),
+            "per_seed": [{"seed": seed, "gap": s["gap"], "gap_from_amortised": s["gap_from_amortised"],
+                          "amortised_elbo": s["amortised_elbo"], "steps_to_amortised": s["steps_to_amortised"],
+                          "diverged": s["diverged"]} for seed, s in zip(seeds, sames)]}
     return ExperimentResult(ds, summary)
 
 
-def _dataset(config: Config, names, results, losses, data, x_test, log_jacobian) -> xr.Dataset:
+def _sd(values) -> float:
+    """The sample standard deviation over seeds (0 for one seed; NaN where a seed failed)."""
+    v = np.asarray(values, dtype=float)
+    return float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def _seed_summary(rows: list[dict]) -> dict:
+    """One model's scalars over seeds: ``{key: mean, key_sd: sd, ...}`` and ``per_seed`` lists."""
+    out: dict = {}
+    for key in _SCALARS:
+        v = np.array([r[key] for r in rows], dtype=float)
+        out[key] = float(v.mean())
+        out[f"{key}_sd"] = _sd(v)
+    out["per_seed"] = {key: [float(r[key]) for r in rows] for key in _SCALARS}
+    return out
+
+
+def _dataset(config: Config, names, seeds, results_by_seed, losses_by_seed, data, x_test, log_jacobian) -> xr.Dataset:
+    """The results: every scalar ``(model, seed)``, curves ``(model, seed, epoch|T)``; samples,
+    reconstructions and completions of the first seed."""
     ev = config.evaluation
+    results = results_by_seed[0]
     n_show = min(ev.n_show, x_test.shape[0])
     coords = {
         "model": ("model", names, {"units": "", "long_name": "generative model"}),
+        "seed": ("seed", np.asarray(seeds), {"units": "1", "long_name": "model seed (weights, batch order, noise)"}),
         "epoch": ("epoch", np.arange(1, config.training.epochs + 1), {"units": "1", "long_name": "training epoch"}),
         "T": ("T", np.asarray(ev.steps), {"units": "1", "long_name": "inference steps T"}),
         "sample": ("sample", np.arange(n_show), {"units": "1", "long_name": "generated sample index"}),
@@ -412,17 +479,19 @@ def _dataset(config: Config, names, results, losses, data, x_test, log_jacobian)
     }
     ds = xr.Dataset(coords={k: xr.Variable(*v) for k, v in coords.items()})
     for key, (units, long_name) in _SCALARS.items():
-        ds[key] = xr.Variable("model", np.array([results[n][key] for n in names], dtype=float),
-                              {"units": units, "long_name": long_name})
-    loss = np.full((len(names), config.training.epochs), np.nan)
+        ds[key] = xr.Variable(("model", "seed"), np.array([[r[n][key] for r in results_by_seed] for n in names],
+                                                          dtype=float), {"units": units, "long_name": long_name})
+    loss = np.full((len(names), len(seeds), config.training.epochs), np.nan)
     for i, n in enumerate(names):
-        loss[i, :len(losses[n])] = losses[n]
-    ds["train_loss"] = xr.Variable(("model", "epoch"), loss, {
+        for j, losses in enumerate(losses_by_seed):
+            loss[i, j, :len(losses[n])] = losses[n]
+    ds["train_loss"] = xr.Variable(("model", "seed", "epoch"), loss, {
         "units": "nats/example", "long_name": "training objective per epoch (each model's own loss; PC: relaxed energy)"})
-    ds["elbo_vs_steps"] = xr.Variable(("model", "T"), np.stack([results[n]["elbo_vs_steps"] for n in names]), {
-        "units": "nats/example", "long_name": "ELBO of the Laplace posterior after T inference steps (PC models)"})
-    ds["relax_seconds"] = xr.Variable(("model", "T"), np.stack([results[n]["relax_seconds"] for n in names]), {
-        "units": "s/example", "long_name": "wall time of T inference steps per example (PC models)"})
+    for key, units, long_name in (
+            ("elbo_vs_steps", "nats/example", "ELBO of the Laplace posterior after T inference steps (PC models)"),
+            ("relax_seconds", "s/example", "wall time of T inference steps per example (PC models)")):
+        ds[key] = xr.Variable(("model", "seed", "T"), np.stack(
+            [np.stack([r[n][key] for r in results_by_seed]) for n in names]), {"units": units, "long_name": long_name})
     for key, dim, long_name in (("samples", "sample", "generated samples"),
                                 ("reconstructions", "example", "reconstructions of test examples"),
                                 ("completions", "example", "completions of test examples (hidden half filled in)")):
@@ -435,7 +504,9 @@ def _dataset(config: Config, names, results, losses, data, x_test, log_jacobian)
     shape = data.extra.get("image_shape")
     ds.attrs.update(dataset=data.name, n_train=int(data.x_train.shape[0]), n_test=int(x_test.shape[0]),
                     log_jacobian_nats=float(log_jacobian), image_shape=list(shape) if shape else [],
-                    decoder_sizes=[config.decoder.latent_dim, *config.decoder.hidden, data.n_features])
+                    decoder_sizes=[config.decoder.latent_dim, *config.decoder.hidden, data.n_features],
+                    samples_scored=("samples with observation noise" if ev.sample_noise else
+                                    "decoder mean E[x | z] at sampled latents (no observation noise)"))
     return ds
 
 
@@ -485,10 +556,16 @@ def plot(results: xr.Dataset) -> dict:
     fig = Figure(figsize=(1.0 + 0.8 * len(models), 3.5))
     ax = fig.subplots()
     x = np.arange(len(models))
-    ax.errorbar(x, results.nll.values, yerr=results.nll_stderr.values, fmt="o", capsize=4, label="NLL (IW / exact)")
-    ax.plot(x, -results.elbo.values, "x", label="-ELBO")
+    nseeds = results.sizes["seed"]
+    for j in range(nseeds):  # every seed, and the mean +- sd over seeds
+        ax.plot(x - 0.15, results.nll.isel(seed=j).values, ".", color="C0", alpha=0.5,
+                label="NLL per seed" if j == 0 else None)
+    sd = results.nll.std("seed", ddof=1) if nseeds > 1 else results.nll_stderr.mean("seed")
+    ax.errorbar(x, results.nll.mean("seed").values, yerr=sd.values, fmt="o", capsize=4, color="C0",
+                label="NLL (IW / exact), mean +- sd over seeds" if nseeds > 1 else "NLL (IW / exact) +- MC stderr")
+    ax.plot(x + 0.15, -results.elbo.mean("seed").values, "x", color="C1", label="-ELBO (mean over seeds)")
     ax.set_xticks(x, models, rotation=30)
-    ax.set(ylabel="nats per example", title=f"{results.attrs.get('dataset', '')}: test NLL (+- MC stderr)")
+    ax.set(ylabel="nats per example", title=f"{results.attrs.get('dataset', '')}: test NLL over {nseeds} seed(s)")
     ax.legend()
     fig.tight_layout()
     figs["nll"] = fig
@@ -498,21 +575,22 @@ def plot(results: xr.Dataset) -> dict:
     ax2 = ax.twinx()
     T = results["T"].values
     Tplot = np.maximum(T, 0.5)  # T = 0 on the log axis
+    mean = results.mean("seed")  # curves and lines: the mean over seeds
     for k, m in enumerate(models):
-        curve = results.elbo_vs_steps.sel(model=m).values
+        curve = mean.elbo_vs_steps.sel(model=m).values
         if np.isfinite(curve).any():
             line, = ax.plot(Tplot, curve, marker="o", ms=3, label=f"{m}: ELBO after T steps")
-            ax2.plot(Tplot, results.relax_seconds.sel(model=m).values, ls=":", color=line.get_color())
+            ax2.plot(Tplot, mean.relax_seconds.sel(model=m).values, ls=":", color=line.get_color())
     for m, style in (("vae", "C3"), ("iwae", "C4"), ("helmholtz", "C5")):
-        if m in models and np.isfinite(results.amortised_elbo.sel(model=m)):
-            ax.axhline(float(results.amortised_elbo.sel(model=m)), color=style, ls="--", label=f"{m}: amortised ELBO")
-            ax.axhline(float(results.optimised_elbo.sel(model=m)), color=style, ls="-.",
+        if m in models and np.isfinite(mean.amortised_elbo.sel(model=m)):
+            ax.axhline(float(mean.amortised_elbo.sel(model=m)), color=style, ls="--", label=f"{m}: amortised ELBO")
+            ax.axhline(float(mean.optimised_elbo.sel(model=m)), color=style, ls="-.",
                        label=f"{m}: per-example optimised ELBO")
-            ax2.axhline(float(results.amortised_seconds.sel(model=m)), color=style, ls=":", lw=0.8)
-            ax2.axhline(float(results.optimised_seconds.sel(model=m)), color=style, ls=":", lw=1.6)
+            ax2.axhline(float(mean.amortised_seconds.sel(model=m)), color=style, ls=":", lw=0.8)
+            ax2.axhline(float(mean.optimised_seconds.sel(model=m)), color=style, ls=":", lw=1.6)
     if "same_decoder_elbo" in results:
         for start, ls in (("prior", "-"), ("amortised", "--")):
-            ax.plot(Tplot, results.same_decoder_elbo.sel(start=start).values, color="k", ls=ls, marker="s", ms=3,
+            ax.plot(Tplot, mean.same_decoder_elbo.sel(start=start).values, color="k", ls=ls, marker="s", ms=3,
                     label=f"PC inference on the VAE's decoder, from the {start}")
     ax.set(xscale="log", xlabel="inference steps T (T = 0 drawn at 0.5)", ylabel="ELBO (nats per example)",
            title="amortisation gap vs T (dotted, right: seconds per example)")

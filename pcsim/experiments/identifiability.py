@@ -48,7 +48,14 @@ class DataSection:
 class ModelSection:
     """``models`` to compare over ``seeds``; every decoder is ``(n_sources, *hidden, n_sources)``
     with ``activation``; ``epochs``, ``batch_size``, ``lr`` (Adam) for all; PC's relaxation
-    ``inference_steps`` of ``dt/tau`` (ms) with learned precisions when ``learn_precision``;
+    ``inference_steps`` of ``dt/tau`` (ms) scaled by ``precondition`` (``"curvature"``: stable for
+    ``dt/tau < 1`` whatever the prior precisions grow to) with learned precisions when ``learn_precision``;
+    ``precision_update``: conditional PC's per-segment prior precisions learned at the relaxed mode
+    (``"mode"``, which shrinks ``x_0`` onto the segment mean and lets the precisions run away) or by
+    the variational-Laplace M-step (``"laplace"``: the posterior's spread of ``x_0`` counted);
+    ``pc_precision``: conditional PC's (initial) precision of every layer's prediction error (the
+    iVAE's hidden layers are deterministic: a large value makes PC's nearly so, and leaves ``x_0``
+    the only cause with room to vary);
     ``ivae_prior_mean``: the iVAE's per-segment prior means learned, or fixed at 0 (the paper's
     setting: only the variances carry the segment)."""
 
@@ -62,6 +69,9 @@ class ModelSection:
     inference_steps: int = field(default=20, metadata={"ge": 0})
     dt: float = field(default=1.0, metadata={"gt": 0, "units": "ms"})
     tau: float = field(default=10.0, metadata={"gt": 0, "units": "ms"})
+    precondition: Literal["none", "precision", "curvature"] = "curvature"
+    precision_update: Literal["mode", "laplace"] = "laplace"
+    pc_precision: float = field(default=1.0, metadata={"gt": 0})
     learn_precision: bool = False
     ivae_prior_mean: Literal["learned", "zero"] = "zero"
     n_plot: int = field(default=400, metadata={"ge": 3})
@@ -106,7 +116,8 @@ def build_model(name: str, ms: ModelSection, d: int, seed: int, device: str):
     common = dict(epochs=ms.epochs, batch_size=ms.batch_size, lr=ms.lr, seed=seed, device=device)
     if name == "conditional_pc":
         return ConditionalPC((d, *ms.hidden, d), ms.activation, inference_steps=ms.inference_steps, dt=ms.dt,
-                             tau=ms.tau, learn_precision=ms.learn_precision, **common)
+                             tau=ms.tau, precondition=ms.precondition,
+                             precision_update=ms.precision_update, precision=ms.pc_precision, learn_precision=ms.learn_precision, **common)
     if name == "ivae":
         return IVAE(d, ms.hidden, ms.activation, prior_mean=ms.ivae_prior_mean, **common)
     return VAE(d, ms.hidden, ms.activation, **common)

@@ -13,7 +13,10 @@ pixel intensities in ``[0, 1]`` for the image data sets) and an optional auxilia
 - ``encode(x, aux=None) -> Posterior``: the approximate posterior over the latents ``z``
   ``(N, d)`` (a diagonal Gaussian; a flow's latent is its exact inverse, zero variance);
 - ``decode(z) -> Tensor``: the mean of ``p(x | z)`` ``(N, D)``;
-- ``sample(n, aux=None, seed=0) -> Tensor``: ``n`` samples of ``x`` ``(n, D)`` from the model;
+- ``sample(n, aux=None, seed=0, *, noise=True) -> Tensor``: ``n`` samples of ``x`` ``(n, D)`` from
+  the model; ``noise=False``: the decoder mean ``E[x | z]`` at each sampled latent, without the
+  observation noise (what a sample-quality score should see: pixel noise of the learned
+  ``sigma`` would dominate a Fréchet distance);
 - ``log_joint(x, z, aux=None) -> Tensor``: ``log p(x, z)`` per example ``(K, N)`` for latents
   ``z`` ``(K, N, d)``, in nats (flows: ``log p(x)``, ``z`` ignored);
 - ``log_likelihood(x, aux=None, samples=K, seed=0) -> LogLikelihood``: ``log p(x)`` per

@@ -40,11 +40,13 @@ def _build(name: str, epochs: int, batch: int, lr: float, seed: int):
 
     common = dict(epochs=epochs, batch_size=batch, lr=lr, seed=seed)
     sizes = (8, 64, 64)
+    # the shipped configs' relaxation: curvature-preconditioned Euler steps of dt/tau = 0.5
+    step = dict(dt=0.5, tau=1.0, precondition="curvature")
     return {
-        "pc": lambda: PCGenerative(sizes, "tanh", inference_steps=20, learn_precision=True, **common),
-        "hybrid_pc": lambda: HybridPC(sizes, "tanh", inference_steps=5, learn_precision=True, **common),
+        "pc": lambda: PCGenerative(sizes, "tanh", inference_steps=20, learn_precision=True, **step, **common),
+        "hybrid_pc": lambda: HybridPC(sizes, "tanh", inference_steps=5, learn_precision=True, **step, **common),
         "mcpc": lambda: PCGenerative(sizes, "tanh", inference_steps=20, learning="mcpc", mc_samples=5, burn_in=5,
-                                     learn_precision=True, **common),
+                                     learn_precision=True, **step, **common),
         "vae": lambda: VAE(8, (64,), "tanh", sigma="scalar", **common),
         "iwae": lambda: VAE(8, (64,), "tanh", sigma="scalar", iw_samples=5, **common),
         "flow": lambda: Flow("realnvp", 4, (64, 64), **common),

@@ -149,8 +149,9 @@ class Flow(GenerativeModel):
         with torch.no_grad():
             return self.flow_().transform.inv(z)
 
-    def sample(self, n: int, aux=None, seed: int = 0) -> Tensor:
-        """``n`` samples ``(n, D)`` of ``x = T(z)``, ``z ~ N(0, I)`` drawn from a generator seeded with ``seed``."""
+    def sample(self, n: int, aux=None, seed: int = 0, *, noise: bool = True) -> Tensor:
+        """``n`` samples ``(n, D)`` of ``x = T(z)``, ``z ~ N(0, I)`` drawn from a generator seeded with ``seed``
+        (``noise`` has no effect: a flow has no observation noise to leave out)."""
         n, gen = self._sampling(n, seed)
         prior = Posterior.standard_normal(n, self.n_features_, device=self._device())
         return self.decode(prior.sample(1, gen)[0])

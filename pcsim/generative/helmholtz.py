@@ -187,9 +187,14 @@ class HelmholtzMachine(GenerativeModel):
         self._check_fitted()
         return self.decoder_.mean(as_data(z, "z", width=self.decoder_.latent_dim, device=self._device()))
 
-    def sample(self, n: int, aux=None, seed: int = 0) -> Tensor:
-        """``n`` samples ``x`` ``(n, D)`` by ancestral sampling ``z ~ N(0, I)``, ``x ~ p(x | z)``, seeded with ``seed``."""
-        return self._dream(*self._sampling(n, seed))[1]
+    def sample(self, n: int, aux=None, seed: int = 0, *, noise: bool = True) -> Tensor:
+        """``n`` samples ``x`` ``(n, D)`` by ancestral sampling ``z ~ N(0, I)``, ``x ~ p(x | z)``, seeded with
+        ``seed``; with ``noise=False`` the decoder mean ``E[x | z]`` at the sampled ``z``."""
+        z, x = self._dream(*self._sampling(n, seed))
+        if noise:
+            return x
+        with torch.no_grad():
+            return self.decoder_.mean(z)
 
     def log_joint(self, x, z, aux=None) -> Tensor:
         """``log p(x, z) = log N(z; 0, I) + log p(x | z)`` ``(K, N)`` (nats) for ``x`` ``(N, D)``, ``z`` ``(K, N, d)``;

@@ -95,7 +95,15 @@ class PCGenerative(GenerativeModel):
     data width ``D``); ``activation`` (one name, or ``L`` names for layers ``0..L-1``);
     ``precision`` ``Pi_1..Pi_L`` (one or ``L`` values, dimensionless inverse variances) and
     ``prior_precision`` ``Pi_0``; ``learn_precision``; ``inference_steps`` T and ``dt``, ``tau``
-    (ms; step ``dt/tau``) of the relaxation; ``learning`` ``"standard"`` or ``"mcpc"`` with
+    (ms; step ``dt/tau``) of the relaxation, ``precondition`` its step scaling (``"none"``;
+    ``"precision"``: by each layer's own precision; ``"curvature"``: by each layer's curvature
+    bound, stable for ``dt/tau < 1`` whatever the precisions and weights grow to, the setting for
+    learned precisions; :class:`pcsim.inference.InferenceConfig`); ``precision_update`` the
+    learned precisions' statistic (``"mode"``: PC's local rule at the relaxed state,
+    ``dE/dlog Pi = 1/2 (Pi eps^2 - 1)``; ``"laplace"``: the variational-Laplace M-step, the same
+    with ``eps^2`` replaced by its expectation under the Laplace posterior, ``eps^2 + diag Cov_q(eps)``
+    (Friston et al. 2007), see :meth:`_error_variances`; Monte Carlo PC's Langevin average is
+    that expectation already and uses ``"mode"``); ``learning`` ``"standard"`` or ``"mcpc"`` with
     ``mc_samples`` and ``burn_in`` (Langevin steps); ``epochs``, ``batch_size``, ``lr`` (Adam);
     ``seed`` (weights, batch order, Langevin noise); ``device``, ``dtype``; ``progress`` (a bar
     over the training steps). Learned state: ``network_`` (:class:`pcsim.network.PCNetwork`),
@@ -112,6 +120,8 @@ class PCGenerative(GenerativeModel):
         "inference_steps": [Interval(Integral, 0, None, closed="left")],
         "dt": [Interval(Real, 0, None, closed="neither")],
         "tau": [Interval(Real, 0, None, closed="neither")],
+        "precondition": [StrOptions({"none", "precision", "curvature"})],
+        "precision_update": [StrOptions({"mode", "laplace"})],
         "learning": [StrOptions({"standard", "mcpc"})],
         "mc_samples": [Interval(Integral, 1, None, closed="left")],
         "burn_in": [Interval(Integral, 0, None, closed="left")],
@@ -126,7 +136,7 @@ class PCGenerative(GenerativeModel):
 
     def __init__(self, sizes=(2, 4), activation="tanh", *, precision=1.0, prior_precision: float = 1.0,
                  learn_precision: bool = False, inference_steps: int = 50, dt: float = 1.0, tau: float = 10.0,
-                 learning: str = "standard", mc_samples: int = 10, burn_in: int = 10, epochs: int = 10,
+                 precondition: str = "none", precision_update: str = "mode", learning: str = "standard", mc_samples: int = 10, burn_in: int = 10, epochs: int = 10,
                  batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str = "cpu", dtype: str = "float64",
                  progress: bool = False):
         self.sizes = sizes
@@ -137,6 +147,8 @@ class PCGenerative(GenerativeModel):
         self.inference_steps = inference_steps
         self.dt = dt
         self.tau = tau
+        self.precondition = precondition
+        self.precision_update = precision_update
         self.learning = learning
         self.mc_samples = mc_samples
         self.burn_in = burn_in
@@ -151,7 +163,9 @@ class PCGenerative(GenerativeModel):
     # ------------------------------------------------------------------ configuration
     def _inference(self, steps: int | None = None, **kw) -> InferenceConfig:
         """The relaxation's settings: ``steps`` (default ``inference_steps``) Euler steps of ``dt/tau``."""
-        return InferenceConfig(steps=self.inference_steps if steps is None else steps, dt=self.dt, tau=self.tau, **kw)
+        pre = {"none": False}.get(self.precondition, self.precondition)
+        return InferenceConfig(steps=self.inference_steps if steps is None else steps, dt=self.dt, tau=self.tau,
+                               precondition=pre, **kw)
 
     def _to(self, t: Tensor) -> Tensor:
         return t.to(device=self.device, dtype=_DTYPES[self.dtype])
@@ -209,10 +223,42 @@ class PCGenerative(GenerativeModel):
                             f"{self.network_.sizes[:-1]} concatenated), got shape {tuple(t.shape)}")
         return self._to(as_data(t.reshape(-1, t.shape[-1]), name)).reshape(t.shape)
 
-    def _local_gradients(self, net: PCNetwork, eps, peps, fx, aux: Tensor | None) -> list[Tensor]:
+    def _local_gradients(self, net: PCNetwork, eps, peps, fx, aux: Tensor | None,
+                         variances: list[Tensor] | None = None) -> list[Tensor]:
         """The local (Hebbian) gradients of the energy at one state, ordered as :meth:`_parameters`
-        (:func:`pcsim.energy.parameter_gradients`)."""
-        return pc.parameter_gradients(net.spec, peps, fx, eps)
+        (:func:`pcsim.energy.parameter_gradients`); with ``variances`` (:meth:`_error_variances`) the
+        precisions' gradients take the posterior's spread of each error too, ``+ 1/2 Pi diag Cov_q(eps)``."""
+        grads = pc.parameter_gradients(net.spec, peps, fx, eps)
+        if variances is not None and net.learn_precision:
+            L = net.depth
+            for k in range(L):
+                extra = 0.5 * (net.log_precision[k].exp() * variances[k + 1]).mean(1, keepdim=True)  # (1, 1, n)
+                grads[2 * L + k] = grads[2 * L + k] + (extra.sum(-1, keepdim=True) if net.spec.scalar_precision[k]
+                                                       else extra)
+        return grads
+
+    def _error_variances(self, net: PCNetwork, xs: list[Tensor]) -> list[Tensor]:
+        """``diag Cov_q(eps_l)`` ``(1, N, n_l)`` for ``l = 0..L`` under the Laplace posterior ``q`` at value
+        nodes ``xs`` (:meth:`_laplace`'s ``H``, ``Sigma = H^-1``), with the errors linearised there:
+        ``eps_0 = x_0 - m_0`` has ``Sigma_00``; ``eps_l = x_l - mu_l(x_{l-1})``, ``d mu_l = A_l^T dx_{l-1}``
+        (``A_l = diag f'(x_{l-1}) W_l``), has ``Sigma_ll - 2 A_l^T Sigma_{l-1,l} + A_l^T Sigma_{l-1,l-1} A_l``
+        (the data layer ``L`` is clamped: the last term only). What the mode alone leaves out of the
+        expected squared error, and why precisions learned at the mode run away (a free layer
+        can shrink its error at the mode, its spread under ``q`` stays)."""
+        q = self._laplace(net, xs)
+        S = torch.cholesky_inverse(q.precision_cholesky)                           # (N, d, d)
+        L, widths = net.depth, net.spec.sizes[:net.depth]
+        offs = np.concatenate([[0], np.cumsum(widths)]).tolist()
+        block = lambda a, b: S[:, offs[a]:offs[a + 1], offs[b]:offs[b + 1]]      # noqa: E731
+        out = [torch.diagonal(block(0, 0), dim1=-2, dim2=-1).unsqueeze(0)]
+        for l in range(1, L + 1):
+            act = net.spec.activation(l - 1)
+            A = act.df(xs[l - 1], act.f(xs[l - 1]))[0][:, :, None] * net.weights[l - 1][0][None]  # (N, n_{l-1}, n_l)
+            v = torch.einsum("nij,nik,nkj->nj", A, block(l - 1, l - 1), A)
+            if l < L:
+                v = v + torch.diagonal(block(l, l), dim1=-2, dim2=-1) - 2.0 * torch.einsum("nij,nij->nj", A, block(l - 1, l))
+            out.append(v.unsqueeze(0))
+        return out
 
     def _relaxed(self, net: PCNetwork, x: Tensor, steps: int | None = None, start: str | None = None) -> Relaxation:
         state = self._start(net, x) if start is None else init_state(net, data=x)
@@ -245,7 +291,9 @@ class PCGenerative(GenerativeModel):
         net = self._view(aux)
         r = relax(net, self._start(net, x), self._inference())
         if self.learning == "standard":
-            grads = self._local_gradients(net, r.eps, r.peps, r.fx, aux)
+            laplace = self.precision_update == "laplace"
+            grads = self._local_gradients(net, r.eps, r.peps, r.fx, aux,
+                                          self._error_variances(net, r.state.x) if laplace else None)
         else:
             grads = self._mcpc_gradients(net, r, aux, noise)
         optimizer.step(self._parameters(), grads)
@@ -361,21 +409,23 @@ class PCGenerative(GenerativeModel):
                 return pc.predict(net.activation(k).f(last), net.weights[k], net.biases[k])[0]
             return pc.sweep(net.spec, net.weights, net.biases, t.unsqueeze(0))[-1][0]
 
-    def sample(self, n: int, aux=None, seed: int = 0) -> Tensor:
+    def sample(self, n: int, aux=None, seed: int = 0, *, noise: bool = True) -> Tensor:
         """``n`` ancestral samples ``(n, D)``: ``x_0`` from the prior, then each layer from its
-        prediction plus Gaussian noise of its precision, ``x_l = mu_l(x_{l-1}) + xi / sqrt(Pi_l)``."""
+        prediction plus Gaussian noise of its precision, ``x_l = mu_l(x_{l-1}) + xi / sqrt(Pi_l)``;
+        with ``noise=False`` the data layer is its prediction ``mu_L`` (the decoder mean ``E[x | z]`` at
+        the sampled latents ``z = [x_0..x_{L-1}]``), without the observation noise."""
         self._check_fitted()
         n = check_number("n", n, integer=True, ge=1)
         seed = check_number("seed", seed, integer=True, ge=0)
         aux = self._sample_aux(aux, n)
         net = self._view(aux)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        noise = lambda shape: torch.randn(shape, generator=gen, dtype=net.dtype, device=net.device)  # noqa: E731
-        x = net.prior_mean.expand(1, n, -1) + noise((1, n, net.sizes[0])) * net.prior_log_precision.exp().rsqrt()
+        draw = lambda shape: torch.randn(shape, generator=gen, dtype=net.dtype, device=net.device)  # noqa: E731
+        x = net.prior_mean.expand(1, n, -1) + draw((1, n, net.sizes[0])) * net.prior_log_precision.exp().rsqrt()
         with torch.no_grad():
             for k, pi in enumerate(net.precision()):
                 mu = pc.predict(net.activation(k).f(x), net.weights[k], net.biases[k])
-                x = mu + noise(mu.shape) * pi.rsqrt()
+                x = mu + draw(mu.shape) * pi.rsqrt() if noise or k < net.depth - 1 else mu
         return x[0]
 
     def _sample_aux(self, aux, n: int) -> Tensor | None:
@@ -402,8 +452,7 @@ class PCGenerative(GenerativeModel):
             if s.t >= burn_in and (s.t - burn_in) % thin == 0:
                 keep.append(torch.cat(s.x[:-1], -1)[0].clone())
 
-        cfg = InferenceConfig(steps=burn_in + (n - 1) * thin + 1, dt=dt, tau=self.tau, temperature=1.0,
-                              max_growth=1e6)
+        cfg = replace(self._inference(burn_in + (n - 1) * thin + 1, temperature=1.0, max_growth=1e6), dt=dt)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         with torch.no_grad():
             relax(net, mode.state, cfg, on_step=collect, generator=gen)
@@ -428,12 +477,12 @@ class HybridPC(PCGenerative):
 
     def __init__(self, sizes=(2, 4), activation="tanh", *, precision=1.0, prior_precision: float = 1.0,
                  learn_precision: bool = False, inference_steps: int = 5, dt: float = 1.0, tau: float = 10.0,
-                 learning: str = "standard", mc_samples: int = 10, burn_in: int = 10, epochs: int = 10,
+                 precondition: str = "none", precision_update: str = "mode", learning: str = "standard", mc_samples: int = 10, burn_in: int = 10, epochs: int = 10,
                  batch_size: int = 64, lr: float = 1e-3, amortiser_lr: float = 1e-2, seed: int = 0,
                  device: str = "cpu", dtype: str = "float64", progress: bool = False):
         super().__init__(sizes, activation, precision=precision, prior_precision=prior_precision,
                          learn_precision=learn_precision, inference_steps=inference_steps, dt=dt, tau=tau,
-                         learning=learning, mc_samples=mc_samples, burn_in=burn_in, epochs=epochs,
+                         precondition=precondition, precision_update=precision_update, learning=learning, mc_samples=mc_samples, burn_in=burn_in, epochs=epochs,
                          batch_size=batch_size, lr=lr, seed=seed, device=device, dtype=dtype, progress=progress)
         self.amortiser_lr = amortiser_lr
 
@@ -495,19 +544,23 @@ class ConditionalPC(PCGenerative):
     (the precision term is its normaliser, without which ``Pi_u`` would grow without bound):
     ``dE/dm_u = -sum_{i: u_i = u} Pi_u eps_0i / B`` and ``dE/dlog Pi_u = sum_{i: u_i = u}
     (Pi_u ||eps_0i||^2 - n_0) / (2 B)``; with ``learn_prior_precision=False`` only the means
-    learn. ``aux`` ``(N,)`` is required by every method that sees data or samples.
+    learn. At the mode this rule runs away: the relaxed ``x_0`` is shrunk towards ``m_u`` by ``Pi_u``,
+    so its spread looks smaller than it is, ``Pi_u`` grows, and the shrinkage with it (measured on
+    the ICA data: ``Pi_u`` ~ 770 after 300 epochs at lr 1e-3, growing at Adam's largest rate, the
+    top cause flattened onto the segment means); ``precision_update="laplace"`` counts the
+    posterior's spread, ``||eps_0i||^2 + tr Sigma_00``, the M-step of variational Laplace. ``aux`` ``(N,)`` is required by every method that sees data or samples.
     """
 
     _parameter_constraints = {**PCGenerative._parameter_constraints, "learn_prior_precision": ["boolean"]}
 
     def __init__(self, sizes=(2, 4), activation="tanh", *, precision=1.0, prior_precision: float = 1.0,
                  learn_precision: bool = False, learn_prior_precision: bool = True, inference_steps: int = 50,
-                 dt: float = 1.0, tau: float = 10.0, learning: str = "standard", mc_samples: int = 10,
+                 dt: float = 1.0, tau: float = 10.0, precondition: str = "none", precision_update: str = "mode", learning: str = "standard", mc_samples: int = 10,
                  burn_in: int = 10, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
                  device: str = "cpu", dtype: str = "float64", progress: bool = False):
         super().__init__(sizes, activation, precision=precision, prior_precision=prior_precision,
                          learn_precision=learn_precision, inference_steps=inference_steps, dt=dt, tau=tau,
-                         learning=learning, mc_samples=mc_samples, burn_in=burn_in, epochs=epochs,
+                         precondition=precondition, precision_update=precision_update, learning=learning, mc_samples=mc_samples, burn_in=burn_in, epochs=epochs,
                          batch_size=batch_size, lr=lr, seed=seed, device=device, dtype=dtype, progress=progress)
         self.learn_prior_precision = learn_prior_precision
 
@@ -541,13 +594,17 @@ class ConditionalPC(PCGenerative):
         return replace(self.network_, prior_mean=self.prior_mean_[a].unsqueeze(0),
                        prior_log_precision=self.prior_log_precision_[a].reshape(1, -1, 1))
 
-    def _local_gradients(self, net: PCNetwork, eps, peps, fx, aux: Tensor | None) -> list[Tensor]:
-        grads = pc.parameter_gradients(net.spec, peps, fx, eps)[:-1]
+    def _local_gradients(self, net: PCNetwork, eps, peps, fx, aux: Tensor | None,
+                         variances: list[Tensor] | None = None) -> list[Tensor]:
+        grads = super()._local_gradients(net, eps, peps, fx, aux, variances)[:-1]
         B, n0 = eps[0].shape[1], eps[0].shape[2]
         a = aux.to(self.prior_mean_.device)
         gm = self.prior_mean_.new_zeros(self.prior_mean_.shape).index_add_(0, a, -peps[0][0] / B)
         grads.append(gm)
         if self.learn_prior_precision:
-            per = 0.5 * ((peps[0][0] * eps[0][0]).sum(-1) - n0) / B
+            sq = (peps[0][0] * eps[0][0]).sum(-1)                                     # Pi_u ||eps_0||^2, (B,)
+            if variances is not None:  # + Pi_u tr Sigma_00: the prior's M-step under the Laplace posterior
+                sq = sq + net.prior_log_precision.exp().reshape(-1) * variances[0][0].sum(-1)
+            per = 0.5 * (sq - n0) / B
             grads.append(self.prior_log_precision_.new_zeros(self.prior_log_precision_.shape).index_add_(0, a, per))
         return grads

@@ -186,15 +186,16 @@ class VAE(GenerativeModel):
         # log p(x, z) per example (amortisation gap, pattern completion) need its gradient
         return self._log_joint(x, z, aux)
 
-    def sample(self, n: int, aux=None, seed: int = 0) -> Tensor:
-        """``n`` draws ``(n, D)`` of ``x`` from the model: ``z ~ p(z)``, then ``x ~ p(x | z)`` (``seed``)."""
+    def sample(self, n: int, aux=None, seed: int = 0, *, noise: bool = True) -> Tensor:
+        """``n`` draws ``(n, D)`` of ``x`` from the model: ``z ~ p(z)``, then ``x ~ p(x | z)`` (``seed``);
+        with ``noise=False`` the decoder mean ``E[x | z]`` at the sampled ``z`` instead."""
         n, gen = self._sampling(n, seed)
         aux = self._sample_aux(aux, n)
         like = self.decoder_.layers.weights[0]
         with torch.no_grad():
             prior = self._prior(aux, like)
             z = Posterior(prior.mean.expand(n, -1), prior.log_var.expand(n, -1)).sample(1, gen)[0]
-            return self.decoder_.sample(z, gen)
+            return self.decoder_.sample(z, gen) if noise else self.decoder_.mean(z)
 
     def _sample_aux(self, aux, n: int) -> Tensor | None:
         return None

@@ -74,6 +74,9 @@ def test_ancestral_samples_have_the_model_marginal(linear_gaussian):
     assert np.array_equal(s, m.sample(20000, seed=5).numpy())
     np.testing.assert_allclose(s.mean(0), b, atol=0.05)
     np.testing.assert_allclose(np.cov(s.T), A @ A.T + S ** 2 * np.eye(D), atol=0.12)
+    mean = m.sample(20000, seed=5, noise=False).numpy()  # the decoder mean at the same z
+    np.testing.assert_allclose(np.cov(mean.T), A @ A.T, atol=0.12)
+    assert (s - mean).std() == pytest.approx(S, rel=0.03)
 
 
 def test_log_joint_is_differentiable_in_z_and_not_in_the_weights(linear_gaussian):

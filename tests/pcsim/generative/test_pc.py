@@ -107,6 +107,10 @@ def test_ancestral_samples_have_the_model_covariance(linear):
     assert (np.abs(np.cov(s.T) - cov) < 5 * se).all()
     assert (np.abs(s.mean(0) - (m0 @ W + b)) < 5 * np.sqrt(np.diag(cov) / len(s))).all()
     assert torch.equal(m.sample(5, seed=1), m.sample(5, seed=1))
+    mean = m.sample(20000, seed=4, noise=False).numpy()  # the decoder mean at the same x_0: no 1/Pi_1 term
+    cov = W.T @ W / PI0
+    assert (np.abs(np.cov(mean.T) - cov) < 5 * se + 1e-3).all()
+    assert (s - mean).std() == pytest.approx(1 / math.sqrt(PI1), rel=0.03)
 
 
 # --------------------------------------------------------------------------- training
@@ -197,6 +201,94 @@ def test_noisy_relaxation_is_refused_with_compile_or_momentum():
             InferenceConfig(temperature=1.0, **kw)
     with pytest.raises(ConfigError, match="temperature"):
         InferenceConfig(temperature=-1.0)
+
+
+# --------------------------------------------------------------------------- curvature-preconditioned relaxation
+def _random_linear_network(seed):
+    """A linear generative network of random depth and widths whose precisions span 1e-2..1e4 and
+    whose weights are rescaled by 0.1..30: curvatures from tiny to huge, the regime that learned
+    precisions and growing weights reach."""
+    from pcsim.network import PCNetwork
+
+    g = np.random.default_rng(seed)
+    sizes = tuple(int(v) for v in g.integers(1, 10, size=g.integers(2, 5)))
+    prec = [float(10 ** g.uniform(-2, 4)) for _ in sizes[1:]]
+    net = PCNetwork.init(sizes, "linear", mode="generative", seed=seed, precision=prec,
+                         prior_precision=float(10 ** g.uniform(-2, 3)), dtype=torch.float64)
+    for w in net.weights:
+        w.mul_(10 ** g.uniform(-1, 1.5))
+    return net, torch.as_tensor(g.normal(size=(6, sizes[-1])) * 3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10 ** 6), eta=st.floats(0.05, 0.95))
+def test_curvature_preconditioned_relaxation_never_raises_the_energy(seed, eta):
+    """For any precisions and weight scales, Euler steps preconditioned by the curvature bound with
+    dt/tau < 1 descend a linear network's (quadratic) energy at every step, to rounding: the bound
+    H <= 2 diag(c) makes dt/tau lambda_max(C^-1 H) < 2."""
+    net, x = _random_linear_network(seed)
+    cfg = InferenceConfig(steps=60, dt=eta, tau=1.0, precondition="curvature", record=True)
+    e = relax(net, init_state(net, data=x), cfg).trace["energy"].sum((1, 2, 3))
+    assert (np.diff(e) <= 1e-9 * np.abs(e[:-1]) + 1e-12).all()
+
+
+def test_curvature_bound_dominates_the_hessian():
+    """2 diag(c) - H is positive semi-definite, with H the exact Hessian (autograd) of a linear
+    network's energy in its free layers; and the bound is not vacuous: lambda_max(C^-1 H) > 1/2."""
+    from pcsim.energy import energy
+    from pcsim.inference import curvature_bound
+
+    for seed in range(8):
+        net, x = _random_linear_network(seed)
+        xs = init_state(net, data=x[:1]).x
+        widths = net.sizes[:-1]
+
+        def e(z):
+            parts = list(torch.split(z, list(widths)))
+            return energy(net, [p.reshape(1, 1, -1) for p in parts] + [xs[-1]]).sum()
+
+        H = torch.autograd.functional.hessian(e, torch.cat([t.reshape(-1) for t in xs[:-1]]))
+        c = torch.cat([b.reshape(-1).expand(n) for b, n in zip(
+            curvature_bound(net.spec, net.weights, net.precision(), net.prior_log_precision.exp(),
+                            range(net.depth)), widths)])
+        scaled = H / torch.sqrt(c[:, None] * c[None])
+        lam = torch.linalg.eigvalsh(scaled)
+        assert lam[-1] <= 2 + 1e-9 and lam[-1] > 0.5, (seed, lam[-1])
+
+
+def test_unpreconditioned_step_on_the_same_networks_diverges():
+    """The invariant above can fail: plain Euler steps of the same size diverge on most of them."""
+    diverged = 0
+    for seed in range(10):
+        net, x = _random_linear_network(seed)
+        try:
+            relax(net, init_state(net, data=x), InferenceConfig(steps=60, dt=0.5, tau=1.0))
+        except InferenceDivergenceError:
+            diverged += 1
+    assert diverged >= 5
+
+
+@pytest.fixture(scope="module")
+def digits_train():
+    from pcsim.generative.data import dequantise, digits
+
+    data = digits(0.2, 0)
+    return dequantise(data.x_train, data.levels, 0)
+
+
+def test_hybrid_pc_with_growing_precisions_trains_with_the_curvature_step(digits_train):
+    """Hybrid PC with learned precisions on the digits (lr 1e-2, so that it happens in seconds; at the
+    configs' 1e-3 by epoch ~30): with plain Euler steps (dt/tau = 0.1) the relaxation diverges by
+    epoch ~5 as Pi_2 ||W_2||^2 pushes lambda_max(H) past 2 / 0.1; preconditioned by the curvature
+    bound it trains 12 epochs while the precisions grow past 10, and the energy of every training
+    relaxation fell (the loop's descent check, criterion 3, passed at each batch)."""
+    kw = dict(inference_steps=5, learn_precision=True, epochs=12, lr=1e-2, seed=0)
+    with pytest.raises(LearningDivergenceError, match="inference diverged"):
+        HybridPC((8, 64, 64), "tanh", dt=1.0, tau=10.0, **kw).fit(digits_train)
+    m = HybridPC((8, 64, 64), "tanh", dt=0.5, tau=1.0, precondition="curvature", **kw).fit(digits_train)
+    pis = [float(p.exp()) for p in m.network_.log_precision]
+    assert min(pis) > 10.0, pis  # they grew from 1, far past what plain Euler steps of 0.1 survive
+    assert np.isfinite(m.energy_).all()
 
 
 # --------------------------------------------------------------------------- hybrid PC
@@ -345,3 +437,57 @@ def test_inference_blow_up_names_the_step():
     with pytest.raises(InferenceDivergenceError, match="dt/tau") as info:
         PCGenerative((d, D), "linear", precision=50.0, epochs=1, batch_size=16, dt=10.0, tau=1.0).fit(x)
     assert isinstance(info.value, PCSimError)
+
+
+# --------------------------------------------------------------------------- the precisions' M-step
+def _marginal_nll(W, b, m0, log_pi0, log_pi1, x):
+    """-mean log N(x; m0 W + b, W^T W / Pi_0 + I / Pi_1) (torch, differentiable in the log-precisions)."""
+    cov = W.T @ W / log_pi0.exp() + torch.eye(W.shape[1], dtype=W.dtype) / log_pi1.exp()
+    return -torch.distributions.MultivariateNormal(m0 @ W + b, cov).log_prob(x).mean()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_laplace_precision_update_is_the_exact_likelihood_gradient(seed):
+    """On a linear-Gaussian network the Laplace posterior is exact, so the variational-Laplace M-step
+    (precision_update='laplace': Pi (eps^2 + diag Cov_q eps) - 1) is the gradient of the exact marginal
+    -log p(x) in log Pi_1 (Fisher's identity) for random weights and precisions; the rule at the mode
+    alone is not (it is biased towards larger precisions, the runaway direction)."""
+    rng = np.random.default_rng(seed)
+    x = torch.as_tensor(linear_data(80, seed))
+    pi1 = float(10 ** rng.uniform(-1, 1))
+    m = PCGenerative((d, D), "linear", precision=pi1, prior_precision=PI0, learn_precision=True, epochs=0,
+                     inference_steps=0, precision_update="laplace").fit(x)
+    net = m.network_
+    with torch.no_grad():
+        net.weights[0].copy_(torch.as_tensor(rng.normal(size=(1, d, D))))
+        net.biases[0].copy_(torch.as_tensor(rng.normal(size=(1, 1, D))) * 0.3)
+    r = relax(net, init_state(net, data=x), InferenceConfig(steps=400, dt=0.9, tau=1.0, precondition="curvature"))
+    laplace = m._local_gradients(net, r.eps, r.peps, r.fx, None, m._error_variances(net, r.state.x))[2]
+    mode = m._local_gradients(net, r.eps, r.peps, r.fx, None)[2]
+    lp1 = torch.tensor(math.log(pi1), dtype=torch.float64, requires_grad=True)
+    nll = _marginal_nll(net.weights[0][0], net.biases[0][0, 0], net.prior_mean[0, 0],
+                        torch.tensor(math.log(PI0), dtype=torch.float64), lp1, x)
+    (exact,) = torch.autograd.grad(nll, lp1)
+    assert float(laplace) == pytest.approx(float(exact), rel=1e-6, abs=1e-8)
+    assert float(mode) < float(exact) - 0.05  # the mode's rule: a lower energy for a larger Pi_1
+
+
+def test_laplace_prior_precision_update_is_the_exact_likelihood_gradient():
+    """The same identity for the conditional prior's per-label precision Pi_u (one label here)."""
+    rng = np.random.default_rng(4)
+    x = torch.as_tensor(linear_data(60, 4))
+    u = np.zeros(60, dtype=int)
+    m = ConditionalPC((d, D), "linear", precision=PI1, prior_precision=1.5, epochs=0, inference_steps=0,
+                      precision_update="laplace").fit(x, u)
+    with torch.no_grad():
+        m.network_.weights[0].copy_(torch.as_tensor(rng.normal(size=(1, d, D))))
+        m.prior_mean_.copy_(torch.as_tensor(rng.normal(size=(1, d))))
+    a = torch.as_tensor(u)
+    net = m._view(a)
+    r = relax(net, init_state(net, data=x), InferenceConfig(steps=400, dt=0.9, tau=1.0, precondition="curvature"))
+    g = m._local_gradients(net, r.eps, r.peps, r.fx, a, m._error_variances(net, r.state.x))[-1]
+    lp0 = torch.tensor(math.log(1.5), dtype=torch.float64, requires_grad=True)
+    nll = _marginal_nll(net.weights[0][0], net.biases[0][0, 0], m.prior_mean_[0], lp0,
+                        torch.tensor(math.log(PI1), dtype=torch.float64), x)
+    (exact,) = torch.autograd.grad(nll, lp0)
+    assert float(g[0]) == pytest.approx(float(exact), rel=1e-6, abs=1e-8)
