@@ -67,7 +67,7 @@ class PCLatentModel(LatentModel):
     and latents from factor analysis of the smoothed log rates (smoothing s.d. ``init_sigma_ms``;
     deterministic, so the model's seed no longer chooses the basin EM ends in) or ``"random"``
     (small random readout and latents, the seed's choice); ``batch_size`` (trials per weight
-    update; ``None``: all training trials); ``dynamics_precision`` (inverse variance of the one-bin
+    update, in a fresh random order every epoch; at least the training trials: whole-batch EM); ``dynamics_precision`` (inverse variance of the one-bin
     prediction error of unit-variance latents); ``activation`` ``f`` of the residual dynamics;
     ``learning``: ``"laplace"`` or ``"map"`` weight gradients (module docstring); ``readout``:
     ``"generative"`` predicts rates with the model's own observation layer ``exp(x C + d)``
@@ -89,7 +89,7 @@ class PCLatentModel(LatentModel):
         "epochs": [Interval(Integral, 1, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "dynamics_lr": [Interval(Real, 0, 1, closed="right")],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
         "dynamics_precision": [Interval(Real, 0, None, closed="neither")],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "preconditioner": [StrOptions({"gauss-newton", "none"})],
@@ -114,7 +114,7 @@ class PCLatentModel(LatentModel):
         epochs: int = 20,
         lr: float = 0.02,
         dynamics_lr: float = 0.1,
-        batch_size: int | None = 64,
+        batch_size: int = 64,
         dynamics_precision: float = 300.0,
         activation: str = "tanh",
         preconditioner: str = "gauss-newton",
@@ -185,7 +185,7 @@ class PCLatentModel(LatentModel):
             x = (0.1 * torch.randn(1, B, T, D, generator=gen)).to(self.device)
         # the dynamics weights A take a smaller step than the rest (dynamics_lr; see the class docstring)
         opt, opt_dynamics = Adam(self._lr(0)), Adam(self.dynamics_lr * self._lr(0))
-        bs = B if self.batch_size is None else min(int(self.batch_size), B)
+        bs = min(int(self.batch_size), B)
         cfg = self._config(self.inference_steps)
         energies, free_energies = [], []
         totals = [0.0, 0.0]                                                 # this epoch's energy, free energy
