@@ -13,7 +13,7 @@ import xarray as xr
 
 from analysis.recording import split_recording
 from pcsim.errors import ConfigError
-from pcsim.arguments import check_number
+from pcsim.arguments import check_number, check_numbers
 
 
 def lorenz_trajectory(n_steps: int, dt: float = 0.01, start: np.ndarray | None = None,
@@ -203,3 +203,219 @@ def pivae_recording(
                "mean_rate_hz": mean_rate_hz},
     )
     return split_recording(ds, heldout_fraction=heldout_fraction, test_fraction=test_fraction, seed=rng)
+
+
+# ----------------------------------------------------------------------------- further generators
+# Ground truths beside the Lorenz one, so that a claim about a latent model is measured on more
+# than one kind of latent dynamics: smooth periodic latents, Gaussian-process latents, a noisy
+# linear dynamical system and a head-direction ring population. Each is seeded, returns the true
+# rates (so the true-rate co-bps ceiling is known) and shares one Poisson population
+# (:func:`poisson_population`) and one split policy with :func:`lorenz_recording`.
+
+def poisson_population(latents: np.ndarray, n_neurons: int, *, bin_width: float, mean_rate_hz: float,
+                       readout_scale: float, rng: np.random.Generator, log_rate: np.ndarray | None = None,
+                       heldout_fraction: float = 0.25, test_fraction: float = 0.2, source: str,
+                       latent_names: list[str], latent_long_name: str, attrs: dict | None = None,
+                       extra: dict | None = None) -> xr.Dataset:
+    """A Poisson population driven by ``latents`` ``(trial, time, K)`` (dimensionless), as a recording Dataset.
+
+    Log rates are ``latents @ C`` with ``C ~ N(0, readout_scale^2 / K)`` ``(K, N)`` (or the given
+    ``log_rate`` ``(trial, time, N)``), shifted by one constant so the population's mean rate is
+    ``mean_rate_hz``; counts are Poisson draws. Returns ``counts`` and ``rates`` (counts per bin),
+    ``latents``, any ``extra`` variables (name -> ``(dims, values, attrs)``), the ``trial``,
+    ``time`` (bin centres, s), ``neuron``, ``latent`` coordinates, ``start_time``/``stop_time``
+    (s, trials back to back, ``align`` = ``start_time``) and the ``heldout``/``split`` coordinates of
+    :func:`analysis.recording.split_recording`, drawn from ``rng`` after the counts.
+    """
+    n_trials, n_bins, k = latents.shape
+    if log_rate is None:
+        C = readout_scale / np.sqrt(k) * rng.standard_normal((k, n_neurons))
+        log_rate = latents @ C
+    b = np.log(mean_rate_hz * bin_width) - np.log(np.exp(log_rate).mean())
+    rates = np.exp(log_rate + b)
+    counts = rng.poisson(rates)
+    time = (np.arange(n_bins) + 0.5) * bin_width
+    start = np.arange(n_trials) * n_bins * bin_width
+    ds = xr.Dataset(
+        {"counts": (("trial", "time", "neuron"), counts.astype(np.int64), {"long_name": "spike count", "units": "counts/bin"}),
+         "rates": (("trial", "time", "neuron"), rates, {"long_name": "true firing rate", "units": "counts/bin"}),
+         "latents": (("trial", "time", "latent"), latents, {"long_name": latent_long_name, "units": "1"}),
+         **(extra or {})},
+        coords={
+            "trial": ("trial", np.arange(n_trials), {"units": "", "long_name": "trial id"}),
+            "time": ("time", time, {"units": "s", "long_name": "bin centre"}),
+            "neuron": ("neuron", np.arange(n_neurons), {"units": "", "long_name": "neuron id"}),
+            "latent": ("latent", latent_names, {"units": "", "long_name": "latent dimension"}),
+            "start_time": ("trial", start, {"units": "s", "long_name": "trial start (session time)"}),
+            "stop_time": ("trial", start + n_bins * bin_width, {"units": "s", "long_name": "trial stop (session time)"}),
+        },
+        attrs={"bin_width": bin_width, "align": "start_time", "source": source, "mean_rate_hz": mean_rate_hz,
+               **(attrs or {})},
+    )
+    return split_recording(ds, heldout_fraction=heldout_fraction, test_fraction=test_fraction, seed=rng)
+
+
+def _sizes(n_trials, n_neurons, n_bins, bin_width, mean_rate_hz):
+    sizes = [check_number(k, v, integer=True, ge=1) for k, v in
+             (("n_trials", n_trials), ("n_neurons", n_neurons), ("n_bins", n_bins))]
+    return (*sizes, check_number("bin_width", bin_width, gt=0), check_number("mean_rate_hz", mean_rate_hz, gt=0))
+
+
+def sinusoid_recording(n_trials: int = 100, n_neurons: int = 40, n_bins: int = 100, *, bin_width: float = 0.01,
+                       n_latents: int = 2, frequency_hz: tuple[float, float] = (1.0, 3.0), mean_rate_hz: float = 10.0,
+                       readout_scale: float = 1.0, heldout_fraction: float = 0.25, test_fraction: float = 0.2,
+                       seed: int = 0) -> xr.Dataset:
+    """Smooth periodic latents: latent ``k`` of trial ``i`` is ``sqrt(2) sin(2 pi f_k t + phi_ik)``.
+
+    The frequencies ``f_k`` (Hz, attrs ``frequency_hz``) are drawn once, uniformly in
+    ``frequency_hz``, the phases ``phi_ik`` per trial uniformly in ``[0, 2 pi)``; every latent then
+    has unit variance over phases and its power spectrum peaks at ``f_k``. Rates and counts as in
+    :func:`poisson_population` (``n_neurons`` neurons, mean ``mean_rate_hz``). Same seed, same data.
+    """
+    n_trials, n_neurons, n_bins, bin_width, mean_rate_hz = _sizes(n_trials, n_neurons, n_bins, bin_width, mean_rate_hz)
+    k = check_number("n_latents", n_latents, integer=True, ge=1)
+    lo, hi = check_numbers("frequency_hz", frequency_hz, gt=0)
+    rng = np.random.default_rng(seed)
+    f = rng.uniform(lo, hi, k)
+    phase = rng.uniform(0, 2 * np.pi, (n_trials, 1, k))
+    t = (np.arange(n_bins) + 0.5)[None, :, None] * bin_width
+    z = np.sqrt(2.0) * np.sin(2 * np.pi * f * t + phase)
+    return poisson_population(z, n_neurons, bin_width=bin_width, mean_rate_hz=mean_rate_hz, readout_scale=readout_scale,
+                              rng=rng, heldout_fraction=heldout_fraction, test_fraction=test_fraction,
+                              source="sinusoid_recording", latent_names=[f"sin{j}" for j in range(k)],
+                              latent_long_name="true sinusoidal latents", attrs={"seed": seed, "frequency_hz": f})
+
+
+def squared_exponential(lags_s: np.ndarray, timescale_s: float) -> np.ndarray:
+    """The squared-exponential (RBF) correlation ``exp(-lag^2 / (2 tau^2))`` at ``lags_s`` (s) for timescale ``tau`` (s)."""
+    return np.exp(-0.5 * (np.asarray(lags_s, float) / timescale_s) ** 2)
+
+
+def gp_recording(n_trials: int = 100, n_neurons: int = 40, n_bins: int = 100, *, bin_width: float = 0.01,
+                 n_latents: int = 3, timescale_ms: float = 100.0, mean_rate_hz: float = 10.0, readout_scale: float = 1.0,
+                 heldout_fraction: float = 0.25, test_fraction: float = 0.2, seed: int = 0) -> xr.Dataset:
+    """Gaussian-process latents, the generative model of GPFA (Yu et al. 2009).
+
+    Each latent of each trial is an independent draw of a zero-mean, unit-variance GP with the
+    squared-exponential kernel :func:`squared_exponential` of timescale ``timescale_ms`` (ms) over the
+    bin centres, so the latents' autocorrelation at lag ``s`` is ``exp(-s^2 / (2 tau^2))``. Rates
+    and counts as in :func:`poisson_population`. Same seed, same data.
+    """
+    n_trials, n_neurons, n_bins, bin_width, mean_rate_hz = _sizes(n_trials, n_neurons, n_bins, bin_width, mean_rate_hz)
+    k = check_number("n_latents", n_latents, integer=True, ge=1)
+    tau = check_number("timescale_ms", timescale_ms, gt=0) / 1e3
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_bins) * bin_width
+    K = squared_exponential(t[:, None] - t[None, :], tau) + 1e-6 * np.eye(n_bins)
+    L = np.linalg.cholesky(K)
+    z = np.einsum("ts,nsk->ntk", L, rng.standard_normal((n_trials, n_bins, k)))
+    return poisson_population(z, n_neurons, bin_width=bin_width, mean_rate_hz=mean_rate_hz, readout_scale=readout_scale,
+                              rng=rng, heldout_fraction=heldout_fraction, test_fraction=test_fraction,
+                              source="gp_recording", latent_names=[f"gp{j}" for j in range(k)],
+                              latent_long_name="true Gaussian-process latents",
+                              attrs={"seed": seed, "timescale_ms": timescale_ms})
+
+
+def rotation_dynamics(n_latents: int, bin_width: float, timescale_ms: float, frequency_hz: float) -> np.ndarray:
+    """The per-bin transition matrix ``A`` ``(K, K)`` of :func:`lds_recording`: 2x2 blocks
+    ``exp(-dt / tau) R(2 pi f_j dt)`` (damped rotations at frequencies ``f_j = frequency_hz * (j + 1)``,
+    one per pair of latents; an odd last latent decays without rotating), column-vector convention ``x_t = A x_{t-1}``."""
+    A = np.zeros((n_latents, n_latents))
+    rho = np.exp(-bin_width / (timescale_ms / 1e3))
+    for j in range(n_latents // 2):
+        a = 2 * np.pi * frequency_hz * (j + 1) * bin_width
+        A[2 * j:2 * j + 2, 2 * j:2 * j + 2] = rho * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    if n_latents % 2:
+        A[-1, -1] = rho
+    return A
+
+
+def lds_recording(n_trials: int = 100, n_neurons: int = 40, n_bins: int = 100, *, bin_width: float = 0.01,
+                  n_latents: int = 4, timescale_ms: float = 300.0, frequency_hz: float = 2.0, mean_rate_hz: float = 10.0,
+                  readout_scale: float = 1.0, heldout_fraction: float = 0.25, test_fraction: float = 0.2,
+                  seed: int = 0) -> xr.Dataset:
+    """A noisy linear dynamical system (the Poisson LDS of Macke et al. 2011): ``x_t = A x_{t-1} + w_t``.
+
+    ``A`` = :func:`rotation_dynamics` (attrs ``dynamics``), ``w_t ~ N(0, I - A A^T)`` so that the
+    process is stationary with unit variance, and ``x_1`` is drawn from that stationary law:
+    ``Cov(x_t) = I`` and ``Cov(x_t, x_{t-1}) = A`` at every bin. Rates and counts as in
+    :func:`poisson_population`. Same seed, same data.
+    """
+    n_trials, n_neurons, n_bins, bin_width, mean_rate_hz = _sizes(n_trials, n_neurons, n_bins, bin_width, mean_rate_hz)
+    k = check_number("n_latents", n_latents, integer=True, ge=1)
+    check_number("timescale_ms", timescale_ms, gt=0)
+    check_number("frequency_hz", frequency_hz, ge=0)
+    rng = np.random.default_rng(seed)
+    A = rotation_dynamics(k, bin_width, timescale_ms, frequency_hz)
+    Q = np.linalg.cholesky(np.eye(k) - A @ A.T + 1e-12 * np.eye(k))
+    z = np.empty((n_trials, n_bins, k))
+    z[:, 0] = rng.standard_normal((n_trials, k))
+    for t in range(1, n_bins):
+        z[:, t] = z[:, t - 1] @ A.T + rng.standard_normal((n_trials, k)) @ Q.T
+    return poisson_population(z, n_neurons, bin_width=bin_width, mean_rate_hz=mean_rate_hz, readout_scale=readout_scale,
+                              rng=rng, heldout_fraction=heldout_fraction, test_fraction=test_fraction,
+                              source="lds_recording", latent_names=[f"x{j}" for j in range(k)],
+                              latent_long_name="true linear-dynamical latents",
+                              attrs={"seed": seed, "dynamics": A.reshape(-1), "timescale_ms": timescale_ms,
+                                     "frequency_hz": frequency_hz})
+
+
+def ring_recording(n_trials: int = 100, n_neurons: int = 40, n_bins: int = 100, *, bin_width: float = 0.01,
+                   concentration: float = 2.0, angular_speed_deg_s: float = 90.0, speed_timescale_ms: float = 300.0,
+                   mean_rate_hz: float = 10.0, heldout_fraction: float = 0.25, test_fraction: float = 0.2,
+                   seed: int = 0) -> xr.Dataset:
+    """A head-direction-like ring population: von Mises tuning to an angle that turns smoothly.
+
+    The head direction ``theta_t`` (rad) starts uniformly on the circle and turns with an angular
+    velocity that is an Ornstein-Uhlenbeck process (s.d. ``angular_speed_deg_s`` deg/s, timescale
+    ``speed_timescale_ms``). Neuron ``n`` prefers direction ``phi_n = 2 pi n / N`` (coordinate
+    ``preferred_direction``, rad) with log rate ``concentration * cos(theta - phi_n)`` (plus one
+    constant for the mean rate), so its tuning curve peaks at ``phi_n``. The latents are
+    ``(cos theta, sin theta)``, the behaviour ``head_direction`` is ``theta`` wrapped to
+    ``[-pi, pi)`` (an angular variable). Same seed, same data.
+    """
+    n_trials, n_neurons, n_bins, bin_width, mean_rate_hz = _sizes(n_trials, n_neurons, n_bins, bin_width, mean_rate_hz)
+    kappa = check_number("concentration", concentration, ge=0)
+    sd = np.deg2rad(check_number("angular_speed_deg_s", angular_speed_deg_s, ge=0))
+    rho = np.exp(-bin_width / (check_number("speed_timescale_ms", speed_timescale_ms, gt=0) / 1e3))
+    rng = np.random.default_rng(seed)
+    omega = np.empty((n_trials, n_bins))
+    omega[:, 0] = sd * rng.standard_normal(n_trials)
+    for t in range(1, n_bins):
+        omega[:, t] = rho * omega[:, t - 1] + sd * np.sqrt(1 - rho ** 2) * rng.standard_normal(n_trials)
+    theta = rng.uniform(0, 2 * np.pi, (n_trials, 1)) + np.cumsum(omega * bin_width, 1)
+    preferred = 2 * np.pi * np.arange(n_neurons) / n_neurons
+    log_rate = kappa * np.cos(theta[..., None] - preferred)
+    z = np.stack([np.cos(theta), np.sin(theta)], -1)
+    wrapped = np.angle(np.exp(1j * theta))
+    ds = poisson_population(z, n_neurons, bin_width=bin_width, mean_rate_hz=mean_rate_hz, readout_scale=1.0,
+                            rng=rng, log_rate=log_rate, heldout_fraction=heldout_fraction, test_fraction=test_fraction,
+                            source="ring_recording", latent_names=["cos", "sin"],
+                            latent_long_name="true head direction as (cos, sin)",
+                            attrs={"seed": seed, "concentration": kappa},
+                            extra={"head_direction": (("trial", "time"), wrapped,
+                                                      {"long_name": "head direction (behaviour, circular)", "units": "rad"})})
+    return ds.assign_coords(preferred_direction=("neuron", preferred, {"units": "rad", "long_name": "preferred direction"}))
+
+
+def silence_stretch(recording: xr.Dataset, fraction: float = 1.0 / 3.0) -> xr.Dataset:
+    """The recording with every unit silent for the last ``fraction`` of the session.
+
+    Trials are ordered by ``start_time`` (session time, s); every bin whose session time lies in the
+    last ``fraction`` of the span from the first trial's start to the last trial's stop gets zero
+    counts and (when present) zero true rates: the units stop firing, as in a drifting or dying
+    recording. Returns a copy; attrs ``silent_from`` holds the session time (s) silence begins.
+    """
+    frac = check_number("fraction", fraction, gt=0, lt=1)
+    out = recording.copy(deep=True)
+    begin, end = float(out["start_time"].min()), float(out["stop_time"].max())
+    cut = end - frac * (end - begin)
+    session_time = out["start_time"] + out["time"] - 0.5 * float(out.attrs["bin_width"])   # bin starts (s)
+    silent = (session_time >= cut).transpose("trial", "time").values
+    for name in ("counts", "rates"):
+        if name in out:
+            da = out[name].transpose("trial", "time", ...)
+            da.values[silent] = 0
+            out[name] = da.transpose(*recording[name].dims)
+    out.attrs["silent_from"] = cut
+    return out

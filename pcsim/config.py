@@ -88,6 +88,9 @@ class CheckpointSection:
     run's results, so it is the one setting a resume may change."""
 
     every: int = field(default=1, metadata={"ge": 0, "units": "epochs"})
+
+
+@dataclass(frozen=True, kw_only=True)
 class SweepSection:
     """The ``[sweep]`` table: a grid of config values that ``pcsim sweep CONFIG`` runs (its
     command-line options, where given, replace these). ``grid``: one ``"KEY=V1,V2,..."`` string

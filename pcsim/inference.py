@@ -81,7 +81,7 @@ class InferenceConfig:
     record: bool = False
     check_every: int = field(default=0, metadata={"ge": 0})
     compile: bool = False
-    precondition: bool | Literal["precision", "curvature"] = False
+    precondition: Literal[False, True, "precision", "curvature"] = False
     temperature: float = field(default=0.0, metadata={"ge": 0})
     seed: int = field(default=0, metadata={"ge": 0})
 

@@ -79,7 +79,15 @@ def threads_for(sizes: Sequence[int], batch: int, ensemble: int = 1) -> int:
     """Threads for a network of widths ``sizes`` on ``batch`` samples and ``ensemble`` members:
     1 when its largest layer product (``ensemble * batch * n_{l-1} * n_l`` multiply-adds) is
     below :data:`SERIAL_WORK`, else ``torch.get_num_threads()`` capped at :func:`free_cores`."""
-    work = max(ensemble * batch * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    return threads_for_work(max(ensemble * batch * a * b for a, b in zip(sizes[:-1], sizes[1:])))
+
+
+def threads_for_work(work: int) -> int:
+    """Threads for a computation whose typical parallel region (one batched product) does ``work``
+    multiply-adds: 1 below :data:`SERIAL_WORK`, else ``torch.get_num_threads()`` capped at
+    :func:`free_cores`. The one rule behind :func:`threads_for` and the dynamical PC engine's choice
+    (:func:`pcsim.temporal.inference.relaxation_threads`), whose regions are batched products of
+    small blocks rather than of layers."""
     if work < SERIAL_WORK:
         return 1
     return usable()

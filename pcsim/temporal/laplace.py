@@ -62,12 +62,28 @@ def free_energy(net: TemporalPCNetwork, posterior: LaplacePosterior, y, mask=Non
     ``log y!`` terms of a Poisson observation it bounds ``-log p(y)`` from above (Friston et al.
     2007); EM over the parameters descends it.
     """
-    if posterior.log_det_precision is None:
+    obs = observations(net, y, mask)
+    q = _check_posterior(net, posterior, obs)
+    return _free_energy(net, q, obs, _expected(net, q, obs))
+
+
+def _free_energy(net, q, obs, ex) -> Tensor:
+    if q.log_det_precision is None:
         raise DataError("posterior.log_det_precision is None; build the posterior with laplace_posterior")
-    E_q = expected_term_energies(net, posterior, y, mask).sum((-1, -2))
-    T, D = posterior.mean.shape[-2:]
-    entropy = 0.5 * (T * D * math.log(2 * math.pi * math.e) - posterior.log_det_precision)
+    E_q = _expected_term_energies(net, q, obs, ex).sum((-1, -2))
+    T, D = q.mean.shape[-2:]
+    entropy = 0.5 * (T * D * math.log(2 * math.pi * math.e) - q.log_det_precision)
     return E_q - entropy
+
+
+def free_energy_and_gradients(net: TemporalPCNetwork, posterior: LaplacePosterior, y, mask=None) -> tuple[Tensor, list[Tensor]]:
+    """:func:`free_energy` ``(E, B)`` and :func:`expected_parameter_gradients` together, sharing their
+    second moments (one pass where the two functions would make two): the M-step of Laplace EM and
+    the bound it descends, for one minibatch."""
+    obs = observations(net, y, mask)
+    q = _check_posterior(net, posterior, obs)
+    ex = _expected(net, q, obs)
+    return _free_energy(net, q, obs, ex), _expected_gradients(net, q, obs, ex)
 
 
 def _check_posterior(net: TemporalPCNetwork, q: LaplacePosterior, obs: Observations) -> LaplacePosterior:
@@ -154,7 +170,10 @@ def expected_parameter_gradients(net: TemporalPCNetwork, posterior: LaplacePoste
     """
     obs = observations(net, y, mask)
     q = _check_posterior(net, posterior, obs)
-    ex = _expected(net, q, obs)
+    return _expected_gradients(net, q, obs, _expected(net, q, obs))
+
+
+def _expected_gradients(net: TemporalPCNetwork, q: LaplacePosterior, obs: Observations, ex: _Expected) -> list[Tensor]:
     x = q.mean
     E, B, T, D = x.shape
     N = net.n_obs

@@ -77,3 +77,82 @@ def test_the_recording_follows_the_result_conventions_and_aligns_at_a_coordinate
     align = ds.attrs["align"]
     np.testing.assert_allclose(ds[align].values, np.arange(6) * 5 * 0.01)   # trials back to back, in s
     np.testing.assert_allclose(ds.stop_time.values - ds.start_time.values, 5 * 0.01)
+
+
+# ----------------------------------------------------------------------------- further generators
+from analysis.synthetic import (gp_recording, lds_recording, ring_recording, rotation_dynamics,  # noqa: E402
+                                silence_stretch, sinusoid_recording, squared_exponential)
+
+GENERATORS = [sinusoid_recording, gp_recording, lds_recording, ring_recording]
+
+
+@pytest.mark.parametrize("make", GENERATORS, ids=lambda f: f.__name__)
+def test_each_generator_is_seeded_poisson_at_the_requested_rate_and_follows_the_conventions(make):
+    a, b, c = make(30, 12, 40, seed=3), make(30, 12, 40, seed=3), make(30, 12, 40, seed=4)
+    assert a.identical(b)
+    assert not np.array_equal(a.counts.values, c.counts.values)
+    ds = make(60, 20, 50, mean_rate_hz=7.0, seed=0)
+    assert float(ds.rates.mean()) == pytest.approx(7.0 * 0.01, rel=1e-9)
+    r, n = ds.rates.values.ravel(), ds.counts.values.ravel()
+    assert abs(n.mean() - r.mean()) < 4 * np.sqrt(r.mean() / n.size)
+    assert set(ds.split.values) == {"train", "test"} and ds.heldout.values.any()
+    assert convention_problems(ds) == []
+
+
+def test_sinusoid_latents_have_unit_variance_and_peak_at_their_frequencies():
+    ds = sinusoid_recording(200, 10, 400, n_latents=3, seed=5)     # 4 s trials: 0.25 Hz resolution
+    z = ds.latents.values
+    np.testing.assert_allclose(z.var((0, 1)), 1.0, atol=0.08)
+    power = (np.abs(np.fft.rfft(z, axis=1)) ** 2).mean(0)           # (freq, latent)
+    freqs = np.fft.rfftfreq(z.shape[1], float(ds.attrs["bin_width"]))
+    np.testing.assert_allclose(freqs[power.argmax(0)], ds.attrs["frequency_hz"], atol=0.25)
+
+
+def test_gp_latents_autocorrelation_matches_their_kernel():
+    ds = gp_recording(400, 5, 60, n_latents=2, timescale_ms=80.0, seed=2)
+    z = ds.latents.values
+    lags = np.arange(25)
+    emp = np.array([(z[:, :z.shape[1] - k] * z[:, k:]).mean() for k in lags])
+    kernel = squared_exponential(lags * float(ds.attrs["bin_width"]), 0.08)
+    # an independent estimate: 800 draws of 60 bins each leave ~0.03 sampling error at short lags
+    np.testing.assert_allclose(emp, kernel, atol=0.06)
+    assert emp[8] < 0.7 < emp[4]       # the kernel's shape, not only its value at lag 0
+
+
+def test_lds_latents_are_stationary_and_their_regression_recovers_the_dynamics():
+    ds = lds_recording(300, 5, 80, n_latents=4, timescale_ms=250.0, frequency_hz=3.0, seed=1)
+    z = ds.latents.values
+    A = rotation_dynamics(4, 0.01, 250.0, 3.0)
+    np.testing.assert_allclose(ds.attrs["dynamics"].reshape(4, 4), A)
+    np.testing.assert_allclose(np.cov(z.reshape(-1, 4), rowvar=False), np.eye(4), atol=0.15)
+    prev, nxt = z[:, :-1].reshape(-1, 4), z[:, 1:].reshape(-1, 4)
+    A_hat = np.linalg.lstsq(prev, nxt, rcond=None)[0].T
+    np.testing.assert_allclose(A_hat, A, atol=0.03)
+    assert np.all(np.abs(np.linalg.eigvals(A)) < 1)
+
+
+def test_ring_population_tuning_peaks_at_the_preferred_directions():
+    ds = ring_recording(150, 16, 100, concentration=2.0, seed=0)
+    theta = ds.head_direction.values.ravel()
+    assert np.all((theta >= -np.pi) & (theta < np.pi))
+    bins = np.linspace(-np.pi, np.pi, 25)
+    which = np.digitize(theta, bins) - 1
+    occupancy = np.bincount(which, minlength=24)
+    counts = ds.counts.values.reshape(-1, 16)
+    tuning = np.stack([np.bincount(which, counts[:, n], minlength=24) for n in range(16)], 1) / occupancy[:, None]
+    centres = 0.5 * (bins[1:] + bins[:-1])
+    peak = np.angle((tuning * np.exp(1j * centres)[:, None]).sum(0))      # circular mean of each tuning curve
+    error = np.angle(np.exp(1j * (peak - ds.preferred_direction.values)))
+    assert np.abs(error).max() < 0.3, error
+    np.testing.assert_allclose(ds.latents.values[..., 0], np.cos(ds.head_direction.values), atol=1e-9)
+
+
+def test_silence_stretch_silences_the_last_third_of_the_session_only():
+    ds = sinusoid_recording(30, 8, 20, seed=0)
+    quiet = silence_stretch(ds, 1 / 3)
+    assert int(quiet.counts.isel(trial=slice(20, None)).sum()) == 0
+    assert float(quiet.rates.isel(trial=slice(20, None)).max()) == 0.0
+    assert quiet.counts.isel(trial=slice(0, 20)).identical(ds.counts.isel(trial=slice(0, 20)))
+    assert quiet.attrs["silent_from"] == pytest.approx(20 * 20 * 0.01)
+    with pytest.raises(ConfigError, match="fraction"):
+        silence_stretch(ds, 1.5)

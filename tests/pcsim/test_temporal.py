@@ -352,6 +352,31 @@ def test_laplace_learning_rules_equal_autograd_of_the_expected_energy(obs, act, 
     assert not torch.allclose(local[2], map_rule[2])
 
 
+@pytest.mark.parametrize("obs", ["poisson", "gaussian"])
+def test_free_energy_and_gradients_in_one_pass_equal_the_two_functions(obs):
+    net = make_net(obs=obs, precisions=True)
+    x, y, mask = make_data(net)
+    q = tp.laplace_posterior(net, x, y, mask)
+    F, grads = tp.free_energy_and_gradients(net, q, y, mask)
+    torch.testing.assert_close(F, tp.free_energy(net, q, y, mask), rtol=0, atol=0)
+    for name, a, b in zip(net.parameter_names(), grads, tp.expected_parameter_gradients(net, q, y, mask)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_relaxation_threads_follow_the_one_thread_policy(monkeypatch):
+    from pcsim import parallel
+
+    small = tp.TemporalPCNetwork.init(2, 5)               # 10 trials x 2^3: far below SERIAL_WORK
+    assert tp.relaxation_threads(small, 10) == 1
+    big = tp.TemporalPCNetwork.init(8, 5)
+    n = parallel.SERIAL_WORK // 8 ** 3 + 1                 # just above it: as many threads as free cores
+    monkeypatch.setattr(parallel, "free_cores", lambda: 1)
+    assert tp.relaxation_threads(big, n) == 1
+    monkeypatch.setattr(parallel, "free_cores", lambda: 64)
+    assert tp.relaxation_threads(big, n) == torch.get_num_threads()
+    assert tp.relaxation_threads(big, n - 2) == 1
+
+
 def test_free_energy_is_the_negative_log_evidence_of_a_linear_gaussian_model():
     """For linear-Gaussian models the Laplace free energy at the MAP is exact: -log p(y)."""
     net = make_net(D=2, N=3, act="linear", obs="gaussian", E=1, seed=2, precisions=True, per_unit=True)
