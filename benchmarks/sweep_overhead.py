@@ -1,6 +1,6 @@
 """The Dask path of ``pcsim sweep``: its per-point overhead and its speed-up on 2 local workers.
 
-``python benchmarks/sweep_overhead.py [--repeats N] [--points N] [--by-hand] [--json]``
+``python benchmarks/sweep_overhead.py [--repeats N] [--points N] [--epochs N] [--by-hand] [--json]``
 
 1. **Overhead.** A trivial experiment (its ``run`` returns at once; written to a temporary
    module) swept over ``--points`` points (default 16): the same points run one after another in
@@ -73,8 +73,10 @@ def plot(results):
     return {}
 '''
 
-SHORT = ["training.rules=[\"pc\"]", "training.epochs=1", "alignment.steps=[1]", "alignment.nudges=[1.0]",
-         "alignment.probe_size=64"]
+def short(epochs: int) -> list[str]:
+    """The overrides that make pc_vs_bp_digits a short point: standard PC only, ``epochs`` epochs."""
+    return ["training.rules=[\"pc\"]", f"training.epochs={epochs}", "alignment.steps=[1]", "alignment.nudges=[1.0]",
+            "alignment.probe_size=64"]
 SHORT_GRID = ["inference.steps=5,10", "training.lr=0.001,0.002"]
 
 
@@ -130,6 +132,8 @@ def main(argv=None) -> int:
     parser.add_argument("--points", type=int, default=16, help="points of the overhead grid")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--skip-speedup", action="store_true")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="epochs of each point of the speed-up grid (the points' length; start-up is amortised over it)")
     parser.add_argument("--by-hand", action="store_true",
                         help="also time the 16 points as separate `python -m pcsim run` processes, one after another")
     args = parser.parse_args(argv)
@@ -154,18 +158,18 @@ def main(argv=None) -> int:
               f"{_spread(per_point, 3)} s per point (target < 1 s)", file=sys.stderr)
         if not args.skip_speedup:
             config = ROOT / "configs" / "pc_vs_bp_digits.toml"
-            timed = [measure(config, SHORT_GRID, 4, SHORT, 2, scratch, r) for r in range(args.repeats)]
+            timed = [measure(config, SHORT_GRID, 4, short(args.epochs), 2, scratch, r) for r in range(args.repeats)]
             speedups = [s / d for s, d in timed]
             results["speedup"] = {
-                "points": 16, "workers": 2, "sequential_s": [s for s, _ in timed], "dask_2_workers_s": [d for _, d in timed],
+                "points": 16, "workers": 2, "epochs_per_point": args.epochs, "sequential_s": [s for s, _ in timed], "dask_2_workers_s": [d for _, d in timed],
                 "speedup": speedups, "median_speedup": statistics.median(speedups)}
-            print(f"speed-up: 16 points of pc_vs_bp_digits (PC, 1 epoch), sequential in one process "
+            print(f"speed-up: 16 points of pc_vs_bp_digits (PC, {args.epochs} epoch(s)), sequential in one process "
                   f"{_spread([s for s, _ in timed])} s, 2 workers {_spread([d for _, d in timed])} s -> "
                   f"{_spread(speedups, 2)}x (target >= 1.7x)", file=sys.stderr)
             if args.by_hand:
                 by_hand = []
                 for r in range(args.repeats):
-                    plan = plan_sweep(config, grid=SHORT_GRID, seeds=4, overrides=SHORT, out=scratch / f"hand_{r}")
+                    plan = plan_sweep(config, grid=SHORT_GRID, seeds=4, overrides=short(args.epochs), out=scratch / f"hand_{r}")
                     by_hand.append(_processes(plan))
                 ratio = [h / d for h, d in zip(by_hand, results["speedup"]["dask_2_workers_s"])]
                 results["speedup"].update(by_hand_s=by_hand, speedup_vs_by_hand=ratio)
