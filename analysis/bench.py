@@ -28,14 +28,18 @@ def main(name: str, as_json: bool = False, args: list[str] | None = None) -> int
     from pathlib import Path
 
     from analysis.experiments import lorenz_latents
-    from analysis.experiments.models import ModelsSection
+    from pcsim.config import load_config
     from pcsim.registry import RunContext
+
+    # the shipped config's model settings (GPFA on 20-bin segments, the PC and LFADS sizes): one
+    # declaration of each knob, whether the models run from `pcsim run` or from here
+    shipped = load_config(Path(__file__).resolve().parents[1] / "configs" / "lorenz_latents.toml")
 
     p = argparse.ArgumentParser(prog=f"pcsim bench {name}")
     p.add_argument("--n-trials", type=int, default=400)
     p.add_argument("--n-neurons", type=int, default=60)
     p.add_argument("--n-bins", type=int, default=100)
-    p.add_argument("--models", nargs="+", default=list(ModelsSection().fit))
+    p.add_argument("--models", nargs="+", default=list(shipped.models.fit))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", action="store_true", help="time PC and GPFA quiet and beside a CPU-bound process")
     p.add_argument("--repeats", type=int, default=2, help="--speed: interleaved repeats")
@@ -45,14 +49,14 @@ def main(name: str, as_json: bool = False, args: list[str] | None = None) -> int
     p.add_argument("--model-seeds", type=int, nargs="+", default=[0, 1, 2])
     opts = p.parse_args(args or [])
     if opts.speed:
-        res = speed(opts.n_trials, opts.n_neurons, opts.n_bins, opts.repeats, opts.seed)
+        res = speed(opts.n_trials, opts.n_neurons, opts.n_bins, opts.repeats, opts.seed, models=shipped.models)
         print(json.dumps(res) if as_json else format_speed(res))
         return 0
     if opts.suite:
         res = suite(opts.datasets, opts.data_seeds, opts.model_seeds, models=tuple(opts.models))
         print(json.dumps(res) if as_json else format_suite(res))
         return 0
-    cfg = lorenz_latents.Config(experiment="analysis.experiments.lorenz_latents", seed=opts.seed)
+    cfg = replace(shipped, seed=opts.seed)
     cfg = replace(cfg, data=replace(cfg.data, n_trials=opts.n_trials, n_neurons=opts.n_neurons, n_bins=opts.n_bins),
                   models=replace(cfg.models, fit=tuple(opts.models)))
     d = cfg.data
@@ -71,8 +75,10 @@ def main(name: str, as_json: bool = False, args: list[str] | None = None) -> int
 
 
 # ----------------------------------------------------------------------------- speed and suite
-def speed(n_trials: int = 400, n_neurons: int = 60, n_bins: int = 100, repeats: int = 2, seed: int = 0) -> dict:
-    """Fit seconds of the PC latent model and GPFA (the ``latents`` benchmark's settings) on the Lorenz
+def speed(n_trials: int = 400, n_neurons: int = 60, n_bins: int = 100, repeats: int = 2, seed: int = 0,
+          models=None) -> dict:
+    """Fit seconds of the PC latent model and GPFA (``models``: a models section, default the
+    section's own defaults; the ``latents`` benchmark passes the shipped config's) on the Lorenz
     recording, quiet and beside one CPU-bound competing process, interleaved ``repeats`` times so
     that the slow phases of a shared machine hit both alike. Returns the seconds per (load, model)
     and the ratios that the targets are stated in, one per repeat: ``pc_over_gpfa`` (same load, same
@@ -84,12 +90,13 @@ def speed(n_trials: int = 400, n_neurons: int = 60, n_bins: int = 100, repeats: 
     from pcsim.contention import competing_process
 
     rec = lorenz_recording(n_trials, n_neurons, n_bins, n_conditions=8, seed=seed)
+    models = ModelsSection() if models is None else models
     seconds = {f"{load}_{name}": [] for load in ("quiet", "loaded") for name in ("gpfa", "pc")}
     for _ in range(repeats):
         for load in ("quiet", "loaded"):
             with competing_process(load == "loaded"):
                 for name in ("gpfa", "pc"):
-                    seconds[f"{load}_{name}"].append(float(build_model(name, ModelsSection(), seed, "cpu").fit(rec).fit_seconds_))
+                    seconds[f"{load}_{name}"].append(float(build_model(name, models, seed, "cpu").fit(rec).fit_seconds_))
     ratios = {f"pc_over_gpfa_{load}": [p / g for p, g in zip(seconds[f"{load}_pc"], seconds[f"{load}_gpfa"])]
               for load in ("quiet", "loaded")}
     ratios["pc_loaded_over_quiet"] = [lo / q for lo, q in zip(seconds["loaded_pc"], seconds["quiet_pc"])]
