@@ -237,7 +237,8 @@ def observations(net: TemporalPCNetwork, y, mask=None, *, name: str = "y") -> Ob
         m = m.to(device=net.device, dtype=net.dtype)
         if not bool(((m == 0) | (m == 1)).all()):
             raise DataError("mask must hold only 0/1 (or False/True)")
-    shape = torch.broadcast_shapes(y.shape, m.shape)
+    # both 4-D, each size 1 or the other's (checked above); torch.broadcast_shapes would import sympy (~0.5 s)
+    shape = tuple(max(a, b) for a, b in zip(y.shape, m.shape))
     y, m = y.expand(shape), m.expand(shape)
     observed = m > 0
     bad = observed & ~torch.isfinite(y)
