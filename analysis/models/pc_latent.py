@@ -45,7 +45,7 @@ from pcsim.training import train
 from pcsim.optim import Adam
 from pcsim import parallel
 from pcsim.temporal import (TemporalInferenceConfig, TemporalPCNetwork, free_energy_and_gradients, laplace_posterior,
-                            parameter_gradients, relax, relaxation_threads)
+                            observations, parameter_gradients, relax, relaxation_threads)
 
 __all__ = ["PCLatentModel"]
 
@@ -204,17 +204,17 @@ class PCLatentModel(LatentModel):
 
         def step(idx):
             """One EM step on the trials ``idx``: relax their latents (E), one Adam step on the local rules (M)."""
-            m = None if mask is None else mask[idx]
             with parallel.threads(relaxation_threads(net, len(idx))):
-                r = relax(net, x[:, idx], y[idx], m, cfg)
+                obs = observations(net, y[idx], None if mask is None else mask[idx])  # checked once per step
+                r = relax(net, x[:, idx], obs, None, cfg)
                 x[:, idx] = r.x
                 free = 0.0
                 if self.learning == "laplace":
-                    q = laplace_posterior(net, r.x, y[idx], m, damping=1e-6)
-                    free, grads = free_energy_and_gradients(net, q, y[idx], m)
+                    q = laplace_posterior(net, r.x, obs, None, damping=1e-6)
+                    free, grads = free_energy_and_gradients(net, q, obs, None)
                     free = float(free.sum())
                 else:
-                    grads = parameter_gradients(net, r.x, y[idx], m)
+                    grads = parameter_gradients(net, r.x, obs, None)
                 params = net.parameters()                                   # A first (TemporalPCNetwork.parameters)
                 opt_dynamics.step(params[:1], grads[:1])
                 opt.step(params[1:], grads[1:])

@@ -211,8 +211,15 @@ def observations(net: TemporalPCNetwork, y, mask=None, *, name: str = "y") -> Ob
     ``mask``: ``None`` (all observed), ``(N,)``, ``(B, T, N)`` or ``(E, B, T, N)``, bool or 0/1.
     Unobserved entries may hold anything, NaN included (they are set to 0 and carry no
     energy); observed entries must be finite, and non-negative for a Poisson observation.
-    Raises :class:`~pcsim.errors.DataError` naming the array and the first bad index.
+    Raises :class:`~pcsim.errors.DataError` naming the array and the first bad index. An
+    :class:`Observations` already checked for a network of this shape (``mask`` None) is returned
+    as it is, so a loop that calls several of the engine's functions on one batch checks it once.
     """
+    if isinstance(y, Observations) and mask is None:
+        if y.y.shape[-1] != net.n_obs or y.y.shape[0] not in (1, net.ensemble) or y.y.dtype != net.dtype:
+            raise DataError(f"{name}: Observations of shape {tuple(y.y.shape)} ({y.y.dtype}) were checked for another "
+                            f"network (this one: {net.n_obs} outputs, ensemble {net.ensemble}, {net.dtype})")
+        return y
     if not isinstance(y, torch.Tensor):
         y = torch.as_tensor(np.asarray(y))
     if y.dim() == 3:

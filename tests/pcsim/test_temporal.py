@@ -480,3 +480,19 @@ def test_config_rejects_what_dynamical_pc_cannot_do():
                 dict(precondition=True), dict(steps=-1), dict(tau=0.0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             tp.TemporalInferenceConfig(**bad)
+
+
+def test_checked_observations_pass_through_unchanged_and_give_the_same_energies():
+    """An EM step checks its batch once and hands the checked Observations to relax, the Laplace
+    posterior and the gradients: they must see exactly what they would have checked themselves,
+    and Observations checked for a network of another shape are refused."""
+    net = tp.TemporalPCNetwork.init(3, 6, observation="poisson", seed=0, dtype=F64)
+    y = torch.poisson(torch.full((4, 7, 6), 2.0, dtype=F64), generator=torch.Generator().manual_seed(0))
+    mask = torch.rand(4, 7, 6, generator=torch.Generator().manual_seed(1)) > 0.3
+    obs = tp.observations(net, y, mask)
+    assert tp.observations(net, obs) is obs
+    x = torch.randn(1, 4, 7, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+    for a, b in zip(tp.parameter_gradients(net, x, obs), tp.parameter_gradients(net, x, y, mask)):
+        assert torch.equal(a, b)
+    with pytest.raises(DataError, match="checked for another network"):
+        tp.observations(tp.TemporalPCNetwork.init(3, 5, observation="poisson", seed=0, dtype=F64), obs)
