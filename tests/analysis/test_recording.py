@@ -165,7 +165,7 @@ def test_glm_with_a_mask_equals_the_glm_on_the_observed_samples():
     assert both.intercept_[1] == pytest.approx(alone.intercept_[0], abs=1e-8)
 
 
-@pytest.mark.parametrize("name", ["smoothing", "fa", "gpfa", "pc"])
+@pytest.mark.parametrize("name", ["smoothing", "fa", "gpfa", "pc", "lfads", "pivae", "vae"])
 def test_unobserved_bins_are_missing_not_silent(small, name):
     """A held-out neuron unobserved in half of the training trials (its counts there zero): its
     predicted mean rate matches its observed mean, where fitting the zeros as data halves it."""
