@@ -303,9 +303,7 @@ class LFADS(LatentModel):
         n_val = int(round(self.validation_fraction * B)) if B >= 4 else 0
         n_val = min(max(n_val, 1 if B >= 4 else 0), B - 1)
         forks = [dev] if dev.type == "cuda" else []
-        # one intra-op thread on the CPU: the GRUs' matrices are small, and on a shared machine two threads
-        # were measured 30x slower per step than one (0.18 s vs 6 s for a batch of 32 Lorenz trials)
-        with torch.random.fork_rng(devices=forks), threads(1 if dev.type == "cpu" else torch.get_num_threads()):
+        with torch.random.fork_rng(devices=forks), threads(self._threads()):
             torch.manual_seed(self.seed)
             order = torch.randperm(B)
             val, tr = order[:n_val].to(dev), order[n_val:].to(dev)
@@ -377,11 +375,17 @@ class LFADS(LatentModel):
     def _uses_glm_readout(self) -> bool:
         return False
 
+    def _threads(self) -> int:
+        """Intra-op threads for training and inference: one on the CPU (the GRUs' matrices are small,
+        and on a shared machine two threads were measured 30x slower per step than one: 0.18 s vs 6 s
+        for a batch of 32 Lorenz trials), the current count elsewhere."""
+        return 1 if self._device().type == "cpu" else torch.get_num_threads()
+
     def _infer(self, counts_heldin: np.ndarray, observed_heldin: np.ndarray) -> LFADSState:
         """Factors and rates of every trial from the held-in counts, at the posterior means."""
         net = self.network_
         net.eval()
-        with torch.no_grad(), threads(1 if self._device().type == "cpu" else torch.get_num_threads()):
+        with torch.no_grad(), threads(self._threads()):
             x = self._tensor(counts_heldin) * self._tensor(observed_heldin)
             log_rates, factors, _, _, h = net(x, sample=False)
         return LFADSState(factors.double().cpu().numpy(), torch.exp(log_rates).double().cpu().numpy(), h)
@@ -395,6 +399,6 @@ class LFADS(LatentModel):
     def _forecast(self, state: LFADSState, n_forward: int) -> np.ndarray:
         """Rates ``(trial, n_forward, neuron)`` of the bins after the window: the generator runs on
         from its last state (inputs at their prior mean 0), factors read out to every neuron."""
-        with torch.no_grad(), threads(1 if self._device().type == "cpu" else torch.get_num_threads()):
+        with torch.no_grad(), threads(self._threads()):
             log_rates, _ = self.network_.run_generator(state.last_state[None], n_forward)
         return torch.exp(log_rates).double().cpu().numpy()
