@@ -125,7 +125,7 @@ def read_nwb(
     that ``intervals_where`` keeps (e.g. ``{"tags": "wake"}``) are cut into consecutive windows
     of ``window_length`` s (:func:`analysis.sessions.cut_windows`; windows that overlap the
     file's ``invalid_times`` are dropped), each a trial aligned at its start (``window`` and
-    ``align`` do not apply), with coordinates ``start_time``/``stop_time`` (session s),
+    ``align`` must then be left unset: they are refused), with coordinates ``start_time``/``stop_time`` (session s),
     ``interval`` (the row id it was cut from) and the table's one-value-per-row columns.
     ``behaviour`` names time series in the file's ``behavior`` processing module (or
     acquisition): a series' name (``"position"``), or ``"Container/series"``; each is resampled
@@ -159,6 +159,9 @@ def read_nwb(
         window_length = _check_bin_width(window_length, "window_length") if window_length is not None else None
         if window_length is None:
             raise DataError(f"intervals {intervals!r} are cut into windows: give window_length (s)")
+        if window is not None or align != "start_time":
+            raise DataError(f"{path}: window {window} and align {align!r} place bins around trial events; windows cut from "
+                            f"the intervals {intervals!r} start at their own start: leave window and align unset")
     try:
         with _open(path) as nwbfile:
             if nwbfile.units is None or "spike_times" not in nwbfile.units.colnames:

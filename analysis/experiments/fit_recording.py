@@ -103,6 +103,10 @@ class RecordingSection:
         if self.window_ms and (len(self.window_ms) != 2 or self.window_ms[1] <= self.window_ms[0]):
             raise ConfigError(f"key 'window_ms' must be [start, stop] (ms) with stop > start, or [] for the whole "
                              f"trial, got {list(self.window_ms)}")
+        if self.windows.length_ms and (self.window_ms or self.align != "start_time"):
+            raise ConfigError("keys 'window_ms' and 'align' place bins around trial events, and windows cut from "
+                              f"'windows.intervals' = {self.windows.intervals!r} start at their own start: set "
+                              "window_ms = [] and leave align unset")
 
 
 @dataclass(frozen=True, kw_only=True)

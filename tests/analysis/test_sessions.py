@@ -272,6 +272,14 @@ def test_a_session_without_trials_needs_a_window_length(tmp_path):
         read_nwb(_small_file(tmp_path), bin_width=0.1)
 
 
+def test_trial_window_and_alignment_are_refused_for_windows_cut_from_intervals(tmp_path):
+    # windows start at their own start: a trial window or alignment would be ignored, so it is refused
+    path = _small_file(tmp_path)
+    for extra in ({"window": (0.0, 0.5)}, {"align": "stop_time"}):
+        message = _refusal(path, window_length=1.0, **extra)
+        assert "leave window and align unset" in message and "'epochs'" in message
+
+
 def test_behaviour_with_timestamps_out_of_order_is_refused_naming_the_series(tmp_path):
     stamps = np.linspace(-1, 11, 200)
     stamps[50], stamps[51] = stamps[51], stamps[50]
@@ -302,6 +310,9 @@ def test_the_session_config_reads_its_selections_and_refuses_windows_without_a_l
     assert cfg.recording.windows.where == {"tags": "wake"}
     with pytest.raises(ConfigError, match="length_ms"):
         load_experiment(CONFIGS / "fit_session.toml", overrides=["recording.windows.length_ms=0"])
+    for override in ("recording.window_ms=[0.0, 500.0]", "recording.align=move_onset_time"):
+        with pytest.raises(ConfigError, match=r"fit_session\.toml.*window_ms = \[\] and leave align unset"):
+            load_experiment(CONFIGS / "fit_session.toml", overrides=[override])
 
 
 def test_pcsim_fit_on_a_continuous_session_reports_behaviour_r2_for_every_model(hd_file, tmp_path):
