@@ -22,11 +22,14 @@ Errors in the user's input (config, data, a diverging inference) are printed as
 keeps its traceback. Ctrl-C (SIGINT) stops a run cleanly with exit status 130: its last
 checkpoint stays in the run directory, whose manifest then says ``"interrupted"``, and the
 message names the checkpoint and the exact ``pcsim run ... --resume`` command that continues it.
+SIGTERM (what a cluster's batch scheduler sends at a job's time limit, and ``kill``'s default)
+stops it the same way with exit status 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -48,8 +51,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pcsim`` command line on ``argv`` (default ``sys.argv[1:]``); return the exit code.
 
     Exit status is 0 on success, 2 for a usage error or an invalid config/data/diverging
-    run (reported on stderr as ``pcsim: error: ...``), 130 when interrupted.
+    run (reported on stderr as ``pcsim: error: ...``), 130 when interrupted (Ctrl-C), 143 when
+    terminated (SIGTERM, handled as :class:`Terminated` while ``main`` runs in the main thread).
     """
+    with _sigterm_stops():
+        return _main(argv)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: stops a run like Ctrl-C (its checkpoint kept), exit status 143."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """Turn SIGTERM into :class:`Terminated` in the main thread for the body's duration."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise Terminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -64,8 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         detail = str(exc)
-        print(f"pcsim: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
-        return 130
+        word = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        detail = detail.removeprefix("terminated (SIGTERM)").lstrip(": ")
+        print(f"pcsim: {word}{': ' + detail if detail else ''}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # `pcsim show CONFIG | head`: the reader left; not an error of ours
         import os
 
@@ -188,8 +223,8 @@ def run_config(config_path: Path, out_dir: Path, *, device: str | None = None, o
                 raise TypeError(f"{config.experiment}.run returned {type(result).__name__}, "
                                 "not an ExperimentResult")
             paths = write_results(result, module.plot(result.dataset), run, config)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(_interrupted(run, command)) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the same message, the same type
+        raise type(exc)(_interrupted(run, command)) from None
     _print_table(_flatten(result.summary), title=f"{config.experiment} (seed {config.seed})")
     _print_paths(paths)
     return 0

@@ -400,3 +400,17 @@ def test_sigint_stops_cleanly_and_the_printed_command_resumes(tmp_path, uninterr
     assert run_status(out).state == "interrupted"
     assert main([*command[1:], "--no-progress"]) == 0
     assert_same_results(out, uninterrupted)
+
+
+def test_sigterm_stops_like_ctrl_c_with_exit_status_143(tmp_path, one_thread):
+    # a batch scheduler's time limit sends SIGTERM: the checkpoint is kept and the message says how to resume
+    out = tmp_path / "terminated"
+    process = start(out)
+    wait_for_checkpoint(process, out, stage=0)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate()
+    assert process.returncode == 143
+    assert "pcsim: terminated (SIGTERM): the last checkpoint" in err
+    assert shlex.split(err.strip().splitlines()[-1])[-1] == "--resume"
+    status = run_status(out)
+    assert status.state == "interrupted" and status.manifest["files"] == [CHECKPOINT_FILE]
