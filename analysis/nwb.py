@@ -249,10 +249,11 @@ def read_nwb(
         recording = recording.assign_coords(
             {name: ("neuron", values, _column_attrs(name, "Units")) for name, values in neuron_coords.items()
              if name not in reserved})
-        recording = split_recording(recording, heldout_fraction=heldout_fraction, test_fraction=test_fraction,
-                                    seed=seed)
+        # every trial column is attached before the split policy drops the trials in no split
         recording = recording.assign_coords({name: (("trial", f"{name}_dim"), values, _column_attrs(name, "trials"))
                                              for name, values in wide.items()})
+        recording = split_recording(recording, heldout_fraction=heldout_fraction, test_fraction=test_fraction,
+                                    seed=seed)
     except DataError as error:
         raise _in_file(path, error) from error
     recording.attrs.update(source=str(path), nwb_identifier=identifier, nwb_session_start_time=session_start)

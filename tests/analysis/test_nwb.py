@@ -125,9 +125,9 @@ def test_spike_times_must_match_the_counts(session, tmp_path):
 # ----------------------------------------------------------------------------- the NLB layout
 
 
-def write_nlb_file(path):
+def write_nlb_file(path, splits=("train", "val", "test")):
     """A file laid out like the Neural Latents Benchmark's: Units with heldout/obs_intervals/electrodes, trials
-    with split and move_onset_time. Spikes sit mid-bin for a 0.1 s grid around movement onset."""
+    with split (``splits``, one per trial) and move_onset_time. Spikes sit mid-bin for a 0.1 s grid around movement onset."""
     nwbfile = NWBFile(session_description="NLB-style test session", identifier="nlb-test", session_start_time=START)
     device = nwbfile.create_device(name="utah_array")
     group = nwbfile.create_electrode_group(name="M1_array", description="Utah array", location="M1", device=device)
@@ -139,7 +139,7 @@ def write_nlb_file(path):
     nwbfile.add_trial_column(name="target_pos", description="target position (mm)")
     nwbfile.add_trial_column(name="event_times", description="ragged list of event times (s)", index=True)
     onsets = [1.5, 3.6, 5.7]
-    for i, (onset, split) in enumerate(zip(onsets, ["train", "val", "test"])):
+    for i, (onset, split) in enumerate(zip(onsets, splits)):
         nwbfile.add_trial(start_time=1.0 + 2 * i, stop_time=2.5 + 2 * i, split=split, move_onset_time=onset,
                           trial_type=10 + i, target_pos=[float(i), -float(i)], event_times=[onset] * (i + 1))
     # offsets from onset -> bin of the window (-0.2, 0.4): -0.15 -> 0, 0.05 -> 2, 0.25 -> 4, 0.35 -> 5; -0.6 is outside.
@@ -156,6 +156,15 @@ def write_nlb_file(path):
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwbfile)
     return path
+
+
+def test_trials_in_no_split_are_dropped_with_their_rows_of_every_trial_column(tmp_path):
+    path = write_nlb_file(tmp_path / "nlb.nwb", splits=("train", "none", "test"))
+    with pytest.warns(UserWarning, match="event_times"):
+        recording = read_nwb(path, bin_width=0.1, window=(-0.2, 0.4), align="move_onset_time")
+    assert recording["trial"].values.tolist() == [0, 2]
+    assert recording["trial_type"].values.tolist() == [10, 12]
+    np.testing.assert_array_equal(recording["target_pos"].values, [[0.0, -0.0], [2.0, -2.0]])
 
 
 def test_nlb_layout_reads_with_movement_alignment(tmp_path):
