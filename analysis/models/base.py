@@ -38,6 +38,7 @@ from sklearn.utils._param_validation import Interval, InvalidParameterError, Str
 from analysis.glm import PoissonGLM
 from analysis.metrics import co_bps
 from analysis.recording import DIMS, Recording, as_recording
+from pcsim import parallel
 from pcsim.errors import ConfigError, DataError
 from pcsim.arguments import check_number
 
@@ -180,14 +181,18 @@ class LatentModel(BaseEstimator):
         self.heldout_ = rec.heldout.copy()
         self.n_neurons_ = rec.counts.shape[2]
         self.bin_width_ = rec.bin_width
-        self._fit_latents(rec.counts, rec.observed, rec.heldin, rec.bin_width)
-        if self._uses_glm_readout():
-            # the training latents are inferred only when a readout is fitted on them
-            feats = self._readout_features(self._latents(self._infer(rec.counts[..., rec.heldin],
-                                                                     rec.observed[..., rec.heldin])))
-            self.readout_ = PoissonGLM(alpha=self.readout_alpha).fit(
-                feats.reshape(-1, feats.shape[-1]), rec.counts.reshape(-1, self.n_neurons_),
-                rec.observed.reshape(-1, self.n_neurons_))
+        # never more intra-op threads than the cores free as the fit starts (a model may choose
+        # fewer for its own steps): a thread team wider than that waits at every barrier for a
+        # descheduled thread when the machine is shared
+        with parallel.threads(parallel.usable()):
+            self._fit_latents(rec.counts, rec.observed, rec.heldin, rec.bin_width)
+            if self._uses_glm_readout():
+                # the training latents are inferred only when a readout is fitted on them
+                feats = self._readout_features(self._latents(self._infer(rec.counts[..., rec.heldin],
+                                                                         rec.observed[..., rec.heldin])))
+                self.readout_ = PoissonGLM(alpha=self.readout_alpha).fit(
+                    feats.reshape(-1, feats.shape[-1]), rec.counts.reshape(-1, self.n_neurons_),
+                    rec.observed.reshape(-1, self.n_neurons_))
         self.fit_seconds_ = _time.perf_counter() - t0
         return self
 
@@ -198,7 +203,8 @@ class LatentModel(BaseEstimator):
         rec = as_recording(recording, split)
         self._check_compatible(rec)
         hi = ~self.heldout_
-        return Inference(self, rec, self._infer(rec.counts[..., hi], rec.observed[..., hi]))
+        with parallel.threads(parallel.usable()):  # as in fit
+            return Inference(self, rec, self._infer(rec.counts[..., hi], rec.observed[..., hi]))
 
     def transform(self, recording: xr.Dataset | Recording) -> xr.DataArray:
         """Latents ``(trial, time, latent)`` of every trial, inferred from held-in neurons only."""

@@ -436,3 +436,36 @@ def test_mismatched_recording_at_transform_raises(lorenz):
     xr.testing.assert_allclose(model.transform(lorenz.drop_vars("heldout")), model.transform(lorenz))
     with pytest.raises(DataError, match="held out"):
         SmoothingModel().fit(lorenz.drop_vars("heldout")).score(lorenz.drop_vars("heldout"))
+
+
+def test_fit_and_infer_never_use_more_threads_than_the_free_cores(lorenz, monkeypatch):
+    """A model's numerics (fit, the training readout's latents, inference) run at no more intra-op
+    threads than the cores free as they start: a wider team waits at every barrier for a
+    descheduled thread when another process shares the machine."""
+    from pcsim import parallel
+
+    seen = []
+    original = GPFA._fit_latents, GPFA._infer
+
+    def fit_latents(self, *args):
+        seen.append(("fit", torch.get_num_threads()))
+        return original[0](self, *args)
+
+    def infer(self, *args):
+        seen.append(("infer", torch.get_num_threads()))
+        return original[1](self, *args)
+
+    monkeypatch.setattr(GPFA, "_fit_latents", fit_latents)
+    monkeypatch.setattr(GPFA, "_infer", infer)
+    torch.set_num_threads(2)
+    try:
+        for free, expected in ((1, 1), (64, 2)):
+            monkeypatch.setattr(parallel, "free_cores", lambda free=free: free)
+            seen.clear()
+            model = GPFA(n_latents=4, max_iter=3, readout="glm").fit(lorenz)
+            model.infer(lorenz)
+            assert [k for k, _ in seen] == ["fit", "infer", "infer"]
+            assert {n for _, n in seen} == {expected}, free
+            assert torch.get_num_threads() == 2          # restored afterwards
+    finally:
+        torch.set_num_threads(1)
