@@ -45,7 +45,7 @@ from pcsim.training import train
 from pcsim.optim import Adam
 from pcsim import parallel
 from pcsim.temporal import (TemporalInferenceConfig, TemporalPCNetwork, free_energy_and_gradients, laplace_posterior,
-                            observations, parameter_gradients, relax, relaxation_threads)
+                            observations, parameter_gradients, precision_m_step, relax, relaxation_threads)
 
 __all__ = ["PCLatentModel"]
 
@@ -95,6 +95,7 @@ class PCLatentModel(LatentModel):
         "dynamics_lr": [Interval(Real, 0, 1, closed="right")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "dynamics_precision": [Interval(Real, 0, None, closed="neither")],
+        "learn_precision": ["boolean"],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "preconditioner": [StrOptions({"gauss-newton", "none"})],
         "learning": [StrOptions({"laplace", "map"})],
@@ -120,6 +121,7 @@ class PCLatentModel(LatentModel):
         dynamics_lr: float = 0.1,
         batch_size: int = 64,
         dynamics_precision: float = 300.0,
+        learn_precision: bool = True,
         activation: str = "tanh",
         preconditioner: str = "gauss-newton",
         learning: str = "laplace",
@@ -141,6 +143,7 @@ class PCLatentModel(LatentModel):
         self.dynamics_lr = dynamics_lr
         self.batch_size = batch_size
         self.dynamics_precision = dynamics_precision
+        self.learn_precision = learn_precision
         self.activation = activation
         self.preconditioner = preconditioner
         self.learning = learning
@@ -174,7 +177,8 @@ class PCLatentModel(LatentModel):
         D = self.n_latents
         gen = torch.Generator().manual_seed(self.seed)
         net = TemporalPCNetwork.init(D, N, activation=self.activation, observation="poisson", seed=self.seed,
-                                     dynamics_precision=self.dynamics_precision, device=self.device)
+                                     dynamics_precision=self.dynamics_precision, learn_precision=self.learn_precision,
+                                     device=self.device)
         if self.init == "fa":
             C0, d0, x0 = _fa_start(counts, observed, D, self.init_sigma_ms / (1e3 * bin_width))
             with torch.no_grad():
@@ -215,9 +219,13 @@ class PCLatentModel(LatentModel):
                     free = float(free.sum())
                 else:
                     grads = parameter_gradients(net, r.x, obs, None)
-                params = net.parameters()                                   # A first (TemporalPCNetwork.parameters)
+                params = net.parameters()                                   # A, b, C, d, m_0 (+ log-precisions)
                 opt_dynamics.step(params[:1], grads[:1])
-                opt.step(params[1:], grads[1:])
+                opt.step(params[1:5], grads[1:5])
+                if self.learn_precision:                                    # closed form, not a gradient step
+                    lp0, lpx = precision_m_step(net, grads, T)
+                    net.prior_log_precision.copy_(lp0)
+                    net.dynamics_log_precision.copy_(lpx)
             return float(r.energy.sum()), free
 
         def on_step(s):
@@ -296,6 +304,9 @@ def _renormalise(net: TemporalPCNetwork, x: torch.Tensor) -> None:
     net.readout_weights.mul_(s)
     net.prior_mean.div_(s)
     net.dynamics_bias.div_(s)
+    if net.learn_precision:                                 # errors shrink by s: precisions grow by s^2
+        net.prior_log_precision.add_(2.0 * s.log())
+        net.dynamics_log_precision.add_(2.0 * s.log())
 
 
 def _observed_mean_counts(counts: np.ndarray, observed: np.ndarray) -> np.ndarray:
