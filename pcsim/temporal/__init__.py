@@ -64,8 +64,8 @@ boundary), :mod:`.energy` (errors, energies, explicit gradients, curvature), :mo
 
 
 from .blocktridiagonal import block_tridiagonal_inverse, solve_block_tridiagonal
-from .energy import (TERMS, TemporalErrors, energy, parameter_gradients, prediction_errors, term_energies,
-                     value_gradients)
+from .energy import (TERMS, TemporalErrors, energy, parameter_gradients, precision_m_step, prediction_errors,
+                     term_energies, value_gradients)
 from .inference import (TemporalCarry, TemporalDynamics, TemporalInferenceConfig, TemporalRelaxation, relax,
                         relaxation_threads)
 from .laplace import (LaplacePosterior, expected_parameter_gradients, expected_term_energies, free_energy,
@@ -76,5 +76,5 @@ __all__ = [
     "TERMS", "LaplacePosterior", "Observations", "TemporalCarry", "TemporalDynamics", "TemporalErrors",
     "TemporalInferenceConfig", "TemporalPCNetwork", "TemporalRelaxation", "relaxation_threads", "block_tridiagonal_inverse", "check_latents", "energy", "expected_parameter_gradients",
     "expected_term_energies", "free_energy", "free_energy_and_gradients", "laplace_posterior", "observations", "parameter_gradients",
-    "prediction_errors", "relax", "solve_block_tridiagonal", "term_energies", "value_gradients",
+    "precision_m_step", "prediction_errors", "relax", "solve_block_tridiagonal", "term_energies", "value_gradients",
 ]

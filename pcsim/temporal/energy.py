@@ -9,11 +9,13 @@ tridiagonal in time, that both the preconditioned relaxation and the Laplace pos
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ..activations import get_activation
+from ..errors import ConfigError
 from .network import Observations, TemporalPCNetwork, _g, _readout, check_latents, observations
 
 Tensor = torch.Tensor
@@ -171,6 +173,29 @@ def _precision_gradient(lp: Tensor, sq: Tensor, count: float, n: int) -> Tensor:
     if lp.shape[-1] == 1:
         return 0.5 * (sq.sum(-1, keepdim=True) - count * n)
     return 0.5 * (sq - count)
+
+
+def precision_m_step(net: TemporalPCNetwork, grads: list[Tensor], n_bins: int) -> tuple[Tensor, Tensor]:
+    """The closed-form M-step of the prior and dynamics log-precisions, from their learning-rule gradients.
+
+    ``grads``: ordered as ``net.parameters()`` of a network with ``learn_precision`` (the MAP rules of
+    :func:`parameter_gradients` or the Laplace-EM rules of
+    :func:`pcsim.temporal.laplace.expected_parameter_gradients`), for trials of ``n_bins`` bins. Each
+    log-precision's gradient is ``g = 1/2 (Pi S - n)``, with ``S`` the trial-mean (expected) squared
+    error and ``n`` the errors it sums (``n_bins - 1`` dynamics errors, one prior error, per unit; times
+    ``D`` for a scalar precision), so the energy is least at ``Pi* = n / S = Pi n / (2 g + n)``: the
+    inverse (posterior-expected) error variance, the M-step of EM for the state noise of a linear
+    dynamical system (Shumway & Stoffer 1982; Ghahramani & Hinton 1996). Returns the new
+    ``(prior_log_precision, dynamics_log_precision)``, shaped like the network's.
+    """
+    if not net.learn_precision:
+        raise ConfigError("precision_m_step needs a network with learn_precision=True")
+    D = net.latent_dim
+    out = []
+    for lp, g, count in ((net.prior_log_precision, grads[5], 1.0), (net.dynamics_log_precision, grads[6], float(n_bins - 1))):
+        n = count * (D if lp.shape[-1] == 1 else 1)
+        out.append(lp + math.log(n) - (2.0 * g + n).clamp_min(1e-12 * n).log())
+    return out[0], out[1]
 
 
 def parameter_gradients(net: TemporalPCNetwork, x: Tensor, y, mask=None) -> list[Tensor]:

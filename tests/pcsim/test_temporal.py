@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -496,3 +498,37 @@ def test_checked_observations_pass_through_unchanged_and_give_the_same_energies(
         assert torch.equal(a, b)
     with pytest.raises(DataError, match="checked for another network"):
         tp.observations(tp.TemporalPCNetwork.init(3, 5, observation="poisson", seed=0, dtype=F64), obs)
+
+
+@pytest.mark.parametrize("per_unit", [False, True])
+def test_precision_m_step_recovers_the_generating_noise_precisions(per_unit):
+    """At latents drawn from the generative model, the closed-form M-step of the prior and dynamics
+    precisions (from the learning-rule gradients) equals the inverse mean squared error computed
+    directly, recovers the generating precisions, and is the energy's minimum over the precision."""
+    D, N, B, T = 3, 5, 400, 30
+    pi0_true, pix_true = 2.0, 50.0
+    net = tp.TemporalPCNetwork.init(D, N, observation="gaussian", activation="linear", seed=3,
+                                    dynamics_scale=0.3, learn_precision=True, per_unit_precision=per_unit,
+                                    prior_precision=1.0, dynamics_precision=300.0)
+    gen = torch.Generator().manual_seed(4)
+    xs = [net.prior_mean[0] + torch.randn(B, D, generator=gen) / pi0_true ** 0.5]
+    for _ in range(T - 1):
+        xs.append(net.predict_next(xs[-1][None])[0] + torch.randn(B, D, generator=gen) / pix_true ** 0.5)
+    x = torch.stack(xs, 1)[None]                                              # (1, B, T, D)
+    y = torch.randn(B, T, N, generator=gen)
+    grads = tp.parameter_gradients(net, x, y)
+    lp0, lpx = tp.precision_m_step(net, grads, T)
+    er = tp.prediction_errors(net, x, y)
+    ms0 = (er.eps0 ** 2).mean((0, 1))                                         # (D,) per-unit mean square
+    msx = (er.eps ** 2).mean((0, 1, 2))
+    want0, wantx = (1 / ms0, 1 / msx) if per_unit else (1 / ms0.mean(), 1 / msx.mean())
+    torch.testing.assert_close(lp0.exp().flatten(), torch.as_tensor(want0).flatten().float(), rtol=1e-4, atol=0)
+    torch.testing.assert_close(lpx.exp().flatten(), torch.as_tensor(wantx).flatten().float(), rtol=1e-4, atol=0)
+    assert torch.allclose(lpx.exp(), torch.tensor(pix_true), rtol=0.05)
+    assert torch.allclose(lp0.exp(), torch.tensor(pi0_true), rtol=0.25)
+    # the energy (with its -1/2 log det Pi terms) is least at the M-step's precisions
+    def total(lp0_, lpx_):
+        return float(tp.energy(replace(net, prior_log_precision=lp0_, dynamics_log_precision=lpx_), x, y).sum())
+    best = total(lp0, lpx)
+    for f in (0.8, 1.25):
+        assert best < total(lp0 + np.log(f), lpx) and best < total(lp0, lpx + np.log(f))
