@@ -255,7 +255,7 @@ class LFADS(LatentModel):
         batch_size: int = 64,
         lr: float = 1e-2,
         lr_decay: float = 0.5,
-        lr_patience: int = 5,
+        lr_patience: int = 10,
         lr_min: float = 1e-4,
         grad_clip: float = 200.0,
         validation_fraction: float = 0.1,
