@@ -260,7 +260,7 @@ class LFADS(LatentModel):
         grad_clip: float = 200.0,
         validation_fraction: float = 0.1,
         patience: int = 25,
-        select_on: str = "heldout",
+        select_on: str = "elbo",
         n_samples: int = 0,
         seed: int = 0,
         device: str = "cpu",

@@ -213,7 +213,7 @@ def test_validation_loss_is_the_heldout_nll_of_the_kept_parameters(lorenz):
     """With ``select_on="heldout"`` the loss early stopping and the learning-rate decay watch is
     the held-out neurons' Poisson NLL (up to log y!) per validation trial, inferred from the
     held-in neurons: recomputed here from ``predict`` of the kept model on its validation trials."""
-    model = _small(epochs=4, patience=10).fit(lorenz)
+    model = _small(epochs=4, patience=10, select_on="heldout").fit(lorenz)
     train = lorenz.isel(trial=np.flatnonzero(lorenz["split"].values == "train"))
     val = train.isel(trial=model.validation_index_).drop_vars("split")
     ho = model.heldout_
