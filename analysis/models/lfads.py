@@ -30,12 +30,20 @@ fraction ``cd_rate`` of the held-in input entries is zeroed (the rest scaled by
 learn an identity map. Held-out neurons are never input and always scored.
 
 Training runs through :func:`pcsim.training.train` with early stopping on a validation split of
-the training trials (the negative ELBO at full weights and posterior means, after warm-up; the
-best parameters are kept). A step whose loss or gradient is NaN/Inf leaves the parameters as
+the training trials (after warm-up; the best parameters are kept) and the learning rate decayed
+on a plateau of the same validation loss (``lr_decay`` after ``lr_patience`` epochs without a new
+best, down to ``lr_min``; lfads-torch's ReduceLROnPlateau). The validation loss is the held-out
+neurons' Poisson NLL of the validation trials inferred from their held-in neurons, the
+co-smoothing criterion the model is scored on (the selection of AutoLFADS and the Neural Latents
+Benchmark; ``select_on = "heldout"``), or the negative ELBO at full weights and posterior means
+(``"elbo"``, also used when no neuron is held out). A step whose loss or gradient is NaN/Inf leaves the parameters as
 they were and makes ``train`` raise :class:`~pcsim.errors.LearningDivergenceError` naming the
-epoch and batch; the last good parameters stay in ``checkpoint_``. Inference uses posterior
-means (deterministic); ``forecast`` runs the generator on past the window with the prior mean
-input. Deterministic on the CPU under ``seed``: every random draw (initial weights, batch order,
+epoch and batch; the last good parameters stay in ``checkpoint_``. Inference (and validation)
+uses the posterior means (``n_samples = 0``) or, as lfads-torch's posterior sampling, averages
+the rates and factors of ``n_samples`` draws of ``g0`` (and ``u_t``) from the posterior, the
+posterior mean of the rate rather than the rate at the posterior mean (drawn under ``seed``,
+so still deterministic); ``forecast`` runs the generator on past the window with the prior mean
+input from each draw's last state and averages the rates. Deterministic on the CPU under ``seed``: every random draw (initial weights, batch order,
 dropout, coordinated dropout, samples) comes from a torch generator state forked and seeded for
 the fit, the caller's global state untouched.
 """
@@ -49,7 +57,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from analysis.models.base import LatentModel
 from pcsim.errors import LearningDivergenceError
@@ -164,8 +172,9 @@ class LFADSNetwork(torch.nn.Module):
 @dataclass(frozen=True)
 class LFADSState:
     """An inference of :class:`LFADS` on some trials: ``factors`` ``(trial, time, n_latents)``,
-    ``rates`` ``(trial, time, neuron)`` (counts per bin) and the generator's last state
-    ``(trial, generator_dim)`` (a tensor on the model's device), from which forecasts run on."""
+    ``rates`` ``(trial, time, neuron)`` (counts per bin), each the mean over the posterior draws,
+    and the generator's last state of each draw ``(draw, trial, generator_dim)`` (a tensor on the
+    model's device; one draw, the posterior mean, when ``n_samples = 0``), from which forecasts run on."""
 
     factors: np.ndarray
     rates: np.ndarray
@@ -181,13 +190,19 @@ class LFADS(LatentModel):
     ``controller_dim`` (0: no controller, an autonomous generator) and ``co_dim`` (inferred inputs
     per bin); ``dropout`` (on encoder inputs and generator states); ``cd_rate`` (coordinated
     dropout fraction, 0 off); ``kl_weight`` and ``l2_weight`` (the penalties' final weights),
-    ``warmup_epochs``; ``epochs`` (at most), ``batch_size``, ``lr`` (Adam), ``grad_clip`` (gradient
-    norm); ``validation_fraction`` of the training trials held back for early stopping with
-    ``patience`` epochs; ``seed``, ``device``, ``progress`` (a bar over the batches).
+    ``warmup_epochs``; ``epochs`` (at most), ``batch_size``, ``lr`` (Adam), ``lr_decay``,
+    ``lr_patience`` and ``lr_min`` (the learning rate times ``lr_decay`` after ``lr_patience``
+    epochs without a new best validation loss, never below ``lr_min``; ``lr_decay = 1``: constant),
+    ``grad_clip`` (gradient norm); ``validation_fraction`` of the training trials held back for
+    early stopping with ``patience`` epochs on the loss ``select_on`` names (module docstring);
+    ``n_samples`` (posterior draws averaged at inference, 0: the posterior mean); ``seed``,
+    ``device``, ``progress`` (a bar over the batches).
 
     Learned: ``network_`` (:class:`LFADSNetwork`), ``loss_`` ``(epochs run,)`` (training loss per
-    trial per epoch, nats), ``validation_loss_`` ``(epochs run,)`` (negative ELBO per validation
-    trial at full weights), ``best_epoch_`` (1-based, the parameters kept), ``kl_per_latent_``
+    trial per epoch, nats), ``validation_loss_`` ``(epochs run,)`` (per validation trial, nats:
+    the held-out neurons' NLL or the negative ELBO, ``select_on``), ``lr_`` ``(epochs run,)`` (the
+    learning rate of each epoch), ``validation_index_`` (positions, among the trials ``fit`` saw,
+    of the validation trials), ``best_epoch_`` (1-based, the parameters kept), ``kl_per_latent_``
     ``(ic_dim,)`` (mean KL of ``q(g0)`` to the prior per dimension over the training trials,
     nats) and ``active_units_`` (``g0`` dimensions whose posterior mean varies over training
     trials by more than 0.01, Burda et al. 2016): the posterior-collapse diagnostics
@@ -209,9 +224,14 @@ class LFADS(LatentModel):
         "epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
+        "lr_decay": [Interval(Real, 0, 1, closed="right")],
+        "lr_patience": [Interval(Integral, 1, None, closed="left")],
+        "lr_min": [Interval(Real, 0, None, closed="left")],
         "grad_clip": [Interval(Real, 0, None, closed="neither")],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "patience": [Interval(Integral, 1, None, closed="left")],
+        "select_on": [StrOptions({"heldout", "elbo"})],
+        "n_samples": [Interval(Integral, 0, None, closed="left")],
         "seed": [Interval(Integral, 0, None, closed="left")],
         "device": [str],
         "progress": ["boolean"],
@@ -234,9 +254,14 @@ class LFADS(LatentModel):
         epochs: int = 300,
         batch_size: int = 64,
         lr: float = 1e-2,
+        lr_decay: float = 0.5,
+        lr_patience: int = 10,
+        lr_min: float = 1e-4,
         grad_clip: float = 200.0,
         validation_fraction: float = 0.1,
         patience: int = 25,
+        select_on: str = "elbo",
+        n_samples: int = 0,
         seed: int = 0,
         device: str = "cpu",
         progress: bool = False,
@@ -255,9 +280,14 @@ class LFADS(LatentModel):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.lr_decay = lr_decay
+        self.lr_patience = lr_patience
+        self.lr_min = lr_min
         self.grad_clip = grad_clip
         self.validation_fraction = validation_fraction
         self.patience = patience
+        self.select_on = select_on
+        self.n_samples = n_samples
         self.seed = seed
         self.device = device
         self.progress = progress
@@ -299,6 +329,8 @@ class LFADS(LatentModel):
         dev = self._device()
         y, obs = self._tensor(counts), self._tensor(observed)
         hi = torch.as_tensor(heldin, device=dev)
+        ho = ~hi
+        on_heldout = self.select_on == "heldout" and bool(ho.any())
         B = y.shape[0]
         n_val = int(round(self.validation_fraction * B)) if B >= 4 else 0
         n_val = min(max(n_val, 1 if B >= 4 else 0), B - 1)
@@ -317,7 +349,8 @@ class LFADS(LatentModel):
             n_tr = len(tr)
             bs = min(int(self.batch_size), n_tr)
             steps_per_epoch = math.ceil(n_tr / bs)
-            losses, val_losses, epoch_losses = [], [], []
+            losses, val_losses, epoch_losses, lrs = [], [], [], []
+            last_decay = [0]
             early = EarlyStopping(self.patience, lambda: copy.deepcopy(net.state_dict()), start=self.warmup_epochs)
 
             def batches(epoch):
@@ -337,7 +370,11 @@ class LFADS(LatentModel):
             def on_epoch(epoch, seconds):
                 losses.append(float(np.mean(epoch_losses)))
                 epoch_losses.clear()
-                if n_val:
+                if n_val and on_heldout:   # co-smoothing of the validation trials: held-out NLL from held-in counts
+                    rates, _, _ = self._posterior(net, y[val][..., hi] * obs[val][..., hi])
+                    nll = poisson_nll(torch.log(rates[..., ho]), y[val][..., ho], obs[val][..., ho])
+                    val_losses.append(float(nll.sum()) / n_val)
+                elif n_val:
                     net.eval()
                     with torch.no_grad():
                         v, _ = self.loss(net, y[val], obs[val], hi, sample=False)
@@ -345,6 +382,11 @@ class LFADS(LatentModel):
                 else:
                     val_losses.append(losses[-1])
                 early.record(epoch, val_losses[-1])
+                lrs.append(float(opt.lr))
+                # decay on a plateau of the validation loss, after warm-up (the objective is fixed then)
+                if epoch >= self.warmup_epochs and epoch - max(early.best_epoch, last_decay[0]) >= self.lr_patience:
+                    opt.lr = max(opt.lr * self.lr_decay, self.lr_min)
+                    last_decay[0] = epoch
                 return {"loss": f"{losses[-1]:.4g}", "val": f"{val_losses[-1]:.4g}"}
 
             try:
@@ -362,8 +404,9 @@ class LFADS(LatentModel):
             net.load_state_dict(best["state"])
             net.eval()
             self.network_ = net
-            self.loss_, self.validation_loss_ = np.asarray(losses), np.asarray(val_losses)
+            self.loss_, self.validation_loss_, self.lr_ = np.asarray(losses), np.asarray(val_losses), np.asarray(lrs)
             self.best_epoch_ = int(best["epoch"])
+            self.validation_index_ = val.cpu().numpy()
             with torch.no_grad():
                 x, _ = coordinated_dropout(y[tr][..., hi], obs[tr][..., hi], 0.0)
                 q = net.encode_ic(x)
@@ -381,14 +424,26 @@ class LFADS(LatentModel):
         for a batch of 32 Lorenz trials), the current count elsewhere."""
         return 1 if self._device().type == "cpu" else torch.get_num_threads()
 
-    def _infer(self, counts_heldin: np.ndarray, observed_heldin: np.ndarray) -> LFADSState:
-        """Factors and rates of every trial from the held-in counts, at the posterior means."""
-        net = self.network_
+    def _posterior(self, net: LFADSNetwork, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Rates ``(B, T, n_out)`` (counts per bin) and factors ``(B, T, n_latents)`` of encoder
+        input ``x`` ``(B, T, n_in)``, each averaged over ``n_samples`` posterior draws (at the
+        posterior means when ``n_samples = 0``), and the generator's last state of each draw
+        ``(draws, B, G)``. Dropout off; the draws come from a generator state seeded with
+        ``seed`` and forked, so the result is deterministic and the caller's stream untouched."""
         net.eval()
-        with torch.no_grad(), threads(self._threads()):
+        forks = [x.device] if x.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=forks):
+            torch.manual_seed(self.seed)
+            draws = [net(x, sample=True) for _ in range(self.n_samples)] or [net(x, sample=False)]
+        rates = torch.stack([torch.exp(d[0]) for d in draws]).mean(0)
+        return rates, torch.stack([d[1] for d in draws]).mean(0), torch.stack([d[4] for d in draws])
+
+    def _infer(self, counts_heldin: np.ndarray, observed_heldin: np.ndarray) -> LFADSState:
+        """Factors and rates of every trial from the held-in counts (:meth:`_posterior`)."""
+        with threads(self._threads()):
             x = self._tensor(counts_heldin) * self._tensor(observed_heldin)
-            log_rates, factors, _, _, h = net(x, sample=False)
-        return LFADSState(factors.double().cpu().numpy(), torch.exp(log_rates).double().cpu().numpy(), h)
+            rates, factors, h = self._posterior(self.network_, x)
+        return LFADSState(factors.double().cpu().numpy(), rates.double().cpu().numpy(), h)
 
     def _latents(self, state: LFADSState) -> np.ndarray:
         return state.factors
@@ -398,7 +453,8 @@ class LFADS(LatentModel):
 
     def _forecast(self, state: LFADSState, n_forward: int) -> np.ndarray:
         """Rates ``(trial, n_forward, neuron)`` of the bins after the window: the generator runs on
-        from its last state (inputs at their prior mean 0), factors read out to every neuron."""
+        from each draw's last state (inputs at their prior mean 0), factors read out to every
+        neuron, rates averaged over the draws."""
         with torch.no_grad(), threads(self._threads()):
-            log_rates, _ = self.network_.run_generator(state.last_state[None], n_forward)
-        return torch.exp(log_rates).double().cpu().numpy()
+            rates = [torch.exp(self.network_.run_generator(h[None], n_forward)[0]) for h in state.last_state]
+        return torch.stack(rates).mean(0).double().cpu().numpy()

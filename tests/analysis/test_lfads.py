@@ -207,3 +207,55 @@ def test_early_stopping_property(losses, patience, start):
         assert stopped == (e >= start and e - early.best_epoch >= patience)
         if stopped:
             break
+
+
+def test_validation_loss_is_the_heldout_nll_of_the_kept_parameters(lorenz):
+    """With ``select_on="heldout"`` the loss early stopping and the learning-rate decay watch is
+    the held-out neurons' Poisson NLL (up to log y!) per validation trial, inferred from the
+    held-in neurons: recomputed here from ``predict`` of the kept model on its validation trials."""
+    model = _small(epochs=4, patience=10, select_on="heldout").fit(lorenz)
+    train = lorenz.isel(trial=np.flatnonzero(lorenz["split"].values == "train"))
+    val = train.isel(trial=model.validation_index_).drop_vars("split")
+    ho = model.heldout_
+    rates = model.predict(val).values[..., ho]
+    y = val["counts"].values[..., ho]
+    ref = (rates - y * np.log(rates)).sum() / val.sizes["trial"]
+    assert model.validation_loss_[model.best_epoch_ - 1] == pytest.approx(ref, rel=1e-4)
+    elbo = _small(epochs=4, patience=10, select_on="elbo").fit(lorenz)
+    assert elbo.validation_loss_[elbo.best_epoch_ - 1] != pytest.approx(ref, rel=1e-2)
+
+
+def test_learning_rate_decays_on_validation_plateaus(lorenz):
+    """``lr_`` follows ReduceLROnPlateau replayed on ``validation_loss_``: after warm-up, the rate
+    is multiplied by ``lr_decay`` once ``lr_patience`` epochs pass with neither a new best nor a
+    decay, and never goes below ``lr_min``."""
+    model = _small(epochs=14, patience=100, warmup_epochs=2, lr=0.3, lr_decay=0.5, lr_patience=2,
+                   lr_min=0.05).fit(lorenz)
+    lr, best, best_epoch, last = 0.3, np.inf, 0, 0
+    expected = []
+    for epoch, loss in enumerate(model.validation_loss_, 1):
+        if epoch < 2 or loss < best:
+            best, best_epoch = (loss, epoch) if epoch >= 2 else (best, epoch)
+        expected.append(lr)
+        if epoch >= 2 and epoch - max(best_epoch, last) >= 2:
+            lr, last = max(lr * 0.5, 0.05), epoch
+    np.testing.assert_allclose(model.lr_, expected)
+    assert np.all(np.diff(model.lr_) <= 0) and model.lr_[-1] == 0.05   # decayed down to the floor
+
+
+def test_posterior_draws_average_to_the_mean_when_the_posterior_is_a_point(lorenz, fitted):
+    """Averaging ``n_samples`` posterior draws is deterministic, differs from the rate at the
+    posterior mean, and equals it when q(g0) has (numerically) no variance."""
+    import copy
+
+    draws = copy.deepcopy(fitted).set_params(n_samples=5)
+    a, b = draws.predict(lorenz).values, draws.predict(lorenz).values
+    np.testing.assert_array_equal(a, b)
+    mean = fitted.predict(lorenz).values
+    assert not np.allclose(a, mean, rtol=1e-3)
+    with torch.no_grad():   # log-variance half of the encoder head -> -60
+        head = draws.network_.ic_head
+        head.weight[draws.ic_dim:] = 0.0
+        head.bias[draws.ic_dim:] = -60.0
+    np.testing.assert_allclose(draws.predict(lorenz).values, mean, rtol=1e-5)
+    np.testing.assert_allclose(draws.forecast(lorenz, 3).values, fitted.forecast(lorenz, 3).values, rtol=1e-5)
