@@ -175,6 +175,11 @@ def _precision_gradient(lp: Tensor, sq: Tensor, count: float, n: int) -> Tensor:
     return 0.5 * (sq - count)
 
 
+#: the largest precision :func:`precision_m_step` sets: an error variance floor of 1e-4 of the
+#: latents' unit variance (the PC latent model keeps its latents at unit variance)
+MAX_PRECISION = 1e4
+
+
 def precision_m_step(net: TemporalPCNetwork, grads: list[Tensor], n_bins: int) -> tuple[Tensor, Tensor]:
     """The closed-form M-step of the prior and dynamics log-precisions, from their learning-rule gradients.
 
@@ -186,7 +191,9 @@ def precision_m_step(net: TemporalPCNetwork, grads: list[Tensor], n_bins: int) -
     ``D`` for a scalar precision), so the energy is least at ``Pi* = n / S = Pi n / (2 g + n)``: the
     inverse (posterior-expected) error variance, the M-step of EM for the state noise of a linear
     dynamical system (Shumway & Stoffer 1982; Ghahramani & Hinton 1996). Returns the new
-    ``(prior_log_precision, dynamics_log_precision)``, shaped like the network's.
+    ``(prior_log_precision, dynamics_log_precision)``, shaped like the network's, each at most
+    :data:`MAX_PRECISION` (an error variance floor: with few trials the prior's errors can
+    vanish, and an unbounded precision makes the posterior curvature singular in float32).
     """
     if not net.learn_precision:
         raise ConfigError("precision_m_step needs a network with learn_precision=True")
@@ -194,7 +201,7 @@ def precision_m_step(net: TemporalPCNetwork, grads: list[Tensor], n_bins: int) -
     out = []
     for lp, g, count in ((net.prior_log_precision, grads[5], 1.0), (net.dynamics_log_precision, grads[6], float(n_bins - 1))):
         n = count * (D if lp.shape[-1] == 1 else 1)
-        out.append(lp + math.log(n) - (2.0 * g + n).clamp_min(1e-12 * n).log())
+        out.append((lp + math.log(n) - (2.0 * g + n).clamp_min(1e-12 * n).log()).clamp_max(math.log(MAX_PRECISION)))
     return out[0], out[1]
 
 

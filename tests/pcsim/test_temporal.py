@@ -532,3 +532,21 @@ def test_precision_m_step_recovers_the_generating_noise_precisions(per_unit):
     best = total(lp0, lpx)
     for f in (0.8, 1.25):
         assert best < total(lp0 + np.log(f), lpx) and best < total(lp0, lpx + np.log(f))
+
+
+def test_precision_m_step_is_bounded_when_the_errors_vanish():
+    """Latents that start exactly at the prior mean and follow the dynamics without noise have zero
+    errors: the M-step's precision is then the variance floor's (MAX_PRECISION), finite, not 1/0."""
+    from pcsim.temporal.energy import MAX_PRECISION
+
+    D, N, B, T = 3, 4, 8, 6
+    net = tp.TemporalPCNetwork.init(D, N, observation="gaussian", activation="linear", seed=1,
+                                    dynamics_scale=0.3, learn_precision=True)
+    xs = [net.prior_mean[0].expand(B, D)]
+    for _ in range(T - 1):
+        xs.append(net.predict_next(xs[-1][None])[0])
+    x = torch.stack(xs, 1)[None]
+    lp0, lpx = tp.precision_m_step(net, tp.parameter_gradients(net, x, torch.zeros(B, T, N)), T)
+    for lp in (lp0, lpx):
+        assert torch.isfinite(lp).all()
+        torch.testing.assert_close(lp.exp(), torch.full_like(lp, MAX_PRECISION), rtol=1e-4, atol=0)
