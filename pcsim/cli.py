@@ -73,7 +73,7 @@ def _sigterm_stops():
         return
 
     def terminated(signum, frame):
-        raise Terminated("terminated (SIGTERM)")
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
@@ -98,7 +98,6 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt as exc:
         detail = str(exc)
         word = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        detail = detail.removeprefix("terminated (SIGTERM)").lstrip(": ")
         print(f"pcsim: {word}{': ' + detail if detail else ''}", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # `pcsim show CONFIG | head`: the reader left; not an error of ours
