@@ -194,18 +194,12 @@ def run_config(config_path: Path, out_dir: Path, *, device: str | None = None, o
     default ``pcsim run CONFIG --out DIR [--device D] [--set ...]``) with ``--resume``.
     """
     from pcsim.checkpoint import Checkpoints
-    from pcsim.config import check_device, load_experiment
     from pcsim.outdir import RunDirectory
     from pcsim.registry import ExperimentResult, RunContext
     from pcsim.results import FIXED_FILES, write_results
 
     source = str(config_path)
-    module, config = load_experiment(config_path, overrides, device=device)
-    check_device(config.device, source=source)
-    try:
-        config.check_inputs()
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    module, config = _load_checked(config_path, overrides, device)
     if command is None:
         command = ["pcsim", "run", source, "--out", str(out_dir), *(["--device", device] if device else []),
                    *(word for text in overrides for word in ("--set", text))]
@@ -227,6 +221,58 @@ def run_config(config_path: Path, out_dir: Path, *, device: str | None = None, o
     _print_table(_flatten(result.summary), title=f"{config.experiment} (seed {config.seed})")
     _print_paths(paths)
     return 0
+
+
+def _load_checked(config_path: Path, overrides: Sequence[str], device: str | None):
+    """``(module, config)`` of the config at ``config_path`` with ``overrides`` and ``device``,
+    validated with its ``check_inputs``; a problem is the ConfigError naming the file."""
+    from pcsim.config import check_device, load_experiment
+
+    source = str(config_path)
+    module, config = load_experiment(config_path, overrides, device=device)
+    check_device(config.device, source=source)
+    try:
+        config.check_inputs()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return module, config
+
+
+def run_batch(config_path: Path, points: Sequence[tuple[Sequence[str], Path, bool]], *,
+              device: str | None = None, progress: bool = True) -> None:
+    """Run several configs of one experiment as one batch: ``points`` are ``(overrides,
+    out_dir, overwrite)``, one per config, which may differ only in the keys the experiment
+    module lists in ``BATCHED`` (else :class:`~pcsim.errors.ConfigError`); its
+    ``run_batched(configs, ctx)`` runs them together (e.g. one PC ensemble) and each result is
+    written into its own ``out_dir`` exactly as :func:`run_config` writes a run (every
+    directory held under :mod:`pcsim.outdir` for the whole batch, so none looks complete
+    before its files are). No checkpoints: a batch is rerun whole. Used by ``pcsim sweep``."""
+    from pcsim.config import batch_signature
+    from pcsim.outdir import RunDirectory
+    from pcsim.registry import ExperimentResult, RunContext
+    from pcsim.results import FIXED_FILES, write_results
+
+    loaded = [_load_checked(config_path, overrides, device) for overrides, _, _ in points]
+    module, configs = loaded[0][0], [config for _, config in loaded]
+    keys = tuple(getattr(module, "BATCHED", ()))
+    if not hasattr(module, "run_batched") or not keys:
+        raise ConfigError(f"{config_path}: experiment {configs[0].experiment} runs no batches (it defines no "
+                          "BATCHED keys and run_batched)")
+    signatures = {batch_signature(config, keys) for config in configs}
+    if len(signatures) > 1:
+        raise ConfigError(f"{config_path}: a batch of {configs[0].experiment} may differ only in {', '.join(keys)}")
+    with contextlib.ExitStack() as stack:
+        runs = [stack.enter_context(RunDirectory(out_dir, experiment=config.experiment, overwrite=overwrite,
+                                                 command="run", config_source=str(Path(config_path).resolve()),
+                                                 names=FIXED_FILES))
+                for (_, out_dir, overwrite), config in zip(points, configs)]
+        ctx = RunContext(out_dir=points[0][1], device=configs[0].device, progress=progress,
+                         config_source=str(config_path))
+        results = module.run_batched(configs, ctx)
+        if len(results) != len(configs) or not all(isinstance(r, ExperimentResult) for r in results):
+            raise TypeError(f"{configs[0].experiment}.run_batched must return one ExperimentResult per config")
+        for result, run, config in zip(results, runs, configs):
+            write_results(result, module.plot(result.dataset), run, config)
 
 
 def _note_previous(run: RunDirectory, resume: bool = False) -> None:

@@ -101,7 +101,10 @@ class SweepSection:
     address of a running Dask scheduler (``tcp://host:8786``). ``workers``: the local cluster's
     worker processes (default: the CPU cores this process may use). ``retries``: how many times a
     point is started again after its worker process died (Dask's allowed-failures) before it is
-    reported as failed. ``pcsim run`` runs the config itself and ignores this table."""
+    reported as failed. ``batch``: run the points that differ only in keys the experiment
+    batches (its ``BATCHED``, e.g. seeds and learning rates of one PC ensemble) as one run of
+    its ``run_batched``, each point still written to its own directory (false: every point its
+    own run). ``pcsim run`` runs the config itself and ignores this table."""
 
     grid: tuple[str, ...] = ()
     seeds: int | None = field(default=None, metadata={"ge": 1})
@@ -109,6 +112,7 @@ class SweepSection:
     scheduler: str = field(default="local", metadata={"nonempty": True})
     workers: int | None = field(default=None, metadata={"ge": 1})
     retries: int = field(default=2, metadata={"ge": 0})
+    batch: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -553,6 +557,21 @@ def key_field(cls: type, key: str) -> ConfigField:
     fld, hint, owner = _resolve_key(cls, tuple(key.split(".")), f"key '{key}'")
     row = _field_row(owner, fld.name, fld, hint, _field_default(fld), "")
     return dataclasses.replace(row, key=key)
+
+
+def batch_signature(config: ExperimentConfig, keys: Sequence[str]) -> str:
+    """What configs must share to run as one batch: ``config`` with the dotted ``keys`` left out
+    (e.g. ``("seed", "training.lr")``, an experiment's ``BATCHED``), as a string; two configs
+    that differ only in ``keys`` have the same signature."""
+    doc = dataclasses.asdict(config)
+    for key in keys:
+        *path, last = key.split(".")
+        table = doc
+        for name in path:
+            table = table.get(name) if isinstance(table, dict) else None
+        if isinstance(table, dict):
+            table.pop(last, None)
+    return repr(doc)
 
 
 def _field_default(fld: dataclasses.Field[Any]) -> Any:

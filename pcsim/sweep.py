@@ -4,7 +4,7 @@
 
     pcsim sweep CONFIG --grid KEY=V1,V2,... [--grid KEY=...] [--seeds N] [--out DIR]
                 [--scheduler local|ADDRESS] [--workers N] [--retries N] [--overwrite]
-                [--device cpu|cuda] [--set KEY=VALUE ...] [--no-progress]
+                [--device cpu|cuda] [--set KEY=VALUE ...] [--no-batch] [--no-progress]
 
 or the same in the config's ``[sweep]`` table (:class:`~pcsim.config.SweepSection`; each
 option given replaces its own key of the table). A grid point *is* a set of ``--set`` overrides, so
@@ -29,6 +29,14 @@ option given replaces its own key of the table). A grid point *is* a set of ``--
    NaN where the point failed), its ``state``, ``error``, ``directory`` and ``point_seconds``;
    ``DIR/failures.json`` lists the failed points with their errors; ``DIR/sweep_NAME.png`` plots
    each headline number that varies against the swept keys (mean and spread over seeds).
+
+5. **Batches.** An experiment module may list in ``BATCHED`` the keys its ``run_batched(configs,
+   ctx)`` runs together (``pc_vs_bp_digits``: ``seed`` and ``training.lr``, one PC ensemble
+   with a batch order and a learning rate per member). Points that differ only in those keys
+   then form one group, run as one task (:func:`run_group`), each point still written to its
+   own directory and equal to it run alone to float rounding; a group whose batch fails runs its
+   points one by one, so each point's own error is recorded. ``--no-batch`` (``[sweep] batch =
+   false``) runs every point alone.
 
 The exit status of ``pcsim sweep`` is the number of failed points (capped at 125); 0 when all
 finished. The sweep directory itself is held by a :class:`~pcsim.outdir.RunDirectory`
@@ -55,12 +63,12 @@ from typing import Any
 
 import numpy as np
 
-from pcsim.config import (ConfigField, SweepSection, check_device, config_to_toml, key_field, load_experiment,
-                          parse_grid)
+from pcsim.config import (ConfigField, SweepSection, batch_signature, check_device, config_to_toml, key_field,
+                          load_experiment, parse_grid)
 from pcsim.errors import ConfigError, OutputError
 
 __all__ = ["FAILURES_FILE", "SWEEP_FILE", "SweepOutcome", "SweepPlan", "SweepPoint", "combine_points",
-           "plan_sweep", "plot_sweep", "register_sweep", "run_point", "run_sweep", "sweep"]
+           "plan_sweep", "plot_sweep", "register_sweep", "run_group", "run_point", "run_sweep", "sweep"]
 
 SWEEP_FILE = "sweep.nc"
 FAILURES_FILE = "failures.json"
@@ -87,7 +95,9 @@ class SweepPlan:
     """A validated sweep: the ``config_path``, the ``axes`` ``{key: values}`` (grid order, ``seed``
     last), the swept keys' descriptions ``fields`` (units and meaning, for ``sweep.nc``), every
     ``points`` in C order of the axes, the output directory ``out``, the ``device`` override and
-    the settings of :class:`~pcsim.config.SweepSection` (``scheduler``, ``workers``, ``retries``)."""
+    the settings of :class:`~pcsim.config.SweepSection` (``scheduler``, ``workers``, ``retries``);
+    ``groups``: the indices into ``points`` that run together, one Dask task each (a batch of
+    points differing only in the experiment's ``BATCHED`` keys, or one point)."""
 
     config_path: Path
     experiment: str
@@ -101,6 +111,7 @@ class SweepPlan:
     retries: int
     base_toml: str
     grid: tuple[str, ...] = ()
+    groups: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass
@@ -122,7 +133,7 @@ class SweepOutcome:
 def plan_sweep(config_path: str | Path, *, grid: Sequence[str] = (), seeds: int | None = None,
                overrides: Sequence[str] = (), device: str | None = None, out: str | Path | None = None,
                scheduler: str | None = None, workers: int | None = None,
-               retries: int | None = None) -> SweepPlan:
+               retries: int | None = None, batch: bool | None = None) -> SweepPlan:
     """Validate a sweep of the config at ``config_path`` and return its :class:`SweepPlan`.
 
     ``grid`` holds ``"KEY=V1,V2,..."`` axes (:func:`~pcsim.config.parse_grid`) and ``seeds`` adds
@@ -130,11 +141,13 @@ def plan_sweep(config_path: str | Path, *, grid: Sequence[str] = (), seeds: int 
     ``retries``, default to the config's ``[sweep]`` table. ``overrides`` (``--set``) and
     ``device`` apply to every point. Every point's config is validated (and its ``check_inputs``
     run) here, so nothing runs unless all of them are valid: a problem raises
-    :class:`~pcsim.errors.ConfigError` naming the key and, for a value, the point.
+    :class:`~pcsim.errors.ConfigError` naming the key and, for a value, the point. With
+    ``batch`` (default: the table's, true) the points that differ only in keys the experiment
+    module lists in ``BATCHED`` form one group, run as one batch (:func:`run_group`).
     """
     config_path = Path(config_path)
     source = str(config_path)
-    _, base = load_experiment(config_path, overrides, device=device)
+    module, base = load_experiment(config_path, overrides, device=device)
     check_device(base.device, source=source)
     section = base.sweep if base.sweep is not None else SweepSection()
     from_table = not grid
@@ -165,6 +178,9 @@ def plan_sweep(config_path: str | Path, *, grid: Sequence[str] = (), seeds: int 
         axes = {k: v for k, v in axes.items() if k != "seed"} | {"seed": axes["seed"]}
     fields = {key: key_field(type(base), key) for key in axes}
 
+    batch = section.batch if batch is None else batch
+    batched = tuple(getattr(module, "BATCHED", ())) if batch and hasattr(module, "run_batched") else ()
+    groups: dict[str, list[int]] = {}
     points: list[SweepPoint] = []
     names: dict[str, str] = {}
     for index in itertools.product(*(range(len(v)) for v in axes.values())):
@@ -180,6 +196,8 @@ def plan_sweep(config_path: str | Path, *, grid: Sequence[str] = (), seeds: int 
             raise ConfigError(f"sweep points {names[name]} and {values} would share the directory {name}; "
                               "give values that differ in letters or digits")
         names[name] = repr(values)
+        signature = batch_signature(config, batched) if set(batched) & set(axes) else name
+        groups.setdefault(signature, []).append(len(points))
         points.append(SweepPoint(values=values, overrides=point_overrides, name=name,
                                  config_toml=config_to_toml(config)))
 
@@ -193,7 +211,8 @@ def plan_sweep(config_path: str | Path, *, grid: Sequence[str] = (), seeds: int 
     return SweepPlan(config_path=config_path, experiment=base.experiment, axes=axes, fields=fields,
                      points=tuple(points), out=out_dir, device=device,
                      scheduler=scheduler or section.scheduler, workers=workers, retries=retries,
-                     base_toml=config_to_toml(base), grid=tuple(grid))
+                     base_toml=config_to_toml(base), grid=tuple(grid),
+                     groups=tuple(tuple(g) for g in groups.values()))
 
 
 def _point_name(values: Sequence[tuple[str, Any]]) -> str:
@@ -225,8 +244,9 @@ def run_point(config_path: str, overrides: Sequence[str], out_dir: str, *, devic
     from pcsim.results import load_summary
 
     started = time.perf_counter()
-    if config_toml is not None and _is_complete(Path(out_dir), config_toml):
-        return {"state": "complete", "summary": load_summary(out_dir), "seconds": math.nan, "resumed": True}
+    found = _found_complete(out_dir, config_toml)
+    if found is not None:
+        return found
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             run_config(Path(config_path), Path(out_dir), device=device, overrides=list(overrides),
@@ -238,6 +258,51 @@ def run_point(config_path: str, overrides: Sequence[str], out_dir: str, *, devic
                 "traceback": "" if isinstance(exc, PCSimError) else traceback.format_exc(),
                 "seconds": time.perf_counter() - started}
     return {"state": "complete", "summary": summary, "seconds": time.perf_counter() - started}
+
+
+def _found_complete(out_dir: str, config_toml: str | None) -> dict[str, Any] | None:
+    """The record of a point whose ``out_dir`` already holds a complete run of ``config_toml``
+    (``"resumed": True``), else None."""
+    from pcsim.results import load_summary
+
+    if config_toml is None or not _is_complete(Path(out_dir), config_toml):
+        return None
+    return {"state": "complete", "summary": load_summary(out_dir), "seconds": math.nan, "resumed": True}
+
+
+def run_group(config_path: str, members: Sequence[tuple[Sequence[str], str, bool, str | None]], *,
+              device: str | None = None) -> list[dict[str, Any]]:
+    """Run one group of a plan where a worker calls it: ``members`` are ``(overrides, out_dir,
+    overwrite, config_toml)`` of points that differ only in the experiment's ``BATCHED`` keys.
+    Members found complete are not run again (as in :func:`run_point`); two or more others run
+    as one batch (:func:`pcsim.cli.run_batch`, e.g. one PC ensemble), each record's ``seconds``
+    the batch's wall time and ``batched_with`` its size. If the batch fails, its points run one
+    by one (:func:`run_point`), so that each point's own error is recorded and the others
+    finish: one learning rate too large fails its point, not its batch. One record per member,
+    in order, as :func:`run_point` returns them."""
+    from pcsim.cli import run_batch
+    from pcsim.results import load_summary
+
+    records: list[dict[str, Any] | None] = [_found_complete(out_dir, toml) for _, out_dir, _, toml in members]
+    todo = [i for i, record in enumerate(records) if record is None]
+    if len(todo) > 1:
+        started = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                run_batch(Path(config_path), [(members[i][0], Path(members[i][1]), members[i][2]) for i in todo],
+                          device=device, progress=False)
+        except Exception:  # noqa: BLE001 - each point is run alone below and records its own error
+            pass
+        else:
+            seconds = time.perf_counter() - started
+            for i in todo:
+                records[i] = {"state": "complete", "summary": load_summary(members[i][1]), "seconds": seconds,
+                              "batched_with": len(todo)}
+            return records  # type: ignore[return-value]
+    for i in todo:
+        overrides, out_dir, overwrite, toml = members[i]
+        records[i] = run_point(config_path, overrides, out_dir, device=device, overwrite=overwrite, config_toml=toml)
+    return records  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- running
@@ -329,29 +394,35 @@ def _execute(plan: SweepPlan, todo: Sequence[tuple[SweepPoint, bool]], progress:
     from distributed import as_completed
 
     records: dict[str, dict[str, Any]] = {}
+    rerun = {point.name: again for point, again in todo}
+    groups = plan.groups or tuple((i,) for i in range(len(plan.points)))
+    tasks = [members for members in ([plan.points[i] for i in g if plan.points[i].name in rerun] for g in groups)
+             if members]
     with contextlib.ExitStack() as stack:
-        client = _client(plan, len(todo), stack)
+        client = _client(plan, len(tasks), stack)
         futures = {}
-        for point, rerun in todo:
-            future = client.submit(run_point, str(plan.config_path.resolve()), point.overrides,
-                                   str((plan.out / point.name).resolve()), device=plan.device, overwrite=rerun,
-                                   config_toml=point.config_toml,
-                                   key=f"pcsim-point-{point.name}-{os.urandom(4).hex()}", pure=False)
-            futures[future] = point
-        bar = stack.enter_context(tqdm(total=len(futures), desc=f"sweep {plan.config_path.stem}", unit="point",
+        for members in tasks:
+            future = client.submit(run_group, str(plan.config_path.resolve()),
+                                   [(p.overrides, str((plan.out / p.name).resolve()), rerun[p.name], p.config_toml)
+                                    for p in members], device=plan.device,
+                                   key=f"pcsim-point-{members[0].name}-{os.urandom(4).hex()}", pure=False)
+            futures[future] = members
+        bar = stack.enter_context(tqdm(total=len(todo), desc=f"sweep {plan.config_path.stem}", unit="point",
                                        disable=not progress, mininterval=0.5))
         try:
             for future in as_completed(futures):
-                point = futures[future]
+                members = futures[future]
                 try:
-                    record = future.result()
+                    got = future.result()
                 except Exception as exc:  # noqa: BLE001 - KilledWorker, a lost scheduler: reported per point
-                    record = {"state": "failed", "seconds": math.nan, "traceback": "",
-                              "error": _future_error(exc, plan.retries)}
-                records[point.name] = record
-                bar.update()
-                if record["state"] != "complete":
-                    bar.write(f"pcsim: point {point.name} failed: {record['error'].splitlines()[0]}", file=sys.stderr)
+                    got = [{"state": "failed", "seconds": math.nan, "traceback": "",
+                            "error": _future_error(exc, plan.retries)} for _ in members]
+                for point, record in zip(members, got):
+                    records[point.name] = record
+                    bar.update()
+                    if record["state"] != "complete":
+                        bar.write(f"pcsim: point {point.name} failed: {record['error'].splitlines()[0]}",
+                                  file=sys.stderr)
         except KeyboardInterrupt:
             done = sum(1 for r in records.values() if r["state"] == "complete")
             print(f"pcsim: sweep interrupted: {done} point(s) of this run finished and are kept in {plan.out}; "
@@ -428,27 +499,32 @@ def combine_points(plan: SweepPlan, records: Mapping[str, Mapping[str, Any]]):
             continue
         for key, value in _flatten(record["summary"]).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if key in plan.axes or key in ("state", "error", "directory", "point_seconds"):
+                if key in plan.axes or key in ("state", "error", "directory", "point_seconds", "batched_with"):
                     key = f"summary.{key}"
                 headline.setdefault(key, np.full(shape, np.nan))[index[name]] = float(value)
     state = np.full(shape, "missing", dtype=object)
     error = np.full(shape, "", dtype=object)
     directory = np.full(shape, "", dtype=object)
     seconds = np.full(shape, np.nan)
+    batched = np.ones(shape, dtype=np.int64)
     for point in plan.points:
         record = records.get(point.name, {"state": "missing", "error": "not run"})
         i = index[point.name]
         state[i], error[i] = record["state"], record.get("error", "") or ""
         directory[i] = point.name
         seconds[i] = record.get("seconds", math.nan)
+        batched[i] = record.get("batched_with", 1)
     variables = {
         name: (dims, values, {"units": _summary_units(name), "long_name": f"{name} (from each point's summary.json)"})
         for name, values in sorted(headline.items())}
     variables["state"] = (dims, state, {"units": "", "long_name": "state of the point's run (complete or failed)"})
     variables["error"] = (dims, error, {"units": "", "long_name": "error of a failed point (empty when it finished)"})
     variables["directory"] = (dims, directory, {"units": "", "long_name": "the point's run directory, inside the sweep's"})
-    variables["point_seconds"] = (dims, seconds, {"units": "s", "long_name": "wall time of the point's run in this sweep "
+    variables["point_seconds"] = (dims, seconds, {"units": "s", "long_name": "wall time of the run that computed the "
+                                                                               "point in this sweep, shared by a batch "
                                                                                "(NaN: found complete, not rerun)"})
+    variables["batched_with"] = (dims, batched, {"units": "1", "long_name": "points computed in the same run "
+                                                                             "(1: run alone; see run_group)"})
     dataset = xr.Dataset(variables, coords=coords)
     dataset.attrs.update(experiment=plan.experiment, config=plan.base_toml, grid=list(plan.grid),
                          swept_keys=list(dims), headline=sorted(headline), n_points=len(plan.points),
@@ -542,15 +618,18 @@ def _quiet_nan_warnings():
 def sweep(config_path: str | Path, *, grid: Sequence[str] = (), seeds: int | None = None,
           out: str | Path | None = None, scheduler: str | None = None, workers: int | None = None,
           retries: int | None = None, overrides: Sequence[str] = (), device: str | None = None,
-          overwrite: bool = False, progress: bool = True) -> int:
+          overwrite: bool = False, progress: bool = True, batch: bool | None = None) -> int:
     """``pcsim sweep`` from Python: :func:`plan_sweep` (validates every point) then
     :func:`run_sweep`; prints what ran, what failed and where the files are, and returns the exit
     status: the number of failed points (at most 125), 0 when every point finished. Input errors
     raise :class:`~pcsim.errors.PCSimError` before anything runs."""
     plan = plan_sweep(config_path, grid=grid, seeds=seeds, overrides=overrides, device=device, out=out,
-                      scheduler=scheduler, workers=workers, retries=retries)
+                      scheduler=scheduler, workers=workers, retries=retries, batch=batch)
     shape = " x ".join(f"{len(v)} {k}" for k, v in plan.axes.items())
-    print(f"pcsim sweep: {len(plan.points)} points ({shape}) of {plan.experiment} into {plan.out}", file=sys.stderr)
+    runs = f", {len(plan.groups)} runs (points differing only in seed/lr batched)" \
+        if len(plan.groups) < len(plan.points) else ""
+    print(f"pcsim sweep: {len(plan.points)} points ({shape}){runs} of {plan.experiment} into {plan.out}",
+          file=sys.stderr)
     outcome = run_sweep(plan, overwrite=overwrite, progress=progress)
     n_failed = len(outcome.failures)
     print(f"{plan.experiment}: {len(plan.points)} points, {outcome.ran} run now, {outcome.resumed} found "
@@ -583,6 +662,8 @@ def register_sweep(commands) -> None:
                                                                  "(default: the free cores)")
     parser.add_argument("--retries", type=int, metavar="N",
                         help="restarts of a point whose worker process died (default 2)")
+    parser.add_argument("--no-batch", dest="batch", action="store_false", default=None,
+                        help="run every point on its own, even those the experiment could batch (default: [sweep] batch)")
     add_run_options(parser, default_out="runs/<config stem>_sweep")
     parser.set_defaults(handler=_cmd_sweep)
 
@@ -590,4 +671,4 @@ def register_sweep(commands) -> None:
 def _cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     return sweep(args.config, grid=args.grid, seeds=args.seeds, out=args.out, scheduler=args.scheduler,
                  workers=args.workers, retries=args.retries, overrides=args.overrides, device=args.device,
-                 overwrite=args.overwrite, progress=not args.no_progress)
+                 overwrite=args.overwrite, progress=not args.no_progress, batch=args.batch)

@@ -24,7 +24,7 @@ from . import parallel
 from .alignment import gradient_alignment
 from .data import Classification, epoch_batches
 from .energy import output_loss
-from .arguments import check_number
+from .arguments import check_number, check_numbers
 from .config import check_ranges
 from .errors import ConfigError, InferenceDivergenceError, LearningDivergenceError
 from .inference import InferenceConfig, Relaxation
@@ -263,7 +263,8 @@ def compare_rules(
     *,
     probe_size: int = 256,
     alignment_nudge: float = 1.0,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
+    lr: float | Sequence[float] | None = None,
     progress: bool = True,
 ) -> xr.Dataset:
     """Train a copy of ``net0`` with each rule in ``rules`` and return the learning curves.
@@ -271,6 +272,13 @@ def compare_rules(
     Every rule sees the same batches (shuffled by a generator seeded with ``seed``) and a
     fresh optimiser of ``training``'s kind. Alignment is measured each epoch on the first
     ``probe_size`` training samples at output nudge ``alignment_nudge``.
+
+    An ensemble ``net0`` (``E`` members) runs ``E`` independent trainings at once: ``seed`` may
+    give one batch order per member (``E`` seeds; member ``e`` then sees the batches a run of
+    its own with ``seed[e]`` sees) and ``lr`` one learning rate per member (``E`` values,
+    replacing ``training.lr``), so a grid over seeds and learning rates runs as one ensemble
+    and member ``e`` equals that point run alone, to float rounding (``pcsim sweep`` batches
+    such grids). ``epoch_time`` is then the ensemble's shared wall time.
 
     Dims ``(rule, epoch, ensemble, layer)``; epoch 0 is the untrained network. Variables:
     ``train_loss`` and ``test_accuracy`` (rule, epoch, ensemble), ``epoch_time`` (rule,
@@ -292,11 +300,21 @@ def compare_rules(
         raise ConfigError(f"rules must be a non-empty list of {', '.join((*RULES, 'bp'))}, got {rules!r}")
     probe_size = check_number("probe_size", probe_size, integer=True, ge=1)
     alignment_nudge = check_number("alignment_nudge", alignment_nudge, gt=0)
-    seed = check_number("seed", seed, integer=True, ge=0)
     E, L = net0.ensemble, net0.depth
+    seeds = check_numbers("seed", seed if hasattr(seed, "__iter__") else [seed], integer=True, ge=0)
+    lr = training.lr if lr is None else check_numbers("lr", lr if hasattr(lr, "__iter__") else [lr], gt=0)
+    for name, values in (("seed", seeds), ("lr", lr)):
+        if isinstance(values, tuple) and len(values) not in (1, E):
+            raise ConfigError(f"{name} must be one value or one per ensemble member ({E}), got {len(values)}")
+    seeds = seeds[:1] if len(set(seeds)) == 1 else seeds  # one order shared by all
+    if isinstance(lr, tuple) and len(set(lr)) == 1:
+        lr = lr[0]
     n = data.x_train.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    orders = [epoch_batches(n, training.batch_size, gen) for _ in range(training.epochs)]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    # one shared order (B,) per batch, or each member's own, stacked (E, B): x_train[idx] is then (E, B, n)
+    orders = [[torch.stack(idx) if len(idx) > 1 else idx[0]
+               for idx in zip(*(epoch_batches(n, training.batch_size, g) for g in gens))]
+              for _ in range(training.epochs)]
     probe = slice(0, min(probe_size, n))
     px, py = data.x_train[probe], data.y_train[probe]
     shape = (len(rules), training.epochs + 1)
@@ -307,7 +325,7 @@ def compare_rules(
     rel = np.zeros(shape + (E, L))
     for i, name in enumerate(rules):
         net = net0.clone()
-        opt = make_optimizer(training.optimizer, training.lr, training.momentum)
+        opt = make_optimizer(training.optimizer, lr, training.momentum)
         twin = BackpropTwin(net) if name == "bp" else None
         rule = None if name == "bp" else make_rule(name, inference, training.nudge)
 
@@ -326,7 +344,7 @@ def compare_rules(
 
         params = twin.params if twin is not None else net.parameters
         train(step, lambda ep: orders[ep - 1], training.epochs, on_epoch=measure, initial=True,
-              progress=progress, desc=f"{name:>4}", parameters=params, energy=training_energy, lr=training.lr,
+              progress=progress, desc=f"{name:>4}", parameters=params, energy=training_energy, lr=lr,
               state={"parameters": params(), "optimizer": opt, "records": [loss, acc, secs, cos, rel]})
     coords = {
         "rule": ("rule", list(rules), {"long_name": "learning rule", "units": ""}),

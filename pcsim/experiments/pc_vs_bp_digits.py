@@ -9,7 +9,8 @@ number of inference steps T and the output nudge is measured on the initial netw
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -63,34 +64,66 @@ class Config(ExperimentConfig):
     alignment: AlignmentSection = field(default_factory=AlignmentSection)
 
 
+#: the keys whose points :func:`run_batched` runs as one ensemble (``pcsim sweep`` groups them)
+BATCHED = ("seed", "training.lr")
+
+
 def run(config: Config, ctx: RunContext) -> ExperimentResult:
     """Train every rule from the same initial network; return curves ``(rule, epoch, ...)`` and the T/nudge sweep."""
-    data = load_digits(config.data.test_fraction, config.data.split_seed, device=ctx.device)
-    net = config.network.build(data.n_features, data.n_classes, config.seed, ctx.device)
-    inf = config.inference
-    tr = config.training
-    n_probe = min(config.alignment.probe_size, data.x_train.shape[0])
+    return run_batched([config], ctx)[0]
+
+
+def run_batched(configs: Sequence[Config], ctx: RunContext) -> list[ExperimentResult]:
+    """:func:`run` of several configs that differ only in :data:`BATCHED` keys (``seed``,
+    ``training.lr``), as one ensemble: the networks of all of them (each config's
+    ``network.ensemble`` members, seeded ``seed ..``) train together, each config's members on
+    its own batch order and learning rate, so each result equals that config run alone (to
+    float rounding) and keeps its own ``ensemble`` coordinate ``0 .. network.ensemble-1``.
+    ``epoch_time`` and ``seconds_per_epoch`` are then the wall time of the shared epochs
+    (``attrs["batched_with"]``: how many configs shared them). One result per config, in order."""
+    first = configs[0]
+    data = load_digits(first.data.test_fraction, first.data.split_seed, device=ctx.device)
+    per = first.network.ensemble
+    seeds = [c.seed + k for c in configs for k in range(per)]
+    net = replace(first.network, ensemble=len(seeds)).build(data.n_features, data.n_classes, seeds, ctx.device)
+    inf = first.inference
+    tr = first.training
+    n_probe = min(first.alignment.probe_size, data.x_train.shape[0])
     sweep = alignment_sweep(net, data.x_train[:n_probe], data.y_train[:n_probe],
-                            steps=config.alignment.steps, nudges=config.alignment.nudges, inference=inf)
-    ds = compare_rules(net, data, tr.rules, tr, inf, probe_size=config.alignment.probe_size,
-                       alignment_nudge=config.alignment.nudge, seed=config.seed, progress=ctx.progress)
+                            steps=first.alignment.steps, nudges=first.alignment.nudges, inference=inf)
+    ds = compare_rules(net, data, tr.rules, tr, inf, probe_size=first.alignment.probe_size,
+                       alignment_nudge=first.alignment.nudge, progress=ctx.progress,
+                       seed=[c.seed for c in configs for _ in range(per)],
+                       lr=[c.training.lr for c in configs for _ in range(per)])
     ds["sweep_cosine"] = sweep["cosine"]
     ds["sweep_rel_error"] = sweep["rel_error"]
     ds["sweep_cosine"].attrs = {"long_name": "cosine(PC update, BP gradient) on the initial network", "units": "1"}
     ds["sweep_rel_error"].attrs = {"long_name": "relative error of PC update vs BP gradient on the initial network", "units": "1"}
     ds.attrs.update(dataset="sklearn digits 8x8", n_train=int(data.x_train.shape[0]), n_test=int(data.x_test.shape[0]),
-                    sizes=list(net.sizes), dt_ms=config.inference.dt, tau_ms=config.inference.tau)
+                    sizes=list(net.sizes), dt_ms=inf.dt, tau_ms=inf.tau)
+    if len(configs) > 1:
+        ds.attrs["batched_with"] = len(configs)
+    results = []
+    for i in range(len(configs)):
+        own = ds.isel(ensemble=slice(i * per, (i + 1) * per))
+        own = own.assign_coords(ensemble=("ensemble", np.arange(per), ds.ensemble.attrs))
+        results.append(ExperimentResult(own, _summary(own)))
+    return results
+
+
+def _summary(ds: xr.Dataset) -> dict:
+    """The headline numbers of one config's results: final accuracy and alignment per rule
+    (mean over its ensemble members), seconds per epoch, the split's sizes."""
     final = ds.isel(epoch=-1).mean("ensemble")
     rules = list(ds.rule.values)
-    summary = {
+    return {
         "test_accuracy": {r: float(final.test_accuracy.sel(rule=r)) for r in rules},
         "alignment_cosine": {r: [float(v) for v in final.cosine.sel(rule=r).values] for r in rules},
         "alignment_rel_error": {r: [float(v) for v in final.rel_error.sel(rule=r).values] for r in rules},
         "seconds_per_epoch": {r: float(ds.epoch_time.sel(rule=r).isel(epoch=slice(1, None)).mean()) for r in rules},
-        "n_train": int(data.x_train.shape[0]),
-        "n_test": int(data.x_test.shape[0]),
+        "n_train": int(ds.attrs["n_train"]),
+        "n_test": int(ds.attrs["n_test"]),
     }
-    return ExperimentResult(ds, summary)
 
 
 def plot(results: xr.Dataset) -> dict:

@@ -4,6 +4,7 @@ the engine's own :class:`~pcsim.inference.InferenceConfig`."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
@@ -44,7 +45,8 @@ class NetworkSection:
     def _keywords(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "hidden"}
 
-    def build(self, n_in: int, n_out: int, seed: int, device: str) -> PCNetwork:
-        """A discriminative float32 network ``n_in -> hidden... -> n_out`` on ``device``."""
+    def build(self, n_in: int, n_out: int, seed: int | Sequence[int], device: str) -> PCNetwork:
+        """A discriminative float32 network ``n_in -> hidden... -> n_out`` on ``device``; ``seed``
+        as :meth:`PCNetwork.init <pcsim.network.PCNetwork.init>` takes it (one, or one per member)."""
         return PCNetwork.init((n_in, *self.hidden, n_out), seed=seed, device=device, dtype=torch.float32,
                               **self._keywords())

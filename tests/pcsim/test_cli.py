@@ -225,7 +225,7 @@ def test_show_prints_every_key_with_type_range_units_and_doc(write_module, write
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert list(rows) == ["KEY", "experiment", "seed", "device", "description", "checkpoint.every",
                           "sweep.grid", "sweep.seeds", "sweep.out", "sweep.scheduler", "sweep.workers",
-                          "sweep.retries", "timing.dt", "timing.mode", "timing.steps", "timing.clip"]
+                          "sweep.retries", "sweep.batch", "timing.dt", "timing.mode", "timing.steps", "timing.clip"]
     assert rows["timing.dt"].split(None, 5) == ["timing.dt", "0.25", "number", ">", "0,", "<= 2 [ms]  Euler step (e.g. 0.1 ms)"]
     assert " \"rk4\" " in rows["timing.mode"] and "one of 'euler', 'rk4'" in rows["timing.mode"]
     assert rows["timing.mode"].endswith("which solver")

@@ -83,16 +83,36 @@ def plot(results):
 '''
 
 
+BATCHED_MODULE = "pcsim_sweep_test_batched"
+
+#: the same experiment, able to run points differing in seed and training.lr as one batch; each
+#: batch appends its size to the log's ``.batches`` file
+BATCHED = f'''\
+"""Sweep test experiment that batches seed and training.lr."""
+from {MODULE} import Config, plot, run
+
+BATCHED = ("seed", "training.lr")
+
+
+def run_batched(configs, ctx):
+    with open(configs[0].behaviour.log + ".batches", "a") as fh:
+        fh.write(f"{{len(configs)}}\\n")
+    return [run(config, ctx) for config in configs]
+'''
+
+
 @pytest.fixture(scope="module")
 def experiment_dir(tmp_path_factory):
-    """The test experiment as an importable module, on sys.path before any worker starts (a
+    """The test experiments as importable modules, on sys.path before any worker starts (a
     spawned worker process inherits the parent's sys.path)."""
     directory = tmp_path_factory.mktemp("sweep_modules")
     (directory / f"{MODULE}.py").write_text(EXPERIMENT, encoding="utf-8")
+    (directory / f"{BATCHED_MODULE}.py").write_text(BATCHED, encoding="utf-8")
     sys.path.insert(0, str(directory))
     yield directory
     sys.path.remove(str(directory))
     sys.modules.pop(MODULE, None)
+    sys.modules.pop(BATCHED_MODULE, None)
 
 
 @pytest.fixture(scope="module")
@@ -306,3 +326,44 @@ def test_killed_worker_point_is_retried_or_reported(config, tmp_path, cluster):
     assert json.loads((out / "behaviour.kill=once" / "pcsim_run.json").read_text())["state"] == "complete"
     assert sweep(config, grid=["behaviour.kill=never,once"], out=out, scheduler=cluster.scheduler_address,
                  progress=False) == 0  # nothing left to run: both points are found complete
+
+
+def batches(config_path: Path) -> list[int]:
+    log = config_path.parent / "executions.log.batches"
+    return [int(n) for n in log.read_text().split()] if log.exists() else []
+
+
+def test_points_differing_only_in_batched_keys_run_as_one_batch(config, tmp_path, cluster):
+    """Grouping by the experiment's BATCHED keys: the batched sweep equals the unbatched one,
+    resumes only the unfinished points of a group, and a failing batch falls back to its
+    points one by one, so only the bad point fails."""
+    config.write_text(config.read_text().replace(MODULE, BATCHED_MODULE))
+    kwargs = dict(grid=["training.lr=0.1,0.2", "training.epochs=2,3"], seeds=2, scheduler=cluster.scheduler_address)
+    plan = plan_sweep(config, out=tmp_path / "batched", **kwargs)
+    assert [len(g) for g in plan.groups] == [4, 4]  # one group per training.epochs
+    assert all(len({plan.points[i].values[1] for i in g}) == 1 for g in plan.groups)
+    batched = run_sweep(plan, progress=False)
+    assert batched.failures == [] and sorted(batches(config)) == [4, 4] and len(executions(config)) == 8
+    assert (batched.dataset["batched_with"].values == 4).all()
+    alone = run_sweep(plan_sweep(config, out=tmp_path / "alone", batch=False, **kwargs), progress=False)
+    assert sorted(batches(config)) == [4, 4] and len(executions(config)) == 16
+    assert (alone.dataset["batched_with"].values == 1).all()
+    xr.testing.assert_identical(batched.dataset.drop_vars(["point_seconds", "batched_with", "directory"]),
+                                alone.dataset.drop_vars(["point_seconds", "batched_with", "directory"]))
+
+    # resume: two unfinished points of one group run as a batch of two, nothing else runs
+    for name in ("training.lr=0.1_training.epochs=2_seed=1", "training.lr=0.2_training.epochs=2_seed=0"):
+        manifest_path = tmp_path / "batched" / name / "pcsim_run.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest.update(state="running", pid=2**22 + 12345, ended=None)
+        manifest_path.write_text(json.dumps(manifest))
+    again = run_sweep(plan_sweep(config, out=tmp_path / "batched", **kwargs), progress=False)
+    assert (again.ran, again.resumed) == (2, 6) and batches(config)[-1] == 2 and len(executions(config)) == 18
+
+    # a batch holding a failing point: the batch fails, each point then runs alone
+    failing = run_sweep(plan_sweep(config, out=tmp_path / "failing", grid=["training.lr=0.1,0.5"], seeds=2,
+                                   overrides=["behaviour.fail_above=0.4"], scheduler=cluster.scheduler_address),
+                        progress=False)
+    assert sorted(f["point"] for f in failing.failures) == ["training.lr=0.5_seed=0", "training.lr=0.5_seed=1"]
+    assert list(failing.dataset["state"].values.ravel()) == ["complete", "complete", "failed", "failed"]
+    assert (failing.dataset["batched_with"].values == 1).all()

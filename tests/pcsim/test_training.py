@@ -11,7 +11,7 @@ import xarray as xr
 
 from pcsim.cli import main as cli
 from pcsim.data import load_digits
-from pcsim.errors import DataError
+from pcsim.errors import ConfigError, DataError
 from pcsim.inference import InferenceConfig
 from pcsim.network import PCNetwork
 from pcsim.training import TrainConfig, compare_rules
@@ -164,3 +164,54 @@ def test_network_section_is_pc_network_init_with_its_defaults_and_checks():
     wrapper = make_dataclass("Wrapper", [("network", NetworkSection)], frozen=True)
     with pytest.raises(ConfigError, match=r"x\.toml: table 'network': ensemble must be >= 1"):
         from_dict(wrapper, {"network": {"ensemble": 0}}, source="x.toml")
+
+
+def test_an_ensemble_of_seeds_and_learning_rates_equals_each_member_trained_alone(digits):
+    """compare_rules with one batch order and one learning rate per member: member e equals the
+    run of its own seed and lr (float32 rounding of batched products), for every rule."""
+    seeds, lrs = [2, 5, 2], [1e-3, 1e-3, 4e-3]
+    net = PCNetwork.init([64, 16, 10], "tanh", ensemble=3, seed=seeds)
+    ens = compare_rules(net, digits, ["pc", "bp"], TrainConfig(epochs=2), InferenceConfig(steps=4),
+                        probe_size=32, seed=seeds, lr=lrs, progress=False)
+    for e, (seed, lr) in enumerate(zip(seeds, lrs)):
+        alone = compare_rules(PCNetwork.init([64, 16, 10], "tanh", seed=seed), digits, ["pc", "bp"],
+                              TrainConfig(epochs=2, lr=lr), InferenceConfig(steps=4), probe_size=32, seed=seed,
+                              progress=False)
+        member = ens.isel(ensemble=[e])
+        for v in ["train_loss", "cosine", "rel_error"]:
+            np.testing.assert_allclose(member[v].values, alone[v].values, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(member.test_accuracy.values, alone.test_accuracy.values)
+    # members 0 and 2 differ only in lr, 0 and 1 only in seed (order and weights): all three differ
+    final = ens.train_loss.isel(epoch=-1, rule=0).values
+    assert len(set(final.round(6))) == 3
+    with pytest.raises(ConfigError, match="one per ensemble member"):
+        compare_rules(net, digits, ["pc"], TrainConfig(epochs=1), seed=[0, 1], progress=False)
+
+
+def test_a_batch_of_pc_vs_bp_points_equals_each_point_run_alone(tmp_path):
+    """`run_batch` (what a sweep runs for points differing in seed and training.lr): every
+    point's directory holds what `pcsim run` of that point writes, to float rounding."""
+    from pcsim.cli import run_batch, run_config
+    from pcsim.results import load_summary
+
+    config = CONFIGS / "pc_vs_bp_digits.toml"
+    small = ["training.epochs=1", "network.hidden=[16]", "inference.steps=4", "alignment.steps=[1, 4]",
+             "alignment.nudges=[1.0]", "alignment.probe_size=32", 'training.rules=["pc", "bp"]']
+    points = [[*small, "seed=0", "training.lr=0.001"], [*small, "seed=1", "training.lr=0.001"],
+              [*small, "seed=0", "training.lr=0.003"]]
+    run_batch(config, [(p, tmp_path / f"batch{i}", False) for i, p in enumerate(points)], progress=False)
+    for i, p in enumerate(points):
+        run_config(config, tmp_path / f"alone{i}", overrides=p, progress=False)
+        batched, alone = load_summary(tmp_path / f"batch{i}"), load_summary(tmp_path / f"alone{i}")
+        assert batched["test_accuracy"] == alone["test_accuracy"]
+        np.testing.assert_allclose(batched["alignment_cosine"]["pc"], alone["alignment_cosine"]["pc"], rtol=1e-4)
+        assert (tmp_path / f"batch{i}" / "config.toml").read_text() == (tmp_path / f"alone{i}" / "config.toml").read_text()
+        with xr.open_dataset(tmp_path / f"batch{i}" / "results.nc") as b, \
+                xr.open_dataset(tmp_path / f"alone{i}" / "results.nc") as a:
+            assert b.attrs["batched_with"] == 3 and "batched_with" not in a.attrs
+            np.testing.assert_allclose(b.train_loss.values, a.train_loss.values, rtol=1e-4)
+            np.testing.assert_allclose(b.sweep_cosine.values, a.sweep_cosine.values, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="may differ only in seed, training.lr"):
+        run_batch(config, [([*small, "seed=0"], tmp_path / "x0", False),
+                           ([*small, "seed=0", "inference.steps=5"], tmp_path / "x1", False)], progress=False)
+    assert not (tmp_path / "x0").exists()
