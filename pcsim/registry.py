@@ -10,6 +10,16 @@ A config file names its module (``experiment = "circuits.oddball"``), so the reg
 the set of TOML files under ``configs/``, not a list kept in code. ``plot`` receives the
 dataset exactly as it is saved, so ``pcsim replot`` can redraw every figure from
 ``results.nc`` alone.
+
+Optionally, an experiment that can run several configs at once (e.g. one PC ensemble) also
+defines::
+
+    BATCHED = ("seed", "training.lr")   # the dotted keys its configs may differ in
+    run_batched(configs, ctx)           # -> one ExperimentResult per config, each as run() gives it
+
+and ``pcsim sweep`` runs the points that differ only in those keys as one batch
+(:func:`pcsim.cli.run_batch`); ``run`` is then best written as ``run_batched([config], ctx)[0]``,
+so the two cannot drift apart.
 """
 
 from __future__ import annotations
