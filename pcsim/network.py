@@ -279,43 +279,43 @@ class PCNetwork:
         return ps
 
     # ----------------------------------------------------------------- derived networks
+    def _map(self, fn, *others: "PCNetwork", **changes) -> "PCNetwork":
+        """The network whose every tensor is ``fn`` of the matching tensors of ``self`` and
+        ``others`` (the one place that lists a network's tensors), with ``changes`` replaced."""
+        nets = (self, *others)
+        lists = {name: [fn(*ts) for ts in zip(*(getattr(n, name) for n in nets))]
+                 for name in ("weights", "biases", "log_precision")}
+        single = {name: fn(*(getattr(n, name) for n in nets)) for name in ("prior_mean", "prior_log_precision")}
+        return replace(self, **lists, **single, **changes)
+
     def clone(self) -> "PCNetwork":
         """A deep copy (new tensors), e.g. to train the same initial weights with several rules."""
-        return replace(
-            self,
-            weights=[w.clone() for w in self.weights],
-            biases=[b.clone() for b in self.biases],
-            log_precision=[p.clone() for p in self.log_precision],
-            prior_mean=self.prior_mean.clone(),
-            prior_log_precision=self.prior_log_precision.clone(),
-        )
+        return self._map(torch.clone)
 
     def member(self, e: int) -> "PCNetwork":
         """Ensemble member ``e`` as a network with ``E = 1`` (copies)."""
         if not 0 <= e < self.ensemble:
             raise ConfigError(f"ensemble member e={e} does not exist (E = {self.ensemble})")
-        sl = slice(e, e + 1)
-        return replace(
-            self,
-            weights=[w[sl].clone() for w in self.weights],
-            biases=[b[sl].clone() for b in self.biases],
-            log_precision=[p[sl].clone() for p in self.log_precision],
-            prior_mean=self.prior_mean[sl].clone(),
-            prior_log_precision=self.prior_log_precision[sl].clone(),
-            seeds=(self.seeds[e],),
-        )
+        return self._map(lambda t: t[e:e + 1].clone(), seeds=(self.seeds[e],))
+
+    @classmethod
+    def concat(cls, nets: Sequence["PCNetwork"]) -> "PCNetwork":
+        """One ensemble of the members of ``nets`` in order (``E = sum of their E``; new tensors),
+        e.g. networks of several configs trained as one batch. They must share their spec
+        (sizes, activations, mode, precision layout), dtype and device; else ConfigError."""
+        nets = list(nets)
+        if not nets or not all(isinstance(n, cls) for n in nets):
+            raise ConfigError("concat needs a non-empty sequence of PCNetworks")
+        first = nets[0]
+        for n in nets[1:]:
+            if n.spec != first.spec or n.dtype != first.dtype or n.device != first.device:
+                raise ConfigError("concat: the networks differ in architecture, precision layout, dtype or device "
+                                  f"({n.spec} on {n.device}/{n.dtype} vs {first.spec} on {first.device}/{first.dtype})")
+        return first._map(lambda *ts: torch.cat(ts), *nets[1:], seeds=tuple(s for n in nets for s in n.seeds))
 
     def to(self, device: str | torch.device) -> "PCNetwork":
         """The same network with every tensor moved to ``device``."""
-        mv = lambda t: t.to(device)  # noqa: E731
-        return replace(
-            self,
-            weights=[mv(w) for w in self.weights],
-            biases=[mv(b) for b in self.biases],
-            log_precision=[mv(p) for p in self.log_precision],
-            prior_mean=mv(self.prior_mean),
-            prior_log_precision=mv(self.prior_log_precision),
-        )
+        return self._map(lambda t: t.to(device))
 
     # ----------------------------------------------------------------- forward sweep
     def forward(self, x0: Tensor) -> list[Tensor]:

@@ -31,8 +31,9 @@ option given replaces its own key of the table). A grid point *is* a set of ``--
    each headline number that varies against the swept keys (mean and spread over seeds).
 
 5. **Batches.** An experiment module may list in ``BATCHED`` the keys its ``run_batched(configs,
-   ctx)`` runs together (``pc_vs_bp_digits``: ``seed`` and ``training.lr``, one PC ensemble
-   with a batch order and a learning rate per member). Points that differ only in those keys
+   ctx)`` runs together (``pc_vs_bp_digits``: ``seed``, ``training.lr`` and
+   ``network.precision``, one PC ensemble with its own weights, batch order, learning rate and
+   precision per member). Points that differ only in those keys
    then form one group, run as one task (:func:`run_group`), each point still written to its
    own directory and equal to it run alone to float rounding; a group whose batch fails runs its
    points one by one, so each point's own error is recorded. ``--no-batch`` (``[sweep] batch =
@@ -626,7 +627,7 @@ def sweep(config_path: str | Path, *, grid: Sequence[str] = (), seeds: int | Non
     plan = plan_sweep(config_path, grid=grid, seeds=seeds, overrides=overrides, device=device, out=out,
                       scheduler=scheduler, workers=workers, retries=retries, batch=batch)
     shape = " x ".join(f"{len(v)} {k}" for k, v in plan.axes.items())
-    runs = f", {len(plan.groups)} runs (points differing only in seed/lr batched)" \
+    runs = f", {len(plan.groups)} runs (points differing only in batched keys run together)" \
         if len(plan.groups) < len(plan.points) else ""
     print(f"pcsim sweep: {len(plan.points)} points ({shape}){runs} of {plan.experiment} into {plan.out}",
           file=sys.stderr)

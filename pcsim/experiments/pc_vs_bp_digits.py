@@ -10,7 +10,7 @@ number of inference steps T and the output nudge is measured on the initial netw
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -22,6 +22,7 @@ from ..data import load_digits
 from ..registry import ExperimentResult, RunContext
 from ..training import TrainConfig, compare_rules
 from ..inference import InferenceConfig
+from ..network import PCNetwork
 from .sections import NetworkSection
 
 Rule = Literal["pc", "ipc", "fpa", "bp"]
@@ -65,7 +66,7 @@ class Config(ExperimentConfig):
 
 
 #: the keys whose points :func:`run_batched` runs as one ensemble (``pcsim sweep`` groups them)
-BATCHED = ("seed", "training.lr")
+BATCHED = ("seed", "training.lr", "network.precision")
 
 
 def run(config: Config, ctx: RunContext) -> ExperimentResult:
@@ -75,17 +76,17 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
 
 def run_batched(configs: Sequence[Config], ctx: RunContext) -> list[ExperimentResult]:
     """:func:`run` of several configs that differ only in :data:`BATCHED` keys (``seed``,
-    ``training.lr``), as one ensemble: the networks of all of them (each config's
-    ``network.ensemble`` members, seeded ``seed ..``) train together, each config's members on
-    its own batch order and learning rate, so each result equals that config run alone (to
-    float rounding) and keeps its own ``ensemble`` coordinate ``0 .. network.ensemble-1``.
+    ``training.lr``, ``network.precision``), as one ensemble: the networks of all of them (each
+    config's own, ``network.ensemble`` members seeded ``seed ..``, joined by
+    :meth:`PCNetwork.concat <pcsim.network.PCNetwork.concat>`) train together, each config's
+    members on its own batch order and learning rate, so each result equals that config run
+    alone (to float rounding) and keeps its own ``ensemble`` coordinate ``0 .. network.ensemble-1``.
     ``epoch_time`` and ``seconds_per_epoch`` are then the wall time of the shared epochs
     (``attrs["batched_with"]``: how many configs shared them). One result per config, in order."""
     first = configs[0]
     data = load_digits(first.data.test_fraction, first.data.split_seed, device=ctx.device)
     per = first.network.ensemble
-    seeds = [c.seed + k for c in configs for k in range(per)]
-    net = replace(first.network, ensemble=len(seeds)).build(data.n_features, data.n_classes, seeds, ctx.device)
+    net = PCNetwork.concat([c.network.build(data.n_features, data.n_classes, c.seed, ctx.device) for c in configs])
     inf = first.inference
     tr = first.training
     n_probe = min(first.alignment.probe_size, data.x_train.shape[0])

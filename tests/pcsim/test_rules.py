@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pcsim import energy
-from pcsim.errors import DataError
+from pcsim.errors import ConfigError, DataError
 from pcsim.inference import InferenceConfig, PCState, init_state, relax
 from pcsim.network import PCNetwork
 from pcsim.optim import SGD, Adam
@@ -263,6 +263,16 @@ def test_ensemble_initialisation_equals_separate_networks(dtype):
     # an int seed means seed, seed+1, ...
     for p, q in zip(PCNetwork.init([4, 3], ensemble=2, seed=7).member(1).parameters(), PCNetwork.init([4, 3], seed=8).parameters()):
         assert torch.equal(p, q)
+    # concat joins separately made networks into that ensemble, tensor for tensor, and
+    # keeps each member's own precision; a network of another architecture is refused
+    joined = PCNetwork.concat(singles)
+    assert joined.seeds == ens.seeds
+    for p, q in zip(joined.parameters(), ens.parameters()):
+        assert torch.equal(p, q)
+    mixed = PCNetwork.concat([singles[0], PCNetwork.init([4, 6, 5, 3], seed=9, dtype=dtype, precision=3.0)])
+    assert [float(p[1].flatten()[0]) for p in mixed.precision()] == pytest.approx([3.0] * 3)
+    with pytest.raises(ConfigError, match="differ in architecture"):
+        PCNetwork.concat([singles[0], PCNetwork.init([4, 6, 3], seed=0, dtype=dtype)])
     # different seeds draw different weights, inside the Glorot bound
     assert not torch.equal(ens.weights[0][0], ens.weights[0][1])
     for k, w in enumerate(ens.weights):

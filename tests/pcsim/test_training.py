@@ -198,7 +198,7 @@ def test_a_batch_of_pc_vs_bp_points_equals_each_point_run_alone(tmp_path):
     small = ["training.epochs=1", "network.hidden=[16]", "inference.steps=4", "alignment.steps=[1, 4]",
              "alignment.nudges=[1.0]", "alignment.probe_size=32", 'training.rules=["pc", "bp"]']
     points = [[*small, "seed=0", "training.lr=0.001"], [*small, "seed=1", "training.lr=0.001"],
-              [*small, "seed=0", "training.lr=0.003"]]
+              [*small, "seed=0", "training.lr=0.003", "network.precision=2.0"]]
     run_batch(config, [(p, tmp_path / f"batch{i}", False) for i, p in enumerate(points)], progress=False)
     for i, p in enumerate(points):
         run_config(config, tmp_path / f"alone{i}", overrides=p, progress=False)
@@ -211,7 +211,7 @@ def test_a_batch_of_pc_vs_bp_points_equals_each_point_run_alone(tmp_path):
             assert b.attrs["batched_with"] == 3 and "batched_with" not in a.attrs
             np.testing.assert_allclose(b.train_loss.values, a.train_loss.values, rtol=1e-4)
             np.testing.assert_allclose(b.sweep_cosine.values, a.sweep_cosine.values, rtol=1e-4, atol=1e-6)
-    with pytest.raises(ConfigError, match="may differ only in seed, training.lr"):
+    with pytest.raises(ConfigError, match="may differ only in seed, training.lr, network.precision"):
         run_batch(config, [([*small, "seed=0"], tmp_path / "x0", False),
                            ([*small, "seed=0", "inference.steps=5"], tmp_path / "x1", False)], progress=False)
     assert not (tmp_path / "x0").exists()
