@@ -214,7 +214,7 @@ class PCLatentModel(LatentModel):
 
         def step(idx):
             """One EM step on the trials ``idx``: relax their latents (E), one Adam step on the local rules (M)."""
-            with parallel.threads(relaxation_threads(net, len(idx))):
+            with parallel.threads(relaxation_threads(net, len(idx), T)):
                 obs = observations(net, y[idx], None if mask is None else mask[idx])  # checked once per step
                 r = relax(net, x[:, idx], obs, None, cfg)
                 x[:, idx] = r.x

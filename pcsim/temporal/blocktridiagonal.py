@@ -4,12 +4,19 @@ The Gauss-Newton curvature of a dynamical PC energy couples only neighbouring ti
 its solves and the tridiagonal blocks of its inverse cost ``O(T D^3)`` by block-Cholesky
 elimination (the information-form Kalman smoother; Rauch et al. 1965). Blocks are stored as
 ``diag`` ``(..., T, D, D)`` (``H_tt``) and ``lower`` ``(..., T-1, D, D)`` (``H_{t+1,t}``).
+
+The recursions are sequential in ``T``; each of their steps is a batched product or factorisation
+of one bin's blocks, a region of ``batch * D^3`` multiply-adds, and runs with the threads
+:func:`pcsim.parallel.threads_for_work` gives that (one at a few dozen trials of ``D = 8``, whatever
+the caller runs the rest of its step with: a team forked at each of thousands of regions of a few
+microseconds costs more than it gains, and stalls beside other processes, :mod:`pcsim.parallel`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .. import parallel
 from ..errors import InferenceDivergenceError
 
 Tensor = torch.Tensor
@@ -27,6 +34,11 @@ def _check_factorised(failed: list[Tensor]) -> None:
                                        step=-1, layer=t)
 
 
+def _threads(diag: Tensor) -> int:
+    """Threads for the recursion over ``diag`` ``(..., T, D, D)``: sized by one bin's region, ``batch * D^3`` (module docstring)."""
+    return parallel.threads_for_work(diag[..., 0, :, :].numel() * diag.shape[-1])
+
+
 def solve_block_tridiagonal(diag: Tensor, lower: Tensor, rhs: Tensor) -> Tensor:
     """Solve ``H s = rhs`` for symmetric positive-definite block-tridiagonal ``H``, batched.
 
@@ -35,6 +47,11 @@ def solve_block_tridiagonal(diag: Tensor, lower: Tensor, rhs: Tensor) -> Tensor:
     substitution (the information-form Kalman smoother / Rauch-Tung-Striebel recursion),
     ``O(T D^3)`` per batch element, sequential in ``T`` and parallel over the batch.
     """
+    with parallel.threads(_threads(diag)):
+        return _solve(diag, lower, rhs)
+
+
+def _solve(diag: Tensor, lower: Tensor, rhs: Tensor) -> Tensor:
     T, D = diag.shape[-3], diag.shape[-1]
     W, yv, failed = [], [], []
     S = diag[..., 0, :, :]
@@ -70,20 +87,26 @@ def block_tridiagonal_inverse(diag: Tensor, lower: Tensor) -> tuple[Tensor, Tens
     ``Sigma_{t,t+1} = -W_t Sigma_{t+1}`` with ``W_t = S_t^{-1} H_{t,t+1}`` (the Rauch-Tung-Striebel
     smoother's covariances; Rauch et al. 1965). ``O(T D^3)`` per batch element.
     """
+    with parallel.threads(_threads(diag)):
+        return _inverse(diag, lower)
+
+
+def _inverse(diag: Tensor, lower: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     T, D = diag.shape[-3], diag.shape[-1]
-    S_inv, W, failed = [], [], []
+    S_inv, W, Ls, failed = [], [], [], []
     S = diag[..., 0, :, :]
-    logdet = diag.new_zeros(diag.shape[:-3])
     for t in range(T):
         if t > 0:
             S = diag[..., t, :, :] - lower[..., t - 1, :, :] @ W[-1]
         L, info = torch.linalg.cholesky_ex(S)
         failed.append(info)
-        logdet = logdet + 2 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        Ls.append(L)
         S_inv.append(torch.cholesky_inverse(L))
         if t < T - 1:
             W.append(S_inv[-1] @ lower[..., t, :, :].transpose(-1, -2))
     _check_factorised(failed)
+    # log det H = sum_t log det S_t, from the factors' diagonals in one pass after the recursion
+    logdet = 2 * torch.stack(Ls, -3).diagonal(dim1=-2, dim2=-1).log().sum((-2, -1))
     cov = [None] * T
     cross = [None] * (T - 1)
     cov[T - 1] = S_inv[T - 1]

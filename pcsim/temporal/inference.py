@@ -207,18 +207,20 @@ def _backtracked_step(system: TemporalDynamics, carry: TemporalCarry, direction:
 
 
 # --------------------------------------------------------------------------- relax
-def relaxation_threads(net: TemporalPCNetwork, n_trials: int) -> int:
-    """CPU threads for relaxing (or taking the Laplace posterior of) ``n_trials`` trials of ``net``.
+def relaxation_threads(net: TemporalPCNetwork, n_trials: int, n_bins: int) -> int:
+    """CPU threads for relaxing (or taking the Laplace posterior of) ``n_trials`` trials of ``n_bins`` bins of ``net``.
 
-    The time goes into the sequential block recursion over time bins (:mod:`.blocktridiagonal`),
-    whose parallel regions are batched products and factorisations of ``E * n_trials`` blocks of
-    ``D x D``: ``E * n_trials * D^3`` multiply-adds each, a few microseconds of work. That is the
-    work :func:`pcsim.parallel.threads_for_work` is asked about, so a small problem, or one on a
-    machine whose other cores are busy, runs on one thread instead of forking a team at every one
-    of the recursion's thousands of regions (measured: beside other CPU-bound processes, a
-    320-trial, D = 8 solve took 0.15-0.21 s on one thread and 0.7-4.9 s on two).
+    Sized, by :func:`pcsim.parallel.threads_for_work`, for the computations over every bin at once
+    (errors, energies, gradients and curvature blocks), whose typical product is the readout ``x @ C``
+    of all bins: ``E * n_trials * n_bins * D * N`` multiply-adds. The sequential block recursion over
+    time bins inside a step (:mod:`.blocktridiagonal`) chooses its own threads by the same rule for
+    its much smaller regions (one bin's blocks), and runs on one thread at the PC latent model's sizes.
+    Sizing the whole step by the recursion's regions, as before, ran the per-bin computations on one
+    thread too (measured, Lorenz benchmark, quiet 2-core machine: a 64-trial x 100-bin x D = 8 fit took
+    8.7-9.0 s so, 7.3 s with the per-bin computations on both cores). On a machine whose other cores
+    are busy every part runs on one thread (:func:`pcsim.parallel.free_cores`).
     """
-    return parallel.threads_for_work(net.ensemble * n_trials * net.latent_dim ** 3)
+    return parallel.threads_for_work(net.ensemble * n_trials * n_bins * net.latent_dim * net.n_obs)
 
 
 def relax(
@@ -249,5 +251,5 @@ def relax(
     start = system.evaluate(x, torch.zeros_like(x) if config.momentum > 0 else None)
     out = relaxation.run(system, start, config.steps, max_growth=config.max_growth, tol=config.tol,
                          record=config.record, check_every=config.check_every, check_descent=config.check_descent,
-                         threads=relaxation_threads(net, obs.y.shape[1]))
+                         threads=relaxation_threads(net, obs.y.shape[1], obs.y.shape[2]))
     return TemporalRelaxation(out.carry, out.energy, out.steps, out.trace, config.dt)

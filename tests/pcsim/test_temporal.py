@@ -368,15 +368,40 @@ def test_free_energy_and_gradients_in_one_pass_equal_the_two_functions(obs):
 def test_relaxation_threads_follow_the_one_thread_policy(monkeypatch):
     from pcsim import parallel
 
-    small = tp.TemporalPCNetwork.init(2, 5)               # 10 trials x 2^3: far below SERIAL_WORK
-    assert tp.relaxation_threads(small, 10) == 1
+    small = tp.TemporalPCNetwork.init(2, 5)               # 10 trials x 10 bins x 2 x 5: far below SERIAL_WORK
+    assert tp.relaxation_threads(small, 10, 10) == 1
     big = tp.TemporalPCNetwork.init(8, 5)
-    n = parallel.SERIAL_WORK // 8 ** 3 + 1                 # just above it: as many threads as free cores
+    n = parallel.SERIAL_WORK // (8 * 5 * 10) + 1           # just above it: as many threads as free cores
     monkeypatch.setattr(parallel, "free_cores", lambda: 1)
-    assert tp.relaxation_threads(big, n) == 1
+    assert tp.relaxation_threads(big, n, 10) == 1
     monkeypatch.setattr(parallel, "free_cores", lambda: 64)
-    assert tp.relaxation_threads(big, n) == torch.get_num_threads()
-    assert tp.relaxation_threads(big, n - 2) == 1
+    assert tp.relaxation_threads(big, n, 10) == torch.get_num_threads()
+    assert tp.relaxation_threads(big, n - 2, 10) == 1
+
+
+@pytest.mark.parametrize("trials", [4, 300])
+def test_block_recursion_sizes_its_threads_by_one_bins_blocks(monkeypatch, trials):
+    """The recursion's regions are one bin's blocks (trials * D^3 multiply-adds): one thread below
+    SERIAL_WORK whatever the caller runs with, as many as free above it."""
+    from pcsim import parallel
+
+    D, T = 8, 3
+    monkeypatch.setattr(parallel, "free_cores", lambda: 64)
+    seen = []
+    factorise = torch.linalg.cholesky_ex
+
+    def spy(S):
+        seen.append(torch.get_num_threads())
+        return factorise(S)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", spy)
+    diag = torch.eye(D, dtype=F64).repeat(trials, T, 1, 1) * 4.0
+    lower = torch.zeros(trials, T - 1, D, D, dtype=F64)
+    want = 1 if trials * D ** 3 < parallel.SERIAL_WORK else torch.get_num_threads()
+    with parallel.threads(torch.get_num_threads()):
+        tp.solve_block_tridiagonal(diag, lower, torch.ones(trials, T, D, dtype=F64))
+        tp.block_tridiagonal_inverse(diag, lower)
+    assert seen == [want] * (2 * T)
 
 
 def test_free_energy_is_the_negative_log_evidence_of_a_linear_gaussian_model():
