@@ -25,10 +25,11 @@ the alternation from oscillating late in training.
 
 EM starts from factor analysis of the smoothed log rates (the way GPFA starts, Yu et al. 2009), not
 from random weights: a random start made the fit's quality depend on the seed (co-bps moved by up to
-0.14 between seeds on a small GP-latent recording; 5e-5 from the FA start). Every EM step runs with
-the threads :func:`pcsim.temporal.relaxation_threads` chooses for its size: the time goes into the
-sequential block recursion over time bins, thousands of regions of a few microseconds, where a
-second thread on a busy machine made the step up to 20x slower.
+0.14 between seeds on a small GP-latent recording; 5e-5 from the FA start). Every EM step runs its
+computations over all bins with the threads :func:`pcsim.temporal.relaxation_threads` chooses for
+their size (the free cores, at the benchmark's size); the sequential block recursion over time bins
+inside it, thousands of regions of a few microseconds where a second thread on a busy machine made
+the step up to 20x slower, sizes its own (one thread here; :mod:`pcsim.temporal.blocktridiagonal`).
 """
 
 from __future__ import annotations
