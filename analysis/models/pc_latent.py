@@ -186,6 +186,7 @@ class PCLatentModel(LatentModel):
         net = TemporalPCNetwork.init(D, N, activation=self.activation, observation="poisson", seed=self.seed,
                                      dynamics_precision=self.dynamics_precision, learn_precision=self.learn_precision,
                                      device=self.device)
+        data = observations(net, y, mask)                                   # checked once; minibatches index it
         if self.init == "fa":
             C0, d0, x0 = _fa_start(counts, observed, D, self.init_sigma_ms / (1e3 * bin_width))
             with torch.no_grad():
@@ -216,7 +217,7 @@ class PCLatentModel(LatentModel):
         def step(idx):
             """One EM step on the trials ``idx``: relax their latents (E), one Adam step on the local rules (M)."""
             with parallel.threads(relaxation_threads(net, len(idx), T)):
-                obs = observations(net, y[idx], None if mask is None else mask[idx])  # checked once per step
+                obs = data.trials(idx)
                 r = relax(net, x[:, idx], obs, None, cfg)
                 x[:, idx] = r.x
                 free = 0.0
