@@ -291,6 +291,42 @@ def test_gauss_newton_step_is_a_dense_newton_step_of_the_autograd_gradient(obs):
     torch.testing.assert_close(tp.relax(net, x, y, mask, cfg).x[0], want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("mask_kind", ["bins", None])
+def test_backtracking_retries_only_the_trials_that_rose_with_the_whole_batchs_result(mask_kind):
+    """A Newton step too long for some trials: retrying those alone gives what halving their step and
+    evaluating the whole batch again (the plain backtracking loop, written out here) gives."""
+    from dataclasses import fields
+
+    from pcsim.temporal.energy import _curvature, _value_gradients
+    from pcsim.temporal.inference import TemporalDynamics, _backtracked_step
+
+    net = make_net(act="tanh", obs="poisson", E=2)
+    x, y, mask = make_data(net, B=8, T=6, mask_kind=mask_kind)
+    x = 3.0 * x                                                           # far from the optimum: steps overshoot
+    cfg = tp.TemporalInferenceConfig(steps=1, dt=2.0, tau=1.0, preconditioner="gauss-newton", backtrack=10)
+    system = TemporalDynamics(net, tp.observations(net, y, mask), cfg)
+    carry = system.evaluate(x, None)
+    diag, lower = _curvature(net, x, system.obs, carry.errors, 0.0)
+    direction = tp.solve_block_tridiagonal(diag, lower, _value_gradients(net, x, carry.errors))
+    before = carry.energy.sum((2, 3))
+    step = torch.full((2, 8, 1, 1), 2.0, dtype=F64)
+    for k in range(cfg.backtrack + 1):                                    # the reference: whole batch every time
+        want = system.evaluate(x - step * direction, None, 1)
+        ok = want.energy.sum((2, 3)) <= before + 1e-12 * before.abs()
+        if k == 0:
+            assert 0 < int((~ok).sum()) < ok.numel()                        # some trials rose, some did not
+        if bool(ok.all()):
+            break
+        step = torch.where(ok[..., None, None], step, 0.5 * step)
+    else:
+        want = system.evaluate(x - torch.where(ok[..., None, None], step, torch.zeros_like(step)) * direction, None, 1)
+    got = _backtracked_step(system, carry, direction, 2.0, 1)
+    torch.testing.assert_close(got.x, want.x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.energy, want.energy, rtol=1e-12, atol=1e-12)
+    for f in fields(want.errors):
+        torch.testing.assert_close(getattr(got.errors, f.name), getattr(want.errors, f.name), rtol=1e-12, atol=1e-12)
+
+
 def test_curvature_is_the_hessian_for_linear_dynamics():
     net = make_net(act="linear", obs="poisson", E=1)
     x, y, mask = make_data(net, B=2, T=5)
