@@ -105,15 +105,20 @@ def _inverse(diag: Tensor, lower: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     T, D = diag.shape[1], diag.shape[-1]
     S_inv, W, Ls, failed = [], [], [], []
     S = diag[:, 0]
+    eye = torch.eye(D, dtype=diag.dtype, device=diag.device).expand(diag.shape[0], D, D)
     for t in range(T):
         if t > 0:
             S = torch.baddbmm(diag[:, t], lower[:, t - 1], W[-1], alpha=-1)
         L, info = torch.linalg.cholesky_ex(S)
         failed.append(info)
         Ls.append(L)
-        S_inv.append(torch.cholesky_inverse(L))
         if t < T - 1:
-            W.append(torch.bmm(S_inv[-1], lower[:, t].transpose(-1, -2)))
+            # one solve for [S_t^{-1} | W_t] = S_t^{-1} [I | H_{t,t+1}] (cheaper than an inverse and a product)
+            sol = torch.cholesky_solve(torch.cat([eye, lower[:, t].transpose(-1, -2)], -1), L)
+            S_inv.append(sol[..., :D])
+            W.append(sol[..., D:])
+        else:
+            S_inv.append(torch.cholesky_inverse(L))
     _check_factorised(failed)
     # log det H = sum_t log det S_t, from the factors' diagonals in one pass after the recursion
     logdet = 2 * torch.stack(Ls, 1).diagonal(dim1=-2, dim2=-1).log().sum((-2, -1))
