@@ -228,7 +228,7 @@ def _dynamics_jacobian(net: TemporalPCNetwork, x: Tensor, er: TemporalErrors) ->
     E, B, T, D = x.shape
     slope = get_activation(net.activation).df(x[:, :, :-1], er.fx[:, :, :-1])
     At = net.dynamics_weights.transpose(1, 2).reshape(E, 1, 1, D, D)
-    J = torch.eye(D, dtype=x.dtype, device=x.device) + At * slope.unsqueeze(-2)       # J[j,i] = d+A[i,j] f'_i
+    J = torch.addcmul(torch.eye(D, dtype=x.dtype, device=x.device), At, slope.unsqueeze(-2))  # J[j,i] = d+A[i,j] f'_i
     return J, slope
 
 
