@@ -69,7 +69,7 @@ def _term_energies(net: TemporalPCNetwork, x: Tensor, obs: Observations, er: Tem
     out[:, :, 0, 0] = 0.5 * (er.eps0 * er.peps0).sum(-1)
     out[:, :, 1:, 1] = 0.5 * (er.eps * er.peps).sum(-1)
     if net.observation == "poisson":
-        out[..., 2] = (obs.mask * (er.rate - obs.y * er.eta)).sum(-1)
+        out[..., 2] = (obs.mask * torch.addcmul(er.rate, obs.y, er.eta, value=-1)).sum(-1)   # m (lambda - y eta)
     else:
         out[..., 2] = 0.5 * ((obs.y - er.eta) * er.obs_error).sum(-1)
     if net.learn_precision:

@@ -121,7 +121,7 @@ def _expected(net: TemporalPCNetwork, q: LaplacePosterior, obs: Observations) ->
                + (JS * J).sum(-1))
     obs_var = torch.bmm(q.cov.reshape(E, B * T, D * D), _readout_outer(net)).reshape(E, B, T, -1)
     if net.observation == "poisson":
-        rate = (er.eta + 0.5 * obs_var).exp()                                # E[exp(eta)], eta Gaussian
+        rate = torch.add(er.eta, obs_var, alpha=0.5).exp_()                  # E[exp(eta)], eta Gaussian
         err = obs.mask * (obs.y - rate)
     else:
         rate = er.eta
