@@ -25,10 +25,11 @@ the alternation from oscillating late in training.
 
 EM starts from factor analysis of the smoothed log rates (the way GPFA starts, Yu et al. 2009), not
 from random weights: a random start made the fit's quality depend on the seed (co-bps moved by up to
-0.14 between seeds on a small GP-latent recording; 5e-5 from the FA start). Every EM step runs with
-the threads :func:`pcsim.temporal.relaxation_threads` chooses for its size: the time goes into the
-sequential block recursion over time bins, thousands of regions of a few microseconds, where a
-second thread on a busy machine made the step up to 20x slower.
+0.14 between seeds on a small GP-latent recording; 5e-5 from the FA start). Every EM step runs its
+computations over all bins with the threads :func:`pcsim.temporal.relaxation_threads` chooses for
+their size (the free cores, at the benchmark's size); the sequential block recursion over time bins
+inside it, thousands of regions of a few microseconds where a second thread on a busy machine made
+the step up to 20x slower, sizes its own (one thread here; :mod:`pcsim.temporal.blocktridiagonal`).
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ class PCLatentModel(LatentModel):
         net = TemporalPCNetwork.init(D, N, activation=self.activation, observation="poisson", seed=self.seed,
                                      dynamics_precision=self.dynamics_precision, learn_precision=self.learn_precision,
                                      device=self.device)
+        data = observations(net, y, mask)                                   # checked once; minibatches index it
         if self.init == "fa":
             C0, d0, x0 = _fa_start(counts, observed, D, self.init_sigma_ms / (1e3 * bin_width))
             with torch.no_grad():
@@ -214,8 +216,8 @@ class PCLatentModel(LatentModel):
 
         def step(idx):
             """One EM step on the trials ``idx``: relax their latents (E), one Adam step on the local rules (M)."""
-            with parallel.threads(relaxation_threads(net, len(idx))):
-                obs = observations(net, y[idx], None if mask is None else mask[idx])  # checked once per step
+            with parallel.threads(relaxation_threads(net, len(idx), T)):
+                obs = data.trials(idx)
                 r = relax(net, x[:, idx], obs, None, cfg)
                 x[:, idx] = r.x
                 free = 0.0

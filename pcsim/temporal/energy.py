@@ -69,7 +69,7 @@ def _term_energies(net: TemporalPCNetwork, x: Tensor, obs: Observations, er: Tem
     out[:, :, 0, 0] = 0.5 * (er.eps0 * er.peps0).sum(-1)
     out[:, :, 1:, 1] = 0.5 * (er.eps * er.peps).sum(-1)
     if net.observation == "poisson":
-        out[..., 2] = (obs.mask * (er.rate - obs.y * er.eta)).sum(-1)
+        out[..., 2] = (obs.mask * torch.addcmul(er.rate, obs.y, er.eta, value=-1)).sum(-1)   # m (lambda - y eta)
     else:
         out[..., 2] = 0.5 * ((obs.y - er.eta) * er.obs_error).sum(-1)
     if net.learn_precision:
@@ -228,7 +228,7 @@ def _dynamics_jacobian(net: TemporalPCNetwork, x: Tensor, er: TemporalErrors) ->
     E, B, T, D = x.shape
     slope = get_activation(net.activation).df(x[:, :, :-1], er.fx[:, :, :-1])
     At = net.dynamics_weights.transpose(1, 2).reshape(E, 1, 1, D, D)
-    J = torch.eye(D, dtype=x.dtype, device=x.device) + At * slope.unsqueeze(-2)       # J[j,i] = d+A[i,j] f'_i
+    J = torch.addcmul(torch.eye(D, dtype=x.dtype, device=x.device), At, slope.unsqueeze(-2))  # J[j,i] = d+A[i,j] f'_i
     return J, slope
 
 
@@ -246,7 +246,6 @@ def _curvature(net: TemporalPCNetwork, x: Tensor, obs: Observations, er: Tempora
     non-linear ``f`` the term with ``f''`` is dropped, which keeps ``H`` positive definite.
     """
     E, B, T, D = x.shape
-    eye = torch.eye(D, dtype=x.dtype, device=x.device)
     pix = net.dynamics_log_precision.exp().reshape(E, 1, 1, -1) * torch.ones(D, dtype=x.dtype, device=x.device)  # (E,1,1,D)
     pi0 = net.prior_log_precision.exp().reshape(E, 1, -1) * torch.ones(D, dtype=x.dtype, device=x.device)        # (E,1,D)
     w = obs.mask * (er.rate if net.observation == "poisson" else net.observation_log_precision.exp().unsqueeze(1))
@@ -255,11 +254,13 @@ def _curvature(net: TemporalPCNetwork, x: Tensor, obs: Observations, er: Tempora
     diag = torch.bmm(w.reshape(E, B * T, -1), _readout_outer(net).transpose(1, 2)).reshape(E, B, T, D, D)
     J, _ = _dynamics_jacobian(net, x, er)
     PJ = pix.unsqueeze(-1) * J                                                         # Pi_x J
-    diag[:, :, 1:] += torch.diag_embed(pix.expand(E, B, T - 1, D))
     diag[:, :, :-1] += J.transpose(-1, -2) @ PJ
-    diag[:, :, 0] += torch.diag_embed(pi0.expand(E, B, D))
+    # the diagonal terms, added on the blocks' diagonals in place (not as diagonal matrices)
+    on_diagonal = diag.diagonal(dim1=-2, dim2=-1)                                      # (E, B, T, D) view
+    on_diagonal[:, :, 1:] += pix
+    on_diagonal[:, :, 0] += pi0
     if damping > 0:
-        diag += damping * eye
+        on_diagonal += damping
     return diag, -PJ
 
 

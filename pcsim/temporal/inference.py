@@ -10,7 +10,7 @@ exactly as it drives static PC. See :mod:`pcsim.temporal` for the model and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -191,34 +191,57 @@ class TemporalDynamics:
 
 def _backtracked_step(system: TemporalDynamics, carry: TemporalCarry, direction: Tensor, eta: float,
                       t: int) -> TemporalCarry:
-    """Step ``x - eta * direction``; trials whose energy would rise retry with half the step (at most ``config.backtrack`` times) and otherwise stay."""
-    x, backtrack = carry.x, system.config.backtrack
-    E, B = x.shape[:2]
-    before = carry.energy.sum((2, 3))
-    step = torch.full((E, B, 1, 1), eta, dtype=x.dtype, device=x.device)
-    for _ in range(backtrack + 1):
-        new = system.evaluate(x - step * direction, carry.v, t)
-        after = new.energy.sum((2, 3))
-        ok = (after <= before + 1e-12 * before.abs()) & torch.isfinite(after)
-        if backtrack == 0 or bool(ok.all()):
-            return new
-        step = torch.where(ok[..., None, None], step, 0.5 * step)
-    return system.evaluate(x - torch.where(ok[..., None, None], step, torch.zeros_like(step)) * direction, carry.v, t)
+    """Step ``x - eta * direction``; trials whose energy would rise retry with half the step (at most
+    ``config.backtrack`` times) and otherwise stay.
+
+    Only the trials that rose (in any ensemble member) are evaluated again, on their own: a retry of the
+    whole batch for the few trials that rose was half the evaluations of a relaxation (the Lorenz
+    benchmark's Newton steps overshoot on ~15 of 64 trials at three steps in four). The other trials'
+    errors and energies are those of the full step, as when every trial was evaluated again.
+    """
+    new = system.evaluate(carry.x - eta * direction, carry.v, t)
+    rose = _rose(carry.energy, new.energy)                                  # (E, B)
+    if system.config.backtrack == 0 or not bool(rose.any()):
+        return new
+    idx = torch.nonzero(rose.any(0))[:, 0]
+    sub = TemporalDynamics(system.net, system.obs.trials(idx), system.config)
+    x, d, before, rose = carry.x[:, idx], direction[:, idx], carry.energy[:, idx], rose[:, idx]
+    step = torch.full(x.shape[:2] + (1, 1), eta, dtype=x.dtype, device=x.device)
+    for _ in range(system.config.backtrack):
+        step = torch.where(rose[..., None, None], 0.5 * step, step)
+        retry = sub.evaluate(x - step * d, None, t)
+        rose = _rose(before, retry.energy)
+        if not bool(rose.any()):
+            break
+    else:                                                                   # still rising: these trials stay
+        retry = sub.evaluate(x - torch.where(rose[..., None, None], torch.zeros_like(step), step) * d, None, t)
+    for whole, part in zip((new.x, new.energy, *(getattr(new.errors, f.name) for f in fields(new.errors))),
+                           (retry.x, retry.energy, *(getattr(retry.errors, f.name) for f in fields(retry.errors)))):
+        whole.index_copy_(1, idx, part)
+    return new
+
+
+def _rose(before: Tensor, after: Tensor) -> Tensor:
+    """Per member and trial ``(E, B)``: True where the total of ``after`` ``(E, B, T, 3)`` is above that of ``before`` or not finite."""
+    b, a = before.sum((2, 3)), after.sum((2, 3))
+    return ~((a <= b + 1e-12 * b.abs()) & torch.isfinite(a))
 
 
 # --------------------------------------------------------------------------- relax
-def relaxation_threads(net: TemporalPCNetwork, n_trials: int) -> int:
-    """CPU threads for relaxing (or taking the Laplace posterior of) ``n_trials`` trials of ``net``.
+def relaxation_threads(net: TemporalPCNetwork, n_trials: int, n_bins: int) -> int:
+    """CPU threads for relaxing (or taking the Laplace posterior of) ``n_trials`` trials of ``n_bins`` bins of ``net``.
 
-    The time goes into the sequential block recursion over time bins (:mod:`.blocktridiagonal`),
-    whose parallel regions are batched products and factorisations of ``E * n_trials`` blocks of
-    ``D x D``: ``E * n_trials * D^3`` multiply-adds each, a few microseconds of work. That is the
-    work :func:`pcsim.parallel.threads_for_work` is asked about, so a small problem, or one on a
-    machine whose other cores are busy, runs on one thread instead of forking a team at every one
-    of the recursion's thousands of regions (measured: beside other CPU-bound processes, a
-    320-trial, D = 8 solve took 0.15-0.21 s on one thread and 0.7-4.9 s on two).
+    Sized, by :func:`pcsim.parallel.threads_for_work`, for the computations over every bin at once
+    (errors, energies, gradients and curvature blocks), whose typical product is the readout ``x @ C``
+    of all bins: ``E * n_trials * n_bins * D * N`` multiply-adds. The sequential block recursion over
+    time bins inside a step (:mod:`.blocktridiagonal`) chooses its own threads by the same rule for
+    its much smaller regions (one bin's blocks), and runs on one thread at the PC latent model's sizes.
+    Sizing the whole step by the recursion's regions, as before, ran the per-bin computations on one
+    thread too (measured, Lorenz benchmark, quiet 2-core machine: a 64-trial x 100-bin x D = 8 fit took
+    8.7-9.0 s so, 7.3 s with the per-bin computations on both cores). On a machine whose other cores
+    are busy every part runs on one thread (:func:`pcsim.parallel.free_cores`).
     """
-    return parallel.threads_for_work(net.ensemble * n_trials * net.latent_dim ** 3)
+    return parallel.threads_for_work(net.ensemble * n_trials * n_bins * net.latent_dim * net.n_obs)
 
 
 def relax(
@@ -249,5 +272,5 @@ def relax(
     start = system.evaluate(x, torch.zeros_like(x) if config.momentum > 0 else None)
     out = relaxation.run(system, start, config.steps, max_growth=config.max_growth, tol=config.tol,
                          record=config.record, check_every=config.check_every, check_descent=config.check_descent,
-                         threads=relaxation_threads(net, obs.y.shape[1]))
+                         threads=relaxation_threads(net, obs.y.shape[1], obs.y.shape[2]))
     return TemporalRelaxation(out.carry, out.energy, out.steps, out.trace, config.dt)

@@ -102,7 +102,8 @@ class _Expected:
     er: TemporalErrors
     J: Tensor        # (E, B, T-1, D, D) Jacobian of g at mean x_{t-1}, column convention
     slope: Tensor    # (E, B, T-1, D) f'(mean x_{t-1})
-    dyn_cov: Tensor  # (E, B, T-1, D, D) Cov(eps_t) to first order
+    JS: Tensor       # (E, B, T-1, D, D) J Cov(x_{t-1})
+    dyn_var: Tensor  # (E, B, T-1, D) Var(eps_t) (the diagonal of Cov(eps_t)) to first order
     obs_var: Tensor  # (E, B, T, N) Var(eta_tn) = c_n' Cov(x_t) c_n
     rate: Tensor     # (E, B, T, N) E[lambda] (Poisson) or eta (Gaussian)
     obs_error: Tensor  # (E, B, T, N) m (y - E[lambda]) or m Pi_y (y - eta)
@@ -113,17 +114,19 @@ def _expected(net: TemporalPCNetwork, q: LaplacePosterior, obs: Observations) ->
     E, B, T, D = x.shape
     er = _errors(net, x, obs)
     J, slope = _dynamics_jacobian(net, x, er)
-    # eps_t = x_t - g(x_{t-1}) ~ linear: Cov = S_tt - J S_{t-1,t} - S_{t,t-1} J' + J S_{t-1,t-1} J'
-    JX = J @ q.cross                                                         # J Cov(x_{t-1}, x_t)
-    dyn_cov = q.cov[:, :, 1:] - JX - JX.transpose(-1, -2) + J @ q.cov[:, :, :-1] @ J.transpose(-1, -2)
+    # eps_t = x_t - g(x_{t-1}) ~ linear: Cov = S_tt - J S_{t-1,t} - S_{t,t-1} J' + J S_{t-1,t-1} J'; the
+    # precisions are diagonal, so only its diagonal enters: diag(J X) = rowsum(J * X'), diag(J S J') = rowsum(J S * J)
+    JS = J @ q.cov[:, :, :-1]                                                # J Cov(x_{t-1})
+    dyn_var = (q.cov[:, :, 1:].diagonal(dim1=-2, dim2=-1) - 2 * (J * q.cross.transpose(-1, -2)).sum(-1)
+               + (JS * J).sum(-1))
     obs_var = torch.bmm(q.cov.reshape(E, B * T, D * D), _readout_outer(net)).reshape(E, B, T, -1)
     if net.observation == "poisson":
-        rate = (er.eta + 0.5 * obs_var).exp()                                # E[exp(eta)], eta Gaussian
+        rate = torch.add(er.eta, obs_var, alpha=0.5).exp_()                  # E[exp(eta)], eta Gaussian
         err = obs.mask * (obs.y - rate)
     else:
         rate = er.eta
         err = er.obs_error
-    return _Expected(er, J, slope, dyn_cov, obs_var, rate, err)
+    return _Expected(er, J, slope, JS, dyn_var, obs_var, rate, err)
 
 
 def _expected_term_energies(net, q, obs, ex: _Expected) -> Tensor:
@@ -133,7 +136,7 @@ def _expected_term_energies(net, q, obs, ex: _Expected) -> Tensor:
     pi0 = net.prior_log_precision.exp().expand(E, 1, D)
     pix = net.dynamics_log_precision.exp().reshape(E, 1, 1, -1).expand(E, 1, 1, D)
     out[:, :, 0, 0] += 0.5 * (pi0 * q.cov[:, :, 0].diagonal(dim1=-2, dim2=-1)).sum(-1)
-    out[:, :, 1:, 1] += 0.5 * (pix * ex.dyn_cov.diagonal(dim1=-2, dim2=-1)).sum(-1)
+    out[:, :, 1:, 1] += 0.5 * (pix * ex.dyn_var).sum(-1)
     if net.observation == "poisson":
         # E[exp(eta)] replaces exp(eta); the y*eta term is linear, its expectation is y*mean(eta)
         out[..., 2] += (obs.mask * (ex.rate - ex.er.rate)).sum(-1)
@@ -183,7 +186,7 @@ def _expected_gradients(net: TemporalPCNetwork, q: LaplacePosterior, obs: Observ
     grads = _parameter_gradients(net, x, obs, er_expected)
     # dynamics: d/dJ of 1/2 tr(P Cov(eps)) = P (J S_{t-1,t-1} - S_{t,t-1}); dJ[j,i]/dA[i,j] = f'_i
     pix = net.dynamics_log_precision.exp().reshape(E, 1, 1, -1, 1)              # rows j
-    GJ = pix * (ex.J @ q.cov[:, :, :-1] - q.cross.transpose(-1, -2))             # (E,B,T-1,D,D) [j,i]
+    GJ = pix * (ex.JS - q.cross.transpose(-1, -2))                               # (E,B,T-1,D,D) [j,i]
     grads[0] = grads[0] + (ex.slope.unsqueeze(-1) * GJ.transpose(-1, -2)).sum((1, 2)) / B
     # readout: d/dc_n of the variance term = w_tn Cov(x_t) c_n, w = m E[lambda] (Poisson) or m Pi_y
     if net.observation == "poisson":
@@ -199,7 +202,7 @@ def _expected_gradients(net: TemporalPCNetwork, q: LaplacePosterior, obs: Observ
         d0 = q.cov[:, :, 0].diagonal(dim1=-2, dim2=-1)                              # (E, B, D)
         sq0 = (net.prior_log_precision.exp() * d0).sum(1, keepdim=True) / B
         grads[k] = grads[k] + _precision_gradient(net.prior_log_precision, sq0, 0.0, D)
-        dx = ex.dyn_cov.diagonal(dim1=-2, dim2=-1)                                  # (E, B, T-1, D)
+        dx = ex.dyn_var                                                             # (E, B, T-1, D)
         sqx = (net.dynamics_log_precision.exp().unsqueeze(1) * dx).sum((1, 2)).unsqueeze(1) / B
         grads[k + 1] = grads[k + 1] + _precision_gradient(net.dynamics_log_precision, sqx, 0.0, D)
         if net.observation == "gaussian":

@@ -203,6 +203,13 @@ class Observations:
     y: Tensor
     mask: Tensor
 
+    def trials(self, idx: Tensor) -> "Observations":
+        """The observations of trials ``idx`` (indices into ``B``), still checked: a fit validates its
+        data once and takes every minibatch from it."""
+        # a mask broadcast over trials (stride 0, e.g. all observed) stays a view rather than a copy
+        pick = lambda a: a[:, : len(idx)] if a.stride(1) == 0 else a[:, idx]  # noqa: E731
+        return Observations(pick(self.y), pick(self.mask))
+
 
 def observations(net: TemporalPCNetwork, y, mask=None, *, name: str = "y") -> Observations:
     """Check and broadcast observations for ``net``.

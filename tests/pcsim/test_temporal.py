@@ -291,6 +291,42 @@ def test_gauss_newton_step_is_a_dense_newton_step_of_the_autograd_gradient(obs):
     torch.testing.assert_close(tp.relax(net, x, y, mask, cfg).x[0], want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("mask_kind", ["bins", None])
+def test_backtracking_retries_only_the_trials_that_rose_with_the_whole_batchs_result(mask_kind):
+    """A Newton step too long for some trials: retrying those alone gives what halving their step and
+    evaluating the whole batch again (the plain backtracking loop, written out here) gives."""
+    from dataclasses import fields
+
+    from pcsim.temporal.energy import _curvature, _value_gradients
+    from pcsim.temporal.inference import TemporalDynamics, _backtracked_step
+
+    net = make_net(act="tanh", obs="poisson", E=2)
+    x, y, mask = make_data(net, B=8, T=6, mask_kind=mask_kind)
+    x = 3.0 * x                                                           # far from the optimum: steps overshoot
+    cfg = tp.TemporalInferenceConfig(steps=1, dt=2.0, tau=1.0, preconditioner="gauss-newton", backtrack=10)
+    system = TemporalDynamics(net, tp.observations(net, y, mask), cfg)
+    carry = system.evaluate(x, None)
+    diag, lower = _curvature(net, x, system.obs, carry.errors, 0.0)
+    direction = tp.solve_block_tridiagonal(diag, lower, _value_gradients(net, x, carry.errors))
+    before = carry.energy.sum((2, 3))
+    step = torch.full((2, 8, 1, 1), 2.0, dtype=F64)
+    for k in range(cfg.backtrack + 1):                                    # the reference: whole batch every time
+        want = system.evaluate(x - step * direction, None, 1)
+        ok = want.energy.sum((2, 3)) <= before + 1e-12 * before.abs()
+        if k == 0:
+            assert 0 < int((~ok).sum()) < ok.numel()                        # some trials rose, some did not
+        if bool(ok.all()):
+            break
+        step = torch.where(ok[..., None, None], step, 0.5 * step)
+    else:
+        want = system.evaluate(x - torch.where(ok[..., None, None], step, torch.zeros_like(step)) * direction, None, 1)
+    got = _backtracked_step(system, carry, direction, 2.0, 1)
+    torch.testing.assert_close(got.x, want.x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.energy, want.energy, rtol=1e-12, atol=1e-12)
+    for f in fields(want.errors):
+        torch.testing.assert_close(getattr(got.errors, f.name), getattr(want.errors, f.name), rtol=1e-12, atol=1e-12)
+
+
 def test_curvature_is_the_hessian_for_linear_dynamics():
     net = make_net(act="linear", obs="poisson", E=1)
     x, y, mask = make_data(net, B=2, T=5)
@@ -368,15 +404,40 @@ def test_free_energy_and_gradients_in_one_pass_equal_the_two_functions(obs):
 def test_relaxation_threads_follow_the_one_thread_policy(monkeypatch):
     from pcsim import parallel
 
-    small = tp.TemporalPCNetwork.init(2, 5)               # 10 trials x 2^3: far below SERIAL_WORK
-    assert tp.relaxation_threads(small, 10) == 1
+    small = tp.TemporalPCNetwork.init(2, 5)               # 10 trials x 10 bins x 2 x 5: far below SERIAL_WORK
+    assert tp.relaxation_threads(small, 10, 10) == 1
     big = tp.TemporalPCNetwork.init(8, 5)
-    n = parallel.SERIAL_WORK // 8 ** 3 + 1                 # just above it: as many threads as free cores
+    n = parallel.SERIAL_WORK // (8 * 5 * 10) + 1           # just above it: as many threads as free cores
     monkeypatch.setattr(parallel, "free_cores", lambda: 1)
-    assert tp.relaxation_threads(big, n) == 1
+    assert tp.relaxation_threads(big, n, 10) == 1
     monkeypatch.setattr(parallel, "free_cores", lambda: 64)
-    assert tp.relaxation_threads(big, n) == torch.get_num_threads()
-    assert tp.relaxation_threads(big, n - 2) == 1
+    assert tp.relaxation_threads(big, n, 10) == torch.get_num_threads()
+    assert tp.relaxation_threads(big, n - 2, 10) == 1
+
+
+@pytest.mark.parametrize("trials", [4, 300])
+def test_block_recursion_sizes_its_threads_by_one_bins_blocks(monkeypatch, trials):
+    """The recursion's regions are one bin's blocks (trials * D^3 multiply-adds): one thread below
+    SERIAL_WORK whatever the caller runs with, as many as free above it."""
+    from pcsim import parallel
+
+    D, T = 8, 3
+    monkeypatch.setattr(parallel, "free_cores", lambda: 64)
+    seen = []
+    factorise = torch.linalg.cholesky_ex
+
+    def spy(S):
+        seen.append(torch.get_num_threads())
+        return factorise(S)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", spy)
+    diag = torch.eye(D, dtype=F64).repeat(trials, T, 1, 1) * 4.0
+    lower = torch.zeros(trials, T - 1, D, D, dtype=F64)
+    want = 1 if trials * D ** 3 < parallel.SERIAL_WORK else torch.get_num_threads()
+    with parallel.threads(torch.get_num_threads()):
+        tp.solve_block_tridiagonal(diag, lower, torch.ones(trials, T, D, dtype=F64))
+        tp.block_tridiagonal_inverse(diag, lower)
+    assert seen == [want] * (2 * T)
 
 
 def test_free_energy_is_the_negative_log_evidence_of_a_linear_gaussian_model():
