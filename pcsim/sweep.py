@@ -279,7 +279,8 @@ def run_group(config_path: str, members: Sequence[tuple[Sequence[str], str, bool
     as one batch (:func:`pcsim.cli.run_batch`, e.g. one PC ensemble), each record's ``seconds``
     the batch's wall time and ``batched_with`` its size. If the batch fails, its points run one
     by one (:func:`run_point`), so that each point's own error is recorded and the others
-    finish: one learning rate too large fails its point, not its batch. One record per member,
+    finish: one learning rate too large fails its point, not its batch (each record then
+    carries the batch's error as ``batch_error``, which the sweep reports once). One record per member,
     in order, as :func:`run_point` returns them."""
     from pcsim.cli import run_batch
     from pcsim.results import load_summary
@@ -292,8 +293,8 @@ def run_group(config_path: str, members: Sequence[tuple[Sequence[str], str, bool
             with contextlib.redirect_stdout(io.StringIO()):
                 run_batch(Path(config_path), [(members[i][0], Path(members[i][1]), members[i][2]) for i in todo],
                           device=device, progress=False)
-        except Exception:  # noqa: BLE001 - each point is run alone below and records its own error
-            pass
+        except Exception as exc:  # noqa: BLE001 - each point is run alone below and records its own error
+            batch_error = f"{type(exc).__name__}: {(str(exc) or type(exc).__name__).strip()}"
         else:
             seconds = time.perf_counter() - started
             for i in todo:
@@ -303,6 +304,8 @@ def run_group(config_path: str, members: Sequence[tuple[Sequence[str], str, bool
     for i in todo:
         overrides, out_dir, overwrite, toml = members[i]
         records[i] = run_point(config_path, overrides, out_dir, device=device, overwrite=overwrite, config_toml=toml)
+        if len(todo) > 1:
+            records[i]["batch_error"] = batch_error  # said once per group by the sweep
     return records  # type: ignore[return-value]
 
 
@@ -418,6 +421,10 @@ def _execute(plan: SweepPlan, todo: Sequence[tuple[SweepPoint, bool]], progress:
                 except Exception as exc:  # noqa: BLE001 - KilledWorker, a lost scheduler: reported per point
                     got = [{"state": "failed", "seconds": math.nan, "traceback": "",
                             "error": _future_error(exc, plan.retries)} for _ in members]
+                if got and got[0].get("batch_error"):
+                    bar.write(f"pcsim: the batch of {len(members)} points from {members[0].name} failed "
+                              f"({got[0]['batch_error'].splitlines()[0]}); its points ran one by one",
+                              file=sys.stderr)
                 for point, record in zip(members, got):
                     records[point.name] = record
                     bar.update()

@@ -333,7 +333,7 @@ def batches(config_path: Path) -> list[int]:
     return [int(n) for n in log.read_text().split()] if log.exists() else []
 
 
-def test_points_differing_only_in_batched_keys_run_as_one_batch(config, tmp_path, cluster):
+def test_points_differing_only_in_batched_keys_run_as_one_batch(config, tmp_path, cluster, capsys):
     """Grouping by the experiment's BATCHED keys: the batched sweep equals the unbatched one,
     resumes only the unfinished points of a group, and a failing batch falls back to its
     points one by one, so only the bad point fails."""
@@ -367,6 +367,7 @@ def test_points_differing_only_in_batched_keys_run_as_one_batch(config, tmp_path
     assert sorted(f["point"] for f in failing.failures) == ["training.lr=0.5_seed=0", "training.lr=0.5_seed=1"]
     assert list(failing.dataset["state"].values.ravel()) == ["complete", "complete", "failed", "failed"]
     assert (failing.dataset["batched_with"].values == 1).all()
+    assert "failed (DataError: training.lr = 0.5" in capsys.readouterr().err  # the batch's failure is said once
 
 
 def _malloc_trim():
