@@ -249,13 +249,13 @@ def run_batch(config_path: Path, points: Sequence[tuple[Sequence[str], Path, boo
     before its files are). No checkpoints: a batch is rerun whole. Used by ``pcsim sweep``."""
     from pcsim.config import batch_signature
     from pcsim.outdir import RunDirectory
-    from pcsim.registry import ExperimentResult, RunContext
+    from pcsim.registry import ExperimentResult, RunContext, batched_keys
     from pcsim.results import FIXED_FILES, write_results
 
     loaded = [_load_checked(config_path, overrides, device) for overrides, _, _ in points]
     module, configs = loaded[0][0], [config for _, config in loaded]
-    keys = tuple(getattr(module, "BATCHED", ()))
-    if not hasattr(module, "run_batched") or not keys:
+    keys = batched_keys(module)
+    if not keys:
         raise ConfigError(f"{config_path}: experiment {configs[0].experiment} runs no batches (it defines no "
                           "BATCHED keys and run_batched)")
     signatures = {batch_signature(config, keys) for config in configs}

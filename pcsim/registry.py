@@ -44,12 +44,19 @@ from pcsim.errors import ConfigError, DataError
 __all__ = [
     "ExperimentResult",
     "RunContext",
+    "batched_keys",
     "benchmark_summary",
     "default_config_dir",
     "get_experiment",
     "list_experiments",
     "to_jsonable",
 ]
+
+
+def batched_keys(module: types.ModuleType) -> tuple[str, ...]:
+    """The dotted config keys an experiment ``module`` can run as one batch: its ``BATCHED`` when
+    it also defines ``run_batched``, else ``()`` (the one reading of that optional protocol)."""
+    return tuple(getattr(module, "BATCHED", ())) if callable(getattr(module, "run_batched", None)) else ()
 
 
 @dataclass

@@ -180,7 +180,9 @@ def plan_sweep(config_path: str | Path, *, grid: Sequence[str] = (), seeds: int 
     fields = {key: key_field(type(base), key) for key in axes}
 
     batch = section.batch if batch is None else batch
-    batched = tuple(getattr(module, "BATCHED", ())) if batch and hasattr(module, "run_batched") else ()
+    from pcsim.registry import batched_keys
+
+    batched = batched_keys(module) if batch else ()
     groups: dict[str, list[int]] = {}
     points: list[SweepPoint] = []
     names: dict[str, str] = {}
