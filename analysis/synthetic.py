@@ -93,35 +93,17 @@ def lorenz_recording(
     traj = lorenz_trajectory(n_bins * steps_per_bin, dt, start=starts)[:, ::steps_per_bin]  # (trial, bin, 3)
     z = (traj - traj.reshape(-1, 3).mean(0)) / traj.reshape(-1, 3).std(0)
     C = readout_scale * rng.standard_normal((3, n_neurons))
-    log_rate = z @ C
-    target = mean_rate_hz * bin_width  # counts per bin
-    b = np.log(target) - np.log(np.exp(log_rate).mean())
-    rates = np.exp(log_rate + b)
-    counts = rng.poisson(rates)
+    rates, counts = poisson_counts(z @ C, bin_width=bin_width, mean_rate_hz=mean_rate_hz, rng=rng)
     B = rng.standard_normal((3, n_behaviour)) / np.sqrt(3)
     behaviour = z @ B + behaviour_noise * rng.standard_normal((n_trials, n_bins, n_behaviour))
-    time = (np.arange(n_bins) + 0.5) * bin_width
-    start = np.arange(n_trials) * n_bins * bin_width  # trials back to back from the session start
-    ds = xr.Dataset(
-        {
-            "counts": (("trial", "time", "neuron"), counts.astype(np.int64), {"long_name": "spike count", "units": "counts/bin"}),
-            "rates": (("trial", "time", "neuron"), rates, {"long_name": "true firing rate", "units": "counts/bin"}),
-            "latents": (("trial", "time", "latent"), z, {"long_name": "true Lorenz latents (z-scored)", "units": "1"}),
-            "behaviour": (("trial", "time", "behaviour_dim"), behaviour, {"long_name": "behavioural readout of the latents", "units": "1"}),
-        },
-        coords={
-            "trial": ("trial", np.arange(n_trials), {"units": "", "long_name": "trial id"}),
-            "time": ("time", time, {"units": "s", "long_name": "bin centre"}),
-            "neuron": ("neuron", np.arange(n_neurons), {"units": "", "long_name": "neuron id"}),
-            "latent": ("latent", ["x", "y", "z"], {"units": "", "long_name": "Lorenz state variable"}),
-            "behaviour_dim": ("behaviour_dim", np.arange(n_behaviour), {"units": "", "long_name": "behaviour dimension"}),
-            "condition": ("trial", condition, {"units": "", "long_name": "trial condition"}),
-            "start_time": ("trial", start, {"units": "s", "long_name": "trial start (session time)"}),
-            "stop_time": ("trial", start + n_bins * bin_width, {"units": "s", "long_name": "trial stop (session time)"}),
-        },
-        attrs={"bin_width": bin_width, "align": "start_time", "source": "lorenz_recording", "seed": seed,
-               "mean_rate_hz": mean_rate_hz},
-    )
+    ds = population_dataset(
+        counts, rates, z, bin_width=bin_width, mean_rate_hz=mean_rate_hz, source="lorenz_recording", latent_names=["x", "y", "z"],
+        latent_long_name="true Lorenz latents (z-scored)", latent_dim_long_name="Lorenz state variable",
+        attrs={"seed": seed},
+        extra={"behaviour": (("trial", "time", "behaviour_dim"), behaviour,
+                             {"long_name": "behavioural readout of the latents", "units": "1"})},
+        coords={"behaviour_dim": ("behaviour_dim", np.arange(n_behaviour), {"units": "", "long_name": "behaviour dimension"}),
+                "condition": ("trial", condition, {"units": "", "long_name": "trial condition"})})
     # held-out neurons and test trials by the one split policy, drawn from the same generator
     return split_recording(ds, heldout_fraction=heldout_fraction, test_fraction=test_fraction, seed=rng)
 
@@ -177,31 +159,14 @@ def pivae_recording(
     b1 = 0.5 * rng.standard_normal(hidden)
     W2 = rng.standard_normal((hidden, n_neurons)) / np.sqrt(hidden)
     log_rate = 1.2 * np.tanh(zs @ W1 + b1) @ W2
-    target = mean_rate_hz * bin_width
-    rates = np.exp(log_rate + np.log(target) - np.log(np.exp(log_rate).mean()))
-    counts = rng.poisson(rates)
+    rates, counts = poisson_counts(log_rate, bin_width=bin_width, mean_rate_hz=mean_rate_hz, rng=rng)
     condition = np.minimum((u.mean(1) / (2 * np.pi) * 4).astype(int), 3)
-    start = np.arange(n_trials) * n_bins * bin_width
-    ds = xr.Dataset(
-        {
-            "counts": (("trial", "time", "neuron"), counts.astype(np.int64), {"long_name": "spike count", "units": "counts/bin"}),
-            "rates": (("trial", "time", "neuron"), rates, {"long_name": "true firing rate", "units": "counts/bin"}),
-            "latents": (("trial", "time", "latent"), z, {"long_name": "true latent z = mu(u) + sigma(u) e", "units": "1"}),
-            "behaviour": (("trial", "time", "behaviour_dim"), u[..., None], {"long_name": "label u", "units": "rad"}),
-        },
-        coords={
-            "trial": ("trial", np.arange(n_trials), {"units": "", "long_name": "trial id"}),
-            "time": ("time", time, {"units": "s", "long_name": "bin centre"}),
-            "neuron": ("neuron", np.arange(n_neurons), {"units": "", "long_name": "neuron id"}),
-            "latent": ("latent", ["z1", "z2"], {"units": "", "long_name": "latent dimension"}),
-            "behaviour_dim": ("behaviour_dim", ["u"], {"units": "", "long_name": "label dimension"}),
-            "condition": ("trial", condition, {"units": "", "long_name": "trial's mean label, in 4 bins"}),
-            "start_time": ("trial", start, {"units": "s", "long_name": "trial start (session time)"}),
-            "stop_time": ("trial", start + n_bins * bin_width, {"units": "s", "long_name": "trial stop (session time)"}),
-        },
-        attrs={"bin_width": bin_width, "align": "start_time", "source": "pivae_recording", "seed": seed,
-               "mean_rate_hz": mean_rate_hz},
-    )
+    ds = population_dataset(
+        counts, rates, z, bin_width=bin_width, mean_rate_hz=mean_rate_hz, source="pivae_recording", latent_names=["z1", "z2"],
+        latent_long_name="true latent z = mu(u) + sigma(u) e", attrs={"seed": seed},
+        extra={"behaviour": (("trial", "time", "behaviour_dim"), u[..., None], {"long_name": "label u", "units": "rad"})},
+        coords={"behaviour_dim": ("behaviour_dim", ["u"], {"units": "", "long_name": "label dimension"}),
+                "condition": ("trial", condition, {"units": "", "long_name": "trial's mean label, in 4 bins"})})
     return split_recording(ds, heldout_fraction=heldout_fraction, test_fraction=test_fraction, seed=rng)
 
 
@@ -231,12 +196,39 @@ def poisson_population(latents: np.ndarray, n_neurons: int, *, bin_width: float,
     if log_rate is None:
         C = readout_scale / np.sqrt(k) * rng.standard_normal((k, n_neurons))
         log_rate = latents @ C
+    rates, counts = poisson_counts(log_rate, bin_width=bin_width, mean_rate_hz=mean_rate_hz, rng=rng)
+    ds = population_dataset(counts, rates, latents, bin_width=bin_width, mean_rate_hz=mean_rate_hz, source=source, latent_names=latent_names,
+                            latent_long_name=latent_long_name, attrs=attrs, extra=extra)
+    return split_recording(ds, heldout_fraction=heldout_fraction, test_fraction=test_fraction, seed=rng)
+
+
+def poisson_counts(log_rate: np.ndarray, *, bin_width: float, mean_rate_hz: float,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """True rates and Poisson counts from unnormalised log rates ``(trial, time, N)``: the log rates are
+    shifted by one constant so that the population's mean rate is ``mean_rate_hz`` (Hz), i.e.
+    ``mean_rate_hz * bin_width`` counts per bin (``bin_width`` in s). Returns ``(rates, counts)``,
+    both ``(trial, time, N)`` in counts per bin; the counts are one draw from ``rng``. The one
+    rate-and-spike step of every generator in this module."""
     b = np.log(mean_rate_hz * bin_width) - np.log(np.exp(log_rate).mean())
     rates = np.exp(log_rate + b)
-    counts = rng.poisson(rates)
+    return rates, rng.poisson(rates)
+
+
+def population_dataset(counts: np.ndarray, rates: np.ndarray, latents: np.ndarray, *, bin_width: float,
+                       mean_rate_hz: float, source: str,
+                       latent_names: list[str], latent_long_name: str, latent_dim_long_name: str = "latent dimension",
+                       attrs: dict | None = None, extra: dict | None = None, coords: dict | None = None) -> xr.Dataset:
+    """A synthetic recording Dataset, before its split: ``counts`` and ``rates`` ``(trial, time, neuron)``
+    (counts per bin), ``latents`` ``(trial, time, latent)`` and any ``extra`` variables (name ->
+    ``(dims, values, attrs)``), with the ``trial``, ``time`` (bin centres, s, bins of ``bin_width`` s),
+    ``neuron`` and ``latent`` coordinates, any further ``coords``, and ``start_time``/``stop_time``
+    (s; trials back to back from the session start, ``align`` = ``start_time``), attrs ``mean_rate_hz``
+    (Hz, the rate asked for) and ``attrs``. The one layout of
+    every generator in this module."""
+    n_trials, n_bins, n_neurons = counts.shape
     time = (np.arange(n_bins) + 0.5) * bin_width
-    start = np.arange(n_trials) * n_bins * bin_width
-    ds = xr.Dataset(
+    start = np.arange(n_trials) * n_bins * bin_width  # trials back to back from the session start
+    return xr.Dataset(
         {"counts": (("trial", "time", "neuron"), counts.astype(np.int64), {"long_name": "spike count", "units": "counts/bin"}),
          "rates": (("trial", "time", "neuron"), rates, {"long_name": "true firing rate", "units": "counts/bin"}),
          "latents": (("trial", "time", "latent"), latents, {"long_name": latent_long_name, "units": "1"}),
@@ -245,14 +237,14 @@ def poisson_population(latents: np.ndarray, n_neurons: int, *, bin_width: float,
             "trial": ("trial", np.arange(n_trials), {"units": "", "long_name": "trial id"}),
             "time": ("time", time, {"units": "s", "long_name": "bin centre"}),
             "neuron": ("neuron", np.arange(n_neurons), {"units": "", "long_name": "neuron id"}),
-            "latent": ("latent", latent_names, {"units": "", "long_name": "latent dimension"}),
+            "latent": ("latent", latent_names, {"units": "", "long_name": latent_dim_long_name}),
+            **(coords or {}),
             "start_time": ("trial", start, {"units": "s", "long_name": "trial start (session time)"}),
             "stop_time": ("trial", start + n_bins * bin_width, {"units": "s", "long_name": "trial stop (session time)"}),
         },
-        attrs={"bin_width": bin_width, "align": "start_time", "source": source, "mean_rate_hz": mean_rate_hz,
-               **(attrs or {})},
+        attrs={"bin_width": bin_width, "align": "start_time", "source": source,
+               "mean_rate_hz": mean_rate_hz, **(attrs or {})},
     )
-    return split_recording(ds, heldout_fraction=heldout_fraction, test_fraction=test_fraction, seed=rng)
 
 
 def _sizes(n_trials, n_neurons, n_bins, bin_width, mean_rate_hz):

@@ -19,7 +19,8 @@ def test_same_seed_same_recording_other_seed_differs():
 def test_rates_counts_and_behaviour_follow_their_definitions():
     ds = lorenz_recording(80, 20, 50, bin_width=0.01, mean_rate_hz=7.0, seed=0)
     # population mean rate as requested (counts per bin = Hz x bin width)
-    assert float(ds.rates.mean()) == pytest.approx(7.0 * 0.01, rel=1e-9)
+    assert float(ds.rates.mean()) == pytest.approx(7.0 * ds.attrs["bin_width"], rel=1e-9)
+    assert ds.attrs["mean_rate_hz"] == 7.0
     # Poisson counts: mean and variance both match the rates (pooled over many bins)
     r, n = ds.rates.values.ravel(), ds.counts.values.ravel()
     assert abs(n.mean() - r.mean()) < 4 * np.sqrt(r.mean() / n.size)
@@ -80,19 +81,20 @@ def test_the_recording_follows_the_result_conventions_and_aligns_at_a_coordinate
 
 
 # ----------------------------------------------------------------------------- further generators
-from analysis.synthetic import (gp_recording, lds_recording, ring_recording, rotation_dynamics,  # noqa: E402
+from analysis.synthetic import (gp_recording, lds_recording, pivae_recording, ring_recording, rotation_dynamics,  # noqa: E402
                                 silence_stretch, sinusoid_recording, squared_exponential)
 
 GENERATORS = [sinusoid_recording, gp_recording, lds_recording, ring_recording]
 
 
-@pytest.mark.parametrize("make", GENERATORS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("make", GENERATORS + [lorenz_recording, pivae_recording], ids=lambda f: f.__name__)
 def test_each_generator_is_seeded_poisson_at_the_requested_rate_and_follows_the_conventions(make):
     a, b, c = make(30, 12, 40, seed=3), make(30, 12, 40, seed=3), make(30, 12, 40, seed=4)
     assert a.identical(b)
     assert not np.array_equal(a.counts.values, c.counts.values)
     ds = make(60, 20, 50, mean_rate_hz=7.0, seed=0)
-    assert float(ds.rates.mean()) == pytest.approx(7.0 * 0.01, rel=1e-9)
+    assert float(ds.rates.mean()) == pytest.approx(7.0 * ds.attrs["bin_width"], rel=1e-9)
+    assert ds.attrs["mean_rate_hz"] == 7.0
     r, n = ds.rates.values.ravel(), ds.counts.values.ravel()
     assert abs(n.mean() - r.mean()) < 4 * np.sqrt(r.mean() / n.size)
     assert set(ds.split.values) == {"train", "test"} and ds.heldout.values.any()
