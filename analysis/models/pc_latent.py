@@ -53,6 +53,10 @@ __all__ = ["PCLatentModel"]
 
 #: weight updates of a fit when ``epochs`` is None
 UPDATES = 100
+#: the network tensors (names of :meth:`TemporalPCNetwork.parameter_names`) that the main Adam
+#: optimiser steps; the dynamics weights have their own (``dynamics_lr``) and the log-precisions
+#: their closed-form M-step
+ADAM_STEPPED = ("dynamics_bias", "readout_weights", "readout_bias", "prior_mean")
 
 
 class PCLatentModel(LatentModel):
@@ -227,9 +231,9 @@ class PCLatentModel(LatentModel):
                     free = float(free.sum())
                 else:
                     grads = parameter_gradients(net, r.x, obs, None)
-                params = net.parameters()                                   # A, b, C, d, m_0 (+ log-precisions)
-                opt_dynamics.step(params[:1], grads[:1])
-                opt.step(params[1:5], grads[1:5])
+                grad = dict(zip(net.parameter_names(), grads))
+                opt_dynamics.step([net.dynamics_weights], [grad["dynamics_weights"]])
+                opt.step([getattr(net, name) for name in ADAM_STEPPED], [grad[name] for name in ADAM_STEPPED])
                 if self.learn_precision:                                    # closed form, not a gradient step
                     lp0, lpx = precision_m_step(net, grads, T)
                     net.prior_log_precision.copy_(lp0)

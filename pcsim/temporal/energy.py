@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..activations import get_activation
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .network import Observations, TemporalPCNetwork, _g, _readout, check_latents, observations
 
 Tensor = torch.Tensor
@@ -197,9 +197,14 @@ def precision_m_step(net: TemporalPCNetwork, grads: list[Tensor], n_bins: int) -
     """
     if not net.learn_precision:
         raise ConfigError("precision_m_step needs a network with learn_precision=True")
+    names = net.parameter_names()
+    if len(grads) != len(names):
+        raise DataError(f"precision_m_step needs one gradient per parameter ({', '.join(names)}), got {len(grads)}")
+    named = dict(zip(names, grads))
     D = net.latent_dim
     out = []
-    for lp, g, count in ((net.prior_log_precision, grads[5], 1.0), (net.dynamics_log_precision, grads[6], float(n_bins - 1))):
+    for lp, g, count in ((net.prior_log_precision, named["prior_log_precision"], 1.0),
+                         (net.dynamics_log_precision, named["dynamics_log_precision"], float(n_bins - 1))):
         n = count * (D if lp.shape[-1] == 1 else 1)
         out.append((lp + math.log(n) - (2.0 * g + n).clamp_min(1e-12 * n).log()).clamp_max(math.log(MAX_PRECISION)))
     return out[0], out[1]

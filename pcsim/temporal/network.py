@@ -133,16 +133,11 @@ class TemporalPCNetwork:
         return self.readout_weights.dtype
 
     def parameters(self) -> list[Tensor]:
-        """Learnable tensors in a fixed order: ``A, b, C, d, m_0`` (+ prior, dynamics and, for a Gaussian observation, observation log-precisions when learned)."""
-        ps = [self.dynamics_weights, self.dynamics_bias, self.readout_weights, self.readout_bias, self.prior_mean]
-        if self.learn_precision:
-            ps += [self.prior_log_precision, self.dynamics_log_precision]
-            if self.observation == "gaussian":
-                ps.append(self.observation_log_precision)
-        return ps
+        """Learnable tensors in the fixed order of :meth:`parameter_names`: ``A, b, C, d, m_0`` (+ prior, dynamics and, for a Gaussian observation, observation log-precisions when learned)."""
+        return [getattr(self, name) for name in self.parameter_names()]
 
     def parameter_names(self) -> list[str]:
-        """Names of :meth:`parameters`, in the same order."""
+        """Names of :meth:`parameters`, in their order: the one declaration of which tensors are learned."""
         names = ["dynamics_weights", "dynamics_bias", "readout_weights", "readout_bias", "prior_mean"]
         if self.learn_precision:
             names += ["prior_log_precision", "dynamics_log_precision"]

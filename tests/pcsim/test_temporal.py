@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -611,3 +612,20 @@ def test_precision_m_step_is_bounded_when_the_errors_vanish():
     for lp in (lp0, lpx):
         assert torch.isfinite(lp).all()
         torch.testing.assert_close(lp.exp(), torch.full_like(lp, MAX_PRECISION), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("observation", ["poisson", "gaussian"])
+def test_precision_m_step_reads_the_gradients_by_name_and_refuses_a_short_list(observation):
+    """The log-precision gradients are found by the network's parameter names (a Gaussian network has
+    one more learned precision after them), and a gradient list of the wrong length is refused by name."""
+    net = tp.TemporalPCNetwork.init(2, 3, observation=observation, seed=0, learn_precision=True)
+    names = net.parameter_names()
+    assert [id(p) for p in net.parameters()] == [id(getattr(net, n)) for n in names]
+    grads = [torch.zeros_like(p) for p in net.parameters()]
+    grads[names.index("dynamics_log_precision")] = torch.full_like(net.dynamics_log_precision, 2.0)
+    lp0, lpx = tp.precision_m_step(net, grads, 5)
+    torch.testing.assert_close(lp0, net.prior_log_precision)        # zero gradient: already the minimum
+    n = 4.0 * (net.latent_dim if net.dynamics_log_precision.shape[-1] == 1 else 1)
+    torch.testing.assert_close(lpx, net.dynamics_log_precision + math.log(n) - math.log(4.0 + n))
+    with pytest.raises(DataError, match="dynamics_log_precision"):
+        tp.precision_m_step(net, grads[:-1], 5)
