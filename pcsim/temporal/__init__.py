@@ -68,13 +68,13 @@ from .energy import (TERMS, TemporalErrors, energy, parameter_gradients, precisi
                      term_energies, value_gradients)
 from .inference import (TemporalCarry, TemporalDynamics, TemporalInferenceConfig, TemporalRelaxation, relax,
                         relaxation_threads)
-from .laplace import (LaplacePosterior, expected_parameter_gradients, expected_term_energies, free_energy,
+from .laplace import (LaplacePosterior, expected_parameter_gradients, expected_rates, expected_term_energies, free_energy,
                       free_energy_and_gradients, laplace_posterior)
 from .network import Observations, TemporalPCNetwork, check_latents, observations
 
 __all__ = [
     "TERMS", "LaplacePosterior", "Observations", "TemporalCarry", "TemporalDynamics", "TemporalErrors",
     "TemporalInferenceConfig", "TemporalPCNetwork", "TemporalRelaxation", "relaxation_threads", "block_tridiagonal_inverse", "check_latents", "energy", "expected_parameter_gradients",
-    "expected_term_energies", "free_energy", "free_energy_and_gradients", "laplace_posterior", "observations", "parameter_gradients",
+    "expected_rates", "expected_term_energies", "free_energy", "free_energy_and_gradients", "laplace_posterior", "observations", "parameter_gradients",
     "precision_m_step", "prediction_errors", "relax", "solve_block_tridiagonal", "term_energies", "value_gradients",
 ]

@@ -159,6 +159,17 @@ def expected_term_energies(net: TemporalPCNetwork, posterior: LaplacePosterior, 
     return _expected_term_energies(net, q, obs, _expected(net, q, obs))
 
 
+def expected_rates(net: TemporalPCNetwork, posterior: LaplacePosterior, y, mask=None) -> Tensor:
+    """Every observed channel's mean under the Gaussian posterior ``q``, ``(E, B, T, N)``: for a Poisson
+    observation the expected rate ``E_q[lambda] = exp(eta + 1/2 c_n' Cov(x_t) c_n)`` (counts per bin; the
+    plug-in rate that maximises the expected Poisson log-likelihood of a count, where ``exp(eta)`` at the
+    mean under-predicts by the posterior's spread), for a Gaussian one ``eta`` itself. ``y``, ``mask``
+    (only shapes and checks matter here; every channel gets its rate): see :func:`observations`."""
+    obs = observations(net, y, mask)
+    q = _check_posterior(net, posterior, obs)
+    return _expected(net, q, obs).rate
+
+
 def expected_parameter_gradients(net: TemporalPCNetwork, posterior: LaplacePosterior, y, mask=None) -> list[Tensor]:
     """Laplace-EM learning rules: trial-mean gradients of the expected energy ``E_q[E]``, ordered as ``net.parameters()``.
 

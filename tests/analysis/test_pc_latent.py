@@ -61,11 +61,15 @@ def test_predict_returns_every_neurons_rate_in_counts_per_bin(recording, fitted)
     assert np.all(np.isfinite(rates.values)) and np.all(rates.values > 0)
     # the mean predicted rate is the mean count (8 Hz at 10 ms bins = 0.08 counts per bin), not Hz
     assert 0.5 < rates.values.mean() / recording["counts"].values.mean() < 2.0
-    # the generative readout: rates are exp(x C + d) of the transformed latents
+    # the generative readout: rates are E[exp(x C + d)] under the Laplace posterior of the latents,
+    # exp(m C + d + c' Cov(x_t) c / 2) at its mean m (the transformed latents), above exp(m C + d)
     lat = fitted.transform(recording).values
     C = fitted.network_.readout_weights[0].double().numpy()
     d = fitted.network_.readout_bias[0, 0].double().numpy()
-    np.testing.assert_allclose(rates.values, np.exp(lat @ C + d), rtol=1e-6)
+    cov = fitted.infer(recording).state.posterior.cov[0].double().numpy()         # (trial, time, D, D)
+    var = np.einsum("btij,in,jn->btn", cov, C, C)
+    assert np.all(var > 0)
+    np.testing.assert_allclose(rates.values, np.exp(lat @ C + d + 0.5 * var), rtol=1e-5)
     lat_da = fitted.transform(recording)
     assert lat_da.dims == ("trial", "time", "latent") and lat_da.sizes["latent"] == FIT["n_latents"]
 

@@ -374,6 +374,28 @@ def test_expected_energy_matches_monte_carlo_for_linear_dynamics(obs):
 
 
 @pytest.mark.parametrize("obs", ["poisson", "gaussian"])
+def test_expected_rates_match_monte_carlo_over_the_posterior(obs):
+    """E_q[lambda] of every channel, masked ones too, against the mean rate of samples from the posterior's
+    per-bin marginals; for a Poisson observation it exceeds exp(eta) at the mean (Jensen), for a Gaussian
+    one it is eta."""
+    net = make_net(obs=obs, E=1, seed=3)
+    x, y, mask = make_data(net, B=3, T=5, seed=3)
+    q = tp.laplace_posterior(net, x, y, mask)
+    got = tp.expected_rates(net, q, y, mask)[0]                                      # (B, T, N)
+    g = torch.Generator().manual_seed(1)
+    L = torch.linalg.cholesky(q.cov[0])                                              # (B, T, D, D)
+    z = q.mean[0] + (L @ torch.randn(100000, *q.mean.shape[1:], 1, generator=g, dtype=F64))[..., 0]
+    eta = z @ net.readout_weights[0] + net.readout_bias[0]                           # (n, B, T, N)
+    want = (eta.exp() if obs == "poisson" else eta).mean(0)
+    torch.testing.assert_close(got, want, rtol=5e-3, atol=5e-3)
+    at_mean = tp.prediction_errors(net, x, y, mask).rate[0]
+    if obs == "poisson":
+        assert bool((got > at_mean).all())
+    else:
+        torch.testing.assert_close(got, at_mean, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("obs", ["poisson", "gaussian"])
 @pytest.mark.parametrize("act", ["tanh", "linear"])
 @pytest.mark.parametrize("precisions", [False, True])
 def test_laplace_learning_rules_equal_autograd_of_the_expected_energy(obs, act, precisions):
