@@ -2,7 +2,7 @@
 
 - ``latents``: the Lorenz latent benchmark at the field's scale (400 trials x 60 neurons x 100
   bins of 10 ms): every model fitted and scored as in ``configs/lorenz_latents.toml``; prints
-  co-bps, fp-bps, PSTH R2, latent R2 and fit seconds per model beside the true-rate ceiling (and
+  co-bps, fp-bps, PSTH R2, latent R2, behaviour R2 and fit seconds per model beside the true-rate ceiling (and
   LFADS's active initial-condition units, its posterior-collapse diagnostic).
   ``--speed``: PC and GPFA fit seconds on that data, quiet and beside one CPU-bound process
   (:func:`pcsim.contention.competing_process`), interleaved over ``--repeats``: PC/GPFA in the same
@@ -65,11 +65,12 @@ def main(name: str, as_json: bool = False, args: list[str] | None = None) -> int
         print(json.dumps(summary))
         return 0
     print(f"Lorenz latents: {d.n_trials} trials x {d.n_neurons} neurons x {d.n_bins} bins of {d.bin_ms:g} ms")
-    print(f"{'model':11} {'co-bps':>7} {'fp-bps':>7} {'PSTH R2':>8} {'latent R2':>9} {'fit s':>7} {'active':>6}")
+    print(f"{'model':11} {'co-bps':>7} {'fp-bps':>7} {'PSTH R2':>8} {'latent R2':>9} {'behav R2':>8} {'fit s':>7} "
+          f"{'active':>6}")
     nan = float("nan")
     for model, r in summary.items():
         print(f"{model:11} {r['co_bps']:7.3f} {r.get('fp_bps', nan):7.3f} {r.get('psth_r2', nan):8.3f} "
-              f"{r.get('latent_r2', nan):9.3f} {r.get('fit_seconds', nan):7.1f} "
+              f"{r.get('latent_r2', nan):9.3f} {r.get('behaviour_r2', nan):8.3f} {r.get('fit_seconds', nan):7.1f} "
               f"{'' if 'active_units' not in r else int(r['active_units']):>6}")
     return 0
 
