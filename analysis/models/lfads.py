@@ -428,9 +428,10 @@ class LFADS(LatentModel):
         return False
 
     def _threads(self) -> int:
-        """Intra-op threads for training and inference: one on the CPU (the GRUs' matrices are small,
-        and on a shared machine two threads were measured 30x slower per step than one: 0.18 s vs 6 s
-        for a batch of 32 Lorenz trials), the current count elsewhere."""
+        """Intra-op threads for training and inference: one on the CPU (the GRUs' matrices are small:
+        on the Lorenz benchmark two threads took 0.92x the time per epoch of one on a quiet 2-core
+        machine and 1.1x beside one CPU-bound process, and once, on a heavily shared machine, 30x: 6 s
+        against 0.18 s for a batch of 32 trials), the current count elsewhere."""
         return 1 if self._device().type == "cpu" else torch.get_num_threads()
 
     def _posterior(self, net: LFADSNetwork, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
