@@ -450,6 +450,9 @@ def _future_error(exc: Exception, retries: int) -> str:
     return f"{name}: {str(exc).strip() or 'the Dask task failed'}"
 
 
+#: scheduler options of the sweep's LocalCluster: its HTTP server on any free port
+HTTP_ANY_PORT = {"dashboard_address": ":0"}
+
 def _client(plan: SweepPlan, n_points: int, stack: contextlib.ExitStack):
     """A Dask client for the plan: a LocalCluster of single-threaded worker processes (one per
     free core, at most one per point, unless ``plan.workers``) whose scheduler allows
@@ -472,8 +475,11 @@ def _client(plan: SweepPlan, n_points: int, stack: contextlib.ExitStack):
         with dask.config.set({"distributed.scheduler.allowed-failures": plan.retries,
                               "distributed.scheduler.worker-saturation": 1.0,
                               "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            # no dashboard; the scheduler's HTTP server (health and metrics routes), which starts
+            # even without one, on a free port rather than 8787, which a second cluster finds taken
             cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                       dashboard_address=None, silence_logs=logging.ERROR))
+                                                       dashboard_address=None, scheduler_kwargs=HTTP_ANY_PORT,
+                                                       silence_logs=logging.ERROR))
         return stack.enter_context(Client(cluster))
     try:
         return stack.enter_context(Client(plan.scheduler, timeout=30))

@@ -5,6 +5,7 @@ import json
 import logging
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from pcsim.cli import main, run_config  # noqa: E402
 from pcsim.config import parse_grid  # noqa: E402
 from pcsim.errors import ConfigError, OutputError  # noqa: E402
 from pcsim.results import convention_problems, load_summary  # noqa: E402
-from pcsim.sweep import plan_sweep, register_sweep, run_sweep, sweep  # noqa: E402
+from pcsim.sweep import HTTP_ANY_PORT, plan_sweep, register_sweep, run_sweep, sweep  # noqa: E402
 
 MODULE = "pcsim_sweep_test_experiment"
 
@@ -124,7 +125,8 @@ def cluster(experiment_dir):
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 2, "distributed.scheduler.worker-saturation": 1.0}):
         with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=None, silence_logs=logging.ERROR) as local:
+                                      dashboard_address=None, scheduler_kwargs=HTTP_ANY_PORT,
+                                      silence_logs=logging.ERROR) as local:
             yield local
 
 
@@ -173,6 +175,18 @@ def with_sweep_command(monkeypatch):
         return found
 
     monkeypatch.setattr(pcsim.cli, "_entry_points", entry_points)
+
+
+def test_a_sweep_beside_another_cluster_asks_for_no_fixed_port(cluster, config, tmp_path):
+    """Dask's scheduler serves its HTTP routes (health, metrics) even with the dashboard off, on
+    port 8787 unless told otherwise: a sweep started beside another cluster (the module's, set up
+    the same way) warned "Port 8787 is already in use". Both now take a free port."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = plan_sweep(config, grid=["training.lr=0.1,0.3"], seeds=1, out=tmp_path / "sweep", workers=1)
+        outcome = run_sweep(plan, progress=False)
+    assert outcome.failures == [] and outcome.ran == 2
+    assert [str(w.message) for w in caught if "already in use" in str(w.message)] == []
 
 
 def test_combined_result_equals_the_points_run_one_by_one(config, tmp_path):
