@@ -177,18 +177,6 @@ def with_sweep_command(monkeypatch):
     monkeypatch.setattr(pcsim.cli, "_entry_points", entry_points)
 
 
-def test_a_sweep_beside_another_cluster_asks_for_no_fixed_port(cluster, config, tmp_path):
-    """Dask's scheduler serves its HTTP routes (health, metrics) even with the dashboard off, on
-    port 8787 unless told otherwise: a sweep started beside another cluster (the module's, set up
-    the same way) warned "Port 8787 is already in use". Both now take a free port."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        plan = plan_sweep(config, grid=["training.lr=0.1,0.3"], seeds=1, out=tmp_path / "sweep", workers=1)
-        outcome = run_sweep(plan, progress=False)
-    assert outcome.failures == [] and outcome.ran == 2
-    assert [str(w.message) for w in caught if "already in use" in str(w.message)] == []
-
-
 def test_combined_result_equals_the_points_run_one_by_one(config, tmp_path):
     """Through the default path (a LocalCluster of 2 processes made by the sweep itself)."""
     out = tmp_path / "sweep"
@@ -390,19 +378,24 @@ def _malloc_trim():
     return os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
 
-def test_local_workers_keep_glibcs_dynamic_malloc_thresholds(config, tmp_path, monkeypatch):
-    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers, which pins glibc's mmap threshold
-    and made every tensor above 128 KiB a fresh mmap (a batched ensemble ran 2.4x slower): the
-    sweep's own LocalCluster leaves it unset (and the nanny, which lives in this process, does
-    not set it here either)."""
+def test_the_sweeps_own_cluster_keeps_malloc_thresholds_and_takes_a_free_port(cluster, config, tmp_path, monkeypatch):
+    """The sweep's own LocalCluster, started beside another (the module's, set up the same way):
+    Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in its workers, which pins glibc's mmap threshold and
+    made every tensor above 128 KiB a fresh mmap (a batched ensemble ran 2.4x slower), so the
+    cluster leaves it unset (and the nanny, which lives in this process, does not set it here
+    either); and Dask's scheduler serves its HTTP routes (health, metrics) even with the dashboard
+    off, on port 8787 unless told otherwise, so a second cluster warned "Port 8787 is already in
+    use": both now take a free port."""
     import contextlib
 
     from pcsim.sweep import _client
 
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # an earlier cluster's nanny set it here
     plan = plan_sweep(config, grid=["training.lr=0.1,0.2"], out=tmp_path / "sweep", workers=1)
-    with contextlib.ExitStack() as stack:
+    with warnings.catch_warnings(record=True) as caught, contextlib.ExitStack() as stack:
+        warnings.simplefilter("always")
         client = _client(plan, 1, stack)
         assert list(client.run(_malloc_trim).values()) == [None]
         assert list(client.run(lambda: __import__("os").environ.get("OMP_NUM_THREADS")).values()) == ["1"]
     assert _malloc_trim() is None
+    assert [str(w.message) for w in caught if "already in use" in str(w.message)] == []
