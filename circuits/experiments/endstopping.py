@@ -80,7 +80,6 @@ feedback. The suppression index is ``SI = (peak - response to the longest bar) /
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -88,6 +87,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from pcsim import parallel
 from pcsim.config import ExperimentConfig
 from pcsim.inference import InferenceConfig, init_state, relax
 from pcsim.network import PCNetwork
@@ -487,20 +487,8 @@ def run(config: Config, ctx: RunContext) -> ExperimentResult:
     ``bar_filtered`` (length, row, col; length in px) and the ``training_energy`` (batch,
     layer). The summary reports the suppression indices with and without feedback.
     """
-    with _threads(config.training.threads):
+    with parallel.threads(config.training.threads or torch.get_num_threads()):   # 0: unchanged
         return _run(config, ctx)
-
-
-@contextmanager
-def _threads(n: int):
-    """Run the block with ``n`` torch intra-op threads (0: unchanged), restoring the setting after."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(config: Config, ctx: RunContext) -> ExperimentResult:

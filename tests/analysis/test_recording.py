@@ -22,15 +22,7 @@ from analysis.synthetic import lorenz_recording
 from pcsim.errors import ConfigError, DataError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: small problems only lose to thread oversubscription."""
-    from threadpoolctl import threadpool_limits
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MODELS = {

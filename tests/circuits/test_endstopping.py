@@ -16,6 +16,7 @@ import xarray as xr
 
 from circuits.experiments import endstopping as es
 from circuits.measures import suppression_index
+from pcsim import parallel
 from pcsim.cli import main as cli
 from pcsim.config import from_dict
 from pcsim.errors import ConfigError
@@ -148,7 +149,7 @@ def test_a_sparse_prior_localises_and_orients_the_fields(whitened):
 
     images, _ = whitened
     measured = {}
-    with es._threads(1):  # small matrices: one thread is fastest
+    with parallel.threads(1):  # small matrices: one thread is fastest
         for lam in (0.0, 1.0):
             nc = es.NetworkSection(patch=12, offset=4, module_units=16, level2_units=24, level1_sparsity=lam,
                                    image_errors="own")

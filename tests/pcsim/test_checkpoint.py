@@ -249,24 +249,11 @@ CONFIG = str(ROOT / "configs" / "pc_vs_bp_digits.toml")
 WALL = ("epoch_time",)  # wall-clock measurements: differ between any two runs
 
 
-@pytest.fixture
-def one_thread():
-    """One OpenMP thread, as in the subprocesses (so no reduction order can differ)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
+def uninterrupted(tmp_path_factory, one_thread) -> Path:
+    """The tiny run uninterrupted, on one thread as in the subprocesses (so no reduction order can differ)."""
     out = tmp_path_factory.mktemp("pcsim") / "uninterrupted"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["run", CONFIG, "--out", str(out), *TINY, "--no-progress"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["run", CONFIG, "--out", str(out), *TINY, "--no-progress"]) == 0
     return out
 
 
