@@ -49,6 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pcsim, also for the spawned workers
 
+from pcsim import parallel  # noqa: E402
 from pcsim.sweep import plan_sweep, run_point, run_sweep  # noqa: E402
 
 TRIVIAL = '''\
@@ -194,7 +195,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     load = os.getloadavg()[0]
-    results: dict = {"cores": len(os.sched_getaffinity(0)), "load_average_1min": load}
+    results: dict = {"cores": parallel.allowed_cores(), "load_average_1min": load}
     with tempfile.TemporaryDirectory(prefix="pcsim_sweep_bench_") as tmp:
         scratch = Path(tmp)
         (scratch / "modules").mkdir()

@@ -58,8 +58,14 @@ def free_cores() -> int:
     return max(_reading[1])
 
 
+def allowed_cores() -> int:
+    """The CPU cores this process may run on: its CPU affinity, or every core where the platform
+    has no affinity (at least 1)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _read_free_cores() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = allowed_cores()
     try:
         with open("/proc/loadavg") as fh:
             running = int(fh.read().split()[3].split("/")[0])

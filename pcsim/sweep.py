@@ -66,6 +66,7 @@ import numpy as np
 
 from pcsim.config import (ConfigField, SweepSection, batch_signature, check_device, config_to_toml, key_field,
                           load_experiment, parse_grid)
+from pcsim import parallel
 from pcsim.errors import ConfigError, OutputError
 
 __all__ = ["FAILURES_FILE", "SWEEP_FILE", "SweepOutcome", "SweepPlan", "SweepPoint", "combine_points",
@@ -455,7 +456,8 @@ HTTP_ANY_PORT = {"dashboard_address": ":0"}
 
 def _client(plan: SweepPlan, n_points: int, stack: contextlib.ExitStack):
     """A Dask client for the plan: a LocalCluster of single-threaded worker processes (one per
-    free core, at most one per point, unless ``plan.workers``) whose scheduler allows
+    core this process may use, :func:`pcsim.parallel.allowed_cores`, whether or not another process
+    runs there now; at most one per point, unless ``plan.workers``) whose scheduler allows
     ``plan.retries`` worker deaths per point, or the scheduler at ``plan.scheduler``."""
     import logging
 
@@ -463,8 +465,7 @@ def _client(plan: SweepPlan, n_points: int, stack: contextlib.ExitStack):
     from distributed import Client, LocalCluster
 
     if plan.scheduler == "local":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        workers = plan.workers or max(1, min(n_points, cores))
+        workers = plan.workers or max(1, min(n_points, parallel.allowed_cores()))
         # saturation 1: a worker holds only the point it runs, so a worker that dies takes no
         # queued point with it (each death counts against every point the worker held).
         # MALLOC_TRIM_THRESHOLD_ unset: Dask's nanny sets it (65536) in every worker, and setting

@@ -73,6 +73,7 @@ from pcsim.errors import LearningDivergenceError
 from pcsim.generative.base import GenerativeModel, Posterior
 from pcsim.generative.metrics import collapse_diagnostics
 from pcsim.optim import Adam
+from pcsim.seeding import seeded
 from pcsim.parallel import threads
 from pcsim.training import EarlyStopping, guarded_step, train
 
@@ -343,9 +344,7 @@ class LFADS(LatentModel):
         B = y.shape[0]
         n_val = int(round(self.validation_fraction * B)) if B >= 4 else 0
         n_val = min(max(n_val, 1 if B >= 4 else 0), B - 1)
-        forks = [dev] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=forks), threads(self._threads()):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed, dev), threads(self._threads()):
             order = torch.randperm(B)
             val, tr = order[:n_val].to(dev), order[n_val:].to(dev)
             net = LFADSNetwork(int(heldin.sum()), y.shape[2], self.n_latents, self.ic_dim, self.encoder_dim,
@@ -441,9 +440,7 @@ class LFADS(LatentModel):
         ``(draws, B, G)``. Dropout off; the draws come from a generator state seeded with
         ``seed`` and forked, so the result is deterministic and the caller's stream untouched."""
         net.eval()
-        forks = [x.device] if x.device.type == "cuda" else []
-        with torch.no_grad(), torch.random.fork_rng(devices=forks):
-            torch.manual_seed(self.seed)
+        with torch.no_grad(), seeded(self.seed, x.device):
             draws = [net(x, sample=True) for _ in range(self.n_samples)] or [net(x, sample=False)]
         rates = torch.stack([torch.exp(d[0]) for d in draws]).mean(0)
         return rates, torch.stack([d[1] for d in draws]).mean(0), torch.stack([d[4] for d in draws])

@@ -42,6 +42,7 @@ from pcsim.errors import DataError
 from pcsim.generative.base import GenerativeModel, Posterior
 from pcsim.generative.decoder import Layers, gaussian_posterior
 from pcsim.optim import Adam
+from pcsim.seeding import seeded
 from pcsim.parallel import threads, threads_for_stacks
 from pcsim.training import EarlyStopping, guarded_step, train
 
@@ -219,10 +220,8 @@ class PiVAE(LatentModel):
         hi = torch.as_tensor(heldin, device=dev)
         d = self.n_latents
         u_all = self._fit_labels
-        forks = [dev] if dev.type == "cuda" else []
         stacks = [((int(hi.sum()), *hidden, 2 * d), self.batch_size), ((d, *reversed(hidden), N), self.batch_size)]
-        with torch.random.fork_rng(devices=forks), threads(threads_for_stacks(stacks)):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed, dev), threads(threads_for_stacks(stacks)):
             kw = dict(device=dev, dtype=torch.float32)
             self.encoder_ = Layers.init((int(hi.sum()), *hidden, 2 * d), "tanh", mode="discriminative",
                                         seed=self.seed, **kw)

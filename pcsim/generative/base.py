@@ -158,6 +158,13 @@ class LogLikelihood:
         return float(self.stderr.pow(2).sum().sqrt() / self.per_example.numel())
 
 
+def iw_bound(log_w: Tensor) -> Tensor:
+    """The importance-weighted bound ``logsumexp_k(log w_k) - log K`` (nats) of log weights
+    ``log w = log p(x, z) - log q(z)`` ``(K, ...)`` over their first axis (Burda et al. 2016; the ELBO
+    for ``K = 1``); differentiable, so training steps and :func:`importance_weighted` share it."""
+    return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+
+
 def importance_weighted(log_joint: Tensor, log_proposal: Tensor) -> LogLikelihood:
     """The importance-weighted estimate of ``log p(x) = log E_q[p(x, z) / q(z)]`` from ``K``
     samples per example: ``log_joint`` and ``log_proposal`` ``(K, N)`` (nats) at the same
@@ -169,7 +176,7 @@ def importance_weighted(log_joint: Tensor, log_proposal: Tensor) -> LogLikelihoo
                         f"{tuple(log_proposal.shape)}")
     log_w = log_joint - log_proposal
     K = log_w.shape[0]
-    est = torch.logsumexp(log_w, 0) - math.log(K)
+    est = iw_bound(log_w)
     w = torch.exp(log_w - log_w.max(0).values)  # normalised per example; the ratio below is scale-free
     rel_var = w.var(0, unbiased=True) / w.mean(0).pow(2) if K > 1 else torch.full_like(est, float("nan"))
     return LogLikelihood(est, (rel_var / K).sqrt())

@@ -32,6 +32,7 @@ from torch.distributions import AffineTransform
 from pcsim.arguments import check_numbers
 from pcsim.errors import ConfigError, DataError
 from pcsim.optim import Adam
+from pcsim.seeding import seeded
 
 from .base import GenerativeModel, LogLikelihood, Posterior, _draws, as_data
 
@@ -93,8 +94,7 @@ class Flow(GenerativeModel):
         D = x.shape[1]
         if D < 2:
             raise DataError(f"x has {D} feature; a coupling flow needs at least 2")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed, self.device):
             if self.kind == "realnvp":
                 flow = zuko.flows.RealNVP(D, transforms=self.transforms, hidden_features=hidden)
             else:

@@ -32,7 +32,6 @@ Gradients of each phase's objective come from autograd and are applied by
 
 from __future__ import annotations
 
-import math
 from numbers import Integral
 
 import torch
@@ -42,7 +41,7 @@ from pcsim.arguments import check_numbers
 from pcsim.errors import DataError
 from pcsim.optim import Adam
 
-from .base import GenerativeModel, Posterior, as_data
+from .base import GenerativeModel, Posterior, as_data, iw_bound
 from .decoder import Decoder, Layers, gaussian_posterior
 
 Tensor = torch.Tensor
@@ -157,7 +156,7 @@ class HelmholtzMachine(GenerativeModel):
             log_p = self._log_joint(xb, z)                      # (K, B)
             log_q = q.log_prob(z)
             log_w = (log_p - log_q).detach()
-            bound = torch.logsumexp(log_w, 0) - math.log(K)     # the IWAE bound (ELBO for K = 1)
+            bound = iw_bound(log_w)                             # the IWAE bound (ELBO for K = 1)
             w = torch.softmax(log_w, 0)                         # normalised importance weights (1 for K = 1)
             wake = -(w * log_p).sum(0).mean()
             z_dream, x_dream = self._dream(xb.shape[0], gen)

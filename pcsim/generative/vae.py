@@ -29,7 +29,6 @@ when a step leaves a parameter non-finite or the loss explodes. Everything is fl
 
 from __future__ import annotations
 
-import math
 from numbers import Integral
 
 import numpy as np
@@ -41,7 +40,7 @@ from pcsim.arguments import check_numbers
 from pcsim.errors import DataError
 from pcsim.optim import Adam
 
-from .base import GenerativeModel, Posterior, as_aux, as_data
+from .base import GenerativeModel, Posterior, as_aux, as_data, iw_bound
 from .decoder import Decoder, Layers, gaussian_posterior
 
 Tensor = torch.Tensor
@@ -156,8 +155,7 @@ class VAE(GenerativeModel):
         z = q.sample(samples, generator)
         if samples == 1:
             return self.decoder_.log_prob(x, z)[0] - q.kl(self._prior(aux, x)).sum(-1)
-        log_w = self._log_joint(x, z, aux) - q.log_prob(z)
-        return torch.logsumexp(log_w, 0) - math.log(samples)
+        return iw_bound(self._log_joint(x, z, aux) - q.log_prob(z))
 
     # ----------------------------------------------------------------- the surface
     def _inputs(self, x, aux) -> tuple[Tensor, Tensor | None]:
