@@ -2,9 +2,10 @@
 
 ``pcsim bench generative [--json] [--repeats N] [--epochs E] [--models ...]``.
 
-On the dequantised 8x8 digits (1437 training images, batch 64) with the decoder
-``8-64-64`` (tanh) every model is fitted for ``--epochs`` epochs and its test set (360
-images) encoded; reported per model: seconds per epoch (fit time / epochs) and seconds per
+On the dequantised 8x8 digits (1437 training images) every model of
+``configs/generative_digits.toml`` is built as that experiment builds it (its decoder ``8-64-64``,
+relaxation, baselines, batch size and learning rate; :func:`pcsim.experiments.generative.build_model`),
+fitted for ``--epochs`` epochs and its test set (360 images) encoded; reported per model: seconds per epoch (fit time / epochs) and seconds per
 inference (``encode`` of the test set), medians over ``--repeats``. In the same run the same
 VAE is written as the loop a PyTorch user would write (``nn.Linear`` layers, ``torch.optim.Adam``,
 float64, the same widths, batch size, learning rate, epochs and one-sample ELBO with a scalar
@@ -22,6 +23,8 @@ import json
 import math
 import statistics
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -29,30 +32,25 @@ from pcsim import parallel
 
 from .data import dequantise, digits
 
-MODELS = ("pc", "hybrid_pc", "mcpc", "vae", "iwae", "flow", "helmholtz")
+
+#: the experiment config whose model settings the benchmark times (one declaration of each knob)
+SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "generative_digits.toml"
 
 
-def _build(name: str, epochs: int, batch: int, lr: float, seed: int):
-    from .flow import Flow
-    from .helmholtz import HelmholtzMachine
-    from .pc import HybridPC, PCGenerative
-    from .vae import VAE
+def _config(epochs: int, seed: int):
+    """The shipped ``generative_digits`` config with the benchmark's epochs and seed (its decoder,
+    relaxation, baselines, batch size and learning rate as shipped)."""
+    from ..config import load_config
 
-    common = dict(epochs=epochs, batch_size=batch, lr=lr, seed=seed)
-    sizes = (8, 64, 64)
-    # the shipped configs' relaxation: curvature-preconditioned Euler steps of dt/tau = 0.5
-    step = dict(dt=0.5, tau=1.0, precondition="curvature")
-    return {
-        "pc": lambda: PCGenerative(sizes, "tanh", inference_steps=20, learn_precision=True, **step, **common),
-        "hybrid_pc": lambda: HybridPC(sizes, "tanh", inference_steps=5, learn_precision=True, **step, **common),
-        "mcpc": lambda: PCGenerative(sizes, "tanh", inference_steps=20, learning="mcpc", mc_samples=5, burn_in=5,
-                                     learn_precision=True, **step, **common),
-        "vae": lambda: VAE(8, (64,), "tanh", sigma="scalar", **common),
-        "iwae": lambda: VAE(8, (64,), "tanh", sigma="scalar", iw_samples=5, **common),
-        "flow": lambda: Flow("realnvp", 4, (64, 64), **common),
-        "helmholtz": lambda: HelmholtzMachine(sizes, "tanh", recognition_hidden=(64,), reweighted=True, samples=5,
-                                              **common),
-    }[name]()
+    cfg = load_config(SHIPPED)
+    return replace(cfg, seed=seed, training=replace(cfg.training, epochs=epochs))
+
+
+def _build(name: str, cfg, D: int):
+    """The unfitted model ``name`` for ``D`` features, exactly as ``pcsim run configs/generative_digits.toml`` builds it."""
+    from ..experiments.generative import build_model
+
+    return build_model(name, cfg, "cpu")(D)
 
 
 class PlainVAE(torch.nn.Module):
@@ -77,10 +75,12 @@ class PlainVAE(torch.nn.Module):
         return ll - kl
 
 
-def plain_vae_fit(x: torch.Tensor, epochs: int, batch: int, lr: float, seed: int) -> PlainVAE:
-    """Train :class:`PlainVAE` on ``x`` ``(N, D)``: shuffled minibatches, ``torch.optim.Adam``, float64."""
+def plain_vae_fit(x: torch.Tensor, epochs: int, batch: int, lr: float, seed: int, d: int = 8,
+                  hidden: int = 64) -> PlainVAE:
+    """Train :class:`PlainVAE` (``d`` latents, one ``hidden`` layer) on ``x`` ``(N, D)``: shuffled
+    minibatches of ``batch``, ``torch.optim.Adam`` at ``lr``, float64, ``epochs`` epochs, seeded."""
     torch.manual_seed(seed)
-    model = PlainVAE(x.shape[1]).double()
+    model = PlainVAE(x.shape[1], d, hidden).double()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(epochs):
         for idx in torch.randperm(x.shape[0]).split(batch):
@@ -97,8 +97,14 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def bench(models=MODELS, *, epochs: int = 5, repeats: int = 5, batch: int = 64, lr: float = 1e-3, seed: int = 0) -> dict:
-    """Seconds per epoch and per inference for each of ``models`` and for the plain PyTorch VAE (module docstring)."""
+def bench(models=None, *, epochs: int = 5, repeats: int = 5, seed: int = 0) -> dict:
+    """Seconds per epoch and per inference for each of ``models`` (built from the shipped config,
+    :func:`_config`) and for the plain PyTorch VAE at the same widths, batch size and learning rate
+    (module docstring)."""
+    cfg = _config(epochs, seed)
+    models = cfg.training.models if models is None else models               # None: the shipped list
+    batch, lr = cfg.training.batch_size, cfg.training.lr
+    d, hidden = cfg.decoder.latent_dim, cfg.decoder.hidden
     data = digits()
     x_train = dequantise(data.x_train, data.levels, 0)
     x_test = dequantise(data.x_test, data.levels, 1)
@@ -107,7 +113,7 @@ def bench(models=MODELS, *, epochs: int = 5, repeats: int = 5, batch: int = 64, 
     enc_t: dict[str, list[float]] = {n: [] for n in names + ["plain_vae", "plain_vae_1thread"]}
     for r in range(repeats + 1):  # repeat 0 warms up (first calls, thread pools) and is dropped
         for name in names:
-            model = _build(name, epochs, batch, lr, seed)
+            model = _build(name, cfg, x_train.shape[1])
             f = _timed(lambda: model.fit(x_train))
             e = _timed(lambda: model.encode(x_test))
             if r:
@@ -117,7 +123,7 @@ def bench(models=MODELS, *, epochs: int = 5, repeats: int = 5, batch: int = 64, 
                 for key, n_threads in (("plain_vae", torch.get_num_threads()), ("plain_vae_1thread", 1)):
                     plain = {}
                     with parallel.threads(n_threads):
-                        f = _timed(lambda: plain.setdefault("m", plain_vae_fit(x_train, epochs, batch, lr, seed)))
+                        f = _timed(lambda: plain.setdefault("m", plain_vae_fit(x_train, epochs, batch, lr, seed, d, hidden[0])))
                         with torch.no_grad():
                             e = _timed(lambda: plain["m"].enc(x_test))
                     if r:
@@ -125,7 +131,7 @@ def bench(models=MODELS, *, epochs: int = 5, repeats: int = 5, batch: int = 64, 
                         enc_t[key].append(e)
     out = {"models": {n: {"s_per_epoch": statistics.median(fit_t[n]), "s_per_inference": statistics.median(enc_t[n])}
                       for n in fit_t if fit_t[n]},
-           "epochs": epochs, "repeats": repeats, "batch": batch, "n_train": int(x_train.shape[0]),
+           "epochs": epochs, "repeats": repeats, "batch": batch, "lr": lr, "n_train": int(x_train.shape[0]),
            "n_test": int(x_test.shape[0]), "torch": torch.__version__, "threads": torch.get_num_threads()}
     if "vae" in names:
         plain = min(out["models"][k]["s_per_epoch"] for k in ("plain_vae", "plain_vae_1thread"))
@@ -141,7 +147,8 @@ def main(name: str, as_json: bool = False, args: list[str] | None = None) -> int
     p = argparse.ArgumentParser(prog="pcsim bench generative")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    shipped = _config(1, 0).training.models
+    p.add_argument("--models", nargs="+", default=list(shipped), choices=list(shipped))
     p.add_argument("--seed", type=int, default=0)
     opts = p.parse_args(args or [])
     out = bench(opts.models, epochs=opts.epochs, repeats=opts.repeats, seed=opts.seed)
@@ -149,7 +156,7 @@ def main(name: str, as_json: bool = False, args: list[str] | None = None) -> int
         print(json.dumps(out))
         return 0
     print(f"generative models on dequantised digits ({out['n_train']} train / {out['n_test']} test, batch {out['batch']}), "
-          f"decoder 8-64-64, medians of {opts.repeats} interleaved repeats of {opts.epochs} epochs, {out['threads']} threads")
+          f"decoder and settings of {SHIPPED.name} (lr {out['lr']:g}), medians of {opts.repeats} interleaved repeats of {opts.epochs} epochs, {out['threads']} threads")
     print(f"{'model':18} {'s/epoch':>9} {'s/inference':>12}")
     for n, r in out["models"].items():
         print(f"{n:18} {r['s_per_epoch']:9.4f} {r['s_per_inference']:12.5f}")
