@@ -98,17 +98,27 @@ def classification_split(
     )
 
 
+def split_indices(n: int, labels: np.ndarray | None, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices ``(n_train,)``, ``(n_test,)`` of ``n`` examples: scikit-learn's
+    ``train_test_split`` with ``test_fraction`` of them in the test set, stratified by ``labels``
+    ``(n,)`` when given, from ``seed``, in its shuffled order. The one split of the classification
+    and generative data sets, so both test on the same examples at the same seed."""
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(np.arange(n), test_size=test_fraction, random_state=seed, stratify=labels)
+
+
 def load_digits(test_fraction: float = 0.2, split_seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Classification:
     """scikit-learn's 8x8 digits with a fixed stratified split (``split_seed``): 1437 train / 360 test at 0.2.
 
     Inputs are 64 standardised pixel intensities, targets one-hot over 10 classes.
     """
     from sklearn.datasets import load_digits as _load
-    from sklearn.model_selection import train_test_split
 
     d = _load()
-    xtr, xte, ltr, lte = train_test_split(d.data, d.target, test_size=test_fraction, random_state=split_seed, stratify=d.target)
-    return classification_split(xtr, ltr, xte, lte, n_classes=10, device=device, dtype=dtype, name="digits")
+    tr, te = split_indices(len(d.target), d.target, test_fraction, split_seed)
+    return classification_split(d.data[tr], d.target[tr], d.data[te], d.target[te], n_classes=10, device=device,
+                                dtype=dtype, name="digits")
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = True) -> list[Tensor]:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pcsim.arguments import check_number
+from pcsim.data import split_indices
 from pcsim.errors import ConfigError, DataError
 
 from .base import as_data
@@ -67,11 +68,8 @@ class GenerativeData:
 
 
 def _split(n: int, labels: np.ndarray | None, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test indices of ``n`` examples, stratified by ``labels`` when given, from ``seed``."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(n)
-    tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
+    """Train and test indices of ``n`` examples (:func:`pcsim.data.split_indices`), in their original order."""
+    tr, te = split_indices(n, labels, test_fraction, seed)
     return np.sort(tr), np.sort(te)
 
 
@@ -88,7 +86,7 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> GenerativeData:
     and test stratified by class with ``seed`` (1437 / 360 at ``test_fraction`` 0.2); labels are
     the digit classes, ``aux`` None, ``levels`` 17. The split is the one
     :func:`pcsim.data.load_digits` makes at the same ``seed`` and ``test_fraction`` (the same
-    ``train_test_split`` call), so generative and classification experiments test on the same
+    :func:`pcsim.data.split_indices`), so generative and classification experiments test on the same
     images; here the examples are in their original order. For likelihoods use :func:`dequantise` and
     add :attr:`GenerativeData.log_jacobian` (``-64 log 17 = -181.3`` nats) to report nats per
     example of the discrete images."""
