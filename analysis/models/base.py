@@ -45,6 +45,20 @@ from pcsim.arguments import check_number
 __all__ = ["Inference", "LatentModel", "PoissonGLM", "Recording", "as_recording", "config_section"]
 
 
+#: the floor of :func:`observed_mean_counts`, counts per bin: a neuron silent in every observed bin
+#: starts at a small rate, not at ``log 0``
+MEAN_COUNT_FLOOR = 1e-3
+
+
+def observed_mean_counts(counts: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Each neuron's mean count per bin over its observed bins, ``(neuron,)`` (counts per bin), from
+    counts and the 0/1 ``observed`` mask ``(trial, time, neuron)``, floored at
+    :data:`MEAN_COUNT_FLOOR`: the rate every model's readout starts from (its log is the initial
+    log-rate bias)."""
+    mean = (counts * observed).sum((0, 1)) / np.maximum(observed.sum((0, 1)), 1)
+    return np.maximum(mean, MEAN_COUNT_FLOOR)
+
+
 class Inference:
     """One inference of a fitted model on some trials; latents, rates and forecasts derive from it.
 

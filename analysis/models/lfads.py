@@ -68,7 +68,7 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from analysis.models.base import LatentModel
+from analysis.models.base import LatentModel, observed_mean_counts
 from pcsim.errors import LearningDivergenceError
 from pcsim.generative.base import GenerativeModel, Posterior
 from pcsim.generative.metrics import collapse_diagnostics
@@ -350,8 +350,7 @@ class LFADS(LatentModel):
             net = LFADSNetwork(int(heldin.sum()), y.shape[2], self.n_latents, self.ic_dim, self.encoder_dim,
                                self.generator_dim, self.controller_dim, self.co_dim, self.dropout).to(dev)
             with torch.no_grad():   # start every neuron at its mean rate
-                mean = (y * obs).sum((0, 1)) / obs.sum((0, 1)).clamp_min(1.0)
-                net.readout.bias.copy_(torch.log(mean.clamp_min(1e-3)))
+                net.readout.bias.copy_(self._tensor(np.log(observed_mean_counts(counts, observed))))
             params = list(net.parameters())
             opt = Adam(self.lr)
             n_tr = len(tr)

@@ -43,7 +43,7 @@ import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from pcsim.activations import ACTIVATIONS
-from analysis.models.base import LatentModel
+from analysis.models.base import LatentModel, observed_mean_counts
 from pcsim.training import train
 from pcsim.optim import Adam
 from pcsim import parallel
@@ -204,7 +204,7 @@ class PCLatentModel(LatentModel):
             x = self._tensor(x0)[None].contiguous()
         else:
             with torch.no_grad():
-                net.readout_bias.copy_(self._tensor(np.log(np.maximum(_observed_mean_counts(counts, observed), 1e-3)))
+                net.readout_bias.copy_(self._tensor(np.log(observed_mean_counts(counts, observed)))
                                        .reshape(1, 1, N))
             x = (0.1 * torch.randn(1, B, T, D, generator=gen)).to(self.device)
         bs = min(int(self.batch_size), B)
@@ -336,11 +336,6 @@ def _renormalise(net: TemporalPCNetwork, x: torch.Tensor) -> None:
         net.dynamics_log_precision.add_(2.0 * s.log())
 
 
-def _observed_mean_counts(counts: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """Each neuron's mean count per bin over its observed bins, ``(neuron,)``."""
-    return (counts * observed).sum((0, 1)) / np.maximum(observed.sum((0, 1)), 1)
-
-
 def _fa_start(counts: np.ndarray, observed: np.ndarray, n_latents: int, sigma_bins: float):
     """A data-driven starting point: factor analysis of smoothed log rates (the initialisation of
     GPFA, Yu et al. 2009, on the log scale of the exponential link).
@@ -355,7 +350,7 @@ def _fa_start(counts: np.ndarray, observed: np.ndarray, n_latents: int, sigma_bi
     from analysis.models.fa import fa_posterior_mean, factor_analysis
     from analysis.models.smoothing import smooth_counts
 
-    mean = np.maximum(_observed_mean_counts(counts, observed), 1e-3)
+    mean = observed_mean_counts(counts, observed)
     smooth = smooth_counts(counts, max(sigma_bins, 0.5), None if observed.all() else observed)
     log_rate = np.log(np.maximum(np.where(np.isnan(smooth), mean, smooth), 0.1 * mean))
     flat = log_rate.reshape(-1, log_rate.shape[-1])

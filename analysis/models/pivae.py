@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from analysis.models.base import LatentModel
+from analysis.models.base import LatentModel, observed_mean_counts
 from analysis.models.lfads import poisson_nll
 from analysis.recording import Recording, as_recording
 from pcsim.arguments import check_numbers
@@ -228,8 +228,8 @@ class PiVAE(LatentModel):
             self.decoder_ = Layers.init((d, *reversed(hidden), N), ("linear",) + ("tanh",) * len(hidden),
                                         mode="generative", seed=self.seed + 1, **kw)
             with torch.no_grad():   # every neuron starts at its mean rate
-                mean = (y * obs).sum((0, 1)) / obs.sum((0, 1)).clamp_min(1.0)
-                self.decoder_.biases[-1].copy_(torch.log(mean.clamp_min(1e-3)).reshape(1, 1, N))
+                log_mean = np.log(observed_mean_counts(counts, observed))
+                self.decoder_.biases[-1].copy_(torch.as_tensor(log_mean, dtype=torch.float32).reshape(1, 1, N))
             if self.conditioned and self.label_type == "discrete":
                 self.classes_ = self._classes
                 self.prior_mean_ = torch.randn(len(self.classes_), d, device=dev)
