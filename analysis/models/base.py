@@ -50,13 +50,19 @@ __all__ = ["Inference", "LatentModel", "PoissonGLM", "Recording", "as_recording"
 MEAN_COUNT_FLOOR = 1e-3
 
 
+def observed_mean(x: np.ndarray) -> np.ndarray:
+    """Mean over trials and bins ``(k,)`` of ``x`` ``(trial, time, k)``, NaN (unobserved) left out
+    (0 where every bin is NaN)."""
+    n = (~np.isnan(x)).sum((0, 1))
+    return np.where(n > 0, np.nansum(x, (0, 1)) / np.maximum(n, 1), 0.0)
+
+
 def observed_mean_counts(counts: np.ndarray, observed: np.ndarray) -> np.ndarray:
     """Each neuron's mean count per bin over its observed bins, ``(neuron,)`` (counts per bin), from
-    counts and the 0/1 ``observed`` mask ``(trial, time, neuron)``, floored at
+    counts and the 0/1 ``observed`` mask ``(trial, time, neuron)`` (:func:`observed_mean`), floored at
     :data:`MEAN_COUNT_FLOOR`: the rate every model's readout starts from (its log is the initial
     log-rate bias)."""
-    mean = (counts * observed).sum((0, 1)) / np.maximum(observed.sum((0, 1)), 1)
-    return np.maximum(mean, MEAN_COUNT_FLOOR)
+    return np.maximum(observed_mean(np.where(observed > 0, counts, np.nan)), MEAN_COUNT_FLOOR)
 
 
 class Inference:

@@ -16,8 +16,8 @@ import numpy as np
 from sklearn.utils._param_validation import Interval
 
 from pcsim.errors import ConfigError
-from analysis.models.base import LatentModel
-from analysis.models.smoothing import _fill, observed_mean, smooth_counts
+from analysis.models.base import LatentModel, observed_mean
+from analysis.models.smoothing import _fill, smooth_counts
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.utils._param_validation import Interval
 
-from analysis.models.base import LatentModel
+from analysis.models.base import LatentModel, observed_mean
 
 # A floor under smoothed rates before the log, in counts per bin (NLB uses 1e-4 too).
 _LOG_FLOOR = 1e-4
@@ -62,12 +62,6 @@ def smooth_counts(counts: np.ndarray, sigma_bins: float, observed: np.ndarray | 
 def _fill(x: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """``x`` ``(trial, time, k)`` with NaN (no observed bin to smooth from) replaced by ``fill`` ``(k,)``."""
     return np.where(np.isnan(x), fill, x)
-
-
-def observed_mean(x: np.ndarray) -> np.ndarray:
-    """Mean over trials and bins ``(k,)`` of ``x`` ``(trial, time, k)``, NaN left out (0 where all NaN)."""
-    n = (~np.isnan(x)).sum((0, 1))
-    return np.where(n > 0, np.nansum(x, (0, 1)) / np.maximum(n, 1), 0.0)
 
 
 class SmoothingModel(LatentModel):
