@@ -31,6 +31,17 @@ class FAParams:
     log_likelihood: np.ndarray
 
 
+def orthonormalise(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The orthonormal axes of loadings ``C`` ``(neuron, latent)`` (Yu et al. 2009): with the SVD
+    ``C = U S V'``, returns ``U`` ``(neuron, latent)`` and ``orth = S V'`` ``(latent, latent)``, so that
+    latents ``x`` map to ``x_orth = orth @ x`` with ``C x = U x_orth``, ordered by the variance they
+    carry. Each column's sign is fixed (its largest loading positive), so refits give the same axes."""
+    u, s, vt = np.linalg.svd(C, full_matrices=False)
+    sign = np.sign(u[np.abs(u).argmax(0), np.arange(u.shape[1])])
+    sign[sign == 0] = 1.0
+    return u * sign, (sign[:, None] * s[:, None]) * vt
+
+
 def factor_analysis(y: np.ndarray, n_latents: int, *, max_iter: int = 1000, tol: float = 1e-8,
                     min_var_frac: float = 0.01) -> FAParams:
     """Maximum-likelihood factor analysis of ``y`` ``(n_samples, p)`` by EM on its covariance.
@@ -113,8 +124,7 @@ class FactorAnalysisModel(LatentModel):
         self.fill_ = observed_mean(y)
         y = _fill(y, self.fill_)
         self.params_ = factor_analysis(y.reshape(-1, y.shape[-1]), self.n_latents)
-        u, sv, vt = np.linalg.svd(self.params_.C, full_matrices=False)
-        self.orth_ = np.diag(sv) @ vt                    # x_orth = orth_ @ x
+        _, self.orth_ = orthonormalise(self.params_.C)   # x_orth = orth_ @ x
 
     def _infer(self, counts_heldin, observed_heldin):
         x = fa_posterior_mean(_fill(self._observations(counts_heldin, observed_heldin), self.fill_), self.params_)

@@ -44,7 +44,7 @@ import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from analysis.models.base import LatentModel
-from analysis.models.fa import factor_analysis
+from analysis.models.fa import factor_analysis, orthonormalise
 from pcsim.errors import ConfigError
 
 _LOG2PI = math.log(2.0 * math.pi)
@@ -644,12 +644,7 @@ class GPFA(LatentModel):
         self.d_ = P.d.cpu().numpy()
         self.R_ = P.R.cpu().numpy()
         self.tau_ms_ = (bin_ms / torch.sqrt(P.gamma)).cpu().numpy()
-        u, s, vt = np.linalg.svd(self.C_, full_matrices=False)
-        # fix each column's sign (largest loading positive) so refits give the same axes
-        sign = np.sign(u[np.abs(u).argmax(0), np.arange(u.shape[1])])
-        sign[sign == 0] = 1.0
-        self.loadings_orth_ = u * sign
-        self.orth_ = (sign[:, None] * s[:, None]) * vt   # x_orth = orth_ @ x
+        self.loadings_orth_, self.orth_ = orthonormalise(self.C_)   # x_orth = orth_ @ x
         self._heldin = torch.as_tensor(heldin, device=self.device)
 
     def _uses_glm_readout(self):

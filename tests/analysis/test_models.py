@@ -460,3 +460,21 @@ def test_fit_and_infer_never_use_more_threads_than_the_free_cores(lorenz, monkey
             assert torch.get_num_threads() == 2          # restored afterwards
     finally:
         torch.set_num_threads(1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_orthonormalised_axes_reconstruct_the_loadings_and_ignore_a_rotation_of_the_latents(seed):
+    """FA's and GPFA's one orthonormalisation: U orth = C, U'U = I, and the axes of C R for any
+    rotation or reflection R of the latents are those of C (the SVD's signs fixed), so refits that
+    land on another rotation of the same loadings give the same axes."""
+    from analysis.models.fa import orthonormalise
+
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((12, 4))
+    U, orth = orthonormalise(C)
+    np.testing.assert_allclose(U @ orth, C, atol=1e-10)
+    np.testing.assert_allclose(U.T @ U, np.eye(4), atol=1e-10)
+    R, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    U_rot, _ = orthonormalise(C @ R)
+    np.testing.assert_allclose(U_rot, U, atol=1e-8)
