@@ -31,7 +31,8 @@ from sklearn.model_selection import GridSearchCV, KFold
 
 from analysis.glm import PoissonGLM
 from analysis.recording import check_counts
-from pcsim.errors import DataError
+from pcsim.arguments import check_number
+from pcsim.errors import ConfigError, DataError
 
 __all__ = [
     "RATE_FLOOR",
@@ -141,21 +142,13 @@ def _check_match(a: np.ndarray, a_da, a_name: str, b: np.ndarray, b_da, b_name: 
                 raise DataError(f"{b_name}: its {d!r} coordinate differs from that of {a_name}")
 
 
-def _check_int(value, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise DataError(f"{name}: expected an integer, got {value!r}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise DataError(f"{name}: must be {rng}, got {value}")
-    return value
-
-
-def _check_nonneg_float(value, name: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or value < 0 or (positive and value == 0):
-        raise DataError(f"{name}: expected a finite {'positive' if positive else 'non-negative'} number, got {value!r}")
-    return float(value)
+def _check(name: str, value, **kw) -> float | int:
+    """:func:`pcsim.arguments.check_number` (``kw``: ``integer`` and its bounds), raising the
+    :class:`DataError` ``"{name}: ..."`` every metric raises for a bad argument."""
+    try:
+        return check_number(name, value, **kw)
+    except ConfigError as exc:
+        raise DataError(f"{name}: {str(exc).removeprefix(name).strip()}") from None
 
 
 def _check_spikes(counts: np.ndarray, name: str) -> None:
@@ -323,7 +316,7 @@ def psth_r2(pred_rates, true_or_counts, conditions, *, smooth_sigma_bins: float 
     cond_true = cond_pred if same_trials else _trial_labels(
         true_conditions, "true_conditions", true.shape[0], [(true_da, "true_or_counts")])
     if smooth_sigma_bins is not None:
-        true = _smooth_time(true, _check_nonneg_float(smooth_sigma_bins, "smooth_sigma_bins", positive=True))
+        true = _smooth_time(true, _check("smooth_sigma_bins", smooth_sigma_bins, gt=0))
     labels = np.unique(cond_pred)
     absent = [lab for lab in labels if not np.any(cond_true == lab)]
     if absent:
@@ -427,7 +420,7 @@ def behaviour_r2(features_train, behaviour_train, features_test, behaviour_test,
     x_tr, y_tr, x_te, y_te = _flat(ftr), _flat(targets(btr)), _flat(fte), _flat(targets(bte))
     keep_tr, keep_te = ~np.isnan(y_tr).any(axis=1), ~np.isnan(y_te).any(axis=1)
     x_tr, y_tr = x_tr[keep_tr], y_tr[keep_tr]
-    cv = _check_int(cv, "cv", 2)
+    cv = _check("cv", cv, integer=True, ge=2)
     if len(y_tr) < cv:
         raise DataError(f"behaviour_train: only {len(y_tr)} bins with behaviour, fewer than cv={cv} folds")
     if keep_te.sum() < 2:
@@ -566,10 +559,10 @@ def few_shot_co_bps(latents_train, heldout_counts_train, latents_test, heldout_c
     _check_match(lte, lte_da, "latents_test", cte, cte_da, "heldout_counts_test", (0, 1))
     _check_match(ltr, ltr_da, "latents_train", lte, lte_da, "latents_test", (2,))
     _check_match(ctr, ctr_da, "heldout_counts_train", cte, cte_da, "heldout_counts_test", (2,))
-    k = _check_int(k, "k", 1, ltr.shape[0])
-    n_repeats = _check_int(n_repeats, "n_repeats", 1)
-    seed = _check_int(seed, "seed", 0)
-    alpha = _check_nonneg_float(alpha, "alpha")
+    k = _check("k", k, integer=True, ge=1, le=ltr.shape[0])
+    n_repeats = _check("n_repeats", n_repeats, integer=True, ge=1)
+    seed = _check("seed", seed, integer=True, ge=0)
+    alpha = _check("alpha", alpha, ge=0)
     _check_spikes(cte, "heldout_counts_test")
 
     rng = np.random.default_rng(seed)

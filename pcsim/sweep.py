@@ -67,6 +67,7 @@ import numpy as np
 from pcsim.config import (ConfigField, SweepSection, batch_signature, check_device, config_to_toml, key_field,
                           load_experiment, parse_grid)
 from pcsim import parallel
+from pcsim.arguments import check_number
 from pcsim.errors import ConfigError, OutputError
 
 __all__ = ["FAILURES_FILE", "SWEEP_FILE", "SweepOutcome", "SweepPlan", "SweepPoint", "combine_points",
@@ -167,8 +168,7 @@ def plan_sweep(config_path: str | Path, *, grid: Sequence[str] = (), seeds: int 
         key_field(type(base), key)  # an unknown key is named now, before any value is tried
         axes[key], texts[key] = values, axis_overrides
     if seeds is not None:
-        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-            raise ConfigError(f"--seeds must be an integer >= 1, got {seeds!r}")
+        seeds = check_number("--seeds", seeds, integer=True, ge=1)
         if "seed" in axes:
             raise ConfigError(f"{where}: key 'seed' is swept by the grid and by --seeds; give one of them")
         axes["seed"] = tuple(range(base.seed, base.seed + seeds))
@@ -209,9 +209,8 @@ def plan_sweep(config_path: str | Path, *, grid: Sequence[str] = (), seeds: int 
         Path("runs") / f"{config_path.stem}_sweep"
     retries = section.retries if retries is None else retries
     workers = section.workers if workers is None else workers
-    for name, value, low in (("--retries", retries, 0), ("--workers", workers, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    retries = None if retries is None else check_number("--retries", retries, integer=True, ge=0)
+    workers = None if workers is None else check_number("--workers", workers, integer=True, ge=1)
     return SweepPlan(config_path=config_path, experiment=base.experiment, axes=axes, fields=fields,
                      points=tuple(points), out=out_dir, device=device,
                      scheduler=scheduler or section.scheduler, workers=workers, retries=retries,

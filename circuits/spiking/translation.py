@@ -295,8 +295,7 @@ class SpikingCircuit:
                              f"has {inputs[0].size} units")
         p = self.params
         smooth_ms = p.smooth_ms if smooth_ms is None else float(smooth_ms)
-        if not (math.isfinite(record_every_ms) and record_every_ms > 0):
-            raise ConfigError(f"record_every_ms must be > 0, got {record_every_ms}")
+        record_every_ms = check_number("record_every_ms", record_every_ms, gt=0)
         smooth_ms = check_number("smooth_ms", smooth_ms, ge=0)
         count_bin_ms = None if count_bin_ms is None else check_number("count_bin_ms", count_bin_ms, gt=0)
         spike_neurons = None if spike_neurons is None else check_number("spike_neurons", spike_neurons, integer=True,
