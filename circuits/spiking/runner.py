@@ -90,6 +90,14 @@ def simulate(spk, stimulus: Stimulus, *, target: str, seed: int, progress: bool,
             b2.set_device("cpp_standalone", directory=directory or tmp.name, build_on_run=False)
         else:
             b2.prefs.codegen.target = target
+        if progress:
+            from tqdm.auto import tqdm
+
+            if target != "numpy":
+                # the first run of a network generates and compiles its code, from setting the
+                # groups' variables on, before the first progress report: say so before any of it,
+                # or the terminal stays silent for half a minute
+                tqdm.write(COMPILE_NOTE[target], file=sys.stderr)
         b2.start_scope()
         b2.seed(seed)
         # explicit clocks with fixed names: auto-named clocks ('clock_1', ...) while an earlier
@@ -124,13 +132,6 @@ def simulate(spk, stimulus: Stimulus, *, target: str, seed: int, progress: bool,
         mon = b2.SpikeMonitor(G, name="spikes")
         net = b2.Network(*objs, mon)
         report, bar = None, None
-        if progress:
-            from tqdm.auto import tqdm
-
-            if target != "numpy":
-                # the first run of a network generates and compiles its code before the first
-                # progress report: say so, or the bar sits at 0% for half a minute
-                tqdm.write(COMPILE_NOTE[target], file=sys.stderr)
         if progress and not standalone:
             bar = tqdm(total=100, desc=f"brian2 ({target})" + (": compiling" if target != "numpy" else ""),
                        leave=False, unit="%")

@@ -355,8 +355,9 @@ def test_benchmark_reports_the_real_time_factor():
 
 
 def test_a_compiling_run_says_so_before_it_starts(monkeypatch):
-    """With progress on, a cython run prints the compile note before Brian2 starts (and so
-    before the code is generated and compiled); a numpy run, which compiles nothing, does not."""
+    """With progress on, a cython run prints the compile note before Brian2 builds the network
+    (setting its groups' variables already generates and compiles code); a numpy run, which
+    compiles nothing, does not. The first NeuronGroup stops the run, so nothing is compiled here."""
     import gc
     import io
 
@@ -370,12 +371,12 @@ def test_a_compiling_run_says_so_before_it_starts(monkeypatch):
 
     err = io.StringIO()
 
-    def run(self, *args, **kwargs):
+    def build(*args, **kwargs):
         err.write("<brian2 run>")
         raise Started
 
     monkeypatch.setattr(runner.sys, "stderr", err)
-    monkeypatch.setattr(brian2.Network, "run", run)
+    monkeypatch.setattr(brian2, "NeuronGroup", build)
     spk = SpikingCircuit(tonotopic(2, areas=1), SpikingParams(neurons_per_unit=2))
     with catch_logs():  # the never-run network's objects warn when collected
         for target, noted in (("cython", True), ("numpy", False)):
