@@ -68,6 +68,7 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from analysis.glm import poisson_nll
 from analysis.models.base import LatentModel, observed_mean_counts
 from pcsim.errors import LearningDivergenceError
 from pcsim.generative.base import GenerativeModel, Posterior
@@ -80,14 +81,6 @@ from pcsim.training import EarlyStopping, guarded_step, train
 Tensor = torch.Tensor
 
 __all__ = ["LFADS", "LFADSNetwork", "coordinated_dropout", "poisson_nll"]
-
-
-def poisson_nll(log_rates: Tensor, counts: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Poisson negative log-likelihood ``rate - y log rate`` (nats, the ``log y!`` constant left
-    out) per entry of ``log_rates`` and ``counts`` (same shape, counts per bin), times ``weight``
-    (broadcast; 0 leaves an entry out). Returned per entry, same shape."""
-    nll = torch.exp(log_rates) - counts * log_rates
-    return nll if weight is None else nll * weight
 
 
 def coordinated_dropout(counts: Tensor, observed: Tensor, rate: float) -> tuple[Tensor, Tensor]:

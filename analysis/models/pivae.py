@@ -35,7 +35,7 @@ import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from analysis.models.base import LatentModel, observed_mean_counts
-from analysis.models.lfads import poisson_nll
+from analysis.glm import poisson_nll
 from analysis.recording import Recording, as_recording
 from pcsim.arguments import check_numbers
 from pcsim.errors import DataError

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analysis.models import LFADS
-from analysis.models.lfads import LFADSNetwork, coordinated_dropout, poisson_nll
+from analysis.glm import poisson_nll
+from analysis.models.lfads import LFADSNetwork, coordinated_dropout
 from analysis.synthetic import lorenz_recording
 from pcsim.errors import LearningDivergenceError
 from pcsim.training import EarlyStopping
