@@ -19,12 +19,14 @@ from sklearn.utils._param_validation import Interval
 __all__ = ["PoissonGLM", "poisson_nll"]
 
 
-def poisson_nll(log_rates: torch.Tensor, counts: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def poisson_nll(log_rates: torch.Tensor, counts: torch.Tensor, weight: torch.Tensor | None = None, *,
+                rates: torch.Tensor | None = None) -> torch.Tensor:
     """Poisson negative log-likelihood ``rate - y log rate`` (nats, the ``log y!`` constant left
     out) per entry of ``log_rates`` and ``counts`` (same shape, counts per bin), times ``weight``
     (broadcast; 0 leaves an entry out). Returned per entry, same shape: the loss of the GLM readout
-    and of the VAEs' Poisson observations."""
-    nll = torch.exp(log_rates) - counts * log_rates
+    and of the VAEs' Poisson observations. ``rates``: ``exp(log_rates)`` when the caller has it
+    already (the GLM's Newton steps need the rates themselves), so it is not computed twice."""
+    nll = (torch.exp(log_rates) if rates is None else rates) - counts * log_rates
     return nll if weight is None else nll * weight
 
 # Log rates are capped here before exp, so an extrapolating GLM predicts huge, finite rates.
@@ -83,7 +85,8 @@ class PoissonGLM(BaseEstimator):
         def objective(b):
             """Per-output loss ``(p,)`` and rates ``(n, p)`` at coefficients ``b``."""
             eta = (x @ b.T).clamp(max=_MAX_LOG_RATE)
-            return poisson_nll(eta, y, w).sum(0) / n_obs + 0.5 * (pen * b * b).sum(1), torch.exp(eta)
+            mu = torch.exp(eta)
+            return poisson_nll(eta, y, w, rates=mu).sum(0) / n_obs + 0.5 * (pen * b * b).sum(1), mu
 
         loss, mu = objective(beta)
         # Hessians of all outputs in one GEMM: H_j = sum_i w_ij mu_ij x_i x_i', over chunks of

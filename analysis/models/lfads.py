@@ -80,7 +80,7 @@ from pcsim.training import EarlyStopping, guarded_step, train
 
 Tensor = torch.Tensor
 
-__all__ = ["LFADS", "LFADSNetwork", "coordinated_dropout", "poisson_nll"]
+__all__ = ["LFADS", "LFADSNetwork", "coordinated_dropout"]
 
 
 def coordinated_dropout(counts: Tensor, observed: Tensor, rate: float) -> tuple[Tensor, Tensor]:

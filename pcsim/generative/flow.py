@@ -94,7 +94,7 @@ class Flow(GenerativeModel):
         D = x.shape[1]
         if D < 2:
             raise DataError(f"x has {D} feature; a coupling flow needs at least 2")
-        with seeded(self.seed, self.device):
+        with seeded(self.seed):                 # the flow is built on the CPU: its draws are the CPU generator's
             if self.kind == "realnvp":
                 flow = zuko.flows.RealNVP(D, transforms=self.transforms, hidden_features=hidden)
             else:
